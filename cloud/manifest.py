@@ -1,0 +1,90 @@
+"""The manifest that pins an edge model and a cloud model together (content-addressed)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+# Every model of every family takes uint8 NHWC images (normalisation lives in the graph)
+# and returns float32 logits [N, classes].
+INPUT_NAME = "image"
+OUTPUT_NAME = "logits"
+
+
+class Preprocessing(BaseModel):
+    """Geometry and colour of a model's input; pixel normalisation is inside the model."""
+
+    color: Literal["gray", "rgb"]
+    size: int = Field(gt=0, description="output height and width")
+    resize_short: int = Field(gt=0, description="short side before the centre crop")
+
+
+class ModelSpec(BaseModel):
+    name: str
+    version: int = Field(ge=1)
+    precision: str
+    files: dict[str, str] = Field(description="path relative to the family folder -> sha256")
+    preprocessing: Preprocessing
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    @property
+    def input_shape(self) -> list[int]:
+        channels = 1 if self.preprocessing.color == "gray" else 3
+        return [self.preprocessing.size, self.preprocessing.size, channels]
+
+
+class RoutingPolicy(BaseModel):
+    kind: Literal["max_prob"] = "max_prob"
+    threshold: float = Field(ge=0.0, le=1.0)
+
+
+class Manifest(BaseModel):
+    family: str
+    version: int = Field(ge=1)
+    created: str
+    labels: list[str]
+    labels_sha256: str
+    edge: ModelSpec
+    cloud: ModelSpec
+    policy: RoutingPolicy
+    notes: dict[str, str] = Field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> "Manifest":
+        return cls.model_validate_json(Path(path).read_text())
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(self.model_dump_json(indent=2) + "\n")
+
+    def verify(self, family_dir: Path) -> None:
+        """Raise ValueError unless every artifact and the label map hash as recorded."""
+        if labels_sha256(self.labels) != self.labels_sha256:
+            raise ValueError(f"{self.family}: label map does not match labels_sha256")
+        for spec in (self.edge, self.cloud):
+            for rel, expected in spec.files.items():
+                actual = sha256_file(family_dir / rel)
+                if actual != expected:
+                    raise ValueError(
+                        f"{self.family}: {rel} has sha256 {actual[:12]}…, "
+                        f"manifest says {expected[:12]}…"
+                    )
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def labels_sha256(labels: list[str]) -> str:
+    return hashlib.sha256(json.dumps(labels, ensure_ascii=False).encode()).hexdigest()

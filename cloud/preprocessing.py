@@ -1,0 +1,70 @@
+"""Decode and shape images the way a family's models expect them (shared by both tiers)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from cloud.manifest import Preprocessing
+
+
+class InvalidImage(ValueError):
+    """The input is not an image this system can read; the message says why."""
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Decode JPEG/PNG bytes into uint8 RGB [H, W, 3] or gray [H, W]."""
+    if not data:
+        raise InvalidImage("empty image: send JPEG or PNG bytes")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise InvalidImage(
+            f"cannot decode {len(data)} bytes as an image (starts with {data[:8].hex()}): "
+            "send JPEG or PNG"
+        )
+    if image.dtype != np.uint8:
+        image = cv2.convertScaleAbs(image, alpha=255.0 / np.iinfo(image.dtype).max)
+    if image.ndim == 3:
+        code = cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB
+        image = cv2.cvtColor(image, code)
+    return image
+
+
+def raw_image(shape: list[int] | tuple[int, ...], data: bytes) -> np.ndarray:
+    """A uint8 pixel array [H, W] or [H, W, C] (C is 1 or 3, RGB) from its shape and bytes."""
+    shape = tuple(int(d) for d in shape)
+    if len(shape) not in (2, 3) or any(d <= 0 for d in shape):
+        raise InvalidImage(f"raw image shape {list(shape)} must be [H, W] or [H, W, C]")
+    if len(shape) == 3 and shape[2] not in (1, 3):
+        raise InvalidImage(f"raw image has {shape[2]} channels; expected 1 (gray) or 3 (RGB)")
+    expected = int(np.prod(shape))
+    if len(data) != expected:
+        raise InvalidImage(
+            f"raw image of shape {list(shape)} needs {expected} uint8 bytes, got {len(data)}"
+        )
+    return np.frombuffer(data, np.uint8).reshape(shape)
+
+
+def prepare(image: np.ndarray, spec: Preprocessing) -> np.ndarray:
+    """Colour-convert, resize the short side, centre-crop: uint8 [size, size, C]."""
+    image = _to_color(image, spec.color)
+    h, w = image.shape[:2]
+    if (h, w) != (spec.size, spec.size):
+        scale = spec.resize_short / min(h, w)
+        nh, nw = max(spec.size, round(h * scale)), max(spec.size, round(w * scale))
+        if (nh, nw) != (h, w):
+            interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+            image = cv2.resize(image, (nw, nh), interpolation=interp)
+        top, left = (nh - spec.size) // 2, (nw - spec.size) // 2
+        image = image[top : top + spec.size, left : left + spec.size]
+    if image.ndim == 2:
+        image = image[:, :, None]
+    return np.ascontiguousarray(image)
+
+
+def _to_color(image: np.ndarray, color: str) -> np.ndarray:
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if color == "gray":
+        return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    return image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)

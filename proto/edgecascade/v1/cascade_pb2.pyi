@@ -1,0 +1,129 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Tier(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TIER_UNSPECIFIED: _ClassVar[Tier]
+    EDGE: _ClassVar[Tier]
+    CLOUD: _ClassVar[Tier]
+TIER_UNSPECIFIED: Tier
+EDGE: Tier
+CLOUD: Tier
+
+class RawImage(_message.Message):
+    __slots__ = ("shape", "data")
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    data: bytes
+    def __init__(self, shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class ClassifyRequest(_message.Message):
+    __slots__ = ("request_id", "encoded_image", "raw_image", "top_k")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ENCODED_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    RAW_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    encoded_image: bytes
+    raw_image: RawImage
+    top_k: int
+    def __init__(self, request_id: _Optional[str] = ..., encoded_image: _Optional[bytes] = ..., raw_image: _Optional[_Union[RawImage, _Mapping]] = ..., top_k: _Optional[int] = ...) -> None: ...
+
+class Prediction(_message.Message):
+    __slots__ = ("class_id", "name", "score")
+    CLASS_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    class_id: int
+    name: str
+    score: float
+    def __init__(self, class_id: _Optional[int] = ..., name: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+
+class ModelVersions(_message.Message):
+    __slots__ = ("family", "edge", "cloud")
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    EDGE_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_FIELD_NUMBER: _ClassVar[int]
+    family: str
+    edge: str
+    cloud: str
+    def __init__(self, family: _Optional[str] = ..., edge: _Optional[str] = ..., cloud: _Optional[str] = ...) -> None: ...
+
+class Timings(_message.Message):
+    __slots__ = ("edge_ms", "cloud_ms", "total_ms")
+    EDGE_MS_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_MS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    edge_ms: float
+    cloud_ms: float
+    total_ms: float
+    def __init__(self, edge_ms: _Optional[float] = ..., cloud_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
+
+class Error(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ClassifyResponse(_message.Message):
+    __slots__ = ("request_id", "top_k", "tier", "edge_confidence", "edge_class_id", "versions", "timings", "degraded", "degraded_reason", "error")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    EDGE_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    EDGE_CLASS_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_REASON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    top_k: _containers.RepeatedCompositeFieldContainer[Prediction]
+    tier: Tier
+    edge_confidence: float
+    edge_class_id: int
+    versions: ModelVersions
+    timings: Timings
+    degraded: bool
+    degraded_reason: str
+    error: Error
+    def __init__(self, request_id: _Optional[str] = ..., top_k: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., tier: _Optional[_Union[Tier, str]] = ..., edge_confidence: _Optional[float] = ..., edge_class_id: _Optional[int] = ..., versions: _Optional[_Union[ModelVersions, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., degraded: _Optional[bool] = ..., degraded_reason: _Optional[str] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+
+class GetStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetStatusResponse(_message.Message):
+    __slots__ = ("versions", "device", "policy", "threshold", "cloud_url", "cloud_ready", "requests", "escalations", "degraded", "errors", "bytes_to_cloud")
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_URL_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_READY_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    ESCALATIONS_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_TO_CLOUD_FIELD_NUMBER: _ClassVar[int]
+    versions: ModelVersions
+    device: str
+    policy: str
+    threshold: float
+    cloud_url: str
+    cloud_ready: bool
+    requests: int
+    escalations: int
+    degraded: int
+    errors: int
+    bytes_to_cloud: int
+    def __init__(self, versions: _Optional[_Union[ModelVersions, _Mapping]] = ..., device: _Optional[str] = ..., policy: _Optional[str] = ..., threshold: _Optional[float] = ..., cloud_url: _Optional[str] = ..., cloud_ready: _Optional[bool] = ..., requests: _Optional[int] = ..., escalations: _Optional[int] = ..., degraded: _Optional[int] = ..., errors: _Optional[int] = ..., bytes_to_cloud: _Optional[int] = ...) -> None: ...
