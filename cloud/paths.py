@@ -20,3 +20,8 @@ def manifest_path(family: str, root: Path | None = None) -> Path:
 
 def triton_repository(root: Path | None = None) -> Path:
     return (root or artifacts_root()) / "triton"
+
+
+def edge_model_file(family_folder: Path) -> Path:
+    """The (INT8) edge model IR a build writes into a family folder."""
+    return family_folder / "edge" / "model.xml"

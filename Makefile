@@ -1,0 +1,48 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+FASHION_DIR ?= /usr/share/datasets/fashion-mnist
+ARTIFACTS ?= artifacts
+FAMILY ?= fashion
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export EDGECASCADE_ARTIFACTS := $(abspath $(ARTIFACTS))
+
+.PHONY: demo test bootstrap data models proto lint clean
+
+demo: bootstrap data $(ARTIFACTS)/$(FAMILY)/manifest.json
+	$(BIN)/edgecascade demo --family $(FAMILY)
+
+test: bootstrap data $(ARTIFACTS)/fashion/manifest.json
+	$(BIN)/python -m pytest
+
+bootstrap: $(VENV)/.installed
+
+# torch==2.13.0 (CPU) is only needed to build the imagenet family and to retrain fashion.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev,build]'
+	$(BIN)/pip install --quiet --no-deps foolbox==3.3.4  # the 20 ImageNet smoke photos
+	touch $@
+
+data: $(FASHION_DIR)/t10k-images-idx3-ubyte.gz
+
+$(FASHION_DIR)/t10k-images-idx3-ubyte.gz:
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
+
+$(ARTIFACTS)/%/manifest.json: cloud/families/weights/fashion_edge.onnx cloud/families/weights/fashion_cloud.onnx | bootstrap data
+	$(BIN)/edgecascade models build --family $*
+
+models: bootstrap data
+	$(BIN)/edgecascade models build
+
+proto: bootstrap
+	$(BIN)/python proto/generate.py
+
+lint: bootstrap
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(ARTIFACTS) reports .pytest_cache

@@ -1,0 +1,100 @@
+"""One request through the cascade: edge model, policy, and the cloud when it is worth it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from cloud.manifest import Manifest
+from cloud.preprocessing import prepare
+from router.cloud_client import CloudClient, CloudError
+from router.policy import MaxProbabilityPolicy, softmax
+
+EdgeInfer = Callable[[np.ndarray], Awaitable[np.ndarray]]
+
+# Below this much time left there is no point in starting a cloud call.
+MIN_CLOUD_BUDGET_S = 0.002
+
+
+@dataclass(frozen=True)
+class Answer:
+    probabilities: np.ndarray
+    tier: Literal["edge", "cloud"]
+    edge_confidence: float
+    edge_class_id: int
+    edge_ms: float
+    cloud_ms: float
+    degraded_reason: str | None
+    bytes_to_cloud: int
+
+    @property
+    def degraded(self) -> bool:
+        return self.degraded_reason is not None
+
+    def top_k(self, k: int) -> list[tuple[int, float]]:
+        order = np.argsort(-self.probabilities, kind="stable")[:k]
+        return [(int(i), float(self.probabilities[i])) for i in order]
+
+
+class Cascade:
+    """Answers at the edge when the policy trusts the edge model, else asks the cloud.
+
+    A cloud failure never fails the request: the edge answer comes back degraded."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        edge_infer: EdgeInfer,
+        policy: MaxProbabilityPolicy,
+        cloud: CloudClient | None,
+        cloud_timeout_s: float = 1.0,
+    ):
+        self.manifest = manifest
+        self.policy = policy
+        self._edge_infer = edge_infer
+        self._cloud = cloud
+        self._cloud_timeout_s = cloud_timeout_s
+
+    async def classify(
+        self, image: np.ndarray, *, received_at: float, deadline: float | None = None
+    ) -> Answer:
+        """`image` is decoded (uint8 [H, W] or [H, W, C]); times are time.perf_counter()."""
+        logits = await self._edge_infer(prepare(image, self.manifest.edge.preprocessing))
+        edge_probs = softmax(np.asarray(logits, np.float64))
+        confidence = float(self.policy.confidence(logits))
+        edge_done = time.perf_counter()
+        edge = dict(
+            edge_confidence=confidence,
+            edge_class_id=int(edge_probs.argmax()),
+            edge_ms=(edge_done - received_at) * 1e3,
+        )
+        if not self.policy.escalate(confidence):
+            return Answer(edge_probs, "edge", **edge, cloud_ms=0.0, degraded_reason=None,
+                          bytes_to_cloud=0)
+        timeout = self._cloud_timeout_s
+        if deadline is not None:
+            timeout = min(timeout, deadline - time.perf_counter())
+        if self._cloud is None:
+            reason, cloud_image = "cloud-unavailable", None
+        elif timeout < MIN_CLOUD_BUDGET_S:
+            reason, cloud_image = "deadline", None
+        else:
+            cloud_image = prepare(image, self.manifest.cloud.preprocessing)
+            try:
+                cloud_logits = await self._cloud.infer(cloud_image, timeout)
+            except CloudError as e:
+                reason = e.reason
+            else:
+                return Answer(
+                    softmax(np.asarray(cloud_logits, np.float64)), "cloud", **edge,
+                    cloud_ms=(time.perf_counter() - edge_done) * 1e3, degraded_reason=None,
+                    bytes_to_cloud=cloud_image.nbytes,
+                )
+        return Answer(
+            edge_probs, "edge", **edge, cloud_ms=(time.perf_counter() - edge_done) * 1e3,
+            degraded_reason=reason, bytes_to_cloud=0 if cloud_image is None else cloud_image.nbytes,
+        )
