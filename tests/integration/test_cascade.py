@@ -1,0 +1,131 @@
+"""The cascade end to end: a real Triton server, a real edge agent, real gRPC, real images."""
+
+import grpc
+import numpy as np
+import pytest
+
+from cloud.manifest import Manifest
+from cloud.triton_server import TritonServer
+from edge.process import EdgeProcess
+from edge.samples import test_frames
+from edgecascade.v1 import cascade_pb2 as pb
+from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def edge(triton: TritonServer, tmp_path_factory) -> EdgeProcess:
+    with EdgeProcess("fashion", triton.grpc_url, tmp_path_factory.mktemp("edge") / "edge.log") as agent:
+        yield agent
+
+
+@pytest.fixture(scope="module")
+def stub(edge: EdgeProcess):
+    with grpc.insecure_channel(edge.address) as channel:
+        yield pb_grpc.CascadeStub(channel)
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return test_frames("fashion", 300)
+
+
+def classify(stub, frame, **kw) -> pb.ClassifyResponse:
+    return stub.Classify(pb.ClassifyRequest(encoded_image=frame.encoded, **kw), timeout=10)
+
+
+def test_confident_inputs_stay_at_the_edge_unsure_ones_go_to_the_cloud(
+    stub, frames, fashion_manifest: Manifest
+):
+    threshold = fashion_manifest.policy.threshold
+    responses = [classify(stub, f) for f in frames]
+    at_edge = [r for r in responses if r.edge_confidence >= threshold]
+    unsure = [r for r in responses if r.edge_confidence < threshold]
+    assert at_edge and unsure, "the test set should hold both confident and unsure inputs"
+    for r in at_edge:
+        assert r.tier == pb.EDGE and not r.degraded
+        assert r.top_k[0].class_id == r.edge_class_id and r.timings.cloud_ms == 0
+    for r in unsure:
+        assert r.tier == pb.CLOUD and not r.degraded, r.degraded_reason
+        assert r.versions.cloud == fashion_manifest.cloud.key
+        assert r.timings.cloud_ms > 0 and r.timings.total_ms >= r.timings.cloud_ms
+    assert all(r.versions.edge == fashion_manifest.edge.key for r in responses)
+    # The cloud tier earns its keep: it is right more often than the edge on the unsure inputs.
+    labels = {id(r): f.label for r, f in zip(responses, frames)}
+    cloud_right = np.mean([r.top_k[0].class_id == labels[id(r)] for r in unsure])
+    edge_right = np.mean([r.edge_class_id == labels[id(r)] for r in unsure])
+    assert cloud_right > edge_right
+
+
+def test_top_k_is_sorted_named_and_sized(stub, frames, fashion_manifest):
+    r = classify(stub, frames[0], top_k=3, request_id="frame-0")
+    assert r.request_id == "frame-0"
+    assert [p.name for p in r.top_k] == [fashion_manifest.labels[p.class_id] for p in r.top_k]
+    scores = [p.score for p in r.top_k]
+    assert len(scores) == 3 and scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0001
+
+
+def test_raw_pixels_get_the_same_answer_as_the_encoded_image(stub, frames):
+    import cv2
+
+    image = cv2.imdecode(np.frombuffer(frames[1].encoded, np.uint8), cv2.IMREAD_UNCHANGED)
+    raw = pb.RawImage(shape=list(image.shape), data=image.tobytes())
+    by_raw = stub.Classify(pb.ClassifyRequest(raw_image=raw), timeout=10)
+    by_png = classify(stub, frames[1])
+    assert by_raw.top_k[0].class_id == by_png.top_k[0].class_id
+    assert by_raw.edge_confidence == pytest.approx(by_png.edge_confidence, abs=1e-6)
+
+
+def test_stream_answers_every_frame_in_order(stub, frames):
+    requests = (pb.ClassifyRequest(request_id=str(i), encoded_image=f.encoded) for i, f in enumerate(frames[:120]))
+    responses = list(stub.ClassifyStream(requests, timeout=60))
+    assert [r.request_id for r in responses] == [str(i) for i in range(120)]
+    assert not any(r.HasField("error") for r in responses)
+
+
+def test_malformed_image_is_invalid_argument_and_the_agent_keeps_serving(stub, frames):
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Classify(pb.ClassifyRequest(encoded_image=b"\x89PNG but not really"), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "cannot decode" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Classify(pb.ClassifyRequest(raw_image=pb.RawImage(shape=[28, 28], data=b"\0" * 10)), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "784" in err.value.details()
+    # A bad frame in a stream is answered with an error; the frames around it are served.
+    requests = [
+        pb.ClassifyRequest(request_id="a", encoded_image=frames[0].encoded),
+        pb.ClassifyRequest(request_id="bad", encoded_image=b"junk"),
+        pb.ClassifyRequest(request_id="c", encoded_image=frames[2].encoded),
+    ]
+    a, bad, c = stub.ClassifyStream(iter(requests), timeout=30)
+    assert bad.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and "cannot decode" in bad.error.message
+    assert a.top_k and c.top_k and not a.HasField("error") and not c.HasField("error")
+    assert classify(stub, frames[3]).top_k
+    status = stub.GetStatus(pb.GetStatusRequest(), timeout=5)
+    assert status.errors >= 3
+
+
+def test_status_reports_versions_device_and_cloud(stub, fashion_manifest, triton):
+    status = stub.GetStatus(pb.GetStatusRequest(), timeout=5)
+    assert status.versions.edge == fashion_manifest.edge.key
+    assert status.versions.cloud == fashion_manifest.cloud.key
+    assert "CPU" in status.device and status.cloud_ready and status.cloud_url == triton.grpc_url
+    assert status.threshold == pytest.approx(fashion_manifest.policy.threshold)
+
+
+def test_with_triton_stopped_answers_come_back_degraded(fashion_repository, frames, tmp_path):
+    """Every input is escalated (threshold 1.0), then the cloud goes away."""
+    with TritonServer(fashion_repository, log_path=tmp_path / "triton.log") as triton:
+        with EdgeProcess("fashion", triton.grpc_url, tmp_path / "edge.log", "--threshold", "1.0") as edge:
+            with grpc.insecure_channel(edge.address) as channel:
+                stub = pb_grpc.CascadeStub(channel)
+                assert classify(stub, frames[0]).tier == pb.CLOUD
+                triton.stop()
+                responses = [classify(stub, f) for f in frames[:20]]
+                streamed = list(stub.ClassifyStream(
+                    (pb.ClassifyRequest(encoded_image=f.encoded) for f in frames[20:40]), timeout=60))
+    for r in responses + streamed:
+        assert r.tier == pb.EDGE and r.degraded and r.degraded_reason == "cloud-unavailable"
+        assert r.top_k[0].class_id == r.edge_class_id
+    assert len(streamed) == 20
