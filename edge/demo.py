@@ -22,7 +22,7 @@ from cloud.preprocessing import decode_image, prepare
 from cloud.triton_repository import write_model
 from cloud.triton_server import TritonServer
 from edge.process import EdgeProcess
-from edge.samples import Frame, test_frames
+from edge.samples import Frame, labelled_frames
 from edgecascade.v1 import cascade_pb2 as pb
 from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
 from router.cloud_client import CloudClient
@@ -127,7 +127,7 @@ def run_demo(family: str, limit: int | None, threshold: float | None, report_pat
     if not manifest_path(family).exists():
         raise FileNotFoundError(f"family {family!r} is not built: run `edgecascade models build --family {family}`")
     manifest = Manifest.load(manifest_path(family))
-    frames = test_frames(family, limit)
+    frames = labelled_frames(family, limit)
     logs = report_path.parent / "logs"
     with ExitStack() as stack:
         repository = artifacts_root() / "triton"

@@ -15,7 +15,7 @@ class Frame:
     label: int
 
 
-def test_frames(family: str, limit: int | None = None) -> list[Frame]:
+def labelled_frames(family: str, limit: int | None = None) -> list[Frame]:
     """fashion: the Fashion-MNIST test split as PNG; imagenet: the 20 smoke photos (JPEG)."""
     if family == "fashion":
         test = datasets.fashion("test").head(limit)

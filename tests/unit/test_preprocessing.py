@@ -15,7 +15,9 @@ def test_png_and_jpeg_decode_to_rgb():
     image = rgb_image(40, 60)
     png = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))[1].tobytes()
     np.testing.assert_array_equal(decode_image(png), image)
-    jpeg = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 100])[1]
+    jpeg = cv2.imencode(
+        ".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 100]
+    )[1]
     decoded = decode_image(jpeg.tobytes())
     assert decoded.shape == (40, 60, 3)
     assert np.abs(decoded.astype(int) - image).mean() < 3

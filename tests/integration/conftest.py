@@ -1,0 +1,39 @@
+"""Shared integration fixtures: the fashion family and a session-wide Triton serving it."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cloud.manifest import Manifest
+from cloud.paths import family_dir, manifest_path
+from cloud.triton_repository import write_model
+from cloud.triton_server import TritonServer
+
+
+@pytest.fixture(scope="session")
+def fashion_manifest() -> Manifest:
+    """The fashion family under the artifacts root, built first when missing."""
+    if not manifest_path("fashion").exists():
+        from cloud.build import build_family
+
+        build_family("fashion")
+    return Manifest.load(manifest_path("fashion"))
+
+
+@pytest.fixture(scope="session")
+def fashion_repository(
+    fashion_manifest: Manifest, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A Triton model repository holding the fashion cloud model."""
+    repository = tmp_path_factory.mktemp("triton")
+    write_model(fashion_manifest, family_dir("fashion"), repository)
+    return repository
+
+
+@pytest.fixture(scope="session")
+def triton(fashion_repository: Path) -> Iterator[TritonServer]:
+    """Triton serving `fashion_repository` on free loopback ports for the whole session."""
+    log = fashion_repository.parent / "triton.log"
+    with TritonServer(fashion_repository, log_path=log) as server:
+        yield server
