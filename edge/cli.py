@@ -36,7 +36,7 @@ def models_build(
             manifest = build_family(name)
         point = calibrate_manifest(manifest_path(name))
         console.print(f"[bold]{name}[/]: edge {manifest.edge.key}, cloud {manifest.cloud.key}")
-        console.print_json(data=manifest.edge.metrics | {"cloud_accuracy": manifest.cloud.metrics})
+        console.print_json(data={"edge": manifest.edge.metrics, "cloud": manifest.cloud.metrics})
         if point:
             console.print(
                 f"threshold {point.threshold:.4f}: {point.escalation_rate:.1%} escalated, cascade "
@@ -51,13 +51,14 @@ def demo(
     limit: Annotated[Optional[int], typer.Option(help="number of test frames (default: all)")] = None,
     threshold: Annotated[Optional[float], typer.Option(help="override the manifest's threshold")] = None,
     fps: Annotated[float, typer.Option(help="camera frame rate; 0: as fast as answered")] = 0.0,
+    in_flight: Annotated[int, typer.Option(help="frames awaiting an answer at once")] = 1,
     report: Annotated[Optional[Path], typer.Option(help="JSON report path")] = None,
 ) -> None:
     """Start Triton and an edge agent, stream test frames camera-style, report."""
     from edge.demo import run_demo
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop children on SIGTERM too
-    run_demo(family, limit, threshold, report or Path("reports") / f"demo-{family}.json", fps)
+    run_demo(family, limit, threshold, report or Path("reports") / f"demo-{family}.json", fps, in_flight)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -36,10 +37,14 @@ class StreamResult:
     round_trip_ms: list[float] = field(default_factory=list)
 
 
-def stream(address: str, frames: list[Frame], fps: float, progress: Progress) -> StreamResult:
-    """Send the frames through ClassifyStream, paced at `fps` (0: as fast as answered)."""
+def stream(
+    address: str, frames: list[Frame], fps: float, progress: Progress, window: int = 1
+) -> StreamResult:
+    """Send the frames through ClassifyStream, paced at `fps` (0: as fast as answered), with
+    at most `window` frames awaiting an answer, as a camera with a small buffer would."""
     result = StreamResult()
     sent_at: dict[str, float] = {}
+    in_flight = threading.Semaphore(window)
     task = progress.add_task("frames", total=len(frames))
 
     def requests() -> Iterator[pb.ClassifyRequest]:
@@ -47,12 +52,14 @@ def stream(address: str, frames: list[Frame], fps: float, progress: Progress) ->
         for i, frame in enumerate(frames):
             if fps > 0 and (wait := start + i / fps - time.perf_counter()) > 0:
                 time.sleep(wait)
+            in_flight.acquire()
             sent_at[str(i)] = time.perf_counter()
             yield pb.ClassifyRequest(request_id=str(i), encoded_image=frame.encoded, top_k=1)
 
     with grpc.insecure_channel(address) as channel:
         for response in pb_grpc.CascadeStub(channel).ClassifyStream(requests()):
             result.round_trip_ms.append((time.perf_counter() - sent_at[response.request_id]) * 1e3)
+            in_flight.release()
             result.responses.append(response)
             progress.advance(task)
     return result
@@ -63,7 +70,7 @@ async def cloud_only_predictions(url: str, manifest: Manifest, frames: list[Fram
     client = CloudClient(url, manifest.cloud)
     try:
         images = np.stack([prepare(decode_image(f.encoded), manifest.cloud.preprocessing) for f in frames])
-        batches = [await client.infer_batch(b, timeout_s=30.0) for b in np.array_split(images, max(1, len(images) // 64))]
+        batches = [await client.infer_batch(images[i : i + 64], timeout_s=30.0) for i in range(0, len(images), 64)]
     finally:
         await client.close()
     return np.concatenate(batches).argmax(-1)
@@ -76,8 +83,10 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {"p50": round(float(p50), 3), "p95": round(float(p95), 3), "p99": round(float(p99), 3)}
 
 
-def build_report(manifest: Manifest, frames: list[Frame], result: StreamResult, cloud_top1: np.ndarray,
-                 status: pb.GetStatusResponse) -> dict:
+def build_report(
+    manifest: Manifest, frames: list[Frame], result: StreamResult, cloud_top1: np.ndarray,
+    status: pb.GetStatusResponse, in_flight: int,
+) -> dict:
     labels = np.array([f.label for f in frames])
     answered = [r for r in result.responses if not r.HasField("error")]
     top1 = np.array([r.top_k[0].class_id for r in answered])
@@ -103,6 +112,7 @@ def build_report(manifest: Manifest, frames: list[Frame], result: StreamResult, 
         "versions": {"edge": status.versions.edge, "cloud": status.versions.cloud},
         "threshold": round(float(status.threshold), 6),
         "device": status.device,
+        "in_flight": in_flight,
     }
 
 
@@ -121,7 +131,10 @@ def summary_table(report: dict) -> Table:
     return table
 
 
-def run_demo(family: str, limit: int | None, threshold: float | None, report_path: Path, fps: float = 0.0) -> dict:
+def run_demo(
+    family: str, limit: int | None, threshold: float | None, report_path: Path, fps: float = 0.0,
+    in_flight: int = 1,
+) -> dict:
     """Start Triton and an edge agent, stream the family's test frames, write the report."""
     folder = family_dir(family)
     if not manifest_path(family).exists():
@@ -140,12 +153,12 @@ def run_demo(family: str, limit: int | None, threshold: float | None, report_pat
         console.print(f"Triton at {triton.grpc_url}, edge agent at {edge.address}")
         columns = (TextColumn("streaming"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         with Progress(*columns, console=console) as progress:
-            result = stream(edge.address, frames, fps, progress)
+            result = stream(edge.address, frames, fps, progress, in_flight)
         with grpc.insecure_channel(edge.address) as channel:
             status = pb_grpc.CascadeStub(channel).GetStatus(pb.GetStatusRequest())
         with console.status("cloud-only baseline"):
             cloud_top1 = asyncio.run(cloud_only_predictions(triton.grpc_url, manifest, frames))
-    report = build_report(manifest, frames, result, cloud_top1, status)
+    report = build_report(manifest, frames, result, cloud_top1, status, in_flight)
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     console.print(summary_table(report))

@@ -7,7 +7,7 @@ import pytest
 from cloud.manifest import Manifest
 from cloud.triton_server import TritonServer
 from edge.process import EdgeProcess
-from edge.samples import test_frames
+from edge.samples import labelled_frames
 from edgecascade.v1 import cascade_pb2 as pb
 from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
 
@@ -28,7 +28,7 @@ def stub(edge: EdgeProcess):
 
 @pytest.fixture(scope="module")
 def frames():
-    return test_frames("fashion", 300)
+    return labelled_frames("fashion", 300)
 
 
 def classify(stub, frame, **kw) -> pb.ClassifyResponse:

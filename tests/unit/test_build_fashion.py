@@ -1,0 +1,105 @@
+"""The fashion family builds from the committed ONNX weights into a verifiable manifest."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+import pytest
+
+from cloud.build import build_family
+from cloud.families import FAMILIES, WEIGHTS_DIR
+from cloud.manifest import INPUT_NAME, OUTPUT_NAME, Manifest
+from cloud.paths import family_dir, manifest_path
+
+
+@pytest.fixture(scope="session")
+def fashion_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("artifacts")
+    build_family("fashion", root)
+    return root
+
+
+def _assert_signature(model: ov.Model, shape: str, classes: int) -> None:
+    (image,), (logits,) = model.inputs, model.outputs
+    assert image.any_name == INPUT_NAME and image.element_type == ov.Type.u8
+    assert str(image.partial_shape) == shape
+    assert logits.any_name == OUTPUT_NAME and logits.element_type == ov.Type.f32
+    assert str(logits.partial_shape) == f"[?,{classes}]"
+
+
+@pytest.mark.parametrize("tier", ["edge", "cloud"])
+def test_committed_onnx_has_the_agreed_signature(tier: str) -> None:
+    model = ov.Core().read_model(WEIGHTS_DIR / f"fashion_{tier}.onnx")
+    _assert_signature(model, "[?,28,28,1]", 10)
+
+
+def test_committed_weights_are_small() -> None:
+    assert sum(p.stat().st_size for p in WEIGHTS_DIR.glob("*.onnx")) < 5 * 2**20
+
+
+def test_families_registry() -> None:
+    assert set(FAMILIES) == {"fashion", "imagenet"}
+    assert all(name == family.name for name, family in FAMILIES.items())
+    assert len(FAMILIES["fashion"].labels()) == 10
+    assert FAMILIES["imagenet"].edge.size == 224 and FAMILIES["imagenet"].cloud.size == 260
+
+
+def test_unknown_family_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown family"):
+        build_family("nope", tmp_path)
+
+
+def test_manifest_verifies_and_pins_every_artifact(fashion_root: Path) -> None:
+    folder = family_dir("fashion", fashion_root)
+    manifest = Manifest.load(manifest_path("fashion", fashion_root))
+    manifest.verify(folder)
+    assert (manifest.edge.name, manifest.cloud.name) == ("fashion_edge", "fashion_cloud")
+    assert set(manifest.edge.files) == {
+        "edge/model.xml", "edge/model.bin", "edge/fp32/model.xml", "edge/fp32/model.bin",
+    }  # fmt: skip
+    assert set(manifest.cloud.files) == {"cloud/model.onnx"}
+    assert json.loads((folder / "labels.json").read_text()) == manifest.labels
+    assert manifest.policy.threshold == FAMILIES["fashion"].threshold
+    assert not list(fashion_root.glob(".*.building"))
+
+
+def test_built_models_keep_the_signature(fashion_root: Path) -> None:
+    folder = family_dir("fashion", fashion_root)
+    for rel in ["edge/model.xml", "edge/fp32/model.xml", "cloud/model.onnx"]:
+        _assert_signature(ov.Core().read_model(folder / rel), "[?,28,28,1]", 10)
+
+
+def test_metrics_are_plausible(fashion_root: Path) -> None:
+    manifest = Manifest.load(manifest_path("fashion", fashion_root))
+    edge, cloud = manifest.edge.metrics, manifest.cloud.metrics
+    assert (
+        edge["int8_accuracy"] > 0.85 and abs(edge["int8_accuracy"] - edge["fp32_accuracy"]) < 0.01
+    )
+    assert cloud["accuracy"] > edge["fp32_accuracy"]
+    assert edge["int8_latency_ms"] > 0 and edge["fp32_latency_ms"] > 0
+
+
+def test_prediction_files_for_the_router(fashion_root: Path) -> None:
+    folder = family_dir("fashion", fashion_root)
+    manifest = Manifest.load(folder / "manifest.json")
+    for name, n in [("calibration.npz", 5_000), ("test_predictions.npz", 10_000)]:
+        data = np.load(folder / name)
+        assert data["edge_logits"].shape == data["cloud_logits"].shape == (n, 10)
+        assert data["labels"].shape == (n,)
+    test = np.load(folder / "test_predictions.npz")
+    accuracy = (test["edge_logits"].argmax(1) == test["labels"]).mean()
+    assert accuracy == pytest.approx(manifest.edge.metrics["int8_accuracy"])
+
+
+def test_verify_detects_a_changed_artifact(fashion_root: Path, tmp_path: Path) -> None:
+    folder = shutil.copytree(family_dir("fashion", fashion_root), tmp_path / "fashion")
+    with open(folder / "edge/model.bin", "r+b") as f:
+        byte = f.read(1)
+        f.seek(0)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(ValueError, match="edge/model.bin"):
+        Manifest.load(folder / "manifest.json").verify(folder)
