@@ -1,0 +1,39 @@
+"""`edgecascade demo` as a user runs it: real processes, a report, nothing left behind."""
+
+import json
+import os
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_demo_streams_frames_reports_and_stops_everything(fashion_manifest, tmp_path):
+    report_path = tmp_path / "demo.json"
+    before = {p.pid for p in psutil.process_iter()}
+    run = subprocess.run(
+        [sys.executable, "-m", "edge.cli", "demo", "--limit", "400", "--report", str(report_path)],
+        capture_output=True, text=True, timeout=300, env=os.environ | {"COLUMNS": "120"},
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert report["n"] == 400 and report["errors"] == 0 and report["degraded"] == 0
+    acc = report["accuracy"]
+    assert 0.8 < acc["edge_only"] <= acc["cascade"] and acc["edge_only"] < acc["cloud_only"]
+    assert 0 < report["escalation_rate"] < 0.5
+    for hop in ("edge", "cloud", "end_to_end"):
+        p = report["latency_ms"][hop]
+        assert 0 < p["p50"] <= p["p95"] <= p["p99"]
+    # The fashion cloud model takes 28x28x1 uint8: 784 bytes per escalated frame.
+    assert report["bytes_to_cloud"] == round(report["escalation_rate"] * 400) * 784
+    assert report["versions"] == {"edge": fashion_manifest.edge.key, "cloud": fashion_manifest.cloud.key}
+    assert report["threshold"] == pytest.approx(fashion_manifest.policy.threshold, abs=1e-6)
+    assert "accuracy cascade" in run.stdout
+    leftovers = [
+        p.name() for p in psutil.process_iter() if p.pid not in before
+        and any(name in " ".join(p.cmdline()) for name in ("tritonserver", "edge serve"))
+    ]
+    assert not leftovers, f"demo left processes running: {leftovers}"
