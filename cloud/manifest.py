@@ -42,8 +42,11 @@ class ModelSpec(BaseModel):
 
 
 class RoutingPolicy(BaseModel):
-    kind: Literal["max_prob"] = "max_prob"
+    """Escalate when the edge model's confidence score (on logits / temperature) < threshold."""
+
+    kind: Literal["max_prob", "margin", "entropy"] = "max_prob"
     threshold: float = Field(ge=0.0, le=1.0)
+    temperature: float = Field(1.0, gt=0.0, description="fit on the calibration split")
 
 
 class Manifest(BaseModel):

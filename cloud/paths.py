@@ -22,6 +22,13 @@ def triton_repository(root: Path | None = None) -> Path:
     return (root or artifacts_root()) / "triton"
 
 
-def edge_model_file(family_folder: Path) -> Path:
-    """The (INT8) edge model IR a build writes into a family folder."""
-    return family_folder / "edge" / "model.xml"
+def registry_root(root: Path | None = None) -> Path:
+    """The cloud model registry (published family versions, content-addressed blobs)."""
+    return (root or artifacts_root()) / "registry"
+
+
+def edge_model_file(family_folder: Path, precision: str = "int8") -> Path:
+    """The edge model IR a build writes into a family folder: INT8, or the FP32 reference."""
+    if precision not in ("int8", "fp32"):
+        raise ValueError(f"edge precision {precision!r}: expected int8 or fp32")
+    return family_folder / "edge" / ("model.xml" if precision == "int8" else "fp32/model.xml")

@@ -70,7 +70,8 @@ def write_model(
 ) -> Path:
     """Write (or add a version to) the family's cloud model in `repository`; return its folder.
 
-    Versions already in the model folder stay listed in the version policy.
+    Versions already in the model folder stay listed in the version policy (a repository holds
+    every cloud version in use; `set_version_policy` narrows what Triton serves).
     """
     manifest.verify(family_dir)
     spec = manifest.cloud
@@ -84,10 +85,22 @@ def write_model(
     if not gpu:
         shutil.copyfile(CPU_MODEL_SOURCE, version_dir / "model.py")
     (model_dir / LABEL_FILE).write_text("".join(f"{label}\n" for label in manifest.labels))
-    versions = [int(d.name) for d in model_dir.iterdir() if d.is_dir() and d.name.isdigit()]
-    config = model_config(manifest, versions, gpu=gpu)
+    config = model_config(manifest, version_folders(model_dir), gpu=gpu)
     (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))
     return model_dir
+
+
+def version_folders(model_dir: Path) -> list[int]:
+    """The versions that have a folder in a model folder, lowest first."""
+    return sorted(int(d.name) for d in Path(model_dir).iterdir() if d.is_dir() and d.name.isdigit())
+
+
+def set_version_policy(model_dir: Path, versions: Iterable[int]) -> None:
+    """List exactly `versions` in the model's version policy (Triton serves those on load)."""
+    config = read_config(model_dir)
+    del config.version_policy.specific.versions[:]
+    config.version_policy.specific.versions.extend(sorted(set(versions)))
+    (Path(model_dir) / "config.pbtxt").write_text(text_format.MessageToString(config))
 
 
 def write_repository(

@@ -19,13 +19,16 @@ import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Literal
 
 import tritonclient.grpc as grpcclient
 from typing_extensions import Self
 
 from cloud.ports import free_port
+from cloud.triton_control import ModelControl
 
 HOST = "127.0.0.1"
 _PR_SET_PDEATHSIG = 1
@@ -44,7 +47,11 @@ class TritonServerError(RuntimeError):
 
 
 class TritonServer:
-    """A local tritonserver process on loopback ports; use as a context manager."""
+    """A local tritonserver process on loopback ports; use as a context manager.
+
+    `model_control_mode="explicit"` loads only `load_models` at start; the others are loaded
+    and unloaded with `load_model` / `unload_model` (see `cloud.cloud_rollout`).
+    """
 
     def __init__(
         self,
@@ -55,8 +62,14 @@ class TritonServer:
         metrics_port: int | None = None,
         log_path: Path | None = None,
         log_verbose: int = 0,
+        model_control_mode: Literal["none", "explicit"] = "none",
+        load_models: Sequence[str] = (),
     ) -> None:
+        if load_models and model_control_mode != "explicit":
+            raise ValueError("load_models needs model_control_mode='explicit'")
         self.repository = Path(repository).resolve()
+        self.model_control_mode = model_control_mode
+        self.load_models = tuple(load_models)
         self.grpc_port = grpc_port or free_port()
         self.http_port = http_port or free_port()
         self.metrics_port = metrics_port or free_port()
@@ -87,11 +100,23 @@ class TritonServer:
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
+    @property
+    def control(self) -> ModelControl:
+        return ModelControl(self.grpc_url)
+
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    def load_model(self, name: str) -> None:
+        """(Re)load `name` with the versions its config lists (explicit mode)."""
+        self.control.load(name)
+
+    def unload_model(self, name: str) -> None:
+        """Unload every version of `name` (explicit mode)."""
+        self.control.unload(name)
+
     def start(self, timeout: float = 120.0) -> Self:
-        """Launch the server and wait until it and every model in the repository are ready."""
+        """Launch the server and wait until it and every model it loads are ready."""
         if self.is_running():
             raise TritonServerError(f"tritonserver already running (pid {self.pid})")
         backends = self._prepare_backends()
@@ -111,6 +136,8 @@ class TritonServer:
             "--strict-readiness=true",
             "--exit-on-error=true",
             f"--log-verbose={self._log_verbose}",
+            f"--model-control-mode={self.model_control_mode}",
+            *(f"--load-model={name}" for name in self.load_models),
         ]
         with open(self._log_path, "ab") as log:
             self._process = subprocess.Popen(
@@ -198,12 +225,13 @@ class TritonServer:
                     )
                 time.sleep(0.1)
 
-    @staticmethod
-    def _all_ready(client: grpcclient.InferenceServerClient) -> bool:
+    def _all_ready(self, client: grpcclient.InferenceServerClient) -> bool:
         try:
             if not client.is_server_ready():
                 return False
             index = client.get_model_repository_index().models
+            if self.model_control_mode == "explicit":
+                return all(client.is_model_ready(name) for name in self.load_models)
             return all(client.is_model_ready(m.name, m.version) for m in index)
         except grpcclient.InferenceServerException:
             return False

@@ -2,33 +2,54 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, Field
+import numpy as np
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cloud.manifest import Manifest
 from cloud.paths import artifacts_root, edge_model_file, family_dir
+from cloud.preprocessing import InvalidImage
+from edge.limits import InFlightLimit, Overloaded
+from edge.metrics import Metrics
 from edge.runtime import EdgeModel, PerformanceHint
+from router.breaker import CircuitBreaker
 from router.cascade import Answer, Cascade
 from router.cloud_client import CloudClient
 from router.policy import policy_from_manifest
 
 
-class EdgeSettings(BaseModel):
-    """How an edge agent runs; validated at start."""
+class EdgeSettings(BaseSettings):
+    """How an edge agent runs; validated at start. Environment variables EDGECASCADE_<FIELD>
+    apply (edge.config.load_settings adds a TOML file and command-line options)."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGECASCADE_", extra="forbid")
 
     family: str = "fashion"
     artifacts: Path = Field(default_factory=artifacts_root)
     device: str = "CPU"
     hint: PerformanceHint = "LATENCY"
+    precision: Literal["int8", "fp32"] = Field("int8", description="edge IR: INT8 or FP32 reference")
     cloud_url: str | None = Field(None, description="host:port of Triton or a router gateway")
     cloud_timeout_s: float = Field(1.0, gt=0)
+    breaker_failures: int = Field(5, ge=1, description="cloud failures in a row that open the breaker")
+    breaker_cooldown_s: float = Field(2.0, ge=0, description="how long an open breaker waits to probe")
     threshold: float | None = Field(None, ge=0, le=1, description="overrides the manifest's")
     host: str = "127.0.0.1"
     port: int = Field(50051, ge=0, le=65535)
     default_top_k: int = Field(5, ge=1)
     stream_window: int = Field(8, ge=1, description="frames of one stream in flight at once")
+    max_in_flight: int = Field(64, ge=1, description="requests answered at once; more: RESOURCE_EXHAUSTED")
+    max_batch: int = Field(32, ge=1, description="images in one KServe ModelInfer request")
+    max_message_bytes: int = Field(16 << 20, ge=1024, description="largest gRPC message either way")
+    grace_s: float = Field(5.0, ge=0, description="time in-flight calls get to finish on shutdown")
+    metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics HTTP port; 0: off")
 
 
 @dataclass
@@ -53,6 +74,8 @@ class EdgeAgent:
     model: EdgeModel
     cascade: Cascade
     cloud: CloudClient | None
+    limit: InFlightLimit
+    metrics: Metrics
     counters: Counters = field(default_factory=Counters)
 
     @classmethod
@@ -68,8 +91,38 @@ class EdgeAgent:
             )
         manifest = Manifest.load(manifest_file)
         manifest.verify(folder)
-        model = EdgeModel(edge_model_file(folder), settings.device, settings.hint)
+        model = EdgeModel(edge_model_file(folder, settings.precision), settings.device, settings.hint)
         cloud = CloudClient(settings.cloud_url, manifest.cloud) if settings.cloud_url else None
         policy = policy_from_manifest(manifest.policy, settings.threshold)
-        cascade = Cascade(manifest, model.infer, policy, cloud, settings.cloud_timeout_s)
-        return cls(settings, manifest, model, cascade, cloud)
+        breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s)
+        cascade = Cascade(manifest, model.infer, policy, cloud, settings.cloud_timeout_s, breaker=breaker)
+        limit = InFlightLimit(settings.max_in_flight)
+        metrics = Metrics(manifest, lambda: limit.current)
+        return cls(settings, manifest, model, cascade, cloud, limit, metrics)
+
+    async def answer(
+        self,
+        decode: Callable[[], Sequence[np.ndarray]],
+        *,
+        received_at: float,
+        deadline: float | None = None,
+    ) -> list[Answer]:
+        """One request (whichever API it came by): admit it, decode its images, run each
+        through the cascade, count the outcome. Raises Overloaded past max_in_flight and
+        InvalidImage for unreadable input; times are time.perf_counter()."""
+        try:
+            with self.limit.admit():
+                images = decode()
+                answers = await asyncio.gather(*(
+                    self.cascade.classify(image, received_at=received_at, deadline=deadline)
+                    for image in images
+                ))
+        except Exception as e:
+            self.counters.errors += isinstance(e, InvalidImage)
+            reason = {Overloaded: "REJECTED", InvalidImage: "INVALID_ARGUMENT"}.get(type(e), "OTHER")
+            self.metrics.failed(reason)
+            raise
+        for answer in answers:
+            self.counters.record(answer)
+        self.metrics.answered(answers, time.perf_counter() - received_at)
+        return answers

@@ -55,6 +55,11 @@ class EdgeProcess:
             self._process.kill()
             self._process.wait()
 
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once the agent has exited, else None."""
+        return None if self._process is None else self._process.poll()
+
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from pathlib import Path
 from typing import Literal
 
@@ -15,18 +16,26 @@ PerformanceHint = Literal["LATENCY", "THROUGHPUT"]
 
 class EdgeModel:
     """An OpenVINO compiled model whose requests overlap: `await infer(image)` never blocks
-    the event loop; up to `parallelism` requests run at once on the device."""
+    the event loop; up to `parallelism` requests run at once on the device, and images that
+    arrive while all are busy are batched into the next free one (dynamic batch models)."""
 
-    def __init__(self, model_xml: Path, device: Device = "CPU", hint: PerformanceHint = "LATENCY"):
+    def __init__(
+        self,
+        model_xml: Path,
+        device: Device = "CPU",
+        hint: PerformanceHint = "LATENCY",
+        max_batch: int = 16,
+    ):
         core = ov.Core()
-        self.compiled = core.compile_model(
-            core.read_model(model_xml), device, {"PERFORMANCE_HINT": hint}
-        )
+        model = core.read_model(model_xml)
+        self.compiled = core.compile_model(model, device, {"PERFORMANCE_HINT": hint})
         self.requested_device = device
         self.execution_devices: list[str] = list(self.compiled.get_property("EXECUTION_DEVICES"))
+        self.max_batch = max_batch if model.input(0).get_partial_shape()[0].is_dynamic else 1
         self._queue = ov.AsyncInferQueue(self.compiled)
         self._queue.set_callback(self._done)
-        self._slots: asyncio.Semaphore | None = None
+        self._idle = len(self._queue)
+        self._waiting: deque[tuple[np.ndarray, asyncio.Future]] = deque()
 
     @property
     def parallelism(self) -> int:
@@ -39,26 +48,41 @@ class EdgeModel:
     def describe(self) -> str:
         return (
             f"{self.requested_device} -> {','.join(self.execution_devices)} "
-            f"({self.streams} streams, {self.parallelism} infer requests)"
+            f"({self.streams} streams, {self.parallelism} infer requests, "
+            f"batches of up to {self.max_batch})"
         )
 
     async def infer(self, image: np.ndarray) -> np.ndarray:
-        """Logits [classes] for one uint8 [H, W, C] image."""
-        if self._slots is None:  # bound to the loop that first uses the model
-            self._slots = asyncio.Semaphore(self.parallelism)
-        async with self._slots:
-            loop = asyncio.get_running_loop()
-            future = loop.create_future()
-            self._queue.start_async({0: image[None]}, (loop, future))
-            return await future
+        """Logits [classes] for one uint8 [H, W, C] image. While every infer request is busy,
+        images wait and then go to the device together, up to `max_batch` in one request."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._waiting.append((image, future))
+        self._start(loop)
+        return await future
 
-    @staticmethod
-    def _done(request: ov.InferRequest, userdata: tuple[asyncio.AbstractEventLoop, asyncio.Future]):
-        loop, future = userdata
-        logits = request.get_output_tensor(0).data[0].copy()
-        loop.call_soon_threadsafe(_resolve, future, logits)
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        while self._waiting and self._idle:
+            batch = [self._waiting.popleft()]
+            shape = batch[0][0].shape
+            while (
+                self._waiting and len(batch) < self.max_batch and self._waiting[0][0].shape == shape
+            ):
+                batch.append(self._waiting.popleft())
+            self._idle -= 1
+            images = np.stack([image for image, _ in batch])
+            self._queue.start_async({0: images}, (loop, [future for _, future in batch]))
 
+    def _done(self, request: ov.InferRequest, userdata: tuple[asyncio.AbstractEventLoop, list]):
+        loop, futures = userdata
+        logits = request.get_output_tensor(0).data.copy()
+        loop.call_soon_threadsafe(self._finish, loop, futures, logits)
 
-def _resolve(future: asyncio.Future, value: np.ndarray) -> None:
-    if not future.cancelled():
-        future.set_result(value)
+    def _finish(
+        self, loop: asyncio.AbstractEventLoop, futures: list[asyncio.Future], logits: np.ndarray
+    ) -> None:
+        self._idle += 1
+        for future, row in zip(futures, logits):
+            if not future.cancelled():
+                future.set_result(row)
+        self._start(loop)

@@ -1,4 +1,5 @@
-"""The edge agent's gRPC server: the edgecascade.v1.Cascade API over the cascade."""
+"""The edge agent's gRPC server: the edgecascade.v1.Cascade API and KServe v2 over the cascade,
+with grpc.health.v1, server reflection, Prometheus metrics, limits and a graceful stop."""
 
 from __future__ import annotations
 
@@ -10,9 +11,15 @@ from collections.abc import AsyncIterator
 
 import grpc
 import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from tritonclient.grpc import service_pb2 as kpb
+from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
 from cloud.preprocessing import InvalidImage, decode_image, raw_image
 from edge.agent import EdgeAgent, EdgeSettings
+from edge.kserve import KServeService
+from edge.rpc import RequestError, ordered, status_code
 from edgecascade.v1 import cascade_pb2 as pb
 from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
 from router.cascade import Answer
@@ -20,6 +27,10 @@ from router.cascade import Answer
 log = logging.getLogger(__name__)
 
 TIERS = {"edge": pb.EDGE, "cloud": pb.CLOUD}
+SERVICES = (
+    pb.DESCRIPTOR.services_by_name["Cascade"].full_name,
+    kpb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+)
 
 
 def decode_request(request: pb.ClassifyRequest) -> np.ndarray:
@@ -41,12 +52,16 @@ class CascadeService(pb_grpc.CascadeServicer):
         )
 
     async def _answer(self, request: pb.ClassifyRequest, deadline: float | None) -> pb.ClassifyResponse:
-        """Raises InvalidImage for input that cannot be read."""
+        """Raises InvalidImage or Overloaded (edge.rpc.RequestError). `deadline` is the gRPC one;
+        the request's own `deadline_ms` budget applies too."""
         received_at = time.perf_counter()
+        if request.deadline_ms > 0:
+            budget_end = received_at + request.deadline_ms / 1e3
+            deadline = budget_end if deadline is None else min(deadline, budget_end)
         request_id = request.request_id or uuid.uuid4().hex
-        image = decode_request(request)
-        answer = await self.agent.cascade.classify(image, received_at=received_at, deadline=deadline)
-        self.agent.counters.record(answer)
+        (answer,) = await self.agent.answer(
+            lambda: [decode_request(request)], received_at=received_at, deadline=deadline
+        )
         return self._response(request_id, answer, request.top_k, received_at)
 
     def _response(self, request_id: str, answer: Answer, top_k: int, received_at: float) -> pb.ClassifyResponse:
@@ -72,41 +87,24 @@ class CascadeService(pb_grpc.CascadeServicer):
         deadline = None if remaining is None else time.perf_counter() + remaining
         try:
             return await self._answer(request, deadline)
-        except InvalidImage as e:
-            self.agent.counters.errors += 1
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except RequestError as e:
+            await context.abort(status_code(e), str(e))
 
     async def ClassifyStream(
         self, requests: AsyncIterator[pb.ClassifyRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ClassifyResponse]:
         """Frames are answered concurrently (up to stream_window at once), in order."""
-        pending: asyncio.Queue[asyncio.Task | None] = asyncio.Queue(self.agent.settings.stream_window)
-
-        async def read() -> None:
-            async for request in requests:
-                await pending.put(asyncio.create_task(self._frame(request)))
-            await pending.put(None)
-
-        reader = asyncio.create_task(read())
-        try:
-            while (task := await pending.get()) is not None:
-                yield await task
-            await reader
-        finally:
-            reader.cancel()
-            while not pending.empty():
-                if task := pending.get_nowait():
-                    task.cancel()
+        async for response in ordered(requests, self._frame, self.agent.settings.stream_window):
+            yield response
 
     async def _frame(self, request: pb.ClassifyRequest) -> pb.ClassifyResponse:
         try:
             return await self._answer(request, None)
-        except InvalidImage as e:
-            self.agent.counters.errors += 1
+        except RequestError as e:
             return pb.ClassifyResponse(
                 request_id=request.request_id,
                 versions=self._versions,
-                error=pb.Error(code=grpc.StatusCode.INVALID_ARGUMENT.value[0], message=str(e)),
+                error=pb.Error(code=status_code(e).value[0], message=str(e)),
             )
 
     async def GetStatus(self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext) -> pb.GetStatusResponse:
@@ -123,25 +121,51 @@ class CascadeService(pb_grpc.CascadeServicer):
             degraded=counters.degraded,
             errors=counters.errors,
             bytes_to_cloud=counters.bytes_to_cloud,
+            breaker=agent.cascade.breaker.state,
+            cloud_latency_ewma_ms=(agent.cascade.latency.ewma_s or 0.0) * 1e3,
+            cloud_latency_p95_ms=(agent.cascade.latency.p95_s or 0.0) * 1e3,
         )
 
 
 async def serve(settings: EdgeSettings, stop: asyncio.Event | None = None) -> None:
-    """Run the agent until `stop` is set (or forever); in-flight calls get a grace period."""
+    """Run the agent until `stop` is set (or forever). Then health turns NOT_SERVING, new calls
+    are refused and calls in flight get `grace_s` to finish."""
     agent = EdgeAgent.load(settings)
-    server = grpc.aio.server()
+    size = settings.max_message_bytes
+    server = grpc.aio.server(
+        options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)]
+    )
     pb_grpc.add_CascadeServicer_to_server(CascadeService(agent), server)
+    kpb_grpc.add_GRPCInferenceServiceServicer_to_server(KServeService(agent), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for service in ("", *SERVICES):  # the model is compiled: serving from the first call
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
     address = f"{settings.host}:{settings.port}"
     port = server.add_insecure_port(address)
     await server.start()
+    metrics_http = (
+        agent.metrics.serve_http(settings.host, settings.metrics_port)[0]
+        if settings.metrics_port else None
+    )
     log.info(
-        "edge agent %s serving %s on %s:%d, model on %s, cloud %s",
-        agent.manifest.family, agent.manifest.edge.key, settings.host, port,
+        "edge agent %s serving %s on %s:%d (Cascade, KServe v2, health, reflection), model on %s, "
+        "cloud %s, metrics %s", agent.manifest.family, agent.manifest.edge.key, settings.host, port,
         agent.model.describe(), settings.cloud_url or "disabled",
+        f"http://{settings.host}:{settings.metrics_port}/metrics" if metrics_http else "off",
     )
     try:
         await (stop or asyncio.Event()).wait()
     finally:
-        await server.stop(grace=5.0)
+        log.info("draining: %d requests in flight, %.1fs grace", agent.limit.current, settings.grace_s)
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(grace=settings.grace_s)
+        if metrics_http:
+            metrics_http.shutdown()
+            metrics_http.server_close()
         if agent.cloud:
             await agent.cloud.close()
+        log.info("stopped")

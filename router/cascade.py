@@ -11,8 +11,10 @@ import numpy as np
 
 from cloud.manifest import Manifest
 from cloud.preprocessing import prepare
+from router.breaker import CircuitBreaker
 from router.cloud_client import CloudClient, CloudError
-from router.policy import MaxProbabilityPolicy, softmax
+from router.latency import LatencyTracker
+from router.policy import ScorePolicy, softmax
 
 EdgeInfer = Callable[[np.ndarray], Awaitable[np.ndarray]]
 
@@ -43,18 +45,23 @@ class Answer:
 class Cascade:
     """Answers at the edge when the policy trusts the edge model, else asks the cloud.
 
-    A cloud failure never fails the request: the edge answer comes back degraded."""
+    A cloud failure never fails the request: the edge answer comes back degraded. The cloud is
+    called only when its expected latency fits the time left and the breaker lets it through."""
 
     def __init__(
         self,
         manifest: Manifest,
         edge_infer: EdgeInfer,
-        policy: MaxProbabilityPolicy,
+        policy: ScorePolicy,
         cloud: CloudClient | None,
         cloud_timeout_s: float = 1.0,
+        latency: LatencyTracker | None = None,
+        breaker: CircuitBreaker | None = None,
     ):
         self.manifest = manifest
         self.policy = policy
+        self.latency = latency or LatencyTracker()
+        self.breaker = breaker or CircuitBreaker()
         self._edge_infer = edge_infer
         self._cloud = cloud
         self._cloud_timeout_s = cloud_timeout_s
@@ -80,15 +87,21 @@ class Cascade:
             timeout = min(timeout, deadline - time.perf_counter())
         if self._cloud is None:
             reason, cloud_image = "cloud-unavailable", None
-        elif timeout < MIN_CLOUD_BUDGET_S:
+        elif timeout < MIN_CLOUD_BUDGET_S or not self.latency.fits(timeout):
             reason, cloud_image = "deadline", None
+        elif not self.breaker.allow():
+            reason, cloud_image = "cloud-unavailable", None
         else:
             cloud_image = prepare(image, self.manifest.cloud.preprocessing)
+            sent = time.perf_counter()
             try:
                 cloud_logits = await self._cloud.infer(cloud_image, timeout)
             except CloudError as e:
                 reason = e.reason
+                self._cloud_failed(reason, timeout, time.perf_counter() - sent)
             else:
+                self.latency.record(time.perf_counter() - sent)
+                self.breaker.success()
                 return Answer(
                     softmax(np.asarray(cloud_logits, np.float64)), "cloud", **edge,
                     cloud_ms=(time.perf_counter() - edge_done) * 1e3, degraded_reason=None,
@@ -98,3 +111,12 @@ class Cascade:
             edge_probs, "edge", **edge, cloud_ms=(time.perf_counter() - edge_done) * 1e3,
             degraded_reason=reason, bytes_to_cloud=0 if cloud_image is None else cloud_image.nbytes,
         )
+
+    def _cloud_failed(self, reason: str, timeout_s: float, elapsed_s: float) -> None:
+        """A timeout is a latency sample too; one cut short by the caller's own budget says
+        nothing about the cloud's health, so only the others count towards the breaker."""
+        if reason == "cloud-timeout":
+            self.latency.record(elapsed_s)
+            if timeout_s < self._cloud_timeout_s:
+                return
+        self.breaker.failure()

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from cloud.manifest import RoutingPolicy
-from router.calibration import cascade_curve, pick_threshold
+from router.calibration import Target, cascade_curve, pick_threshold
 from router.policy import MaxProbabilityPolicy, policy_from_manifest, softmax
 
 
@@ -43,7 +43,7 @@ def test_pick_threshold_reaches_target_with_least_escalation():
     confidence = rng.uniform(0.3, 1.0, n)
     edge_ok = rng.uniform(size=n) < confidence  # confident answers are right more often
     cloud_ok = rng.uniform(size=n) < 0.95
-    point = pick_threshold(confidence, edge_ok, cloud_ok, max_accuracy_drop=0.003)
+    point = pick_threshold(confidence, edge_ok, cloud_ok, Target(max_drop=0.003))
     escalate = confidence < point.threshold
     cascade = np.where(escalate, cloud_ok, edge_ok).mean()
     assert escalate.mean() == pytest.approx(point.escalation_rate)
@@ -60,6 +60,6 @@ def test_pick_threshold_reaches_target_with_least_escalation():
 def test_pick_threshold_needs_no_escalation_when_edge_is_as_good():
     confidence = np.array([0.4, 0.6, 0.9])
     ok = np.array([True, True, False])
-    point = pick_threshold(confidence, ok, ok, max_accuracy_drop=0.0)
+    point = pick_threshold(confidence, ok, ok, Target(max_drop=0.0))
     assert point.escalation_rate == 0.0
     assert not (confidence < point.threshold).any()

@@ -24,33 +24,33 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65\x64gecascade/v1/cascade.proto\x12\x0e\x65\x64gecascade.v1\"\'\n\x08RawImage\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x85\x01\n\x0f\x43lassifyRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x17\n\rencoded_image\x18\x02 \x01(\x0cH\x00\x12-\n\traw_image\x18\x03 \x01(\x0b\x32\x18.edgecascade.v1.RawImageH\x00\x12\r\n\x05top_k\x18\x04 \x01(\rB\x07\n\x05input\";\n\nPrediction\x12\x10\n\x08\x63lass_id\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\"<\n\rModelVersions\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\t\x12\x0c\n\x04\x65\x64ge\x18\x02 \x01(\t\x12\r\n\x05\x63loud\x18\x03 \x01(\t\">\n\x07Timings\x12\x0f\n\x07\x65\x64ge_ms\x18\x01 \x01(\x01\x12\x10\n\x08\x63loud_ms\x18\x02 \x01(\x01\x12\x10\n\x08total_ms\x18\x03 \x01(\x01\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xd1\x02\n\x10\x43lassifyResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x05top_k\x18\x02 \x03(\x0b\x32\x1a.edgecascade.v1.Prediction\x12\"\n\x04tier\x18\x03 \x01(\x0e\x32\x14.edgecascade.v1.Tier\x12\x17\n\x0f\x65\x64ge_confidence\x18\x04 \x01(\x02\x12\x15\n\redge_class_id\x18\x05 \x01(\x05\x12/\n\x08versions\x18\x06 \x01(\x0b\x32\x1d.edgecascade.v1.ModelVersions\x12(\n\x07timings\x18\x07 \x01(\x0b\x32\x17.edgecascade.v1.Timings\x12\x10\n\x08\x64\x65graded\x18\x08 \x01(\x08\x12\x17\n\x0f\x64\x65graded_reason\x18\t \x01(\t\x12$\n\x05\x65rror\x18\n \x01(\x0b\x32\x15.edgecascade.v1.Error\"\x12\n\x10GetStatusRequest\"\x80\x02\n\x11GetStatusResponse\x12/\n\x08versions\x18\x01 \x01(\x0b\x32\x1d.edgecascade.v1.ModelVersions\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x0e\n\x06policy\x18\x03 \x01(\t\x12\x11\n\tthreshold\x18\x04 \x01(\x02\x12\x11\n\tcloud_url\x18\x05 \x01(\t\x12\x13\n\x0b\x63loud_ready\x18\x06 \x01(\x08\x12\x10\n\x08requests\x18\x07 \x01(\x04\x12\x13\n\x0b\x65scalations\x18\x08 \x01(\x04\x12\x10\n\x08\x64\x65graded\x18\t \x01(\x04\x12\x0e\n\x06\x65rrors\x18\n \x01(\x04\x12\x16\n\x0e\x62ytes_to_cloud\x18\x0b \x01(\x04*1\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\x08\n\x04\x45\x44GE\x10\x01\x12\t\n\x05\x43LOUD\x10\x02\x32\x83\x02\n\x07\x43\x61scade\x12M\n\x08\x43lassify\x12\x1f.edgecascade.v1.ClassifyRequest\x1a .edgecascade.v1.ClassifyResponse\x12W\n\x0e\x43lassifyStream\x12\x1f.edgecascade.v1.ClassifyRequest\x1a .edgecascade.v1.ClassifyResponse(\x01\x30\x01\x12P\n\tGetStatus\x12 .edgecascade.v1.GetStatusRequest\x1a!.edgecascade.v1.GetStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65\x64gecascade/v1/cascade.proto\x12\x0e\x65\x64gecascade.v1\"\'\n\x08RawImage\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x9a\x01\n\x0f\x43lassifyRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x17\n\rencoded_image\x18\x02 \x01(\x0cH\x00\x12-\n\traw_image\x18\x03 \x01(\x0b\x32\x18.edgecascade.v1.RawImageH\x00\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x05 \x01(\x01\x42\x07\n\x05input\";\n\nPrediction\x12\x10\n\x08\x63lass_id\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\"<\n\rModelVersions\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\t\x12\x0c\n\x04\x65\x64ge\x18\x02 \x01(\t\x12\r\n\x05\x63loud\x18\x03 \x01(\t\">\n\x07Timings\x12\x0f\n\x07\x65\x64ge_ms\x18\x01 \x01(\x01\x12\x10\n\x08\x63loud_ms\x18\x02 \x01(\x01\x12\x10\n\x08total_ms\x18\x03 \x01(\x01\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xd1\x02\n\x10\x43lassifyResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x05top_k\x18\x02 \x03(\x0b\x32\x1a.edgecascade.v1.Prediction\x12\"\n\x04tier\x18\x03 \x01(\x0e\x32\x14.edgecascade.v1.Tier\x12\x17\n\x0f\x65\x64ge_confidence\x18\x04 \x01(\x02\x12\x15\n\redge_class_id\x18\x05 \x01(\x05\x12/\n\x08versions\x18\x06 \x01(\x0b\x32\x1d.edgecascade.v1.ModelVersions\x12(\n\x07timings\x18\x07 \x01(\x0b\x32\x17.edgecascade.v1.Timings\x12\x10\n\x08\x64\x65graded\x18\x08 \x01(\x08\x12\x17\n\x0f\x64\x65graded_reason\x18\t \x01(\t\x12$\n\x05\x65rror\x18\n \x01(\x0b\x32\x15.edgecascade.v1.Error\"\x12\n\x10GetStatusRequest\"\xce\x02\n\x11GetStatusResponse\x12/\n\x08versions\x18\x01 \x01(\x0b\x32\x1d.edgecascade.v1.ModelVersions\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x0e\n\x06policy\x18\x03 \x01(\t\x12\x11\n\tthreshold\x18\x04 \x01(\x02\x12\x11\n\tcloud_url\x18\x05 \x01(\t\x12\x13\n\x0b\x63loud_ready\x18\x06 \x01(\x08\x12\x10\n\x08requests\x18\x07 \x01(\x04\x12\x13\n\x0b\x65scalations\x18\x08 \x01(\x04\x12\x10\n\x08\x64\x65graded\x18\t \x01(\x04\x12\x0e\n\x06\x65rrors\x18\n \x01(\x04\x12\x16\n\x0e\x62ytes_to_cloud\x18\x0b \x01(\x04\x12\x0f\n\x07\x62reaker\x18\x0c \x01(\t\x12\x1d\n\x15\x63loud_latency_ewma_ms\x18\r \x01(\x01\x12\x1c\n\x14\x63loud_latency_p95_ms\x18\x0e \x01(\x01*1\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\x08\n\x04\x45\x44GE\x10\x01\x12\t\n\x05\x43LOUD\x10\x02\x32\x83\x02\n\x07\x43\x61scade\x12M\n\x08\x43lassify\x12\x1f.edgecascade.v1.ClassifyRequest\x1a .edgecascade.v1.ClassifyResponse\x12W\n\x0e\x43lassifyStream\x12\x1f.edgecascade.v1.ClassifyRequest\x1a .edgecascade.v1.ClassifyResponse(\x01\x30\x01\x12P\n\tGetStatus\x12 .edgecascade.v1.GetStatusRequest\x1a!.edgecascade.v1.GetStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'edgecascade.v1.cascade_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TIER']._serialized_start=1071
-  _globals['_TIER']._serialized_end=1120
+  _globals['_TIER']._serialized_start=1170
+  _globals['_TIER']._serialized_end=1219
   _globals['_RAWIMAGE']._serialized_start=48
   _globals['_RAWIMAGE']._serialized_end=87
   _globals['_CLASSIFYREQUEST']._serialized_start=90
-  _globals['_CLASSIFYREQUEST']._serialized_end=223
-  _globals['_PREDICTION']._serialized_start=225
-  _globals['_PREDICTION']._serialized_end=284
-  _globals['_MODELVERSIONS']._serialized_start=286
-  _globals['_MODELVERSIONS']._serialized_end=346
-  _globals['_TIMINGS']._serialized_start=348
-  _globals['_TIMINGS']._serialized_end=410
-  _globals['_ERROR']._serialized_start=412
-  _globals['_ERROR']._serialized_end=450
-  _globals['_CLASSIFYRESPONSE']._serialized_start=453
-  _globals['_CLASSIFYRESPONSE']._serialized_end=790
-  _globals['_GETSTATUSREQUEST']._serialized_start=792
-  _globals['_GETSTATUSREQUEST']._serialized_end=810
-  _globals['_GETSTATUSRESPONSE']._serialized_start=813
-  _globals['_GETSTATUSRESPONSE']._serialized_end=1069
-  _globals['_CASCADE']._serialized_start=1123
-  _globals['_CASCADE']._serialized_end=1382
+  _globals['_CLASSIFYREQUEST']._serialized_end=244
+  _globals['_PREDICTION']._serialized_start=246
+  _globals['_PREDICTION']._serialized_end=305
+  _globals['_MODELVERSIONS']._serialized_start=307
+  _globals['_MODELVERSIONS']._serialized_end=367
+  _globals['_TIMINGS']._serialized_start=369
+  _globals['_TIMINGS']._serialized_end=431
+  _globals['_ERROR']._serialized_start=433
+  _globals['_ERROR']._serialized_end=471
+  _globals['_CLASSIFYRESPONSE']._serialized_start=474
+  _globals['_CLASSIFYRESPONSE']._serialized_end=811
+  _globals['_GETSTATUSREQUEST']._serialized_start=813
+  _globals['_GETSTATUSREQUEST']._serialized_end=831
+  _globals['_GETSTATUSRESPONSE']._serialized_start=834
+  _globals['_GETSTATUSRESPONSE']._serialized_end=1168
+  _globals['_CASCADE']._serialized_start=1222
+  _globals['_CASCADE']._serialized_end=1481
 # @@protoc_insertion_point(module_scope)

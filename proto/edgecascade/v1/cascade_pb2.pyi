@@ -25,16 +25,18 @@ class RawImage(_message.Message):
     def __init__(self, shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class ClassifyRequest(_message.Message):
-    __slots__ = ("request_id", "encoded_image", "raw_image", "top_k")
+    __slots__ = ("request_id", "encoded_image", "raw_image", "top_k", "deadline_ms")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ENCODED_IMAGE_FIELD_NUMBER: _ClassVar[int]
     RAW_IMAGE_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     encoded_image: bytes
     raw_image: RawImage
     top_k: int
-    def __init__(self, request_id: _Optional[str] = ..., encoded_image: _Optional[bytes] = ..., raw_image: _Optional[_Union[RawImage, _Mapping]] = ..., top_k: _Optional[int] = ...) -> None: ...
+    deadline_ms: float
+    def __init__(self, request_id: _Optional[str] = ..., encoded_image: _Optional[bytes] = ..., raw_image: _Optional[_Union[RawImage, _Mapping]] = ..., top_k: _Optional[int] = ..., deadline_ms: _Optional[float] = ...) -> None: ...
 
 class Prediction(_message.Message):
     __slots__ = ("class_id", "name", "score")
@@ -103,7 +105,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("versions", "device", "policy", "threshold", "cloud_url", "cloud_ready", "requests", "escalations", "degraded", "errors", "bytes_to_cloud")
+    __slots__ = ("versions", "device", "policy", "threshold", "cloud_url", "cloud_ready", "requests", "escalations", "degraded", "errors", "bytes_to_cloud", "breaker", "cloud_latency_ewma_ms", "cloud_latency_p95_ms")
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +117,9 @@ class GetStatusResponse(_message.Message):
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
     BYTES_TO_CLOUD_FIELD_NUMBER: _ClassVar[int]
+    BREAKER_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_LATENCY_EWMA_MS_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_LATENCY_P95_MS_FIELD_NUMBER: _ClassVar[int]
     versions: ModelVersions
     device: str
     policy: str
@@ -126,4 +131,7 @@ class GetStatusResponse(_message.Message):
     degraded: int
     errors: int
     bytes_to_cloud: int
-    def __init__(self, versions: _Optional[_Union[ModelVersions, _Mapping]] = ..., device: _Optional[str] = ..., policy: _Optional[str] = ..., threshold: _Optional[float] = ..., cloud_url: _Optional[str] = ..., cloud_ready: _Optional[bool] = ..., requests: _Optional[int] = ..., escalations: _Optional[int] = ..., degraded: _Optional[int] = ..., errors: _Optional[int] = ..., bytes_to_cloud: _Optional[int] = ...) -> None: ...
+    breaker: str
+    cloud_latency_ewma_ms: float
+    cloud_latency_p95_ms: float
+    def __init__(self, versions: _Optional[_Union[ModelVersions, _Mapping]] = ..., device: _Optional[str] = ..., policy: _Optional[str] = ..., threshold: _Optional[float] = ..., cloud_url: _Optional[str] = ..., cloud_ready: _Optional[bool] = ..., requests: _Optional[int] = ..., escalations: _Optional[int] = ..., degraded: _Optional[int] = ..., errors: _Optional[int] = ..., bytes_to_cloud: _Optional[int] = ..., breaker: _Optional[str] = ..., cloud_latency_ewma_ms: _Optional[float] = ..., cloud_latency_p95_ms: _Optional[float] = ...) -> None: ...

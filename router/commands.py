@@ -1,0 +1,149 @@
+"""`edgecascade router ...`: the router's own commands."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="The router: escalation policy, calibration, the gateway to Triton.",
+                  no_args_is_help=True)
+
+
+@app.callback()
+def router() -> None:
+    """The router: escalation policy, calibration, the gateway to Triton."""
+
+
+@app.command("serve")
+def serve_command(
+    upstream: Annotated[list[str], typer.Option(help="Triton host:port (repeat for a cluster)")],
+    host: str = "127.0.0.1",
+    port: int = 8001,
+    probe_interval: Annotated[float, typer.Option(help="seconds between health probes")] = 0.5,
+) -> None:
+    """Serve KServe v2 gRPC in front of Triton endpoints (load balancing, failover)."""
+    from router.gateway import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(upstream, host, port, probe_interval, stop)
+
+    asyncio.run(main())
+
+
+FamilyArg = Annotated[str, typer.Option(help="family under the artifacts root")]
+
+
+@app.command("calibrate")
+def calibrate_command(
+    family: FamilyArg = "fashion",
+    target_accuracy: Annotated[
+        str | None,
+        typer.Option(
+            help="absolute cascade accuracy (0.925) or a drop from cloud-only "
+            "accuracy (cloud-0.3pt); default cloud-0.3pt"
+        ),
+    ] = None,
+    max_escalation: Annotated[
+        float | None, typer.Option(help="escalate at most this fraction of inputs instead")
+    ] = None,
+    policy: Annotated[
+        str | None, typer.Option(help="max_prob, margin or entropy; default: the best one")
+    ] = None,
+    assurance: Annotated[
+        float, typer.Option(help="one-sided confidence that the target holds; 0.5 = point estimate")
+    ] = 0.95,
+) -> None:
+    """Fit the temperature and pick the policy threshold on the calibration split; store both
+    in the family's manifest."""
+    from rich import print as rprint
+
+    from cloud.paths import manifest_path
+    from router.calibration import Target, calibrate_manifest
+    from router.policy import POLICIES
+
+    if target_accuracy is not None and max_escalation is not None:
+        raise typer.BadParameter("give --target-accuracy or --max-escalation, not both")
+    if policy is not None and policy not in POLICIES:
+        raise typer.BadParameter(f"--policy {policy!r}: choose one of {', '.join(POLICIES)}")
+    manifest_file = manifest_path(family)
+    if not manifest_file.exists():
+        raise typer.BadParameter(f"{manifest_file} not found: run `edgecascade models build`")
+    try:
+        if max_escalation is not None:
+            target = Target(max_escalation=max_escalation)
+        else:
+            target = Target.parse_accuracy(target_accuracy or "cloud-0.3pt")
+        result = calibrate_manifest(manifest_file, target, policy, assurance)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    if result is None:
+        raise typer.BadParameter(f"{family} has no calibration split (calibration.npz)")
+    point = result.point
+    rprint(
+        f"[bold]{family}[/]: {result.policy.name} threshold {result.policy.threshold:.4f}, "
+        f"temperature {result.policy.temperature:.4f} (ECE {result.ece_before:.4f} -> "
+        f"{result.ece_after:.4f}); calibration split: {point.escalation_rate:.1%} escalated, "
+        f"cascade {point.cascade_accuracy:.2%} vs edge {point.edge_accuracy:.2%} / cloud "
+        f"{point.cloud_accuracy:.2%}; stored in {manifest_file}"
+    )
+
+
+@app.command("evaluate")
+def evaluate_command(
+    family: FamilyArg = "fashion",
+    report: Annotated[
+        Path | None, typer.Option(help="JSON report; the PNG goes next to it")
+    ] = None,
+) -> None:
+    """Accuracy vs escalation rate on the test split for each policy and the Sedna baselines."""
+    import json
+
+    from rich import print as rprint
+
+    from cloud.paths import family_dir
+    from router.evaluation import evaluate_family, plot_report
+
+    folder = family_dir(family)
+    missing = [
+        f
+        for f in ("manifest.json", "calibration.npz", "test_predictions.npz")
+        if not (folder / f).exists()
+    ]
+    if missing:
+        raise typer.BadParameter(
+            f"{folder} lacks {', '.join(missing)}: run `edgecascade models build --family {family}`"
+        )
+    report = report or Path("reports") / f"router-{family}.json"
+    result = evaluate_family(folder)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(json.dumps(result, indent=1) + "\n")
+    plot_report(result, report.with_suffix(".png"))
+    goal, point = result["goal"], result["operating_point"]["test"]
+    versus = goal["calibrated_policy_vs_baselines"]
+    rprint(
+        f"[bold]{family}[/] test split: {result['operating_point']['policy']['kind']} escalates "
+        f"{point['escalation_rate']:.1%}, cascade {point['accuracy']:.2%} vs cloud-only "
+        f"{result['accuracy']['cloud_only']:.2%} (drop {goal['accuracy_drop_pt']:.2f} pt): goal "
+        f"{'met' if goal['met_at_operating_point'] else 'MISSED'}; at least as accurate as "
+        + ", ".join(
+            f"{name} at {v['fraction_of_rates_at_least_as_accurate']:.0%} of rates "
+            f"(worst {v['worst_deficit_pt']:+.2f} pt)"
+            for name, v in versus.items()
+        )
+        + f"\nwrote {report} and {report.with_suffix('.png')}"
+    )
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,80 @@
+"""`edgecascade router calibrate` and `router evaluate` on the real fashion predictions, in a
+copy of the artifacts root so the real manifest is never changed."""
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cloud.manifest import Manifest
+from cloud.paths import family_dir
+from edge.cli import app
+
+SPLIT_FILES = ("manifest.json", "calibration.npz", "test_predictions.npz")
+
+
+@pytest.fixture()
+def artifacts_copy(fashion_manifest, tmp_path, monkeypatch) -> Iterator[Path]:
+    """A copy of the fashion family as the artifacts root; the real manifest stays as it was."""
+    source = family_dir("fashion")
+    real_manifest = (source / "manifest.json").read_bytes()
+    (tmp_path / "fashion").mkdir()
+    for name in SPLIT_FILES:
+        shutil.copy2(source / name, tmp_path / "fashion" / name)
+    monkeypatch.setenv("EDGECASCADE_ARTIFACTS", str(tmp_path))
+    yield tmp_path
+    assert (source / "manifest.json").read_bytes() == real_manifest
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, ["router", *args], catch_exceptions=False)
+
+
+def test_calibrate_then_evaluate(artifacts_copy: Path):
+    manifest_file = artifacts_copy / "fashion" / "manifest.json"
+
+    result = invoke(
+        "calibrate", "--family", "fashion", "--max-escalation", "0.25", "--policy", "entropy"
+    )
+    assert result.exit_code == 0, result.output
+    policy = Manifest.load(manifest_file).policy
+    assert policy.kind == "entropy" and policy.temperature != 1.0
+
+    stored = manifest_file.read_bytes()
+    result = invoke("calibrate", "--family", "fashion", "--target-accuracy", "0.99")
+    assert result.exit_code != 0 and "out of reach" in result.output
+    assert manifest_file.read_bytes() == stored
+
+    result = invoke("calibrate", "--family", "fashion")  # default: cloud-0.3pt, best policy
+    assert result.exit_code == 0, result.output
+    policy = Manifest.load(manifest_file).policy
+
+    report = artifacts_copy / "out" / "router.json"
+    result = invoke("evaluate", "--family", "fashion", "--report", str(report))
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert set(data["curves"]) == {
+        "max_prob",
+        "margin",
+        "entropy",
+        "sedna_threshold",
+        "sedna_cross_entropy",
+    }
+    for curve in data["curves"].values():
+        rates = curve["escalation_rate"]
+        assert len(rates) == len(curve["accuracy"]) > 100
+        assert rates[0] == 0.0 and rates[-1] == 1.0 and rates == sorted(rates)
+        assert curve["accuracy"][0] == pytest.approx(data["accuracy"]["edge_only"], abs=1e-5)
+        assert curve["accuracy"][-1] == pytest.approx(data["accuracy"]["cloud_only"], abs=1e-5)
+    ece = data["ece_15_bins"]["calibration"]
+    assert ece["after"] < ece["before"]
+    point = data["operating_point"]
+    assert point["policy"] == policy.model_dump()
+    assert 0 < point["test"]["escalation_rate"] < 1
+    assert set(data["goal"]["calibrated_policy_vs_baselines"]) == set(data["sedna_defaults"])
+    assert isinstance(data["goal"]["met_at_operating_point"], bool)
+    png = report.with_suffix(".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000

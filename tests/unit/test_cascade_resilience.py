@@ -1,0 +1,72 @@
+"""The cascade's latency budget and circuit breaker with a fake edge model and fake cloud."""
+
+import asyncio
+import time
+
+import numpy as np
+
+from router.breaker import CircuitBreaker
+from router.cascade import Cascade
+from router.cloud_client import CloudError
+from router.latency import LatencyTracker
+from router.policy import MaxProbabilityPolicy
+from tests.unit.test_cascade_routing import UNSURE, FakeCloud, manifest
+
+
+def build(cloud, **kw) -> Cascade:
+    async def edge(image):
+        return UNSURE
+
+    return Cascade(manifest(), edge, MaxProbabilityPolicy(0.5), cloud, cloud_timeout_s=1.0, **kw)
+
+
+def classify(cascade: Cascade, deadline_s: float | None = None):
+    now = time.perf_counter()
+    deadline = None if deadline_s is None else now + deadline_s
+    image = np.zeros((32, 32), np.uint8)
+    return asyncio.run(cascade.classify(image, received_at=now, deadline=deadline))
+
+
+def test_escalates_only_when_the_expected_cloud_latency_fits_the_time_left():
+    latency = LatencyTracker()
+    for _ in range(20):
+        latency.record(0.080)
+    cloud = FakeCloud()
+    c = build(cloud, latency=latency)
+    answer = classify(c, deadline_s=0.050)
+    assert answer.degraded_reason == "deadline" and answer.tier == "edge" and cloud.timeouts == []
+    assert answer.bytes_to_cloud == 0
+    assert classify(c, deadline_s=0.500).tier == "cloud"
+    assert 0.08 < cloud.timeouts[0] <= 0.5  # the time left goes on to the cloud call
+
+
+def test_successful_calls_feed_the_latency_tracker():
+    c = build(FakeCloud())
+    classify(c)
+    assert c.latency.ewma_s is not None and c.latency.p95_s < 0.1
+
+
+def test_repeated_failures_open_the_breaker_and_stop_cloud_calls():
+    cloud = FakeCloud(CloudError("cloud-unavailable", "down"))
+    c = build(cloud, breaker=CircuitBreaker(failures=3, cooldown_s=60))
+    reasons = [classify(c).degraded_reason for _ in range(6)]
+    assert reasons == ["cloud-unavailable"] * 6
+    assert len(cloud.timeouts) == 3 and c.breaker.state == "open"
+
+
+def test_a_half_open_probe_that_succeeds_closes_the_breaker():
+    cloud = FakeCloud(CloudError("cloud-error", "500"))
+    c = build(cloud, breaker=CircuitBreaker(failures=2, cooldown_s=0.0))
+    classify(c), classify(c)
+    assert c.breaker.state == "half-open"
+    cloud.error = None
+    assert classify(c).tier == "cloud" and c.breaker.state == "closed"
+
+
+def test_a_timeout_cut_short_by_the_callers_budget_does_not_count_against_the_cloud():
+    cloud = FakeCloud(CloudError("cloud-timeout", "slow"))
+    c = build(cloud, breaker=CircuitBreaker(failures=1, cooldown_s=60))
+    assert classify(c, deadline_s=0.3).degraded_reason == "cloud-timeout"
+    assert c.breaker.state == "closed" and c.latency.ewma_s is not None
+    assert classify(c).degraded_reason == "cloud-timeout"  # the full cloud timeout: it counts
+    assert c.breaker.state == "open"

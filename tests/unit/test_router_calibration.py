@@ -1,0 +1,137 @@
+"""Escalation scores, temperature scaling, ECE and threshold targets on known logits."""
+
+import numpy as np
+import pytest
+
+from cloud.manifest import RoutingPolicy
+from router.calibration import Split, Target, calibrate, pick_threshold
+from router.policy import (
+    EntropyPolicy,
+    MarginPolicy,
+    MaxProbabilityPolicy,
+    policy_from_manifest,
+    softmax,
+)
+from router.temperature import expected_calibration_error, fit_temperature
+
+
+def sampled(temperature: float, n: int = 20000, k: int = 10, seed: int = 0):
+    """Logits whose labels are drawn from softmax(logits / temperature)."""
+    rng = np.random.default_rng(seed)
+    true_logits = rng.normal(0.0, 2.5, (n, k))
+    probs = softmax(true_logits)
+    labels = (probs.cumsum(-1) > rng.uniform(size=(n, 1))).argmax(-1)
+    return true_logits * temperature, labels
+
+
+@pytest.mark.parametrize("true_temperature", [0.5, 2.0])
+def test_fit_temperature_recovers_the_temperature_and_lowers_ece(true_temperature):
+    logits, labels = sampled(true_temperature)
+    temperature = fit_temperature(logits, labels)
+    assert temperature == pytest.approx(true_temperature, rel=0.05)
+    before = expected_calibration_error(softmax(logits), labels)
+    after = expected_calibration_error(softmax(logits / temperature), labels)
+    assert after < 0.02 < before
+
+
+def test_ece_on_hand_made_probabilities():
+    probs = np.tile([0.8, 0.2], (10, 1))
+    half_right = np.array([0] * 5 + [1] * 5)
+    assert expected_calibration_error(probs, half_right) == pytest.approx(0.3)
+    assert expected_calibration_error(probs, np.array([0] * 8 + [1] * 2)) == pytest.approx(0.0)
+
+
+def test_scores_on_hand_made_logits():
+    logits = np.log(np.array([[0.6, 0.3, 0.1], [1 / 3, 1 / 3, 1 / 3], [1.0, 1e-12, 1e-12]]))
+    p = np.array([0.6, 0.3, 0.1])
+    np.testing.assert_allclose(MaxProbabilityPolicy(0.5).confidence(logits), [0.6, 1 / 3, 1.0])
+    np.testing.assert_allclose(MarginPolicy(0.5).confidence(logits), [0.3, 0.0, 1.0], atol=1e-9)
+    sedna = 1 + (p * np.log(p)).sum() / np.log(3)
+    np.testing.assert_allclose(EntropyPolicy(0.5).confidence(logits), [sedna, 0.0, 1.0], atol=1e-9)
+
+
+def test_scores_use_the_temperature():
+    logits = np.array([2.0, 1.0, 0.0])
+    for cls in (MaxProbabilityPolicy, MarginPolicy, EntropyPolicy):
+        assert cls(0.5, temperature=2.0).confidence(logits) == pytest.approx(
+            cls(0.5).confidence(logits / 2.0)
+        )
+    # A hotter temperature flattens the distribution: less confident on every score.
+    for cls in (MaxProbabilityPolicy, MarginPolicy, EntropyPolicy):
+        assert cls(0.5, 3.0).confidence(logits) < cls(0.5, 1.0).confidence(logits)
+    with pytest.raises(ValueError, match="temperature"):
+        MarginPolicy(0.5, temperature=0.0)
+
+
+def test_policy_from_manifest_kinds_and_old_manifests():
+    policy = policy_from_manifest(RoutingPolicy(kind="margin", threshold=0.4, temperature=1.5))
+    assert (type(policy), policy.name, policy.threshold, policy.temperature) == (
+        MarginPolicy,
+        "margin",
+        0.4,
+        1.5,
+    )
+    old = RoutingPolicy.model_validate({"kind": "max_prob", "threshold": 0.7})
+    assert old.temperature == 1.0
+    assert isinstance(policy_from_manifest(old), MaxProbabilityPolicy)
+
+
+def test_target_parsing():
+    assert Target.parse_accuracy("cloud-0.3pt").max_drop == pytest.approx(0.003)
+    assert Target.parse_accuracy("0.925") == Target(accuracy=0.925)
+    for bad in ("cloud-0.3", "ninety", "1.5"):
+        with pytest.raises(ValueError):
+            Target.parse_accuracy(bad)
+    with pytest.raises(ValueError, match="exactly one"):
+        Target(accuracy=0.9, max_escalation=0.2)
+
+
+def random_cascade(n: int = 4000, seed: int = 1):
+    rng = np.random.default_rng(seed)
+    confidence = rng.uniform(0.3, 1.0, n)
+    edge_ok = rng.uniform(size=n) < confidence
+    cloud_ok = rng.uniform(size=n) < 0.95
+    return confidence, edge_ok, cloud_ok
+
+
+def test_max_escalation_hits_the_rate():
+    confidence, edge_ok, cloud_ok = random_cascade()
+    point = pick_threshold(confidence, edge_ok, cloud_ok, Target(max_escalation=0.2))
+    assert point.escalation_rate == pytest.approx(0.2)
+    assert (confidence < point.threshold).mean() == pytest.approx(0.2)
+    safe = pick_threshold(confidence, edge_ok, cloud_ok, Target(max_escalation=0.2), 0.95)
+    rate = safe.escalation_rate
+    assert rate < 0.2
+    assert rate + 1.6449 * np.sqrt(rate * (1 - rate) / len(confidence)) <= 0.2
+    assert rate + 0.005 > 0.2 - 1.6449 * np.sqrt(0.16 / len(confidence))  # not needlessly low
+
+
+def test_accuracy_targets_and_assurance():
+    confidence, edge_ok, cloud_ok = random_cascade()
+    absolute = pick_threshold(confidence, edge_ok, cloud_ok, Target(accuracy=0.9))
+    assert absolute.cascade_accuracy >= 0.9
+    loose = pick_threshold(confidence, edge_ok, cloud_ok, Target(max_drop=0.003))
+    safe = pick_threshold(confidence, edge_ok, cloud_ok, Target(max_drop=0.003), 0.95)
+    assert safe.escalation_rate > loose.escalation_rate
+    assert safe.cascade_accuracy >= loose.cascade_accuracy >= cloud_ok.mean() - 0.003
+    with pytest.raises(ValueError, match="out of reach"):
+        pick_threshold(confidence, edge_ok, cloud_ok, Target(accuracy=0.99))
+
+
+def test_calibrate_fits_temperature_and_uses_the_named_policy():
+    logits, labels = sampled(2.0, n=5000)
+    rng = np.random.default_rng(2)
+    split = Split(
+        edge_logits=logits,
+        labels=labels,
+        edge_correct=logits.argmax(-1) == labels,
+        cloud_correct=rng.uniform(size=len(labels)) < 0.9,
+    )
+    result = calibrate(split, Target(max_escalation=0.3), kind="entropy", assurance=0.5)
+    assert isinstance(result.policy, EntropyPolicy)
+    assert result.policy.temperature == pytest.approx(2.0, rel=0.1)
+    assert result.point.escalation_rate == pytest.approx(0.3)
+    assert split.operating_point(result.policy) == result.point
+    assert result.ece_after < result.ece_before
+    best = calibrate(split, Target(max_escalation=0.3))
+    assert best.policy.name in {"max_prob", "margin", "entropy"}
