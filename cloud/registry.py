@@ -25,13 +25,14 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cloud.manifest import Manifest, ModelSpec, sha256_file
 from cloud.paths import family_dir, registry_root
 
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+FAMILY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
 ACTIVATIONS = "activations.jsonl"
@@ -67,17 +68,19 @@ class Registry:
 
     def families(self) -> list[str]:
         """Families with at least one published version."""
-        return sorted(p.parent.parent.name for p in self._families.glob(f"*/*/{MANIFEST}"))
+        return sorted({p.parent.parent.name for p in self._families.glob(f"*/*/{MANIFEST}")})
 
     def versions(self, family: str) -> list[int]:
         """Published versions of `family`, oldest first."""
-        folder = self._families / family
-        found = (int(p.parent.name) for p in folder.glob(f"*/{MANIFEST}") if p.parent.name.isdigit())
+        folder = self._family(family)
+        found = (
+            int(p.parent.name) for p in folder.glob(f"*/{MANIFEST}") if p.parent.name.isdigit()
+        )
         return sorted(found)
 
     def current_version(self, family: str) -> int | None:
         try:
-            return int((self._families / family / CURRENT).read_text())
+            return int((self._family(family) / CURRENT).read_text())
         except FileNotFoundError:
             return None
 
@@ -93,7 +96,7 @@ class Registry:
             version = self.current_version(family)
             if version is None:
                 raise NotFound(f"family {family!r} has no published version in {self.root}")
-        path = self._families / family / str(version) / MANIFEST
+        path = self._family(family) / str(version) / MANIFEST
         if not path.is_file():
             known = self.versions(family)
             raise NotFound(
@@ -120,7 +123,7 @@ class Registry:
 
         Edges run the current one and keep the one before to roll back to.
         """
-        log = self._families / family / ACTIVATIONS
+        log = self._family(family) / ACTIVATIONS
         lines = log.read_text().splitlines() if log.exists() else []
         versions: list[int] = []
         for line in reversed(lines):
@@ -171,6 +174,8 @@ class Registry:
         making it current (see `cloud.cloud_rollout`).
         """
         source_dir = Path(source_dir) if source_dir else family_dir(family)
+        if not (source_dir / MANIFEST).is_file():
+            raise NotFound(f"no built family in {source_dir} (edgecascade models build)")
         source = Manifest.load(source_dir / MANIFEST)
         if source.family != family:
             raise ValueError(f"{source_dir} holds family {source.family!r}, not {family!r}")
@@ -178,14 +183,14 @@ class Registry:
         with self._lock():
             versions = self.versions(family)
             latest = self.get(family, versions[-1]) if versions else None
+            for rel, sha in _files(source).items():  # also restores a corrupted blob
+                self._store_blob(source_dir / rel, sha)
             changes = _changes(source, latest)
             if not changes:
                 assert latest is not None
                 return Publication(latest, ())
-            for rel, sha in _files(source).items():
-                self._store_blob(source_dir / rel, sha)
             manifest = _next_manifest(source, latest)
-            folder = self._families / family / str(manifest.version)
+            folder = self._family(family) / str(manifest.version)
             folder.mkdir(parents=True)
             _write_atomic(folder / MANIFEST, manifest.model_dump_json(indent=2) + "\n")
         if activate:
@@ -199,9 +204,9 @@ class Registry:
             self.verify_blob(sha)
         with self._lock():
             if self.current_version(family) != version:
-                folder = self._families / family
+                folder = self._family(family)
                 _write_atomic(folder / CURRENT, f"{version}\n")
-                at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+                at = datetime.now(UTC).isoformat(timespec="milliseconds")
                 with open(folder / ACTIVATIONS, "a") as log:
                     log.write(json.dumps({"version": version, "at": at}) + "\n")
         return manifest
@@ -209,6 +214,11 @@ class Registry:
     @property
     def _families(self) -> Path:
         return self.root / "families"
+
+    def _family(self, family: str) -> Path:
+        if not FAMILY_NAME.fullmatch(family):
+            raise ValueError(f"family name {family!r}: expected letters, digits, '_', '-', '.'")
+        return self._families / family
 
     @contextmanager
     def _lock(self) -> Iterator[None]:
@@ -266,7 +276,7 @@ def _changes(source: Manifest, latest: Manifest | None) -> tuple[str, ...]:
 
 def _next_manifest(source: Manifest, latest: Manifest | None) -> Manifest:
     """`source` numbered as the next family version; a model's version goes up if it changed."""
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    now = datetime.now(UTC).isoformat(timespec="seconds")
     if latest is None:
         edge, cloud, version = source.edge.version, source.cloud.version, 1
     else:

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from cloud import commands as cloud_commands
+from cloud import registry_commands
 from edge import commands as edge_commands
 from router import commands as router_commands
 
@@ -18,8 +19,11 @@ app = typer.Typer(help="Edge-to-cloud inference cascade: OpenVINO at the edge, T
 app.add_typer(edge_commands.app, name="edge")
 app.add_typer(cloud_commands.app, name="cloud")
 app.add_typer(router_commands.app, name="router")
-models = typer.Typer(help="Model families: build, inspect.", no_args_is_help=True)
+models = typer.Typer(help="Model families: build, publish to the registry, list.", no_args_is_help=True)
 app.add_typer(models, name="models")
+models.command("publish")(registry_commands.publish)
+models.command("activate")(registry_commands.activate)
+models.command("list")(registry_commands.list_models)
 bench = typer.Typer(help="Benchmarks that write reports.", no_args_is_help=True)
 app.add_typer(bench, name="bench")
 console = Console()
@@ -81,6 +85,29 @@ def bench_edge(
 
     run_bench(family, report or Path("reports") / f"bench-edge-{family}.json", seconds, clients,
               streams, precisions=tuple(precision or PRECISIONS))
+
+
+@bench.command("model-sync")
+def bench_model_sync(
+    report: Annotated[Path, typer.Option(help="JSON report path")] = Path("reports/bench-model-sync.json"),
+    size_mib: Annotated[int, typer.Option(help="artifact size in MiB")] = 64,
+    repeats: Annotated[int, typer.Option(help="measurements per figure (median reported)")] = 5,
+) -> None:
+    """ModelSync on loopback: FetchArtifact throughput, publish-to-watcher latency."""
+    from router.bench_model_sync import run_bench
+
+    console.print_json(data=run_bench(report, size_mib, repeats))
+
+
+@bench.command("gateway")
+def bench_gateway(
+    report: Annotated[Path, typer.Option(help="JSON report path")] = Path("reports/bench-gateway.json"),
+    calls: Annotated[int, typer.Option(help="ModelInfer calls per path")] = 3000,
+) -> None:
+    """One escalation through the router gateway vs straight to Triton, interleaved."""
+    from router.bench_gateway import run_bench
+
+    console.print_json(data=run_bench(report, calls))
 
 
 if __name__ == "__main__":

@@ -38,8 +38,6 @@ class Endpoint:
     channel: grpc.aio.Channel
     healthy: bool = False
     outstanding: int = 0
-    calls: int = 0
-    failures: int = 0
     unary: dict[str, grpc.aio.UnaryUnaryMultiCallable] = field(default_factory=dict)
 
     @classmethod
@@ -81,6 +79,10 @@ class Gateway:
             ready = service_pb2.ServerReadyResponse.FromString(raw).ready
         except grpc.aio.AioRpcError:
             ready = False
+        self._set_health(endpoint, ready)
+
+    @staticmethod
+    def _set_health(endpoint: Endpoint, ready: bool) -> None:
         if ready != endpoint.healthy:
             log.warning("Triton %s is %s", endpoint.url, "ready" if ready else "NOT ready")
         endpoint.healthy = ready
@@ -116,14 +118,12 @@ class Gateway:
             if timeout is not None and timeout <= 0:
                 await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed in the gateway")
             endpoint.outstanding += 1
-            endpoint.calls += 1
             try:
                 return await endpoint.unary[method](request, timeout=timeout, metadata=metadata)
             except grpc.aio.AioRpcError as e:
                 if e.code() != grpc.StatusCode.UNAVAILABLE:
                     await context.abort(e.code(), e.details() or "")
-                endpoint.failures += 1
-                endpoint.healthy = False  # until the next probe says otherwise
+                self._set_health(endpoint, False)  # until the next probe says otherwise
                 errors.append(f"{endpoint.url}: {e.details()}")
             finally:
                 endpoint.outstanding -= 1

@@ -12,7 +12,13 @@ from cloud.manifest import (
     labels_sha256,
     sha256_file,
 )
-from cloud.triton_repository import read_config, write_model, write_repository
+from cloud.triton_repository import (
+    read_config,
+    set_version_policy,
+    version_folders,
+    write_model,
+    write_repository,
+)
 
 LABELS = ["cat", "dog", "bird"]
 
@@ -96,3 +102,16 @@ def test_write_repository_writes_every_family_and_checks_hashes(tmp_path: Path) 
     (tmp_path / "pets" / "cloud" / "model.onnx").write_bytes(b"tampered")
     with pytest.raises(ValueError, match="sha256"):
         write_repository(manifests, tmp_path / "repo", root=tmp_path)
+
+
+def test_set_version_policy_narrows_what_triton_serves(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    for version in (1, 2, 3):
+        model_dir = write_model(make_family(tmp_path, version=version), tmp_path / "pets", repo)
+    assert version_folders(model_dir) == [1, 2, 3]
+
+    set_version_policy(model_dir, [3, 2, 3])
+    config = read_config(model_dir)
+    assert list(config.version_policy.specific.versions) == [2, 3]
+    assert config.name == "pets_cloud" and config.backend == "python"  # the rest is unchanged
+    assert version_folders(model_dir) == [1, 2, 3]  # folders go only once Triton unloaded them
