@@ -13,6 +13,8 @@ from pydantic import BaseModel, Field
 # and returns float32 logits [N, classes].
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
+# The Triton model-config parameter that carries the sha256 of the label map a model serves.
+LABELS_PARAMETER = "labels_sha256"
 
 
 class Preprocessing(BaseModel):

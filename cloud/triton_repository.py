@@ -27,7 +27,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from cloud.manifest import INPUT_NAME, OUTPUT_NAME, Manifest
+from cloud.manifest import INPUT_NAME, LABELS_PARAMETER, OUTPUT_NAME, Manifest
 from cloud.paths import family_dir as default_family_dir
 
 MAX_BATCH_SIZE = 64
@@ -51,6 +51,7 @@ def model_config(
         dims=[len(manifest.labels)],
         label_filename=LABEL_FILE,
     )
+    config.parameters[LABELS_PARAMETER].string_value = manifest.labels_sha256
     config.dynamic_batching.preferred_batch_size.extend(PREFERRED_BATCH_SIZES)
     config.dynamic_batching.max_queue_delay_microseconds = MAX_QUEUE_DELAY_US
     if gpu:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,9 +21,13 @@ from edge.limits import InFlightLimit, Overloaded
 from edge.metrics import Metrics
 from edge.runtime import EdgeModel, PerformanceHint
 from router.breaker import CircuitBreaker
+from router.latency import LatencyTracker
 from router.cascade import Answer, Cascade
 from router.cloud_client import CloudClient
 from router.policy import policy_from_manifest
+
+log = logging.getLogger(__name__)
+WARM_UP_RUNS = 3
 
 
 class EdgeSettings(BaseSettings):
@@ -68,37 +73,84 @@ class Counters:
 
 
 @dataclass
-class EdgeAgent:
-    settings: EdgeSettings
+class Deployment:
+    """One model pair ready to serve: a request runs start to end on the deployment it began on."""
+
     manifest: Manifest
+    folder: Path
     model: EdgeModel
     cascade: Cascade
     cloud: CloudClient | None
+
+    async def close(self) -> None:
+        if self.cloud:
+            await self.cloud.close()
+
+
+@dataclass
+class EdgeAgent:
+    """The agent's state. `deployment` is swapped atomically (one assignment on the event
+    loop) when a new pair has been verified, compiled and warmed up; `previous` is kept to
+    roll back to."""
+
+    settings: EdgeSettings
+    deployment: Deployment
     limit: InFlightLimit
     metrics: Metrics
+    breaker: CircuitBreaker
+    latency: LatencyTracker
+    previous: Deployment | None = None
+    update_error: str = ""
     counters: Counters = field(default_factory=Counters)
 
+    @property
+    def manifest(self) -> Manifest:
+        return self.deployment.manifest
+
+    @property
+    def model(self) -> EdgeModel:
+        return self.deployment.model
+
+    @property
+    def cascade(self) -> Cascade:
+        return self.deployment.cascade
+
+    @property
+    def cloud(self) -> CloudClient | None:
+        return self.deployment.cloud
+
     @classmethod
-    def load(cls, settings: EdgeSettings) -> "EdgeAgent":
-        """Verify the family's artifacts against its manifest and compile the edge model.
-        Call inside the event loop that will serve (the cloud client binds to it)."""
+    async def load(cls, settings: EdgeSettings) -> EdgeAgent:
+        """Serve the family's built artifacts; call inside the event loop that will serve."""
         folder = family_dir(settings.family, settings.artifacts)
-        manifest_file = folder / "manifest.json"
-        if not manifest_file.exists():
+        if not (folder / "manifest.json").exists():
             raise FileNotFoundError(
                 f"no manifest for family {settings.family!r} in {folder}: "
                 f"run `edgecascade models build --family {settings.family}`"
             )
-        manifest = Manifest.load(manifest_file)
-        manifest.verify(folder)
-        model = EdgeModel(edge_model_file(folder, settings.precision), settings.device, settings.hint)
-        cloud = CloudClient(settings.cloud_url, manifest.cloud) if settings.cloud_url else None
-        policy = policy_from_manifest(manifest.policy, settings.threshold)
         breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s)
-        cascade = Cascade(manifest, model.infer, policy, cloud, settings.cloud_timeout_s, breaker=breaker)
+        latency = LatencyTracker()
+        deployment = await _deploy(settings, folder, breaker, latency)
         limit = InFlightLimit(settings.max_in_flight)
-        metrics = Metrics(manifest, lambda: limit.current)
-        return cls(settings, manifest, model, cascade, cloud, limit, metrics)
+        metrics = Metrics(deployment.manifest, lambda: limit.current)
+        return cls(settings, deployment, limit, metrics, breaker, latency)
+
+    async def activate(self, folder: Path) -> Deployment:
+        """Verify, compile and warm up the pair in `folder`, then swap it in. On any failure
+        the serving pair stays, `update_error` says why, and the error is raised."""
+        try:
+            deployment = await _deploy(self.settings, folder, self.breaker, self.latency)
+        except Exception as e:
+            self.update_error = f"{folder.name}: {e}"
+            log.error("update to %s failed, still serving %s: %s", folder, self.manifest.version, e)
+            raise
+        self.previous, self.deployment = self.deployment, deployment
+        self.update_error = ""
+        self.metrics.serving(deployment.manifest)
+        log.info("now serving %s v%d: edge %s, cloud %s", deployment.manifest.family,
+                 deployment.manifest.version, deployment.manifest.edge.key,
+                 deployment.manifest.cloud.key)
+        return deployment
 
     async def answer(
         self,
@@ -110,11 +162,12 @@ class EdgeAgent:
         """One request (whichever API it came by): admit it, decode its images, run each
         through the cascade, count the outcome. Raises Overloaded past max_in_flight and
         InvalidImage for unreadable input; times are time.perf_counter()."""
+        cascade = self.deployment.cascade  # the whole request runs on one pair
         try:
             with self.limit.admit():
                 images = decode()
                 answers = await asyncio.gather(*(
-                    self.cascade.classify(image, received_at=received_at, deadline=deadline)
+                    cascade.classify(image, received_at=received_at, deadline=deadline)
                     for image in images
                 ))
         except Exception as e:
@@ -126,3 +179,30 @@ class EdgeAgent:
             self.counters.record(answer)
         self.metrics.answered(answers, time.perf_counter() - received_at)
         return answers
+
+
+async def _deploy(
+    settings: EdgeSettings, folder: Path, breaker: CircuitBreaker, latency: LatencyTracker
+) -> Deployment:
+    """A verified, compiled and warmed-up deployment of the pair in `folder`; the cloud
+    endpoint's breaker and latency history carry over from one pair to the next."""
+    manifest = Manifest.load(folder / "manifest.json")
+    if manifest.family != settings.family:
+        raise ValueError(f"{folder} holds family {manifest.family!r}, not {settings.family!r}")
+    await asyncio.to_thread(manifest.verify, folder)
+    xml = edge_model_file(folder, settings.precision)
+    model = await asyncio.to_thread(EdgeModel, xml, settings.device, settings.hint)
+    blank = np.zeros(manifest.edge.input_shape, np.uint8)
+    for _ in range(WARM_UP_RUNS):
+        logits = await model.infer(blank)
+        if logits.shape != (len(manifest.labels),) or not np.isfinite(logits).all():
+            raise ValueError(f"edge model warm-up gave logits of shape {logits.shape}")
+    cloud = CloudClient(settings.cloud_url, manifest.cloud) if settings.cloud_url else None
+    policy = policy_from_manifest(manifest.policy, settings.threshold)
+    cascade = Cascade(manifest, model.infer, policy, cloud, settings.cloud_timeout_s,
+                      latency=latency, breaker=breaker)
+    if cloud:
+        cascade.mismatch = await cloud.pairing_problem(manifest)
+        if cascade.mismatch:
+            log.warning("%s: no escalation: %s", manifest.edge.key, cascade.mismatch)
+    return Deployment(manifest, folder, model, cascade, cloud)

@@ -25,6 +25,7 @@ from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
+from cloud.manifest import Manifest
 from cloud.preprocessing import InvalidImage, decode_image, raw_image
 from edge.agent import EdgeAgent
 from edge.rpc import RequestError, ordered, status_code
@@ -42,11 +43,12 @@ DATATYPES = {
 class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, agent: EdgeAgent):
         self.agent = agent
-        manifest = agent.manifest
-        self.model = manifest.family
-        self.version = str(manifest.version)
-        self._labels = manifest.labels
-        self._models = {"edge_model": manifest.edge.key, "cloud_model": manifest.cloud.key}
+        self.model = agent.settings.family
+
+    @property
+    def version(self) -> str:
+        """The family manifest version being served (it changes when a new pair is swapped in)."""
+        return str(self.agent.manifest.version)
 
     def _check_model(self, name: str, version: str) -> None:
         if name != self.model:
@@ -94,7 +96,9 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
                 tensor(name=PIXELS, datatype="UINT8", shape=[-1, -1, -1, -1]),
             ],
             outputs=[
-                tensor(name="probabilities", datatype="FP32", shape=[-1, len(self._labels)]),
+                tensor(
+                    name="probabilities", datatype="FP32", shape=[-1, len(self.agent.manifest.labels)]
+                ),
                 tensor(name="top1", datatype="INT32", shape=[-1]),
                 tensor(name="edge_confidence", datatype="FP32", shape=[-1]),
             ],
@@ -118,12 +122,17 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
                 ],
                 output=[
                     mc.ModelOutput(
-                        name="probabilities", data_type=mc.TYPE_FP32, dims=[len(self._labels)]
+                        name="probabilities",
+                        data_type=mc.TYPE_FP32,
+                        dims=[len(self.agent.manifest.labels)],
                     ),
                     mc.ModelOutput(name="top1", data_type=mc.TYPE_INT32, dims=[1]),
                     mc.ModelOutput(name="edge_confidence", data_type=mc.TYPE_FP32, dims=[1]),
                 ],
-                parameters={k: mc.ModelParameter(string_value=v) for k, v in self._models.items()},
+                parameters={
+                    k: mc.ModelParameter(string_value=v)
+                    for k, v in pair_parameters(self.agent.manifest).items()
+                },
             )
         )
 
@@ -180,13 +189,14 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
             "top1": probabilities.argmax(axis=1).astype(np.int32),
             "edge_confidence": np.array([a.edge_confidence for a in answers], np.float32),
         }
+        pair = answers[0].pair  # a request runs on one pair (EdgeAgent.answer)
         response = kpb.ModelInferResponse(
-            model_name=self.model, model_version=self.version, id=request.id
+            model_name=self.model, model_version=str(pair.version), id=request.id
         )
         for name, class_count in requested_outputs(request).items():
             tensor = tensors[name]
             if class_count:
-                tensor = self._classification(probabilities, class_count)
+                tensor = classification(probabilities, class_count, pair.labels)
             response.outputs.add(name=name, datatype=DATATYPES[tensor.dtype], shape=tensor.shape)
             response.raw_output_contents.append(
                 serialize_byte_tensor(tensor).item() if tensor.dtype == object else tensor.tobytes()
@@ -197,23 +207,28 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
             "edge_confidence": float(tensors["edge_confidence"].min()),
             "degraded": bool(reasons),
             "degraded_reason": ",".join(dict.fromkeys(reasons)),
-            **self._models,
+            **pair_parameters(pair),
         }
         for key, value in parameters.items():
             field = {str: "string_param", float: "double_param", bool: "bool_param"}[type(value)]
             setattr(response.parameters[key], field, value)
         return response
 
-    def _classification(self, probabilities: np.ndarray, k: int) -> np.ndarray:
-        """Triton's classification extension: BYTES [N, k] of "score:index:label", best first."""
-        top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-        return np.array(
-            [
-                [f"{row[i]:f}:{i}:{self._labels[i]}".encode() for i in order]
-                for row, order in zip(probabilities, top)
-            ],
-            dtype=object,
-        )
+
+def pair_parameters(pair: Manifest) -> dict[str, str]:
+    return {"edge_model": pair.edge.key, "cloud_model": pair.cloud.key}
+
+
+def classification(probabilities: np.ndarray, k: int, labels: list[str]) -> np.ndarray:
+    """Triton's classification extension: BYTES [N, k] of "score:index:label", best first."""
+    top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    return np.array(
+        [
+            [f"{row[i]:f}:{i}:{labels[i]}".encode() for i in order]
+            for row, order in zip(probabilities, top)
+        ],
+        dtype=object,
+    )
 
 
 def requested_outputs(request: kpb.ModelInferRequest) -> dict[str, int]:

@@ -77,8 +77,14 @@ class Metrics:
         Gauge(
             "edgecascade_in_flight_requests", "Requests being answered now", registry=r
         ).set_function(in_flight)
-        Info("edgecascade_model", "The model pair this agent serves", registry=r).info(
-            {"family": manifest.family, "edge": manifest.edge.key, "cloud": manifest.cloud.key}
+        self._model = Info("edgecascade_model", "The model pair this agent serves", registry=r)
+        self.serving(manifest)
+
+    def serving(self, manifest: Manifest) -> None:
+        """The pair now answering requests."""
+        self._model.info(
+            {"family": manifest.family, "version": str(manifest.version),
+             "edge": manifest.edge.key, "cloud": manifest.cloud.key}
         )
 
     def answered(self, answers: Sequence[Answer], total_s: float) -> None:

@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
+from cloud.manifest import Manifest
 from cloud.preprocessing import InvalidImage, decode_image, raw_image
 from edge.agent import EdgeAgent, EdgeSettings
 from edge.kserve import KServeService
@@ -42,14 +43,13 @@ def decode_request(request: pb.ClassifyRequest) -> np.ndarray:
     raise InvalidImage("request has no input: set encoded_image (JPEG/PNG) or raw_image")
 
 
+def versions(pair: Manifest) -> pb.ModelVersions:
+    return pb.ModelVersions(family=pair.family, edge=pair.edge.key, cloud=pair.cloud.key)
+
+
 class CascadeService(pb_grpc.CascadeServicer):
     def __init__(self, agent: EdgeAgent):
         self.agent = agent
-        manifest = agent.manifest
-        self._labels = manifest.labels
-        self._versions = pb.ModelVersions(
-            family=manifest.family, edge=manifest.edge.key, cloud=manifest.cloud.key
-        )
 
     async def _answer(self, request: pb.ClassifyRequest, deadline: float | None) -> pb.ClassifyResponse:
         """Raises InvalidImage or Overloaded (edge.rpc.RequestError). `deadline` is the gRPC one;
@@ -65,14 +65,15 @@ class CascadeService(pb_grpc.CascadeServicer):
         return self._response(request_id, answer, request.top_k, received_at)
 
     def _response(self, request_id: str, answer: Answer, top_k: int, received_at: float) -> pb.ClassifyResponse:
-        k = min(top_k or self.agent.settings.default_top_k, len(self._labels))
+        labels = answer.pair.labels
+        k = min(top_k or self.agent.settings.default_top_k, len(labels))
         return pb.ClassifyResponse(
             request_id=request_id,
-            top_k=[pb.Prediction(class_id=i, name=self._labels[i], score=s) for i, s in answer.top_k(k)],
+            top_k=[pb.Prediction(class_id=i, name=labels[i], score=s) for i, s in answer.top_k(k)],
             tier=TIERS[answer.tier],
             edge_confidence=answer.edge_confidence,
             edge_class_id=answer.edge_class_id,
-            versions=self._versions,
+            versions=versions(answer.pair),
             timings=pb.Timings(
                 edge_ms=answer.edge_ms,
                 cloud_ms=answer.cloud_ms,
@@ -103,14 +104,18 @@ class CascadeService(pb_grpc.CascadeServicer):
         except RequestError as e:
             return pb.ClassifyResponse(
                 request_id=request.request_id,
-                versions=self._versions,
+                versions=versions(self.agent.manifest),
                 error=pb.Error(code=status_code(e).value[0], message=str(e)),
             )
 
     async def GetStatus(self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext) -> pb.GetStatusResponse:
         agent, counters = self.agent, self.agent.counters
         return pb.GetStatusResponse(
-            versions=self._versions,
+            versions=versions(agent.manifest),
+            manifest_version=agent.manifest.version,
+            previous_version=agent.previous.manifest.version if agent.previous else 0,
+            update_error=agent.update_error,
+            version_mismatch=agent.cascade.mismatch or "",
             device=agent.model.describe(),
             policy=agent.cascade.policy.name,
             threshold=agent.cascade.policy.threshold,
@@ -130,7 +135,7 @@ class CascadeService(pb_grpc.CascadeServicer):
 async def serve(settings: EdgeSettings, stop: asyncio.Event | None = None) -> None:
     """Run the agent until `stop` is set (or forever). Then health turns NOT_SERVING, new calls
     are refused and calls in flight get `grace_s` to finish."""
-    agent = EdgeAgent.load(settings)
+    agent = await EdgeAgent.load(settings)
     size = settings.max_message_bytes
     server = grpc.aio.server(
         options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)]

@@ -24,6 +24,7 @@ MIN_CLOUD_BUDGET_S = 0.002
 
 @dataclass(frozen=True)
 class Answer:
+    pair: Manifest  # the model pair that produced this answer (versions, labels)
     probabilities: np.ndarray
     tier: Literal["edge", "cloud"]
     edge_confidence: float
@@ -46,7 +47,9 @@ class Cascade:
     """Answers at the edge when the policy trusts the edge model, else asks the cloud.
 
     A cloud failure never fails the request: the edge answer comes back degraded. The cloud is
-    called only when its expected latency fits the time left and the breaker lets it through."""
+    called only when its expected latency fits the time left and the breaker lets it through,
+    and never when the cloud does not hold the version the manifest pairs with the edge model
+    (`mismatch` says why; escalations then come back degraded with `version-mismatch`)."""
 
     def __init__(
         self,
@@ -65,6 +68,7 @@ class Cascade:
         self._edge_infer = edge_infer
         self._cloud = cloud
         self._cloud_timeout_s = cloud_timeout_s
+        self.mismatch: str | None = None
 
     async def classify(
         self, image: np.ndarray, *, received_at: float, deadline: float | None = None
@@ -80,13 +84,15 @@ class Cascade:
             edge_ms=(edge_done - received_at) * 1e3,
         )
         if not self.policy.escalate(confidence):
-            return Answer(edge_probs, "edge", **edge, cloud_ms=0.0, degraded_reason=None,
-                          bytes_to_cloud=0)
+            return Answer(self.manifest, edge_probs, "edge", **edge, cloud_ms=0.0,
+                          degraded_reason=None, bytes_to_cloud=0)
         timeout = self._cloud_timeout_s
         if deadline is not None:
             timeout = min(timeout, deadline - time.perf_counter())
         if self._cloud is None:
             reason, cloud_image = "cloud-unavailable", None
+        elif self.mismatch:
+            reason, cloud_image = "version-mismatch", None
         elif timeout < MIN_CLOUD_BUDGET_S or not self.latency.fits(timeout):
             reason, cloud_image = "deadline", None
         elif not self.breaker.allow():
@@ -103,18 +109,21 @@ class Cascade:
                 self.latency.record(time.perf_counter() - sent)
                 self.breaker.success()
                 return Answer(
-                    softmax(np.asarray(cloud_logits, np.float64)), "cloud", **edge,
+                    self.manifest, softmax(np.asarray(cloud_logits, np.float64)), "cloud", **edge,
                     cloud_ms=(time.perf_counter() - edge_done) * 1e3, degraded_reason=None,
                     bytes_to_cloud=cloud_image.nbytes,
                 )
         return Answer(
-            edge_probs, "edge", **edge, cloud_ms=(time.perf_counter() - edge_done) * 1e3,
+            self.manifest, edge_probs, "edge", **edge, cloud_ms=(time.perf_counter() - edge_done) * 1e3,
             degraded_reason=reason, bytes_to_cloud=0 if cloud_image is None else cloud_image.nbytes,
         )
 
     def _cloud_failed(self, reason: str, timeout_s: float, elapsed_s: float) -> None:
         """A timeout is a latency sample too; one cut short by the caller's own budget says
         nothing about the cloud's health, so only the others count towards the breaker."""
+        if reason == "version-mismatch":  # the cloud is up, without our version: no outage
+            self.mismatch = "the cloud does not serve the paired version"
+            return
         if reason == "cloud-timeout":
             self.latency.record(elapsed_s)
             if timeout_s < self._cloud_timeout_s:

@@ -7,7 +7,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-from cloud.manifest import INPUT_NAME, OUTPUT_NAME, ModelSpec
+from cloud.manifest import INPUT_NAME, LABELS_PARAMETER, OUTPUT_NAME, Manifest, ModelSpec
 
 
 class CloudError(Exception):
@@ -24,6 +24,8 @@ def _reason(status: str | None) -> str:
         return "cloud-timeout"
     if status in ("StatusCode.UNAVAILABLE", "StatusCode.CANCELLED"):
         return "cloud-unavailable"
+    if status == "StatusCode.NOT_FOUND":  # Triton: unknown model or version
+        return "version-mismatch"
     return "cloud-error"
 
 
@@ -69,6 +71,23 @@ class CloudClient:
             )
         except InferenceServerException:
             return False
+
+    async def pairing_problem(self, manifest: Manifest, timeout_s: float = 2.0) -> str | None:
+        """Why the cloud cannot answer for `manifest`'s pair, or None when it can or when the
+        cloud cannot be reached (an outage, for the breaker, not a mismatch)."""
+        try:
+            if not await self._client.is_server_ready(client_timeout=timeout_s):
+                return None
+            if not await self.ready(timeout_s):
+                return f"Triton has no ready version {self.spec.version} of {self.spec.name}"
+            config = (await self._client.get_model_config(self.spec.name, client_timeout=timeout_s)).config
+        except InferenceServerException:
+            return None
+        served = config.parameters.get(LABELS_PARAMETER)
+        if served is not None and served.string_value != manifest.labels_sha256:
+            return (f"{self.spec.name} serves label map {served.string_value[:12]}…, "
+                    f"the manifest pairs {manifest.labels_sha256[:12]}…")
+        return None
 
     async def close(self) -> None:
         await self._client.close()

@@ -79,7 +79,8 @@ def test_gpu_variant_is_onnxruntime_on_gpu_without_python(tmp_path: Path) -> Non
     config = read_config(model_dir)
     assert config.platform == "onnxruntime_onnx" and not config.backend
     assert [g.kind for g in config.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
-    assert not config.parameters
+    assert set(config.parameters) == {"labels_sha256"}  # no python-backend parameters
+    assert config.parameters["labels_sha256"].string_value == manifest.labels_sha256
     assert [p.name for p in (model_dir / "1").iterdir()] == ["model.onnx"]
     assert list(config.input[0].dims) == [32, 32, 3]
 
