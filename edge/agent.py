@@ -42,6 +42,9 @@ class EdgeSettings(BaseSettings):
     hint: PerformanceHint = "LATENCY"
     precision: Literal["int8", "fp32"] = Field("int8", description="edge IR: INT8 or FP32 reference")
     cloud_url: str | None = Field(None, description="host:port of Triton or a router gateway")
+    sync_url: str | None = Field(
+        None, description="host:port of a ModelSync service (the router gateway): follow updates"
+    )
     cloud_timeout_s: float = Field(1.0, gt=0)
     breaker_failures: int = Field(5, ge=1, description="cloud failures in a row that open the breaker")
     breaker_cooldown_s: float = Field(2.0, ge=0, description="how long an open breaker waits to probe")

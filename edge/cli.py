@@ -56,6 +56,18 @@ def models_build(
 
 
 @app.command()
+def status(
+    agent: Annotated[list[str], typer.Option(help="edge agent host:port (repeatable)")],
+    json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """Each edge agent's family, model versions, health, breaker and recent cloud latency."""
+    from edge.fleet_status import agent_status, status_table
+
+    rows = [agent_status(address) for address in agent]
+    console.print_json(data=rows) if json_out else console.print(status_table(rows))
+
+
+@app.command()
 def demo(
     family: Annotated[str, typer.Option(help="fashion or imagenet")] = "fashion",
     limit: Annotated[int | None, typer.Option(help="number of test frames (default: all)")] = None,

@@ -20,6 +20,7 @@ def serve_command(
     config: Annotated[Path | None, typer.Option(help="TOML file of settings (EdgeSettings fields)")] = None,
     family: Annotated[str | None, typer.Option(help="model family to serve (default fashion)")] = None,
     cloud_url: Annotated[str | None, typer.Option(help="Triton or gateway host:port; none: edge only")] = None,
+    sync_url: Annotated[str | None, typer.Option(help="ModelSync (gateway) host:port: follow model updates")] = None,
     device: Annotated[str | None, typer.Option(help="OpenVINO device: CPU, GPU, AUTO, ... (default CPU)")] = None,
     hint: Annotated[str | None, typer.Option(help="OpenVINO performance hint: LATENCY or THROUGHPUT")] = None,
     precision: Annotated[str | None, typer.Option(help="edge IR: int8, or the fp32 reference")] = None,
@@ -41,7 +42,7 @@ def serve_command(
 
     try:
         settings = load_settings(
-            config, family=family, cloud_url=cloud_url, device=device, hint=hint,
+            config, family=family, cloud_url=cloud_url, sync_url=sync_url, device=device, hint=hint,
             precision=precision, host=host, port=port, threshold=threshold,
             cloud_timeout_s=cloud_timeout, breaker_failures=breaker_failures,
             breaker_cooldown_s=breaker_cooldown, artifacts=artifacts, max_in_flight=max_in_flight,

@@ -19,6 +19,7 @@ from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 from cloud.manifest import Manifest
 from cloud.preprocessing import InvalidImage, decode_image, raw_image
 from edge.agent import EdgeAgent, EdgeSettings
+from edge import updater
 from edge.kserve import KServeService
 from edge.rpc import RequestError, ordered, status_code
 from edgecascade.v1 import cascade_pb2 as pb
@@ -162,9 +163,12 @@ async def serve(settings: EdgeSettings, stop: asyncio.Event | None = None) -> No
         agent.model.describe(), settings.cloud_url or "disabled",
         f"http://{settings.host}:{settings.metrics_port}/metrics" if metrics_http else "off",
     )
+    following = updater.start(agent, settings.sync_url) if settings.sync_url else None
     try:
         await (stop or asyncio.Event()).wait()
     finally:
+        if following:
+            following.cancel()
         log.info("draining: %d requests in flight, %.1fs grace", agent.limit.current, settings.grace_s)
         await health_servicer.enter_graceful_shutdown()
         await server.stop(grace=settings.grace_s)
