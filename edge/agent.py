@@ -123,13 +123,14 @@ class EdgeAgent:
         return self.deployment.cloud
 
     @classmethod
-    async def load(cls, settings: EdgeSettings) -> EdgeAgent:
-        """Serve the family's built artifacts; call inside the event loop that will serve."""
-        folder = family_dir(settings.family, settings.artifacts)
+    async def load(cls, settings: EdgeSettings, folder: Path | None = None) -> EdgeAgent:
+        """Serve the pair in `folder` (default: the family's build under the artifacts root);
+        call inside the event loop that will serve."""
+        folder = folder or family_dir(settings.family, settings.artifacts)
         if not (folder / "manifest.json").exists():
             raise FileNotFoundError(
                 f"no manifest for family {settings.family!r} in {folder}: "
-                f"run `edgecascade models build --family {settings.family}`"
+                f"run `edgecascade models build --family {settings.family}` or give --sync-url"
             )
         breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s)
         latency = LatencyTracker()

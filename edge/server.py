@@ -17,6 +17,7 @@ from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
 from cloud.manifest import Manifest
+from cloud.paths import family_dir
 from cloud.preprocessing import InvalidImage, decode_image, raw_image
 from edge.agent import EdgeAgent, EdgeSettings
 from edge import updater
@@ -136,7 +137,10 @@ class CascadeService(pb_grpc.CascadeServicer):
 async def serve(settings: EdgeSettings, stop: asyncio.Event | None = None) -> None:
     """Run the agent until `stop` is set (or forever). Then health turns NOT_SERVING, new calls
     are refused and calls in flight get `grace_s` to finish."""
-    agent = await EdgeAgent.load(settings)
+    folder = family_dir(settings.family, settings.artifacts)
+    if settings.sync_url and not (folder / "manifest.json").exists():
+        folder = await updater.fetch_current(settings, settings.sync_url)
+    agent = await EdgeAgent.load(settings, folder)
     size = settings.max_message_bytes
     server = grpc.aio.server(
         options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)]

@@ -15,15 +15,23 @@ from pathlib import Path
 import grpc
 
 from cloud.manifest import Manifest
-from edge.agent import EdgeAgent
+from edge.agent import EdgeAgent, EdgeSettings
 from edgecascade.v1 import model_sync_pb2_grpc as sync_grpc
-from router.model_sync_client import fetch_manifest_files, watch_manifests
+from router.model_sync_client import fetch_manifest_files, get_manifest, watch_manifests
 
 log = logging.getLogger(__name__)
 
 
-def cache_dir(agent: EdgeAgent) -> Path:
-    return agent.settings.artifacts / "edge-cache" / agent.settings.family
+def cache_dir(settings: EdgeSettings) -> Path:
+    return settings.artifacts / "edge-cache" / settings.family
+
+
+async def fetch_current(settings: EdgeSettings, sync_url: str) -> Path:
+    """Download the family's current pair (an agent with nothing built locally starts so)."""
+    async with grpc.aio.insecure_channel(sync_url) as channel:
+        stub = sync_grpc.ModelSyncStub(channel)
+        manifest = await get_manifest(stub, settings.family)
+        return await fetch_manifest_files(stub, manifest, cache_dir(settings) / str(manifest.version))
 
 
 async def follow(agent: EdgeAgent, sync_url: str) -> None:
@@ -40,7 +48,7 @@ async def follow(agent: EdgeAgent, sync_url: str) -> None:
 
 
 async def update(agent: EdgeAgent, stub: sync_grpc.ModelSyncStub, manifest: Manifest) -> None:
-    folder = cache_dir(agent) / str(manifest.version)
+    folder = cache_dir(agent.settings) / str(manifest.version)
     log.info("manifest v%d announced: fetching into %s", manifest.version, folder)
     try:
         await fetch_manifest_files(stub, manifest, folder)

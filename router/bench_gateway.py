@@ -32,12 +32,16 @@ GOAL_MS = 1.0
 
 def _stats(seconds: list[float]) -> dict[str, float]:
     ms = np.asarray(seconds) * 1e3
-    return {"p50": float(np.median(ms)), "p99": float(np.percentile(ms, 99)),
-            "mean": float(ms.mean())}
+    return {
+        "p50": float(np.median(ms)),
+        "p99": float(np.percentile(ms, 99)),
+        "mean": float(ms.mean()),
+    }
 
 
-async def _measure(urls: dict[str, str], manifest: Manifest, image: np.ndarray,
-                   calls: int, warmup: int) -> dict[str, list[float]]:
+async def _measure(
+    urls: dict[str, str], manifest: Manifest, image: np.ndarray, calls: int, warmup: int
+) -> dict[str, list[float]]:
     clients = {name: CloudClient(url, manifest.cloud) for name, url in urls.items()}
     times: dict[str, list[float]] = {name: [] for name in clients}
     order = list(clients)
@@ -61,15 +65,17 @@ def run_bench(report: Path, calls: int = 3000, warmup: int = 200) -> dict:
         work = Path(tmp)
         repository = work / "repository"
         write_model(manifest, family_dir("fashion"), repository)
-        with TritonServer(repository, log_path=work / "triton.log") as triton, \
-                GatewayProcess([triton.grpc_url], work / "gateway.log") as gateway:
+        with (
+            TritonServer(repository, log_path=work / "triton.log") as triton,
+            GatewayProcess([triton.grpc_url], work / "gateway.log") as gateway,
+        ):
             urls = {"direct": triton.grpc_url, "gateway": gateway.url}
             times = asyncio.run(_measure(urls, manifest, image, calls, warmup))
     direct, via = _stats(times["direct"]), _stats(times["gateway"])
     paired = np.asarray(times["gateway"]) - np.asarray(times["direct"])
     result = {
         "what": "single-image ModelInfer (fashion cloud model), CloudClient, one call in flight, "
-                "direct to Triton vs through the router gateway, interleaved",
+        "direct to Triton vs through the router gateway, interleaved",
         "calls_per_path": calls,
         "latency_ms": {"direct": direct, "gateway": via},
         "gateway_added_ms": {
@@ -77,9 +83,15 @@ def run_bench(report: Path, calls: int = 3000, warmup: int = 200) -> dict:
             "median_paired_difference": float(np.median(paired) * 1e3),
             "p99_difference": via["p99"] - direct["p99"],
         },
-        "goal": {"gateway_added_p50_ms_at_most": GOAL_MS,
-                 "met": via["p50"] - direct["p50"] <= GOAL_MS},
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "goal": {
+            "gateway_added_p50_ms_at_most": GOAL_MS,
+            "met": via["p50"] - direct["p50"] <= GOAL_MS,
+        },
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_average_1m": os.getloadavg()[0],
+            "python": platform.python_version(),
+        },
     }
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(json.dumps(result, indent=2))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Literal
 
+log = logging.getLogger(__name__)
 State = Literal["closed", "open", "half-open"]
 
 
@@ -52,11 +54,15 @@ class CircuitBreaker:
         return True
 
     def success(self) -> None:
+        if self._opened_at is not None:
+            log.warning("cloud circuit breaker closed: a probe succeeded")
         self._consecutive = 0
         self._opened_at = self._probe_at = None
 
     def failure(self) -> None:
         self._consecutive += 1
         if self._opened_at is not None or self._consecutive >= self.failures:
+            if self._opened_at is None:
+                log.warning("cloud circuit breaker open: %d failures in a row", self._consecutive)
             self._opened_at = self._clock()
             self._probe_at = None

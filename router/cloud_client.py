@@ -9,6 +9,20 @@ from tritonclient.utils import InferenceServerException
 
 from cloud.manifest import INPUT_NAME, LABELS_PARAMETER, OUTPUT_NAME, Manifest, ModelSpec
 
+# Images can be large (Triton's own message limits).
+MESSAGE_OPTIONS = [
+    ("grpc.max_send_message_length", 2**31 - 1),
+    ("grpc.max_receive_message_length", 2**31 - 1),
+]
+# Channels to Triton (or a gateway): a server that comes back is reconnected to within a second
+# (gRPC's default backoff grows to 2 minutes).
+CHANNEL_OPTIONS = [
+    *MESSAGE_OPTIONS,
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
 
 class CloudError(Exception):
     """The cloud could not answer; `reason` is the degraded reason reported to clients."""
@@ -38,7 +52,7 @@ class CloudClient:
     def __init__(self, url: str, spec: ModelSpec):
         self.url = url
         self.spec = spec
-        self._client = aioclient.InferenceServerClient(url)
+        self._client = aioclient.InferenceServerClient(url, channel_args=CHANNEL_OPTIONS)
 
     async def infer(self, image: np.ndarray, timeout_s: float) -> np.ndarray:
         """Logits [classes] for one uint8 [H, W, C] image, or CloudError within `timeout_s`."""

@@ -25,6 +25,9 @@ def serve_command(
     host: str = "127.0.0.1",
     port: int = 8001,
     probe_interval: Annotated[float, typer.Option(help="seconds between health probes")] = 0.5,
+    registry: Annotated[
+        Path | None, typer.Option(help="also serve ModelSync for this model registry folder")
+    ] = None,
 ) -> None:
     """Serve KServe v2 gRPC in front of Triton endpoints (load balancing, failover)."""
     from router.gateway import serve
@@ -36,7 +39,7 @@ def serve_command(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve(upstream, host, port, probe_interval, stop)
+        await serve(upstream, host, port, probe_interval, stop, registry)
 
     asyncio.run(main())
 

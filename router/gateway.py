@@ -12,20 +12,18 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from tritonclient.grpc import service_pb2
 
+from cloud.model_sync import add_model_sync
+from cloud.registry import Registry
+from router.cloud_client import CHANNEL_OPTIONS, MESSAGE_OPTIONS
+
 log = logging.getLogger(__name__)
 
 SERVICE = "inference.GRPCInferenceService"
-# Images can be large (Triton's own limits); one hop should cost as little time as possible.
-MESSAGE_OPTIONS = [("grpc.max_send_message_length", 2**31 - 1),
-                   ("grpc.max_receive_message_length", 2**31 - 1),
-                   ("grpc.optimization_target", "latency")]
-# Reconnect quickly to an endpoint that comes back (gRPC's default backoff grows to 2 minutes).
-CHANNEL_OPTIONS = [*MESSAGE_OPTIONS, ("grpc.initial_reconnect_backoff_ms", 100),
-                   ("grpc.min_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000)]
 # Metadata that belongs to one hop and must not be forwarded.
 HOP_METADATA = ("user-agent", "te", "content-type", "grpc-", ":")
 
@@ -41,11 +39,13 @@ class Endpoint:
     unary: dict[str, grpc.aio.UnaryUnaryMultiCallable] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, url: str) -> "Endpoint":
+    def open(cls, url: str) -> Endpoint:
         endpoint = cls(url, grpc.aio.insecure_channel(url, options=CHANNEL_OPTIONS))
         for method in service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
             if not method.client_streaming:
-                endpoint.unary[method.name] = endpoint.channel.unary_unary(f"/{SERVICE}/{method.name}")
+                endpoint.unary[method.name] = endpoint.channel.unary_unary(
+                    f"/{SERVICE}/{method.name}"
+                )
         return endpoint
 
 
@@ -103,20 +103,25 @@ class Gateway:
         start = self._turn % len(pool)
         return min(pool[start:] + pool[:start], key=lambda e: e.outstanding)
 
-    async def forward(self, method: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def forward(
+        self, method: str, request: bytes, context: grpc.aio.ServicerContext
+    ) -> bytes:
         """Send `request` to an endpoint, failing over on UNAVAILABLE within the deadline."""
         loop = asyncio.get_running_loop()
         remaining = context.time_remaining()
         end = None if remaining is None else loop.time() + remaining
-        metadata = [(k, v) for k, v in context.invocation_metadata() or ()
-                    if not k.startswith(HOP_METADATA)]
+        metadata = [
+            (k, v) for k, v in context.invocation_metadata() or () if not k.startswith(HOP_METADATA)
+        ]
         tried: set[Endpoint] = set()
         errors: list[str] = []
         while (endpoint := self.pick(tried)) is not None:
             tried.add(endpoint)
             timeout = None if end is None else end - loop.time()
             if timeout is not None and timeout <= 0:
-                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed in the gateway")
+                await context.abort(
+                    grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed in the gateway"
+                )
             endpoint.outstanding += 1
             try:
                 return await endpoint.unary[method](request, timeout=timeout, metadata=metadata)
@@ -124,12 +129,13 @@ class Gateway:
                 if e.code() != grpc.StatusCode.UNAVAILABLE:
                     await context.abort(e.code(), e.details() or "")
                 self._set_health(endpoint, False)  # until the next probe says otherwise
+                log.info("%s failed over from %s: %s", method, endpoint.url, e.details())
                 errors.append(f"{endpoint.url}: {e.details()}")
             finally:
                 endpoint.outstanding -= 1
         await context.abort(
             grpc.StatusCode.UNAVAILABLE,
-            "no Triton endpoint could serve the request: " + "; ".join(errors or ["none configured"]),
+            "no Triton endpoint could serve the request: " + "; ".join(errors),
         )
 
     async def server_live(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -176,16 +182,24 @@ async def serve(
     port: int = 8001,
     probe_interval_s: float = 0.5,
     stop: asyncio.Event | None = None,
+    registry: Path | None = None,
 ) -> None:
-    """Run the gateway until `stop` is set (or forever); in-flight calls get a grace period."""
+    """Run the gateway until `stop` is set (or forever); in-flight calls get a grace period.
+    With `registry`, edges can also sync their models here (the ModelSync service)."""
     gateway = Gateway(urls, probe_interval_s)
     await gateway.start()
     server = grpc.aio.server(options=MESSAGE_OPTIONS)
     server.add_generic_rpc_handlers((gateway.handler(),))
+    if registry is not None:
+        add_model_sync(server, Registry(registry))
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
-    log.info("router gateway on %s:%d -> %s", host, bound,
-             ", ".join(f"{e.url} ({'ready' if e.healthy else 'not ready'})" for e in gateway.endpoints))
+    log.info(
+        "router gateway on %s:%d -> %s",
+        host,
+        bound,
+        ", ".join(f"{e.url} ({'ready' if e.healthy else 'not ready'})" for e in gateway.endpoints),
+    )
     try:
         await (stop or asyncio.Event()).wait()
     finally:

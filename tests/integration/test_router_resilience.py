@@ -1,20 +1,24 @@
 """Latency budgets, the router gateway, failover and circuit breaking against real servers."""
 
 import os
+import queue
 import signal
 import time
 from collections.abc import Iterator
 
 import grpc
+import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from edgecascade.v1 import cascade_pb2 as pb
+from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
+from edgecascade.v1 import model_sync_pb2 as ms
+from edgecascade.v1 import model_sync_pb2_grpc as ms_grpc
 
-from cloud.manifest import Manifest
+from cloud.manifest import INPUT_NAME, OUTPUT_NAME, Manifest
 from cloud.triton_server import TritonServer
 from edge.process import EdgeProcess
 from edge.samples import labelled_frames
-from edgecascade.v1 import cascade_pb2 as pb
-from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
 from router.gateway_process import GatewayProcess
 
 pytestmark = pytest.mark.integration
@@ -45,22 +49,30 @@ def classify(stub, frame, **kw) -> pb.ClassifyResponse:
 def test_too_short_a_budget_is_answered_at_the_edge_without_calling_the_cloud(
     triton, fashion_manifest, frames, tmp_path
 ):
-    with EdgeProcess("fashion", triton.grpc_url, tmp_path / "edge.log", *ALWAYS_ESCALATE) as edge, \
-            grpc.insecure_channel(edge.address) as channel:
+    with (
+        EdgeProcess("fashion", triton.grpc_url, tmp_path / "edge.log", *ALWAYS_ESCALATE) as edge,
+        grpc.insecure_channel(edge.address) as channel,
+    ):
         stub = cascade_stub(channel)
         assert classify(stub, frames[0], deadline_ms=5000).tier == pb.CLOUD
         before = cloud_inferences(triton, fashion_manifest)
         unary = [classify(stub, f, deadline_ms=1) for f in frames[:20]]
-        streamed = list(stub.ClassifyStream(
-            (pb.ClassifyRequest(encoded_image=f.encoded, deadline_ms=1) for f in frames[20:40]),
-            timeout=30))
+        streamed = list(
+            stub.ClassifyStream(
+                (pb.ClassifyRequest(encoded_image=f.encoded, deadline_ms=1) for f in frames[20:40]),
+                timeout=30,
+            )
+        )
         assert cloud_inferences(triton, fashion_manifest) == before
         for r in unary + streamed:
             assert r.tier == pb.EDGE and r.degraded and r.degraded_reason == "deadline"
             assert r.top_k[0].class_id == r.edge_class_id and r.timings.cloud_ms < 1
         # With room in the budget (field or gRPC deadline) the cloud answers again.
         assert classify(stub, frames[41], deadline_ms=5000).tier == pb.CLOUD
-        assert stub.Classify(pb.ClassifyRequest(encoded_image=frames[42].encoded), timeout=5).tier == pb.CLOUD
+        assert (
+            stub.Classify(pb.ClassifyRequest(encoded_image=frames[42].encoded), timeout=5).tier
+            == pb.CLOUD
+        )
         assert cloud_inferences(triton, fashion_manifest) == before + 2
         status = stub.GetStatus(pb.GetStatusRequest(), timeout=5)
         assert status.breaker == "closed" and status.degraded == 40
@@ -70,28 +82,55 @@ def test_too_short_a_budget_is_answered_at_the_edge_without_calling_the_cloud(
 def test_an_edge_gets_the_same_answers_through_the_gateway_as_straight_from_triton(
     triton, fashion_manifest, frames, tmp_path
 ):
-    with GatewayProcess([triton.grpc_url], tmp_path / "gateway.log") as gateway, \
-            EdgeProcess("fashion", triton.grpc_url, tmp_path / "direct.log", *ALWAYS_ESCALATE) as direct, \
-            EdgeProcess("fashion", gateway.url, tmp_path / "via.log", *ALWAYS_ESCALATE) as via, \
-            grpc.insecure_channel(direct.address) as c1, grpc.insecure_channel(via.address) as c2:
+    with (
+        GatewayProcess(
+            [triton.grpc_url], tmp_path / "gateway.log", registry=tmp_path / "reg"
+        ) as gateway,
+        EdgeProcess(
+            "fashion", triton.grpc_url, tmp_path / "direct.log", *ALWAYS_ESCALATE
+        ) as direct,
+        EdgeProcess("fashion", gateway.url, tmp_path / "via.log", *ALWAYS_ESCALATE) as via,
+        grpc.insecure_channel(direct.address) as c1,
+        grpc.insecure_channel(via.address) as c2,
+    ):
         for frame in frames[:30]:
             a, b = classify(cascade_stub(c1), frame), classify(cascade_stub(c2), frame)
             assert a.tier == b.tier == pb.CLOUD and not b.degraded
-            assert [(p.class_id, round(p.score, 5)) for p in a.top_k] == \
-                   [(p.class_id, round(p.score, 5)) for p in b.top_k]
+            assert [(p.class_id, round(p.score, 5)) for p in a.top_k] == [
+                (p.class_id, round(p.score, 5)) for p in b.top_k
+            ]
         assert cascade_stub(c2).GetStatus(pb.GetStatusRequest(), timeout=5).cloud_ready
         # Any KServe v2 client sees the gateway as it sees Triton.
-        with grpcclient.InferenceServerClient(gateway.url) as g, \
-                grpcclient.InferenceServerClient(triton.grpc_url) as t:
+        with (
+            grpcclient.InferenceServerClient(gateway.url) as g,
+            grpcclient.InferenceServerClient(triton.grpc_url) as t,
+        ):
             name, version = fashion_manifest.cloud.name, str(fashion_manifest.cloud.version)
             assert g.is_server_live() and g.is_server_ready() and g.is_model_ready(name, version)
             assert g.get_model_metadata(name, version) == t.get_model_metadata(name, version)
             assert g.get_model_config(name, version) == t.get_model_config(name, version)
             assert g.get_server_metadata() == t.get_server_metadata()
+            # Triton's streaming API goes through too.
+            image = grpcclient.InferInput(INPUT_NAME, [1, 28, 28, 1], "UINT8")
+            image.set_data_from_numpy(np.zeros((1, 28, 28, 1), np.uint8))
+            results: queue.Queue = queue.Queue()
+            g.start_stream(callback=lambda result, error: results.put((result, error)))
+            g.async_stream_infer(name, [image], model_version=version, request_id="s1")
+            result, error = results.get(timeout=10)
+            g.stop_stream()
+            assert error is None and result.get_response().id == "s1"
+            assert result.as_numpy(OUTPUT_NAME).shape == (1, len(fashion_manifest.labels))
             with pytest.raises(grpcclient.InferenceServerException) as err:
                 g.get_model_metadata("no_such_model")
             assert err.value.status() == "StatusCode.NOT_FOUND"  # Triton's own error, passed on
             assert g.is_server_live()
+        # Edges can sync their models from the same address (an empty registry here).
+        with grpc.insecure_channel(gateway.url) as channel:
+            with pytest.raises(grpc.RpcError) as err:
+                ms_grpc.ModelSyncStub(channel).GetManifest(
+                    ms.GetManifestRequest(family="fashion"), timeout=5
+                )
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 def kill(triton: TritonServer) -> None:
@@ -105,9 +144,19 @@ def test_failover_then_breaker_opens_when_all_are_gone_and_closes_when_one_is_ba
 ):
     a = TritonServer(fashion_repository, log_path=tmp_path / "a.log").start()
     b = TritonServer(fashion_repository, log_path=tmp_path / "b.log").start()
-    gateway = GatewayProcess([a.grpc_url, b.grpc_url], tmp_path / "gateway.log", probe_interval_s=0.2)
-    edge = EdgeProcess("fashion", gateway.url, tmp_path / "edge.log", *ALWAYS_ESCALATE,
-                       "--breaker-failures", "3", "--breaker-cooldown", "1.0")
+    gateway = GatewayProcess(
+        [a.grpc_url, b.grpc_url], tmp_path / "gateway.log", probe_interval_s=0.2
+    )
+    edge = EdgeProcess(
+        "fashion",
+        gateway.url,
+        tmp_path / "edge.log",
+        *ALWAYS_ESCALATE,
+        "--breaker-failures",
+        "3",
+        "--breaker-cooldown",
+        "1.0",
+    )
     try:
         gateway.start()
         edge.start()
@@ -121,16 +170,18 @@ def test_failover_then_breaker_opens_when_all_are_gone_and_closes_when_one_is_ba
                 for i, frame in enumerate(frames[:n]):
                     while len(responses) < i - in_flight:
                         time.sleep(0.001)
-                    if i == kill_at:
+                    if i == kill_at - in_flight:
                         served_by_a.append(cloud_inferences(a, fashion_manifest))
+                    if i == kill_at:
                         kill(a)
                     yield pb.ClassifyRequest(request_id=str(i), encoded_image=frame.encoded)
 
             # 1. One of two Triton servers dies mid-stream: no frame is lost or degraded.
             responses.extend(stub.ClassifyStream(camera(160, kill_at=70), timeout=120))
             assert [r.request_id for r in responses] == [str(i) for i in range(160)]
-            assert all(r.tier == pb.CLOUD and not r.degraded for r in responses), \
-                [r.degraded_reason for r in responses if r.degraded]
+            assert all(r.tier == pb.CLOUD and not r.degraded for r in responses), [
+                r.degraded_reason for r in responses if r.degraded
+            ]
             assert served_by_a[0] > 0  # both servers were in use before the kill
             assert cloud_inferences(b, fashion_manifest) > 0
 
@@ -141,13 +192,17 @@ def test_failover_then_breaker_opens_when_all_are_gone_and_closes_when_one_is_ba
             assert all(r.tier == pb.EDGE and r.degraded_reason == "cloud-unavailable" for r in gone)
             status = stub.GetStatus(pb.GetStatusRequest(), timeout=5)
             assert status.breaker == "open", status
-            print(f"\n10 degraded answers with both servers gone in {time.perf_counter() - started:.3f}s")
+            print(
+                f"\n10 degraded answers with both servers gone in {time.perf_counter() - started:.3f}s"
+            )
 
             # 3. One comes back on the same port: the breaker probes, closes, escalation resumes.
-            a = TritonServer(fashion_repository, grpc_port=a.grpc_port, log_path=tmp_path / "a2.log")
+            a = TritonServer(
+                fashion_repository, grpc_port=a.grpc_port, log_path=tmp_path / "a2.log"
+            )
             a.start()
             back_at = time.perf_counter()
-            while (r := classify(stub, frames[0])).tier != pb.CLOUD:
+            while classify(stub, frames[0]).tier != pb.CLOUD:
                 assert time.perf_counter() - back_at < 15, "escalation did not resume"
                 time.sleep(0.05)
             print(f"escalation resumed {time.perf_counter() - back_at:.3f}s after Triton was back")

@@ -66,7 +66,7 @@ def test_concurrent_requests_are_batched_and_split_back(
 ) -> None:
     manifest = fashion_manifest
     name = manifest.cloud.name
-    batches = [images(manifest, 1 + i % 4, seed=10 + i) for i in range(24)]
+    batches = [images(manifest, 1 + i % 4, seed=10 + i) for i in range(96)]
     with grpcclient.InferenceServerClient(triton.grpc_url) as client:
         before = client.get_inference_statistics(name).model_stats[0]
         futures: list[Future] = []

@@ -1,0 +1,167 @@
+"""Model versions kept in sync: publish while a stream runs, corrupted artifacts, and a
+manifest naming a cloud version Triton lacks. Real Triton (explicit model control), a real
+gateway serving ModelSync, a real edge agent following it."""
+
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from cloud.cloud_rollout import roll_out
+from cloud.manifest import Manifest, sha256_file
+from cloud.paths import family_dir
+from cloud.registry import Registry
+from cloud.service_process import wait_until
+from cloud.triton_server import TritonServer
+from edge.process import EdgeProcess
+from edge.samples import labelled_frames
+from edgecascade.v1 import cascade_pb2 as pb
+from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
+from router.gateway_process import GatewayProcess
+
+pytestmark = pytest.mark.integration
+
+
+def copy_family(dest: Path) -> Path:
+    shutil.copytree(family_dir("fashion"), dest, ignore=shutil.ignore_patterns("*.npz"))
+    return dest
+
+
+def rehash(folder: Path) -> None:
+    manifest = Manifest.load(folder / "manifest.json")
+    for spec in (manifest.edge, manifest.cloud):
+        spec.files = {rel: sha256_file(folder / rel) for rel in spec.files}
+    manifest.save(folder / "manifest.json")
+
+
+def new_edge_model(folder: Path) -> None:
+    """A different edge model: the FP32 reference takes the INT8 model's place."""
+    for suffix in ("xml", "bin"):
+        shutil.copyfile(folder / f"edge/fp32/model.{suffix}", folder / f"edge/model.{suffix}")
+    rehash(folder)
+
+
+def new_cloud_model(folder: Path) -> None:
+    """A different cloud model file (same graph, one more metadata entry)."""
+    import onnx
+
+    model = onnx.load(folder / "cloud/model.onnx")
+    onnx.helper.set_model_props(model, {"retrained": str(time.time())})
+    onnx.save(model, folder / "cloud/model.onnx")
+    rehash(folder)
+
+
+class Stream:
+    """Classify calls in a loop on a thread, recording every answer's pair and any error."""
+
+    def __init__(self, address: str, frames):
+        self.address, self.frames = address, frames
+        self.pairs: list[tuple[str, str, int]] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        with grpc.insecure_channel(self.address) as channel:
+            stub = pb_grpc.CascadeStub(channel)
+            i = 0
+            while not self._stop.is_set():
+                frame = self.frames[i % len(self.frames)]
+                try:
+                    r = stub.Classify(pb.ClassifyRequest(encoded_image=frame.encoded), timeout=10)
+                    self.pairs.append((r.versions.edge, r.versions.cloud, r.tier))
+                except grpc.RpcError as e:
+                    self.errors.append(f"{e.code()}: {e.details()}")
+                i += 1
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def status(address: str) -> pb.GetStatusResponse:
+    with grpc.insecure_channel(address) as channel:
+        return pb_grpc.CascadeStub(channel).GetStatus(pb.GetStatusRequest(), timeout=5)
+
+
+class UncheckedRegistry(Registry):
+    """Activates without re-hashing blobs: corruption that happens after activation."""
+
+    def verify_blob(self, sha256: str) -> Path:
+        return self.blob_path(sha256)
+
+
+def test_versions_switch_at_one_point_and_bad_updates_never_serve(fashion_manifest, tmp_path):
+    build = copy_family(tmp_path / "build")
+    registry = Registry(tmp_path / "registry")
+    repository = tmp_path / "repository"
+    repository.mkdir()
+    frames = labelled_frames("fashion", 200)
+    with (
+        TritonServer(repository, model_control_mode="explicit", log_path=tmp_path / "triton.log") as triton,
+        GatewayProcess([triton.grpc_url], tmp_path / "gateway.log", registry=registry.root) as gateway,
+    ):
+        registry.publish("fashion", build, activate=False)
+        roll_out(registry, triton.control, repository, "fashion")
+        v1 = registry.get("fashion")
+        with EdgeProcess("fashion", gateway.url, tmp_path / "edge.log", "--sync-url", gateway.url,
+                         "--artifacts", str(tmp_path / "edge-artifacts-root")) as edge:
+            assert wait_until(lambda: status(edge.address).manifest_version == v1.version, 30)
+            pair1 = (v1.edge.key, v1.cloud.key)
+
+            # 1. A new pair (edge and cloud retrained) published while a stream runs.
+            new_edge_model(build)
+            new_cloud_model(build)
+            registry.publish("fashion", build, activate=False)
+            with Stream(edge.address, frames) as stream:
+                assert wait_until(lambda: len(stream.pairs) > 50, 30)
+                roll_out(registry, triton.control, repository, "fashion")
+                v2 = registry.get("fashion")
+                pair2 = (v2.edge.key, v2.cloud.key)
+                assert pair2[0] != pair1[0] and pair2[1] != pair1[1]
+                assert wait_until(lambda: stream.pairs and stream.pairs[-1][:2] == pair2, 30)
+                settled = len(stream.pairs)
+                assert wait_until(lambda: len(stream.pairs) > settled + 50, 30)
+            assert stream.errors == []
+            seen = [p[:2] for p in stream.pairs]
+            switch = seen.index(pair2)
+            assert set(seen[:switch]) == {pair1} and set(seen[switch:]) == {pair2}
+            assert any(p[2] == pb.CLOUD for p in stream.pairs[switch:]), "v2 escalates to cloud v2"
+            assert status(edge.address).previous_version == v1.version
+
+            # 2. A corrupted artifact: rejected, v2 keeps serving.
+            (build / "edge/model.bin").write_bytes((build / "edge/model.bin").read_bytes()[::-1])
+            rehash(build)
+            v3 = registry.publish("fashion", build, activate=False).manifest
+            blob = registry.blob_path(v3.edge.files["edge/model.bin"])
+            blob.chmod(0o644)
+            blob.write_bytes(b"bit rot" + blob.read_bytes()[7:])
+            UncheckedRegistry(registry.root).activate("fashion", v3.version)
+            assert wait_until(lambda: status(edge.address).update_error != "", 30)
+            s = status(edge.address)
+            assert s.manifest_version == v2.version and (s.versions.edge, s.versions.cloud) == pair2
+            assert f"v{v3.version}" in s.update_error
+
+            # 3. A manifest whose cloud version Triton lacks (published, never rolled out).
+            shutil.rmtree(build)
+            copy_family(build)
+            new_cloud_model(build)
+            v4 = registry.publish("fashion", build).manifest
+            assert v4.cloud.version not in triton.control.ready_versions(v4.cloud.name)
+            assert wait_until(lambda: status(edge.address).manifest_version == v4.version, 30)
+            assert status(edge.address).version_mismatch
+            with grpc.insecure_channel(edge.address) as channel:
+                stub = pb_grpc.CascadeStub(channel)
+                answers = [stub.Classify(pb.ClassifyRequest(encoded_image=f.encoded), timeout=10)
+                           for f in frames[:100]]
+    assert all(a.versions.cloud == v4.cloud.key for a in answers)
+    assert all(a.tier == pb.EDGE for a in answers)
+    escalated = [a for a in answers if a.degraded]
+    assert escalated and {a.degraded_reason for a in escalated} == {"version-mismatch"}
