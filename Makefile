@@ -14,6 +14,7 @@ demo: bootstrap data $(ARTIFACTS)/$(FAMILY)/manifest.json
 	$(BIN)/edgecascade demo --family $(FAMILY)
 
 test: bootstrap data $(ARTIFACTS)/fashion/manifest.json
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
 bootstrap: $(VENV)/.installed

@@ -9,10 +9,10 @@ The ImageNet smoke set is the 20 labelled photos shipped in the foolbox wheel.
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import os
 import re
 from dataclasses import dataclass
-import importlib.util
 from pathlib import Path
 from typing import Literal
 
@@ -38,7 +38,7 @@ class LabelledImages:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def head(self, n: int | None) -> "LabelledImages":
+    def head(self, n: int | None) -> LabelledImages:
         return self if n is None else LabelledImages(self.images[:n], self.labels[:n])
 
 
@@ -89,9 +89,7 @@ def imagenet_smoke() -> list[LabelledFile]:
     data = Path(spec.submodule_search_locations[0]) / "data"
     pattern = re.compile(r"imagenet_\d+_(\d+)\.jpg")
     files = [
-        LabelledFile(p, int(m.group(1)))
-        for p in data.iterdir()
-        if (m := pattern.fullmatch(p.name))
+        LabelledFile(p, int(m.group(1))) for p in data.iterdir() if (m := pattern.fullmatch(p.name))
     ]
     return sorted(files, key=lambda f: f.path.name)
 

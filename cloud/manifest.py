@@ -63,7 +63,7 @@ class Manifest(BaseModel):
     notes: dict[str, str] = Field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: Path) -> "Manifest":
+    def load(cls, path: Path) -> Manifest:
         return cls.model_validate_json(Path(path).read_text())
 
     def save(self, path: Path) -> None:

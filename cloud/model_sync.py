@@ -15,10 +15,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
-from edgecascade.v1 import model_sync_pb2 as pb
-from edgecascade.v1 import model_sync_pb2_grpc as pb_grpc
 
 from cloud.registry import CorruptBlob, NotFound, Registry
+from edgecascade.v1 import model_sync_pb2 as pb
+from edgecascade.v1 import model_sync_pb2_grpc as pb_grpc
 
 CHUNK_BYTES = 256 * 1024
 POLL_INTERVAL_S = 0.2

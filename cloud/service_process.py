@@ -29,7 +29,9 @@ class ServiceProcess:
         deadline = time.monotonic() + timeout_s
         while True:
             if self._process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited ({self._process.returncode}):\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"{self.name} exited ({self._process.returncode}):\n{self.log_tail()}"
+                )
             try:
                 if self.ready():
                     return self

@@ -27,7 +27,9 @@ class ModelControl:
             try:
                 client.load_model(name, client_timeout=self.timeout_s)
             except grpcclient.InferenceServerException as exc:
-                raise TritonControlError(f"Triton at {self.url} could not load {name}: {exc}")
+                raise TritonControlError(
+                    f"Triton at {self.url} could not load {name}: {exc}"
+                ) from exc
 
     def unload(self, name: str) -> None:
         """Unload every version of model `name`."""
@@ -35,7 +37,9 @@ class ModelControl:
             try:
                 client.unload_model(name, client_timeout=self.timeout_s)
             except grpcclient.InferenceServerException as exc:
-                raise TritonControlError(f"Triton at {self.url} could not unload {name}: {exc}")
+                raise TritonControlError(
+                    f"Triton at {self.url} could not unload {name}: {exc}"
+                ) from exc
 
     def ready_versions(self, name: str) -> list[int]:
         """The versions of model `name` that are ready to serve, lowest first."""

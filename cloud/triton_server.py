@@ -22,10 +22,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Literal, Self
 
 import tritonclient.grpc as grpcclient
-from typing_extensions import Self
 
 from cloud.ports import free_port
 from cloud.triton_control import ModelControl

@@ -21,9 +21,9 @@ from edge.limits import InFlightLimit, Overloaded
 from edge.metrics import Metrics
 from edge.runtime import EdgeModel, PerformanceHint
 from router.breaker import CircuitBreaker
-from router.latency import LatencyTracker
 from router.cascade import Answer, Cascade
 from router.cloud_client import CloudClient
+from router.latency import LatencyTracker
 from router.policy import policy_from_manifest
 
 log = logging.getLogger(__name__)
@@ -40,24 +40,34 @@ class EdgeSettings(BaseSettings):
     artifacts: Path = Field(default_factory=artifacts_root)
     device: str = "CPU"
     hint: PerformanceHint = "LATENCY"
-    precision: Literal["int8", "fp32"] = Field("int8", description="edge IR: INT8 or FP32 reference")
+    precision: Literal["int8", "fp32"] = Field(
+        "int8", description="edge IR: INT8 or FP32 reference"
+    )
     cloud_url: str | None = Field(None, description="host:port of Triton or a router gateway")
     sync_url: str | None = Field(
         None, description="host:port of a ModelSync service (the router gateway): follow updates"
     )
     cloud_timeout_s: float = Field(1.0, gt=0)
-    breaker_failures: int = Field(5, ge=1, description="cloud failures in a row that open the breaker")
-    breaker_cooldown_s: float = Field(2.0, ge=0, description="how long an open breaker waits to probe")
+    breaker_failures: int = Field(
+        5, ge=1, description="cloud failures in a row that open the breaker"
+    )
+    breaker_cooldown_s: float = Field(
+        2.0, ge=0, description="how long an open breaker waits to probe"
+    )
     threshold: float | None = Field(None, ge=0, le=1, description="overrides the manifest's")
     host: str = "127.0.0.1"
     port: int = Field(50051, ge=0, le=65535)
     default_top_k: int = Field(5, ge=1)
     stream_window: int = Field(8, ge=1, description="frames of one stream in flight at once")
-    max_in_flight: int = Field(64, ge=1, description="requests answered at once; more: RESOURCE_EXHAUSTED")
+    max_in_flight: int = Field(
+        64, ge=1, description="requests answered at once; more: RESOURCE_EXHAUSTED"
+    )
     max_batch: int = Field(32, ge=1, description="images in one KServe ModelInfer request")
     max_message_bytes: int = Field(16 << 20, ge=1024, description="largest gRPC message either way")
     grace_s: float = Field(5.0, ge=0, description="time in-flight calls get to finish on shutdown")
-    metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics HTTP port; 0: off")
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="Prometheus /metrics HTTP port; 0: off"
+    )
 
 
 @dataclass
@@ -151,9 +161,13 @@ class EdgeAgent:
         self.previous, self.deployment = self.deployment, deployment
         self.update_error = ""
         self.metrics.serving(deployment.manifest)
-        log.info("now serving %s v%d: edge %s, cloud %s", deployment.manifest.family,
-                 deployment.manifest.version, deployment.manifest.edge.key,
-                 deployment.manifest.cloud.key)
+        log.info(
+            "now serving %s v%d: edge %s, cloud %s",
+            deployment.manifest.family,
+            deployment.manifest.version,
+            deployment.manifest.edge.key,
+            deployment.manifest.cloud.key,
+        )
         return deployment
 
     async def answer(
@@ -170,13 +184,17 @@ class EdgeAgent:
         try:
             with self.limit.admit():
                 images = decode()
-                answers = await asyncio.gather(*(
-                    cascade.classify(image, received_at=received_at, deadline=deadline)
-                    for image in images
-                ))
+                answers = await asyncio.gather(
+                    *(
+                        cascade.classify(image, received_at=received_at, deadline=deadline)
+                        for image in images
+                    )
+                )
         except Exception as e:
             self.counters.errors += isinstance(e, InvalidImage)
-            reason = {Overloaded: "REJECTED", InvalidImage: "INVALID_ARGUMENT"}.get(type(e), "OTHER")
+            reason = {Overloaded: "REJECTED", InvalidImage: "INVALID_ARGUMENT"}.get(
+                type(e), "OTHER"
+            )
             self.metrics.failed(reason)
             raise
         for answer in answers:
@@ -203,8 +221,15 @@ async def _deploy(
             raise ValueError(f"edge model warm-up gave logits of shape {logits.shape}")
     cloud = CloudClient(settings.cloud_url, manifest.cloud) if settings.cloud_url else None
     policy = policy_from_manifest(manifest.policy, settings.threshold)
-    cascade = Cascade(manifest, model.infer, policy, cloud, settings.cloud_timeout_s,
-                      latency=latency, breaker=breaker)
+    cascade = Cascade(
+        manifest,
+        model.infer,
+        policy,
+        cloud,
+        settings.cloud_timeout_s,
+        latency=latency,
+        breaker=breaker,
+    )
     if cloud:
         cascade.mismatch = await cloud.pairing_problem(manifest)
         if cascade.mismatch:

@@ -15,8 +15,6 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from edgecascade.v1 import cascade_pb2 as pb
-from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
 from rich.console import Console
 from rich.table import Table
 
@@ -26,6 +24,8 @@ from cloud.preprocessing import decode_image, prepare
 from edge.demo import percentiles
 from edge.process import EdgeProcess
 from edge.samples import labelled_frames
+from edgecascade.v1 import cascade_pb2 as pb
+from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
 
 console = Console()
 PRECISIONS = ("int8", "fp32")

@@ -14,12 +14,16 @@ from cloud import registry_commands
 from edge import commands as edge_commands
 from router import commands as router_commands
 
-app = typer.Typer(help="Edge-to-cloud inference cascade: OpenVINO at the edge, Triton in the cloud.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Edge-to-cloud inference cascade: OpenVINO at the edge, Triton in the cloud.",
+    no_args_is_help=True,
+)
 app.add_typer(edge_commands.app, name="edge")
 app.add_typer(cloud_commands.app, name="cloud")
 app.add_typer(router_commands.app, name="router")
-models = typer.Typer(help="Model families: build, publish to the registry, list.", no_args_is_help=True)
+models = typer.Typer(
+    help="Model families: build, publish to the registry, list.", no_args_is_help=True
+)
 app.add_typer(models, name="models")
 models.command("publish")(registry_commands.publish)
 models.command("activate")(registry_commands.activate)
@@ -31,7 +35,9 @@ console = Console()
 
 @models.command("build")
 def models_build(
-    family: Annotated[list[str] | None, typer.Option(help="family to build (repeatable); default: all")] = None,
+    family: Annotated[
+        list[str] | None, typer.Option(help="family to build (repeatable); default: all")
+    ] = None,
 ) -> None:
     """Build a family's edge (INT8 IR) and cloud (ONNX) models, manifest and threshold."""
     from cloud.build import build_family
@@ -49,8 +55,8 @@ def models_build(
             point = calibrated.point
             console.print(
                 f"{calibrated.policy.name} threshold {point.threshold:.4f} at temperature "
-                f"{calibrated.policy.temperature:.3f}: {point.escalation_rate:.1%} escalated, cascade "
-                f"{point.cascade_accuracy:.2%} vs edge {point.edge_accuracy:.2%} / cloud "
+                f"{calibrated.policy.temperature:.3f}: {point.escalation_rate:.1%} escalated, "
+                f"cascade {point.cascade_accuracy:.2%} vs edge {point.edge_accuracy:.2%} / cloud "
                 f"{point.cloud_accuracy:.2%} (calibration split)"
             )
 
@@ -71,7 +77,9 @@ def status(
 def demo(
     family: Annotated[str, typer.Option(help="fashion or imagenet")] = "fashion",
     limit: Annotated[int | None, typer.Option(help="number of test frames (default: all)")] = None,
-    threshold: Annotated[float | None, typer.Option(help="override the manifest's threshold")] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="override the manifest's threshold")
+    ] = None,
     fps: Annotated[float, typer.Option(help="camera frame rate; 0: as fast as answered")] = 0.0,
     in_flight: Annotated[int, typer.Option(help="frames awaiting an answer at once")] = 1,
     report: Annotated[Path | None, typer.Option(help="JSON report path")] = None,
@@ -80,7 +88,9 @@ def demo(
     from edge.demo import run_demo
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop children on SIGTERM too
-    run_demo(family, limit, threshold, report or Path("reports") / f"demo-{family}.json", fps, in_flight)
+    run_demo(
+        family, limit, threshold, report or Path("reports") / f"demo-{family}.json", fps, in_flight
+    )
 
 
 @bench.command("edge")
@@ -90,18 +100,28 @@ def bench_edge(
     seconds: Annotated[float, typer.Option(help="seconds per measurement")] = 5.0,
     clients: Annotated[int, typer.Option(help="concurrent unary clients")] = 16,
     streams: Annotated[int, typer.Option(help="concurrent ClassifyStreams")] = 2,
-    precision: Annotated[list[str] | None, typer.Option(help="int8 and/or fp32 (repeatable)")] = None,
+    precision: Annotated[
+        list[str] | None, typer.Option(help="int8 and/or fp32 (repeatable)")
+    ] = None,
 ) -> None:
     """The edge agent over gRPC vs OpenVINO's benchmark_app on the same IR, INT8 and FP32."""
     from edge.bench import PRECISIONS, run_bench
 
-    run_bench(family, report or Path("reports") / f"bench-edge-{family}.json", seconds, clients,
-              streams, precisions=tuple(precision or PRECISIONS))
+    run_bench(
+        family,
+        report or Path("reports") / f"bench-edge-{family}.json",
+        seconds,
+        clients,
+        streams,
+        precisions=tuple(precision or PRECISIONS),
+    )
 
 
 @bench.command("model-sync")
 def bench_model_sync(
-    report: Annotated[Path, typer.Option(help="JSON report path")] = Path("reports/bench-model-sync.json"),
+    report: Annotated[Path, typer.Option(help="JSON report path")] = Path(
+        "reports/bench-model-sync.json"
+    ),
     size_mib: Annotated[int, typer.Option(help="artifact size in MiB")] = 64,
     repeats: Annotated[int, typer.Option(help="measurements per figure (median reported)")] = 5,
 ) -> None:
@@ -113,7 +133,9 @@ def bench_model_sync(
 
 @bench.command("gateway")
 def bench_gateway(
-    report: Annotated[Path, typer.Option(help="JSON report path")] = Path("reports/bench-gateway.json"),
+    report: Annotated[Path, typer.Option(help="JSON report path")] = Path(
+        "reports/bench-gateway.json"
+    ),
     calls: Annotated[int, typer.Option(help="ModelInfer calls per path")] = 3000,
 ) -> None:
     """One escalation through the router gateway vs straight to Triton, interleaved."""

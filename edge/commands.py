@@ -17,24 +17,56 @@ app = typer.Typer(help="The edge agent: OpenVINO next to the camera.", no_args_i
 
 @app.command("serve")
 def serve_command(
-    config: Annotated[Path | None, typer.Option(help="TOML file of settings (EdgeSettings fields)")] = None,
-    family: Annotated[str | None, typer.Option(help="model family to serve (default fashion)")] = None,
-    cloud_url: Annotated[str | None, typer.Option(help="Triton or gateway host:port; none: edge only")] = None,
-    sync_url: Annotated[str | None, typer.Option(help="ModelSync (gateway) host:port: follow model updates")] = None,
-    device: Annotated[str | None, typer.Option(help="OpenVINO device: CPU, GPU, AUTO, ... (default CPU)")] = None,
-    hint: Annotated[str | None, typer.Option(help="OpenVINO performance hint: LATENCY or THROUGHPUT")] = None,
-    precision: Annotated[str | None, typer.Option(help="edge IR: int8, or the fp32 reference")] = None,
-    host: Annotated[str | None, typer.Option(help="address to listen on (default 127.0.0.1)")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="TOML file of settings (EdgeSettings fields)")
+    ] = None,
+    family: Annotated[
+        str | None, typer.Option(help="model family to serve (default fashion)")
+    ] = None,
+    cloud_url: Annotated[
+        str | None, typer.Option(help="Triton or gateway host:port; none: edge only")
+    ] = None,
+    sync_url: Annotated[
+        str | None, typer.Option(help="ModelSync (gateway) host:port: follow model updates")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="OpenVINO device: CPU, GPU, AUTO, ... (default CPU)")
+    ] = None,
+    hint: Annotated[
+        str | None, typer.Option(help="OpenVINO performance hint: LATENCY or THROUGHPUT")
+    ] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="edge IR: int8, or the fp32 reference")
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option(help="address to listen on (default 127.0.0.1)")
+    ] = None,
     port: Annotated[int | None, typer.Option(help="gRPC port (default 50051)")] = None,
-    threshold: Annotated[float | None, typer.Option(help="override the manifest's threshold")] = None,
-    cloud_timeout: Annotated[float | None, typer.Option(help="seconds allowed for one cloud call (default 1)")] = None,
-    breaker_failures: Annotated[int | None, typer.Option(help="cloud failures in a row that stop escalation (default 5)")] = None,
-    breaker_cooldown: Annotated[float | None, typer.Option(help="seconds before a stopped cloud is probed (default 2)")] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="override the manifest's threshold")
+    ] = None,
+    cloud_timeout: Annotated[
+        float | None, typer.Option(help="seconds allowed for one cloud call (default 1)")
+    ] = None,
+    breaker_failures: Annotated[
+        int | None, typer.Option(help="cloud failures in a row that stop escalation (default 5)")
+    ] = None,
+    breaker_cooldown: Annotated[
+        float | None, typer.Option(help="seconds before a stopped cloud is probed (default 2)")
+    ] = None,
     artifacts: Annotated[Path | None, typer.Option(help="artifacts folder")] = None,
-    max_in_flight: Annotated[int | None, typer.Option(help="requests at once; more get RESOURCE_EXHAUSTED (default 64)")] = None,
-    max_message_bytes: Annotated[int | None, typer.Option(help="largest gRPC message (default 16 MiB)")] = None,
-    grace: Annotated[float | None, typer.Option(help="seconds in-flight calls get on shutdown (default 5)")] = None,
-    metrics_port: Annotated[int | None, typer.Option(help="Prometheus /metrics HTTP port; 0: off (default 0)")] = None,
+    max_in_flight: Annotated[
+        int | None, typer.Option(help="requests at once; more get RESOURCE_EXHAUSTED (default 64)")
+    ] = None,
+    max_message_bytes: Annotated[
+        int | None, typer.Option(help="largest gRPC message (default 16 MiB)")
+    ] = None,
+    grace: Annotated[
+        float | None, typer.Option(help="seconds in-flight calls get on shutdown (default 5)")
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Prometheus /metrics HTTP port; 0: off (default 0)")
+    ] = None,
 ) -> None:
     """Serve the Cascade and KServe v2 gRPC APIs until SIGINT/SIGTERM. Settings come from
     --config (TOML), then EDGECASCADE_<SETTING> environment variables, then these options."""
@@ -42,16 +74,31 @@ def serve_command(
 
     try:
         settings = load_settings(
-            config, family=family, cloud_url=cloud_url, sync_url=sync_url, device=device, hint=hint,
-            precision=precision, host=host, port=port, threshold=threshold,
-            cloud_timeout_s=cloud_timeout, breaker_failures=breaker_failures,
-            breaker_cooldown_s=breaker_cooldown, artifacts=artifacts, max_in_flight=max_in_flight,
-            max_message_bytes=max_message_bytes, grace_s=grace, metrics_port=metrics_port,
+            config,
+            family=family,
+            cloud_url=cloud_url,
+            sync_url=sync_url,
+            device=device,
+            hint=hint,
+            precision=precision,
+            host=host,
+            port=port,
+            threshold=threshold,
+            cloud_timeout_s=cloud_timeout,
+            breaker_failures=breaker_failures,
+            breaker_cooldown_s=breaker_cooldown,
+            artifacts=artifacts,
+            max_in_flight=max_in_flight,
+            max_message_bytes=max_message_bytes,
+            grace_s=grace,
+            metrics_port=metrics_port,
         )
     except ConfigError as e:
         typer.echo(f"edgecascade edge serve: {e}", err=True)
         raise typer.Exit(2) from None
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -65,17 +112,33 @@ def serve_command(
 
 @app.command("run")
 def run_command(
-    source: Annotated[str, typer.Option(help="camera index, video file, rtsp:// or http:// URL, or image folder")],
-    agent: Annotated[str | None, typer.Option(help="edge agent host:port; none: start one for --family")] = None,
-    family: Annotated[str, typer.Option(help="family of the agent started when --agent is not given")] = "fashion",
-    cloud_url: Annotated[str | None, typer.Option(help="cloud for the started agent; none: edge only")] = None,
+    source: Annotated[
+        str, typer.Option(help="camera index, video file, rtsp:// or http:// URL, or image folder")
+    ],
+    agent: Annotated[
+        str | None, typer.Option(help="edge agent host:port; none: start one for --family")
+    ] = None,
+    family: Annotated[
+        str, typer.Option(help="family of the agent started when --agent is not given")
+    ] = "fashion",
+    cloud_url: Annotated[
+        str | None, typer.Option(help="cloud for the started agent; none: edge only")
+    ] = None,
     output: Annotated[Path | None, typer.Option(help="JSON lines file; default: stdout")] = None,
-    sink: Annotated[str | None, typer.Option(help="host:port of an edgecascade.v1.ResultSink")] = None,
-    max_fps: Annotated[float | None, typer.Option(help="read at most this many frames per second")] = None,
-    buffer: Annotated[int, typer.Option(min=1, help="frames buffered; a live source drops the oldest")] = 2,
+    sink: Annotated[
+        str | None, typer.Option(help="host:port of an edgecascade.v1.ResultSink")
+    ] = None,
+    max_fps: Annotated[
+        float | None, typer.Option(help="read at most this many frames per second")
+    ] = None,
+    buffer: Annotated[
+        int, typer.Option(min=1, help="frames buffered; a live source drops the oldest")
+    ] = 2,
     window: Annotated[int, typer.Option(min=1, help="frames awaiting an answer at once")] = 2,
     top_k: Annotated[int, typer.Option(min=1, help="classes per answer")] = 5,
-    reconnect_timeout: Annotated[float, typer.Option(help="seconds to keep reconnecting; 0: forever")] = 30.0,
+    reconnect_timeout: Annotated[
+        float, typer.Option(help="seconds to keep reconnecting; 0: forever")
+    ] = 30.0,
 ) -> None:
     """Classify every frame of a source through an edge agent; one JSON line per frame."""
     import sys
@@ -87,7 +150,9 @@ def run_command(
     from edge.process import EdgeProcess
     from edge.runner import run
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -97,7 +162,15 @@ def run_command(
             agent = stack.enter_context(EdgeProcess(family, cloud_url, log_path)).address
         out = stack.enter_context(open(output, "w")) if output else sys.stdout
         stats = run(
-            source, agent, out, sink=sink, max_fps=max_fps, buffer_size=buffer, window=window,
-            top_k=top_k, reconnect_timeout_s=reconnect_timeout or None, stop=stop,
+            source,
+            agent,
+            out,
+            sink=sink,
+            max_fps=max_fps,
+            buffer_size=buffer,
+            window=window,
+            top_k=top_k,
+            reconnect_timeout_s=reconnect_timeout or None,
+            stop=stop,
         )
     Console(stderr=True).print(stats)

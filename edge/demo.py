@@ -69,8 +69,13 @@ async def cloud_only_predictions(url: str, manifest: Manifest, frames: list[Fram
     """The cloud model's top-1 on every frame, straight from Triton (the cloud-only baseline)."""
     client = CloudClient(url, manifest.cloud)
     try:
-        images = np.stack([prepare(decode_image(f.encoded), manifest.cloud.preprocessing) for f in frames])
-        batches = [await client.infer_batch(images[i : i + 64], timeout_s=30.0) for i in range(0, len(images), 64)]
+        images = np.stack(
+            [prepare(decode_image(f.encoded), manifest.cloud.preprocessing) for f in frames]
+        )
+        batches = [
+            await client.infer_batch(images[i : i + 64], timeout_s=30.0)
+            for i in range(0, len(images), 64)
+        ]
     finally:
         await client.close()
     return np.concatenate(batches).argmax(-1)
@@ -84,8 +89,12 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 
 def build_report(
-    manifest: Manifest, frames: list[Frame], result: StreamResult, cloud_top1: np.ndarray,
-    status: pb.GetStatusResponse, in_flight: int,
+    manifest: Manifest,
+    frames: list[Frame],
+    result: StreamResult,
+    cloud_top1: np.ndarray,
+    status: pb.GetStatusResponse,
+    in_flight: int,
 ) -> dict:
     labels = np.array([f.label for f in frames])
     answered = [r for r in result.responses if not r.HasField("error")]
@@ -122,23 +131,35 @@ def summary_table(report: dict) -> Table:
     table.add_column("value", justify="right")
     for tier, acc in report["accuracy"].items():
         table.add_row(f"accuracy {tier}", f"{acc:.2%}")
-    table.add_row("escalation rate", f"{report['escalation_rate']:.1%} at threshold {report['threshold']:.3f}")
+    table.add_row(
+        "escalation rate", f"{report['escalation_rate']:.1%} at threshold {report['threshold']:.3f}"
+    )
     for hop, p in report["latency_ms"].items():
-        table.add_row(f"latency {hop} (ms)", f"p50 {p['p50']:.2f}  p95 {p['p95']:.2f}  p99 {p['p99']:.2f}")
+        table.add_row(
+            f"latency {hop} (ms)", f"p50 {p['p50']:.2f}  p95 {p['p95']:.2f}  p99 {p['p99']:.2f}"
+        )
     table.add_row("bytes to cloud", f"{report['bytes_to_cloud']:,}")
-    table.add_row("versions", f"edge {report['versions']['edge']}  cloud {report['versions']['cloud']}")
+    table.add_row(
+        "versions", f"edge {report['versions']['edge']}  cloud {report['versions']['cloud']}"
+    )
     table.add_row("degraded / errors", f"{report['degraded']} / {report['errors']}")
     return table
 
 
 def run_demo(
-    family: str, limit: int | None, threshold: float | None, report_path: Path, fps: float = 0.0,
+    family: str,
+    limit: int | None,
+    threshold: float | None,
+    report_path: Path,
+    fps: float = 0.0,
     in_flight: int = 1,
 ) -> dict:
     """Start Triton and an edge agent, stream the family's test frames, write the report."""
     folder = family_dir(family)
     if not manifest_path(family).exists():
-        raise FileNotFoundError(f"family {family!r} is not built: run `edgecascade models build --family {family}`")
+        raise FileNotFoundError(
+            f"family {family!r} is not built: run `edgecascade models build --family {family}`"
+        )
     manifest = Manifest.load(manifest_path(family))
     frames = labelled_frames(family, limit)
     logs = report_path.parent / "logs"
@@ -149,9 +170,16 @@ def run_demo(
             triton = stack.enter_context(TritonServer(repository, log_path=logs / "triton.log"))
         extra = ["--threshold", str(threshold)] if threshold is not None else []
         with console.status("starting the edge agent"):
-            edge = stack.enter_context(EdgeProcess(family, triton.grpc_url, logs / "edge.log", *extra))
+            edge = stack.enter_context(
+                EdgeProcess(family, triton.grpc_url, logs / "edge.log", *extra)
+            )
         console.print(f"Triton at {triton.grpc_url}, edge agent at {edge.address}")
-        columns = (TextColumn("streaming"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        columns = (
+            TextColumn("streaming"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+        )
         with Progress(*columns, console=console) as progress:
             result = stream(edge.address, frames, fps, progress, in_flight)
         with grpc.insecure_channel(edge.address) as channel:

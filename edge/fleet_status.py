@@ -18,7 +18,9 @@ def agent_status(address: str, timeout_s: float = 3.0) -> dict:
             health = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=timeout_s
             )
-            status = pb_grpc.CascadeStub(channel).GetStatus(pb.GetStatusRequest(), timeout=timeout_s)
+            status = pb_grpc.CascadeStub(channel).GetStatus(
+                pb.GetStatusRequest(), timeout=timeout_s
+            )
         except grpc.RpcError as e:
             return {"address": address, "health": "UNREACHABLE", "error": e.code().name}
     return {
@@ -31,7 +33,10 @@ def agent_status(address: str, timeout_s: float = 3.0) -> dict:
         "cloud": status.versions.cloud,
         "device": status.device,
         "breaker": status.breaker,
-        "cloud_latency_ms": {"ewma": status.cloud_latency_ewma_ms, "p95": status.cloud_latency_p95_ms},
+        "cloud_latency_ms": {
+            "ewma": status.cloud_latency_ewma_ms,
+            "p95": status.cloud_latency_p95_ms,
+        },
         "requests": status.requests,
         "escalations": status.escalations,
         "degraded": status.degraded,
@@ -43,8 +48,19 @@ def agent_status(address: str, timeout_s: float = 3.0) -> dict:
 
 def status_table(rows: list[dict]) -> Table:
     table = Table(title="edge agents")
-    for column in ("agent", "health", "family", "version", "edge / cloud", "breaker",
-                   "cloud ms ewma / p95", "requests", "escalated", "degraded", "notes"):
+    for column in (
+        "agent",
+        "health",
+        "family",
+        "version",
+        "edge / cloud",
+        "breaker",
+        "cloud ms ewma / p95",
+        "requests",
+        "escalated",
+        "degraded",
+        "notes",
+    ):
         table.add_column(column)
     for r in rows:
         if r["health"] == "UNREACHABLE":
@@ -54,9 +70,16 @@ def status_table(rows: list[dict]) -> Table:
         notes = "; ".join(n for n in (r["version_mismatch"], r["update_error"]) if n)
         previous = f" (prev {r['previous_version']})" if r["previous_version"] else ""
         table.add_row(
-            r["address"], r["health"], r["family"], f"{r['manifest_version']}{previous}",
-            f"{r['edge']} / {r['cloud']}", r["breaker"],
-            f"{latency['ewma']:.1f} / {latency['p95']:.1f}", str(r["requests"]),
-            str(r["escalations"]), str(r["degraded"]), notes,
+            r["address"],
+            r["health"],
+            r["family"],
+            f"{r['manifest_version']}{previous}",
+            f"{r['edge']} / {r['cloud']}",
+            r["breaker"],
+            f"{latency['ewma']:.1f} / {latency['p95']:.1f}",
+            str(r["requests"]),
+            str(r["escalations"]),
+            str(r["degraded"]),
+            notes,
         )
     return table

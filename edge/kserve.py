@@ -97,7 +97,9 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
             ],
             outputs=[
                 tensor(
-                    name="probabilities", datatype="FP32", shape=[-1, len(self.agent.manifest.labels)]
+                    name="probabilities",
+                    datatype="FP32",
+                    shape=[-1, len(self.agent.manifest.labels)],
                 ),
                 tensor(name="top1", datatype="INT32", shape=[-1]),
                 tensor(name="edge_confidence", datatype="FP32", shape=[-1]),
@@ -284,7 +286,8 @@ def _encoded(
         elements = list(tensor.contents.bytes_contents)
     if len(elements) != int(np.prod(shape)):
         raise InvalidImage(
-            f"input {IMAGE!r} of shape {shape} needs {int(np.prod(shape))} elements, got {len(elements)}"
+            f"input {IMAGE!r} of shape {shape} needs {int(np.prod(shape))} elements, "
+            f"got {len(elements)}"
         )
     return [decode_image(bytes(element)) for element in elements]
 

@@ -83,8 +83,12 @@ class Metrics:
     def serving(self, manifest: Manifest) -> None:
         """The pair now answering requests."""
         self._model.info(
-            {"family": manifest.family, "version": str(manifest.version),
-             "edge": manifest.edge.key, "cloud": manifest.cloud.key}
+            {
+                "family": manifest.family,
+                "version": str(manifest.version),
+                "edge": manifest.edge.key,
+                "cloud": manifest.cloud.key,
+            }
         )
 
     def answered(self, answers: Sequence[Answer], total_s: float) -> None:

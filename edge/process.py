@@ -23,8 +23,19 @@ class EdgeProcess(ServiceProcess):
         self.address = f"127.0.0.1:{self.port}"
         cloud = ["--cloud-url", cloud_url] if cloud_url else []
         super().__init__(
-            [sys.executable, "-m", "edge.cli", "edge", "serve", "--family", family,
-             "--port", str(self.port), *cloud, *extra],
+            [
+                sys.executable,
+                "-m",
+                "edge.cli",
+                "edge",
+                "serve",
+                "--family",
+                family,
+                "--port",
+                str(self.port),
+                *cloud,
+                *extra,
+            ],
             log_path,
         )
 

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from typing import TextIO
 
 import grpc
+
+from edge.sources import FrameBuffer, FrameReader, SourceFrame, open_source
 from edgecascade.v1 import cascade_pb2 as pb
 from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
 from edgecascade.v1 import sink_pb2 as sink_pb
 from edgecascade.v1 import sink_pb2_grpc as sink_grpc
-
-from edge.sources import FrameBuffer, FrameReader, SourceFrame, open_source
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 from cloud.manifest import Manifest
 from cloud.paths import family_dir
 from cloud.preprocessing import InvalidImage, decode_image, raw_image
-from edge.agent import EdgeAgent, EdgeSettings
 from edge import updater
+from edge.agent import EdgeAgent, EdgeSettings
 from edge.kserve import KServeService
 from edge.rpc import RequestError, ordered, status_code
 from edgecascade.v1 import cascade_pb2 as pb
@@ -53,7 +53,9 @@ class CascadeService(pb_grpc.CascadeServicer):
     def __init__(self, agent: EdgeAgent):
         self.agent = agent
 
-    async def _answer(self, request: pb.ClassifyRequest, deadline: float | None) -> pb.ClassifyResponse:
+    async def _answer(
+        self, request: pb.ClassifyRequest, deadline: float | None
+    ) -> pb.ClassifyResponse:
         """Raises InvalidImage or Overloaded (edge.rpc.RequestError). `deadline` is the gRPC one;
         the request's own `deadline_ms` budget applies too."""
         received_at = time.perf_counter()
@@ -66,7 +68,9 @@ class CascadeService(pb_grpc.CascadeServicer):
         )
         return self._response(request_id, answer, request.top_k, received_at)
 
-    def _response(self, request_id: str, answer: Answer, top_k: int, received_at: float) -> pb.ClassifyResponse:
+    def _response(
+        self, request_id: str, answer: Answer, top_k: int, received_at: float
+    ) -> pb.ClassifyResponse:
         labels = answer.pair.labels
         k = min(top_k or self.agent.settings.default_top_k, len(labels))
         return pb.ClassifyResponse(
@@ -85,7 +89,9 @@ class CascadeService(pb_grpc.CascadeServicer):
             degraded_reason=answer.degraded_reason or "",
         )
 
-    async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
+    async def Classify(
+        self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ClassifyResponse:
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.perf_counter() + remaining
         try:
@@ -110,7 +116,9 @@ class CascadeService(pb_grpc.CascadeServicer):
                 error=pb.Error(code=status_code(e).value[0], message=str(e)),
             )
 
-    async def GetStatus(self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext) -> pb.GetStatusResponse:
+    async def GetStatus(
+        self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetStatusResponse:
         agent, counters = self.agent, self.agent.counters
         return pb.GetStatusResponse(
             versions=versions(agent.manifest),
@@ -159,12 +167,18 @@ async def serve(settings: EdgeSettings, stop: asyncio.Event | None = None) -> No
     await server.start()
     metrics_http = (
         agent.metrics.serve_http(settings.host, settings.metrics_port)[0]
-        if settings.metrics_port else None
+        if settings.metrics_port
+        else None
     )
     log.info(
         "edge agent %s serving %s on %s:%d (Cascade, KServe v2, health, reflection), model on %s, "
-        "cloud %s, metrics %s", agent.manifest.family, agent.manifest.edge.key, settings.host, port,
-        agent.model.describe(), settings.cloud_url or "disabled",
+        "cloud %s, metrics %s",
+        agent.manifest.family,
+        agent.manifest.edge.key,
+        settings.host,
+        port,
+        agent.model.describe(),
+        settings.cloud_url or "disabled",
         f"http://{settings.host}:{settings.metrics_port}/metrics" if metrics_http else "off",
     )
     following = updater.start(agent, settings.sync_url) if settings.sync_url else None
@@ -173,7 +187,9 @@ async def serve(settings: EdgeSettings, stop: asyncio.Event | None = None) -> No
     finally:
         if following:
             following.cancel()
-        log.info("draining: %d requests in flight, %.1fs grace", agent.limit.current, settings.grace_s)
+        log.info(
+            "draining: %d requests in flight, %.1fs grace", agent.limit.current, settings.grace_s
+        )
         await health_servicer.enter_graceful_shutdown()
         await server.stop(grace=settings.grace_s)
         if metrics_http:

@@ -31,7 +31,9 @@ async def fetch_current(settings: EdgeSettings, sync_url: str) -> Path:
     async with grpc.aio.insecure_channel(sync_url) as channel:
         stub = sync_grpc.ModelSyncStub(channel)
         manifest = await get_manifest(stub, settings.family)
-        return await fetch_manifest_files(stub, manifest, cache_dir(settings) / str(manifest.version))
+        return await fetch_manifest_files(
+            stub, manifest, cache_dir(settings) / str(manifest.version)
+        )
 
 
 async def follow(agent: EdgeAgent, sync_url: str) -> None:

@@ -15,8 +15,6 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from edgecascade.v1 import model_sync_pb2 as pb
-from edgecascade.v1 import model_sync_pb2_grpc as pb_grpc
 
 from cloud.manifest import (
     Manifest,
@@ -28,6 +26,8 @@ from cloud.manifest import (
 )
 from cloud.model_sync import CHUNK_BYTES, POLL_INTERVAL_S, add_model_sync
 from cloud.registry import Registry
+from edgecascade.v1 import model_sync_pb2 as pb
+from edgecascade.v1 import model_sync_pb2_grpc as pb_grpc
 from router.model_sync_client import fetch_artifact, watch_manifests
 
 

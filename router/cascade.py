@@ -84,8 +84,15 @@ class Cascade:
             edge_ms=(edge_done - received_at) * 1e3,
         )
         if not self.policy.escalate(confidence):
-            return Answer(self.manifest, edge_probs, "edge", **edge, cloud_ms=0.0,
-                          degraded_reason=None, bytes_to_cloud=0)
+            return Answer(
+                self.manifest,
+                edge_probs,
+                "edge",
+                **edge,
+                cloud_ms=0.0,
+                degraded_reason=None,
+                bytes_to_cloud=0,
+            )
         timeout = self._cloud_timeout_s
         if deadline is not None:
             timeout = min(timeout, deadline - time.perf_counter())
@@ -109,13 +116,22 @@ class Cascade:
                 self.latency.record(time.perf_counter() - sent)
                 self.breaker.success()
                 return Answer(
-                    self.manifest, softmax(np.asarray(cloud_logits, np.float64)), "cloud", **edge,
-                    cloud_ms=(time.perf_counter() - edge_done) * 1e3, degraded_reason=None,
+                    self.manifest,
+                    softmax(np.asarray(cloud_logits, np.float64)),
+                    "cloud",
+                    **edge,
+                    cloud_ms=(time.perf_counter() - edge_done) * 1e3,
+                    degraded_reason=None,
                     bytes_to_cloud=cloud_image.nbytes,
                 )
         return Answer(
-            self.manifest, edge_probs, "edge", **edge, cloud_ms=(time.perf_counter() - edge_done) * 1e3,
-            degraded_reason=reason, bytes_to_cloud=0 if cloud_image is None else cloud_image.nbytes,
+            self.manifest,
+            edge_probs,
+            "edge",
+            **edge,
+            cloud_ms=(time.perf_counter() - edge_done) * 1e3,
+            degraded_reason=reason,
+            bytes_to_cloud=0 if cloud_image is None else cloud_image.nbytes,
         )
 
     def _cloud_failed(self, reason: str, timeout_s: float, elapsed_s: float) -> None:

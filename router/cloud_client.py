@@ -94,13 +94,17 @@ class CloudClient:
                 return None
             if not await self.ready(timeout_s):
                 return f"Triton has no ready version {self.spec.version} of {self.spec.name}"
-            config = (await self._client.get_model_config(self.spec.name, client_timeout=timeout_s)).config
+            config = (
+                await self._client.get_model_config(self.spec.name, client_timeout=timeout_s)
+            ).config
         except InferenceServerException:
             return None
         served = config.parameters.get(LABELS_PARAMETER)
         if served is not None and served.string_value != manifest.labels_sha256:
-            return (f"{self.spec.name} serves label map {served.string_value[:12]}…, "
-                    f"the manifest pairs {manifest.labels_sha256[:12]}…")
+            return (
+                f"{self.spec.name} serves label map {served.string_value[:12]}…, "
+                f"the manifest pairs {manifest.labels_sha256[:12]}…"
+            )
         return None
 
     async def close(self) -> None:

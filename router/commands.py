@@ -10,8 +10,9 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="The router: escalation policy, calibration, the gateway to Triton.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="The router: escalation policy, calibration, the gateway to Triton.", no_args_is_help=True
+)
 
 
 @app.callback()
@@ -32,7 +33,9 @@ def serve_command(
     """Serve KServe v2 gRPC in front of Triton endpoints (load balancing, failover)."""
     from router.gateway import serve
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -28,10 +28,18 @@ class GatewayProcess(ServiceProcess):
         self.port = free_port()
         self.url = f"127.0.0.1:{self.port}"
         super().__init__(
-            [sys.executable, "-m", "router.commands", "serve", "--port", str(self.port),
-             "--probe-interval", str(probe_interval_s),
-             *(arg for url in upstreams for arg in ("--upstream", url)),
-             *(["--registry", str(registry)] if registry else [])],
+            [
+                sys.executable,
+                "-m",
+                "router.commands",
+                "serve",
+                "--port",
+                str(self.port),
+                "--probe-interval",
+                str(probe_interval_s),
+                *(arg for url in upstreams for arg in ("--upstream", url)),
+                *(["--registry", str(registry)] if registry else []),
+            ],
             log_path,
         )
 

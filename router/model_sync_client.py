@@ -13,8 +13,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
-from edgecascade.v1 import model_sync_pb2 as pb
-from edgecascade.v1 import model_sync_pb2_grpc as pb_grpc
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
@@ -23,6 +21,8 @@ from tenacity import (
 )
 
 from cloud.manifest import Manifest, sha256_file
+from edgecascade.v1 import model_sync_pb2 as pb
+from edgecascade.v1 import model_sync_pb2_grpc as pb_grpc
 
 # Worth another try: the server or the network went away, or the stream broke off.
 RETRYABLE = frozenset(

@@ -16,7 +16,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def edge(triton: TritonServer, tmp_path_factory) -> EdgeProcess:
-    with EdgeProcess("fashion", triton.grpc_url, tmp_path_factory.mktemp("edge") / "edge.log") as agent:
+    with EdgeProcess(
+        "fashion", triton.grpc_url, tmp_path_factory.mktemp("edge") / "edge.log"
+    ) as agent:
         yield agent
 
 
@@ -78,7 +80,10 @@ def test_raw_pixels_get_the_same_answer_as_the_encoded_image(stub, frames):
 
 
 def test_stream_answers_every_frame_in_order(stub, frames):
-    requests = (pb.ClassifyRequest(request_id=str(i), encoded_image=f.encoded) for i, f in enumerate(frames[:120]))
+    requests = (
+        pb.ClassifyRequest(request_id=str(i), encoded_image=f.encoded)
+        for i, f in enumerate(frames[:120])
+    )
     responses = list(stub.ClassifyStream(requests, timeout=60))
     assert [r.request_id for r in responses] == [str(i) for i in range(120)]
     assert not any(r.HasField("error") for r in responses)
@@ -90,7 +95,9 @@ def test_malformed_image_is_invalid_argument_and_the_agent_keeps_serving(stub, f
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "cannot decode" in err.value.details()
     with pytest.raises(grpc.RpcError) as err:
-        stub.Classify(pb.ClassifyRequest(raw_image=pb.RawImage(shape=[28, 28], data=b"\0" * 10)), timeout=10)
+        stub.Classify(
+            pb.ClassifyRequest(raw_image=pb.RawImage(shape=[28, 28], data=b"\0" * 10)), timeout=10
+        )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "784" in err.value.details()
     # A bad frame in a stream is answered with an error; the frames around it are served.
     requests = [
@@ -99,7 +106,10 @@ def test_malformed_image_is_invalid_argument_and_the_agent_keeps_serving(stub, f
         pb.ClassifyRequest(request_id="c", encoded_image=frames[2].encoded),
     ]
     a, bad, c = stub.ClassifyStream(iter(requests), timeout=30)
-    assert bad.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and "cannot decode" in bad.error.message
+    assert (
+        bad.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        and "cannot decode" in bad.error.message
+    )
     assert a.top_k and c.top_k and not a.HasField("error") and not c.HasField("error")
     assert classify(stub, frames[3]).top_k
     status = stub.GetStatus(pb.GetStatusRequest(), timeout=5)
@@ -117,14 +127,20 @@ def test_status_reports_versions_device_and_cloud(stub, fashion_manifest, triton
 def test_with_triton_stopped_answers_come_back_degraded(fashion_repository, frames, tmp_path):
     """Every input is escalated (threshold 1.0), then the cloud goes away."""
     with TritonServer(fashion_repository, log_path=tmp_path / "triton.log") as triton:
-        with EdgeProcess("fashion", triton.grpc_url, tmp_path / "edge.log", "--threshold", "1.0") as edge:
+        with EdgeProcess(
+            "fashion", triton.grpc_url, tmp_path / "edge.log", "--threshold", "1.0"
+        ) as edge:
             with grpc.insecure_channel(edge.address) as channel:
                 stub = pb_grpc.CascadeStub(channel)
                 assert classify(stub, frames[0]).tier == pb.CLOUD
                 triton.stop()
                 responses = [classify(stub, f) for f in frames[:20]]
-                streamed = list(stub.ClassifyStream(
-                    (pb.ClassifyRequest(encoded_image=f.encoded) for f in frames[20:40]), timeout=60))
+                streamed = list(
+                    stub.ClassifyStream(
+                        (pb.ClassifyRequest(encoded_image=f.encoded) for f in frames[20:40]),
+                        timeout=60,
+                    )
+                )
     for r in responses + streamed:
         assert r.tier == pb.EDGE and r.degraded and r.degraded_reason == "cloud-unavailable"
         assert r.top_k[0].class_id == r.edge_class_id

@@ -16,7 +16,10 @@ def test_demo_streams_frames_reports_and_stops_everything(fashion_manifest, tmp_
     before = {p.pid for p in psutil.process_iter()}
     run = subprocess.run(
         [sys.executable, "-m", "edge.cli", "demo", "--limit", "400", "--report", str(report_path)],
-        capture_output=True, text=True, timeout=300, env=os.environ | {"COLUMNS": "120"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ | {"COLUMNS": "120"},
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     report = json.loads(report_path.read_text())
@@ -29,11 +32,16 @@ def test_demo_streams_frames_reports_and_stops_everything(fashion_manifest, tmp_
         assert 0 < p["p50"] <= p["p95"] <= p["p99"]
     # The fashion cloud model takes 28x28x1 uint8: 784 bytes per escalated frame.
     assert report["bytes_to_cloud"] == round(report["escalation_rate"] * 400) * 784
-    assert report["versions"] == {"edge": fashion_manifest.edge.key, "cloud": fashion_manifest.cloud.key}
+    assert report["versions"] == {
+        "edge": fashion_manifest.edge.key,
+        "cloud": fashion_manifest.cloud.key,
+    }
     assert report["threshold"] == pytest.approx(fashion_manifest.policy.threshold, abs=1e-6)
     assert "accuracy cascade" in run.stdout
     leftovers = [
-        p.name() for p in psutil.process_iter() if p.pid not in before
+        p.name()
+        for p in psutil.process_iter()
+        if p.pid not in before
         and any(name in " ".join(p.cmdline()) for name in ("tritonserver", "edge serve"))
     ]
     assert not leftovers, f"demo left processes running: {leftovers}"

@@ -12,11 +12,11 @@ import cv2
 import grpc
 import numpy as np
 import pytest
-from edgecascade.v1 import sink_pb2 as sink_pb
-from edgecascade.v1 import sink_pb2_grpc as sink_grpc
 
 from cloud import datasets
 from edge.process import EdgeProcess
+from edgecascade.v1 import sink_pb2 as sink_pb
+from edgecascade.v1 import sink_pb2_grpc as sink_grpc
 
 pytestmark = pytest.mark.integration
 N = 40

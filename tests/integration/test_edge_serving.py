@@ -16,8 +16,6 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as tc
-from edgecascade.v1 import cascade_pb2 as pb
-from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tritonclient.utils import InferenceServerException
@@ -27,6 +25,8 @@ from cloud.ports import free_port
 from cloud.triton_server import TritonServer
 from edge.process import EdgeProcess
 from edge.samples import labelled_frames
+from edgecascade.v1 import cascade_pb2 as pb
+from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +45,7 @@ class Agent:
         return self.process.address
 
     def metric(self, sample: str) -> float:
-        """The value of one exposed sample, e.g. 'nv_inference_count{model="fashion",version="1"}'."""
+        """The value of one exposed sample, e.g. 'nv_inference_count{model="fashion"}'."""
         text = urllib.request.urlopen(self.metrics_url, timeout=5).read().decode()
         for line in text.splitlines():
             if line.startswith(sample + " "):
@@ -251,13 +251,18 @@ def test_health_reflection_and_metrics_answer(
     version = fashion_manifest.version
     success = f'nv_inference_request_success{{model="fashion",version="{version}"}}'
     count = f'nv_inference_count{{model="fashion",version="{version}"}}'
-    invalid = f'nv_inference_request_failure{{model="fashion",reason="INVALID_ARGUMENT",version="{version}"}}'
+    invalid = (
+        f'nv_inference_request_failure{{model="fashion",reason="INVALID_ARGUMENT",'
+        f'version="{version}"}}'
+    )
     total = 'edgecascade_latency_seconds_count{hop="total"}'
     escalations = "edgecascade_escalations_total"
     before = {name: agent.metric(name) for name in (success, count, invalid, total, escalations)}
     triton_client.infer("fashion", [image_input(frames[0].encoded, frames[1].encoded)])
     responses = [
-        pb_grpc.CascadeStub(channel).Classify(pb.ClassifyRequest(encoded_image=f.encoded), timeout=10)
+        pb_grpc.CascadeStub(channel).Classify(
+            pb.ClassifyRequest(encoded_image=f.encoded), timeout=10
+        )
         for f in frames[2:42]
     ]
     escalated = sum(r.tier == pb.CLOUD or r.degraded for r in responses)

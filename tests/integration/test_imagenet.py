@@ -48,4 +48,6 @@ def test_smoke_photos_at_both_tiers(imagenet_manifest, tmp_path):
     edge_right = sum(r.top_k[0].class_id == f.label for r, f in zip(edge_answers, frames))
     cloud_right = sum(r.top_k[0].class_id == f.label for r, f in zip(cloud_answers, frames))
     assert edge_right >= 15 and cloud_right >= 15, (edge_right, cloud_right)
-    assert edge_answers[0].top_k[0].name == imagenet_manifest.labels[edge_answers[0].top_k[0].class_id]
+    assert (
+        edge_answers[0].top_k[0].name == imagenet_manifest.labels[edge_answers[0].top_k[0].class_id]
+    )

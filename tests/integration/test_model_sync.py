@@ -12,13 +12,13 @@ from pathlib import Path
 
 import grpc
 import pytest
-from edgecascade.v1 import model_sync_pb2 as pb
-from edgecascade.v1 import model_sync_pb2_grpc as pb_grpc
 
 from cloud.manifest import Manifest
 from cloud.model_sync import CHUNK_BYTES, add_model_sync
 from cloud.paths import family_dir
 from cloud.registry import Registry
+from edgecascade.v1 import model_sync_pb2 as pb
+from edgecascade.v1 import model_sync_pb2_grpc as pb_grpc
 from router.model_sync_client import (
     ArtifactError,
     fetch_artifact,

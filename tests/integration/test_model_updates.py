@@ -105,14 +105,25 @@ def test_versions_switch_at_one_point_and_bad_updates_never_serve(fashion_manife
     repository.mkdir()
     frames = labelled_frames("fashion", 200)
     with (
-        TritonServer(repository, model_control_mode="explicit", log_path=tmp_path / "triton.log") as triton,
-        GatewayProcess([triton.grpc_url], tmp_path / "gateway.log", registry=registry.root) as gateway,
+        TritonServer(
+            repository, model_control_mode="explicit", log_path=tmp_path / "triton.log"
+        ) as triton,
+        GatewayProcess(
+            [triton.grpc_url], tmp_path / "gateway.log", registry=registry.root
+        ) as gateway,
     ):
         registry.publish("fashion", build, activate=False)
         roll_out(registry, triton.control, repository, "fashion")
         v1 = registry.get("fashion")
-        with EdgeProcess("fashion", gateway.url, tmp_path / "edge.log", "--sync-url", gateway.url,
-                         "--artifacts", str(tmp_path / "edge-artifacts-root")) as edge:
+        with EdgeProcess(
+            "fashion",
+            gateway.url,
+            tmp_path / "edge.log",
+            "--sync-url",
+            gateway.url,
+            "--artifacts",
+            str(tmp_path / "edge-artifacts-root"),
+        ) as edge:
             assert wait_until(lambda: status(edge.address).manifest_version == v1.version, 30)
             pair1 = (v1.edge.key, v1.cloud.key)
 
@@ -159,8 +170,10 @@ def test_versions_switch_at_one_point_and_bad_updates_never_serve(fashion_manife
             assert status(edge.address).version_mismatch
             with grpc.insecure_channel(edge.address) as channel:
                 stub = pb_grpc.CascadeStub(channel)
-                answers = [stub.Classify(pb.ClassifyRequest(encoded_image=f.encoded), timeout=10)
-                           for f in frames[:100]]
+                answers = [
+                    stub.Classify(pb.ClassifyRequest(encoded_image=f.encoded), timeout=10)
+                    for f in frames[:100]
+                ]
     assert all(a.versions.cloud == v4.cloud.key for a in answers)
     assert all(a.tier == pb.EDGE for a in answers)
     escalated = [a for a in answers if a.degraded]

@@ -10,15 +10,15 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from edgecascade.v1 import cascade_pb2 as pb
-from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
-from edgecascade.v1 import model_sync_pb2 as ms
-from edgecascade.v1 import model_sync_pb2_grpc as ms_grpc
 
 from cloud.manifest import INPUT_NAME, OUTPUT_NAME, Manifest
 from cloud.triton_server import TritonServer
 from edge.process import EdgeProcess
 from edge.samples import labelled_frames
+from edgecascade.v1 import cascade_pb2 as pb
+from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
+from edgecascade.v1 import model_sync_pb2 as ms
+from edgecascade.v1 import model_sync_pb2_grpc as ms_grpc
 from router.gateway_process import GatewayProcess
 
 pytestmark = pytest.mark.integration
@@ -192,9 +192,8 @@ def test_failover_then_breaker_opens_when_all_are_gone_and_closes_when_one_is_ba
             assert all(r.tier == pb.EDGE and r.degraded_reason == "cloud-unavailable" for r in gone)
             status = stub.GetStatus(pb.GetStatusRequest(), timeout=5)
             assert status.breaker == "open", status
-            print(
-                f"\n10 degraded answers with both servers gone in {time.perf_counter() - started:.3f}s"
-            )
+            elapsed = time.perf_counter() - started
+            print(f"\n10 degraded answers with both servers gone in {elapsed:.3f}s")
 
             # 3. One comes back on the same port: the breaker probes, closes, escalation resumes.
             a = TritonServer(

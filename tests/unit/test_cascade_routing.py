@@ -19,12 +19,24 @@ CLOUD = np.log(np.array([0.1, 0.1, 0.8]))
 
 def manifest() -> Manifest:
     def spec(name: str, size: int) -> ModelSpec:
-        return ModelSpec(name=name, version=1, precision="fp32", files={},
-                         preprocessing=Preprocessing(color="gray", size=size, resize_short=size))
+        return ModelSpec(
+            name=name,
+            version=1,
+            precision="fp32",
+            files={},
+            preprocessing=Preprocessing(color="gray", size=size, resize_short=size),
+        )
 
-    return Manifest(family="toy", version=1, created="now", labels=LABELS,
-                    labels_sha256=labels_sha256(LABELS), edge=spec("toy_edge", 8),
-                    cloud=spec("toy_cloud", 16), policy=RoutingPolicy(threshold=0.5))
+    return Manifest(
+        family="toy",
+        version=1,
+        created="now",
+        labels=LABELS,
+        labels_sha256=labels_sha256(LABELS),
+        edge=spec("toy_edge", 8),
+        cloud=spec("toy_cloud", 16),
+        policy=RoutingPolicy(threshold=0.5),
+    )
 
 
 class FakeCloud:
