@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import signal
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from cloud.serving import log_to_stderr, run_until_signalled
 from edge.server import serve
 
 app = typer.Typer(help="The edge agent: OpenVINO next to the camera.", no_args_is_help=True)
@@ -96,18 +95,7 @@ def serve_command(
     except ConfigError as e:
         typer.echo(f"edgecascade edge serve: {e}", err=True)
         raise typer.Exit(2) from None
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(settings, stop)
-
-    asyncio.run(main())
+    run_until_signalled(lambda stop: serve(settings, stop))
 
 
 @app.command("run")
@@ -150,9 +138,7 @@ def run_command(
     from edge.process import EdgeProcess
     from edge.runner import run
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    log_to_stderr()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

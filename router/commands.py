@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import signal
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from cloud.serving import run_until_signalled
 
 app = typer.Typer(
     help="The router: escalation policy, calibration, the gateway to Triton.", no_args_is_help=True
@@ -33,18 +32,7 @@ def serve_command(
     """Serve KServe v2 gRPC in front of Triton endpoints (load balancing, failover)."""
     from router.gateway import serve
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(upstream, host, port, probe_interval, stop, registry)
-
-    asyncio.run(main())
+    run_until_signalled(lambda stop: serve(upstream, host, port, probe_interval, stop, registry))
 
 
 FamilyArg = Annotated[str, typer.Option(help="family under the artifacts root")]
