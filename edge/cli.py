@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 from typing import Annotated
@@ -70,7 +71,10 @@ def status(
     from edge.fleet_status import agent_status, status_table
 
     rows = [agent_status(address) for address in agent]
-    console.print_json(data=rows) if json_out else console.print(status_table(rows))
+    if json_out:
+        print(json.dumps(rows, indent=2))  # plain: no wrapping of long values
+    else:
+        console.print(status_table(rows))
 
 
 @app.command()

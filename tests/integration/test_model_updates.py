@@ -2,7 +2,10 @@
 manifest naming a cloud version Triton lacks. Real Triton (explicit model control), a real
 gateway serving ModelSync, a real edge agent following it."""
 
+import json
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -91,6 +94,19 @@ def status(address: str) -> pb.GetStatusResponse:
         return pb_grpc.CascadeStub(channel).GetStatus(pb.GetStatusRequest(), timeout=5)
 
 
+def cli_status(*addresses: str) -> list[dict]:
+    """`edgecascade status --json` as a user runs it."""
+    agents = [arg for address in addresses for arg in ("--agent", address)]
+    run = subprocess.run(
+        [sys.executable, "-m", "edge.cli", "status", *agents, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return json.loads(run.stdout)
+
+
 class UncheckedRegistry(Registry):
     """Activates without re-hashing blobs: corruption that happens after activation."""
 
@@ -146,6 +162,16 @@ def test_versions_switch_at_one_point_and_bad_updates_never_serve(fashion_manife
             assert set(seen[:switch]) == {pair1} and set(seen[switch:]) == {pair2}
             assert any(p[2] == pb.CLOUD for p in stream.pairs[switch:]), "v2 escalates to cloud v2"
             assert status(edge.address).previous_version == v1.version
+            fleet = cli_status(edge.address, "127.0.0.1:1")
+            assert fleet[0]["health"] == "SERVING" and fleet[0]["family"] == "fashion"
+            assert (fleet[0]["manifest_version"], fleet[0]["previous_version"]) == (2, 1)
+            assert (fleet[0]["edge"], fleet[0]["cloud"]) == pair2
+            assert fleet[0]["cloud_latency_ms"]["p95"] > 0 and fleet[0]["breaker"] == "closed"
+            assert fleet[1] == {
+                "address": "127.0.0.1:1",
+                "health": "UNREACHABLE",
+                "error": "UNAVAILABLE",
+            }
 
             # 2. A corrupted artifact: rejected, v2 keeps serving.
             (build / "edge/model.bin").write_bytes((build / "edge/model.bin").read_bytes()[::-1])
