@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import grpc
@@ -147,20 +148,25 @@ def test_versions_switch_at_one_point_and_bad_updates_never_serve(fashion_manife
             new_edge_model(build)
             new_cloud_model(build)
             registry.publish("fashion", build, activate=False)
-            with Stream(edge.address, frames) as stream:
-                assert wait_until(lambda: len(stream.pairs) > 50, 30)
+            with ExitStack() as clients:  # three clients keep the agent busy during the swap
+                streams = [clients.enter_context(Stream(edge.address, frames)) for _ in range(3)]
+                assert wait_until(lambda: all(len(s.pairs) > 30 for s in streams), 30)
                 roll_out(registry, triton.control, repository, "fashion")
                 v2 = registry.get("fashion")
                 pair2 = (v2.edge.key, v2.cloud.key)
                 assert pair2[0] != pair1[0] and pair2[1] != pair1[1]
-                assert wait_until(lambda: stream.pairs and stream.pairs[-1][:2] == pair2, 30)
-                settled = len(stream.pairs)
-                assert wait_until(lambda: len(stream.pairs) > settled + 50, 30)
-            assert stream.errors == []
-            seen = [p[:2] for p in stream.pairs]
-            switch = seen.index(pair2)
-            assert set(seen[:switch]) == {pair1} and set(seen[switch:]) == {pair2}
-            assert any(p[2] == pb.CLOUD for p in stream.pairs[switch:]), "v2 escalates to cloud v2"
+                assert wait_until(lambda: all(s.pairs[-1][:2] == pair2 for s in streams), 30)
+                settled = [len(s.pairs) for s in streams]
+                assert wait_until(
+                    lambda: all(len(s.pairs) > n + 30 for s, n in zip(streams, settled)), 30
+                )
+            for stream in streams:
+                assert stream.errors == []
+                seen = [p[:2] for p in stream.pairs]
+                switch = seen.index(pair2)
+                assert set(seen[:switch]) == {pair1} and set(seen[switch:]) == {pair2}
+            after = [p for s in streams for p in s.pairs if p[:2] == pair2]
+            assert any(p[2] == pb.CLOUD for p in after), "the new pair escalates to cloud v2"
             assert status(edge.address).previous_version == v1.version
             fleet = cli_status(edge.address, "127.0.0.1:1")
             assert fleet[0]["health"] == "SERVING" and fleet[0]["family"] == "fashion"
