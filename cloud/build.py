@@ -40,7 +40,7 @@ from cloud.manifest import (
     labels_sha256,
     sha256_file,
 )
-from cloud.paths import family_dir
+from cloud.paths import edge_model_file, family_dir
 from cloud.preprocessing import decode_image, prepare
 
 Progress = Callable[[str], None]
@@ -50,8 +50,9 @@ LATENCY_ITERATIONS = 300
 BATCH = 256
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}
 
-EDGE_INT8 = "edge/model.xml"
-EDGE_FP32 = "edge/fp32/model.xml"
+# Paths relative to the family folder, where the edge agent looks for them.
+EDGE_INT8 = edge_model_file(Path(), "int8").as_posix()
+EDGE_FP32 = edge_model_file(Path(), "fp32").as_posix()
 CLOUD_ONNX = "cloud/model.onnx"
 
 
