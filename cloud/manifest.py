@@ -24,6 +24,11 @@ class Preprocessing(BaseModel):
     size: int = Field(gt=0, description="output height and width")
     resize_short: int = Field(gt=0, description="short side before the centre crop")
 
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The prepared image: [size, size, channels]."""
+        return (self.size, self.size, 1 if self.color == "gray" else 3)
+
 
 class ModelSpec(BaseModel):
     name: str
@@ -39,8 +44,7 @@ class ModelSpec(BaseModel):
 
     @property
     def input_shape(self) -> list[int]:
-        channels = 1 if self.preprocessing.color == "gray" else 3
-        return [self.preprocessing.size, self.preprocessing.size, channels]
+        return list(self.preprocessing.shape)
 
 
 class RoutingPolicy(BaseModel):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 
@@ -33,14 +35,32 @@ def decode_image(data: bytes) -> np.ndarray:
 def raw_image(shape: list[int] | tuple[int, ...], data: bytes) -> np.ndarray:
     """A uint8 pixel array [H, W] or [H, W, C] (C is 1 or 3, RGB) from its shape and bytes."""
     shape = tuple(int(d) for d in shape)
+    _check_image_shape(shape)
+    return _pixels(shape, data, "raw image")
+
+
+def raw_images(shape: list[int] | tuple[int, ...], data: bytes) -> np.ndarray:
+    """N images of one shape, uint8 [N, H, W, C] (C is 1 or 3, RGB), from their shape and bytes
+    (no copy: a read-only view of `data`)."""
+    shape = tuple(int(d) for d in shape)
+    if len(shape) != 4 or shape[0] < 0:
+        raise InvalidImage(f"raw image batch shape {list(shape)} must be [N, H, W, C]")
+    _check_image_shape(shape[1:])
+    return _pixels(shape, data, "raw image batch")
+
+
+def _check_image_shape(shape: tuple[int, ...]) -> None:
     if len(shape) not in (2, 3) or any(d <= 0 for d in shape):
         raise InvalidImage(f"raw image shape {list(shape)} must be [H, W] or [H, W, C]")
     if len(shape) == 3 and shape[2] not in (1, 3):
         raise InvalidImage(f"raw image has {shape[2]} channels; expected 1 (gray) or 3 (RGB)")
+
+
+def _pixels(shape: tuple[int, ...], data: bytes, what: str) -> np.ndarray:
     expected = int(np.prod(shape))
     if len(data) != expected:
         raise InvalidImage(
-            f"raw image of shape {list(shape)} needs {expected} uint8 bytes, got {len(data)}"
+            f"{what} of shape {list(shape)} needs {expected} uint8 bytes, got {len(data)}"
         )
     return np.frombuffer(data, np.uint8).reshape(shape)
 
@@ -60,6 +80,14 @@ def prepare(image: np.ndarray, spec: Preprocessing) -> np.ndarray:
     if image.ndim == 2:
         image = image[:, :, None]
     return np.ascontiguousarray(image)
+
+
+def prepare_batch(images: Sequence[np.ndarray], spec: Preprocessing) -> np.ndarray:
+    """`prepare` for each image: uint8 [N, size, size, C]. An [N, H, W, C] array already of
+    that shape is passed through as it is (no per-image work)."""
+    if isinstance(images, np.ndarray) and images.shape[1:] == spec.shape:
+        return np.ascontiguousarray(images, np.uint8)
+    return np.stack([prepare(image, spec) for image in images])
 
 
 def _to_color(image: np.ndarray, color: str) -> np.ndarray:

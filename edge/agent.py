@@ -21,7 +21,7 @@ from edge.limits import InFlightLimit, Overloaded
 from edge.metrics import Metrics
 from edge.runtime import EdgeModel, PerformanceHint
 from router.breaker import CircuitBreaker
-from router.cascade import Answer, Cascade
+from router.cascade import Answers, Cascade
 from router.cloud_client import CloudClient
 from router.latency import LatencyTracker
 from router.policy import policy_from_manifest
@@ -78,11 +78,12 @@ class Counters:
     errors: int = 0
     bytes_to_cloud: int = 0
 
-    def record(self, answer: Answer) -> None:
-        self.requests += 1
-        self.escalations += answer.tier == "cloud" or answer.degraded
-        self.degraded += answer.degraded
-        self.bytes_to_cloud += answer.bytes_to_cloud
+    def record(self, answers: Answers) -> None:
+        """One request's answers (each image counts)."""
+        self.requests += len(answers)
+        self.escalations += answers.escalations
+        self.degraded += answers.degraded
+        self.bytes_to_cloud += answers.escalations * answers.bytes_per_escalation
 
 
 @dataclass
@@ -176,19 +177,15 @@ class EdgeAgent:
         *,
         received_at: float,
         deadline: float | None = None,
-    ) -> list[Answer]:
-        """One request (whichever API it came by): admit it, decode its images, run each
-        through the cascade, count the outcome. Raises Overloaded past max_in_flight and
-        InvalidImage for unreadable input; times are time.perf_counter()."""
+    ) -> Answers:
+        """One request (whichever API it came by): admit it, decode its images, run them
+        through the cascade as one batch, count the outcome. Raises Overloaded past
+        max_in_flight and InvalidImage for unreadable input; times are time.perf_counter()."""
         cascade = self.deployment.cascade  # the whole request runs on one pair
         try:
             with self.limit.admit():
-                images = decode()
-                answers = await asyncio.gather(
-                    *(
-                        cascade.classify(image, received_at=received_at, deadline=deadline)
-                        for image in images
-                    )
+                answers = await cascade.classify_batch(
+                    decode(), received_at=received_at, deadline=deadline
                 )
         except Exception as e:
             self.counters.errors += isinstance(e, InvalidImage)
@@ -197,8 +194,7 @@ class EdgeAgent:
             )
             self.metrics.failed(reason)
             raise
-        for answer in answers:
-            self.counters.record(answer)
+        self.counters.record(answers)
         self.metrics.answered(answers, time.perf_counter() - received_at)
         return answers
 
@@ -223,7 +219,7 @@ async def _deploy(
     policy = policy_from_manifest(manifest.policy, settings.threshold)
     cascade = Cascade(
         manifest,
-        model.infer,
+        model.infer_batch,
         policy,
         cloud,
         settings.cloud_timeout_s,

@@ -29,8 +29,9 @@ from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
 
 console = Console()
 PRECISIONS = ("int8", "fp32")
-AGENT_RUNNERS = ("agent_unary", "agent_stream", "agent_kserve_batch")
-KSERVE_BATCH = 16
+# KServe ModelInfer runners: raw `pixels` [N, H, W, C], N images per request.
+KSERVE_BATCHES = {"agent_kserve_batch": 16, "agent_kserve_batch64": 64}
+AGENT_RUNNERS = ("agent_unary", "agent_stream", *KSERVE_BATCHES)
 BENCHMARK_APP = "import sys; from openvino.tools.benchmark.main import main; sys.exit(main())"
 _UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
@@ -204,7 +205,8 @@ def bench_precision(
         row["benchmark_app"] = benchmark_app(model_xml, shape, "THROUGHPUT", seconds)
     images = bench_images(manifest)
     requests = bench_requests(images)
-    extra = ["--precision", precision, "--hint", "THROUGHPUT", "--threshold", "0"]
+    extra = ["--precision", precision, "--hint", "THROUGHPUT", "--threshold", "0",
+             "--max-batch", str(max(KSERVE_BATCHES.values()))]  # fmt: skip
     with EdgeProcess(
         manifest.family, None, logs / f"bench-{manifest.family}-{precision}.log", *extra
     ) as agent:
@@ -214,11 +216,12 @@ def bench_precision(
             row["agent_stream"] = asyncio.run(
                 stream_load(agent.address, requests, streams, window, seconds)
             )
-        with console.status(f"{manifest.family} {precision}: agent, KServe batches"):
-            row["agent_kserve_batch"] = asyncio.run(
-                kserve_batch_load(agent.address, manifest.family, images, KSERVE_BATCH,
-                                  max(1, clients // 4), seconds)
-            )  # fmt: skip
+        for runner, batch in KSERVE_BATCHES.items():
+            with console.status(f"{manifest.family} {precision}: agent, KServe x{batch}"):
+                row[runner] = asyncio.run(
+                    kserve_batch_load(agent.address, manifest.family, images, batch,
+                                      max(1, clients // 4), seconds)
+                )  # fmt: skip
         status = _status(agent.address)
     row["device"] = status.device
     row["escalations"] = status.escalations
@@ -252,7 +255,7 @@ def run_bench(
         "unary_clients": clients,
         "streams": streams,
         "stream_window": window,
-        "kserve_batch": KSERVE_BATCH,
+        "kserve_batches": KSERVE_BATCHES,
         "input": "raw uint8 pixels at the model's input size",
         "results": {p: bench_precision(manifest, p, seconds, clients, streams, window, logs)
                     for p in precisions},

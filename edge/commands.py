@@ -57,6 +57,9 @@ def serve_command(
     max_in_flight: Annotated[
         int | None, typer.Option(help="requests at once; more get RESOURCE_EXHAUSTED (default 64)")
     ] = None,
+    max_batch: Annotated[
+        int | None, typer.Option(help="images in one KServe ModelInfer request (default 32)")
+    ] = None,
     max_message_bytes: Annotated[
         int | None, typer.Option(help="largest gRPC message (default 16 MiB)")
     ] = None,
@@ -88,6 +91,7 @@ def serve_command(
             breaker_cooldown_s=breaker_cooldown,
             artifacts=artifacts,
             max_in_flight=max_in_flight,
+            max_batch=max_batch,
             max_message_bytes=max_message_bytes,
             grace_s=grace,
             metrics_port=metrics_port,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from importlib.metadata import version as package_version
 
 import grpc
@@ -26,10 +26,10 @@ from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
 from cloud.manifest import Manifest
-from cloud.preprocessing import InvalidImage, decode_image, raw_image
+from cloud.preprocessing import InvalidImage, decode_image, raw_image, raw_images
 from edge.agent import EdgeAgent
 from edge.rpc import RequestError, ordered, status_code
-from router.cascade import Answer
+from router.cascade import Answers
 
 IMAGE, PIXELS = "image", "pixels"
 OUTPUTS = ("probabilities", "top1", "edge_confidence")
@@ -175,23 +175,21 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
         received_at = time.perf_counter()
         self._check_model(request.model_name, request.model_version)
 
-        def decode() -> list[np.ndarray]:
+        def decode() -> Sequence[np.ndarray]:
             requested_outputs(request)
             return images_of(request, self.agent.settings.max_batch)
 
         answers = await self.agent.answer(decode, received_at=received_at, deadline=deadline)
         return self._response(request, answers)
 
-    def _response(
-        self, request: kpb.ModelInferRequest, answers: list[Answer]
-    ) -> kpb.ModelInferResponse:
-        probabilities = np.stack([a.probabilities for a in answers]).astype(np.float32)
+    def _response(self, request: kpb.ModelInferRequest, answers: Answers) -> kpb.ModelInferResponse:
+        probabilities = answers.probabilities.astype(np.float32)
         tensors = {
             "probabilities": probabilities,
             "top1": probabilities.argmax(axis=1).astype(np.int32),
-            "edge_confidence": np.array([a.edge_confidence for a in answers], np.float32),
+            "edge_confidence": answers.edge_confidence.astype(np.float32),
         }
-        pair = answers[0].pair  # a request runs on one pair (EdgeAgent.answer)
+        pair = answers.pair  # a request runs on one pair (EdgeAgent.answer)
         response = kpb.ModelInferResponse(
             model_name=self.model, model_version=str(pair.version), id=request.id
         )
@@ -203,12 +201,11 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
             response.raw_output_contents.append(
                 serialize_byte_tensor(tensor).item() if tensor.dtype == object else tensor.tobytes()
             )
-        reasons = [a.degraded_reason for a in answers if a.degraded_reason]
         parameters = {
-            "tier": ",".join(a.tier for a in answers),
+            "tier": ",".join(answers.tiers),
             "edge_confidence": float(tensors["edge_confidence"].min()),
-            "degraded": bool(reasons),
-            "degraded_reason": ",".join(dict.fromkeys(reasons)),
+            "degraded": bool(answers.degraded),
+            "degraded_reason": answers.degraded_reason if answers.degraded else "",
             **pair_parameters(pair),
         }
         for key, value in parameters.items():
@@ -252,8 +249,9 @@ def requested_outputs(request: kpb.ModelInferRequest) -> dict[str, int]:
     return wanted
 
 
-def images_of(request: kpb.ModelInferRequest, max_batch: int) -> list[np.ndarray]:
-    """The decoded images of a ModelInferRequest; InvalidImage says what is wrong with it."""
+def images_of(request: kpb.ModelInferRequest, max_batch: int) -> Sequence[np.ndarray]:
+    """The decoded images of a ModelInferRequest (raw pixels: one [N, H, W, C] array);
+    InvalidImage says what is wrong with it."""
     names = [tensor.name for tensor in request.inputs]
     if len(names) != 1 or names[0] not in (IMAGE, PIXELS):
         raise InvalidImage(
@@ -294,19 +292,20 @@ def _encoded(
 
 def _pixels(
     tensor: kpb.ModelInferRequest.InferInputTensor, raw: bytes | None, shape: list[int]
-) -> list[np.ndarray]:
+) -> np.ndarray | list[np.ndarray]:
+    """[N, H, W, C] as one array (a view of the request's bytes), or one [H, W(, C)] image."""
     if raw is None:
         values = np.asarray(tensor.contents.uint_contents, np.uint32)
         if values.size and values.max() > 255:
             raise InvalidImage(f"input {PIXELS!r} holds values above 255")
         raw = values.astype(np.uint8).tobytes()
     if len(shape) == 4:
-        size = int(np.prod(shape[1:]))
-        if len(raw) != shape[0] * size:
+        if len(raw) != int(np.prod(shape)):
             raise InvalidImage(
-                f"input {PIXELS!r} of shape {shape} needs {shape[0] * size} bytes, got {len(raw)}"
+                f"input {PIXELS!r} of shape {shape} needs {int(np.prod(shape))} bytes, "
+                f"got {len(raw)}"
             )
-        return [raw_image(shape[1:], raw[i * size : (i + 1) * size]) for i in range(shape[0])]
+        return raw_images(shape, raw)
     if len(shape) in (2, 3):
         return [raw_image(shape, raw)]
     raise InvalidImage(f"input {PIXELS!r} has shape {shape}: expected [N, H, W, C] or [H, W, C]")

@@ -4,7 +4,7 @@ counterpart (nv_inference_*), edgecascade_* for the cascade's."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from threading import Thread
 from wsgiref.simple_server import WSGIServer
 
@@ -13,7 +13,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from cloud.manifest import Manifest
-from router.cascade import Answer
+from router.cascade import Answers
 
 # Triton's per-model counters, under Triton's exact names: prometheus_client would add `_total`
 # to a counter's name, so they are collected here and exposed untyped.
@@ -91,20 +91,23 @@ class Metrics:
             }
         )
 
-    def answered(self, answers: Sequence[Answer], total_s: float) -> None:
+    def answered(self, answers: Answers, total_s: float) -> None:
         """One request answered (`answers`: one per input of its batch)."""
         self._triton.inc("nv_inference_request_success")
         self._triton.inc("nv_inference_count", len(answers))
         self._triton.inc("nv_inference_request_duration_us", total_s * 1e6)
         self._latency.labels("total").observe(total_s)
-        for answer in answers:
-            self._latency.labels("edge").observe(answer.edge_ms / 1e3)
-            if answer.tier == "cloud" or answer.degraded:
-                self._escalations.inc()
-            if answer.cloud_ms > 0:
-                self._latency.labels("cloud").observe(answer.cloud_ms / 1e3)
-            if answer.degraded:
-                self._degraded.labels(answer.degraded_reason).inc()
+        observe_edge = self._latency.labels("edge").observe
+        for _ in range(len(answers)):
+            observe_edge(answers.edge_ms / 1e3)
+        escalations = answers.escalations
+        if escalations:
+            self._escalations.inc(escalations)
+            observe_cloud = self._latency.labels("cloud").observe
+            for _ in range(escalations):
+                observe_cloud(answers.cloud_ms / 1e3)
+        if answers.degraded:
+            self._degraded.labels(answers.degraded_reason).inc(answers.degraded)
 
     def failed(self, reason: str) -> None:
         """One request refused: REJECTED (overload), INVALID_ARGUMENT or OTHER."""

@@ -15,9 +15,9 @@ PerformanceHint = Literal["LATENCY", "THROUGHPUT"]
 
 
 class EdgeModel:
-    """An OpenVINO compiled model whose requests overlap: `await infer(image)` never blocks
-    the event loop; up to `parallelism` requests run at once on the device, and images that
-    arrive while all are busy are batched into the next free one (dynamic batch models)."""
+    """An OpenVINO compiled model whose requests overlap: `await infer_batch(images)` never
+    blocks the event loop; up to `parallelism` requests run at once on the device, and images
+    that arrive while all are busy are batched into the next free one (dynamic batch models)."""
 
     def __init__(
         self,
@@ -53,36 +53,55 @@ class EdgeModel:
         )
 
     async def infer(self, image: np.ndarray) -> np.ndarray:
-        """Logits [classes] for one uint8 [H, W, C] image. While every infer request is busy,
-        images wait and then go to the device together, up to `max_batch` in one request."""
+        """Logits [classes] for one uint8 [H, W, C] image."""
+        return (await self.infer_batch(image[None]))[0]
+
+    async def infer_batch(self, images: np.ndarray) -> np.ndarray:
+        """Logits [N, classes] for uint8 [N, H, W, C] images, in parts of at most `max_batch`.
+        While every infer request is busy, parts wait and then go to the device together, up
+        to `max_batch` images in one request."""
         loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._waiting.append((image, future))
+        futures = []
+        for start in range(0, len(images), self.max_batch):
+            future = loop.create_future()
+            self._waiting.append((images[start : start + self.max_batch], future))
+            futures.append(future)
         self._start(loop)
-        return await future
+        parts = [await future for future in futures]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         while self._waiting and self._idle:
-            batch = [self._waiting.popleft()]
-            shape = batch[0][0].shape
+            parts = [self._waiting.popleft()]
+            size, shape = len(parts[0][0]), parts[0][0].shape[1:]
             while (
-                self._waiting and len(batch) < self.max_batch and self._waiting[0][0].shape == shape
+                self._waiting
+                and size + len(self._waiting[0][0]) <= self.max_batch
+                and self._waiting[0][0].shape[1:] == shape
             ):
-                batch.append(self._waiting.popleft())
+                parts.append(self._waiting.popleft())
+                size += len(parts[-1][0])
             self._idle -= 1
-            images = np.stack([image for image, _ in batch])
-            self._queue.start_async({0: images}, (loop, [future for _, future in batch]))
+            images = parts[0][0] if len(parts) == 1 else np.concatenate([p for p, _ in parts])
+            sizes = [len(p) for p, _ in parts]
+            self._queue.start_async({0: images}, (loop, sizes, [future for _, future in parts]))
 
-    def _done(self, request: ov.InferRequest, userdata: tuple[asyncio.AbstractEventLoop, list]):
-        loop, futures = userdata
+    def _done(
+        self, request: ov.InferRequest, userdata: tuple[asyncio.AbstractEventLoop, list, list]
+    ):
+        loop, sizes, futures = userdata
         logits = request.get_output_tensor(0).data.copy()
-        loop.call_soon_threadsafe(self._finish, loop, futures, logits)
+        loop.call_soon_threadsafe(self._finish, loop, sizes, futures, logits)
 
     def _finish(
-        self, loop: asyncio.AbstractEventLoop, futures: list[asyncio.Future], logits: np.ndarray
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sizes: list[int],
+        futures: list[asyncio.Future],
+        logits: np.ndarray,
     ) -> None:
         self._idle += 1
-        for future, row in zip(futures, logits):
+        for future, part in zip(futures, np.split(logits, np.cumsum(sizes)[:-1])):
             if not future.cancelled():
-                future.set_result(row)
+                future.set_result(part)
         self._start(loop)

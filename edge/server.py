@@ -63,9 +63,10 @@ class CascadeService(pb_grpc.CascadeServicer):
             budget_end = received_at + request.deadline_ms / 1e3
             deadline = budget_end if deadline is None else min(deadline, budget_end)
         request_id = request.request_id or uuid.uuid4().hex
-        (answer,) = await self.agent.answer(
+        answers = await self.agent.answer(
             lambda: [decode_request(request)], received_at=received_at, deadline=deadline
         )
+        answer = answers[0]
         return self._response(request_id, answer, request.top_k, received_at)
 
     def _response(

@@ -1,21 +1,23 @@
-"""One request through the cascade: edge model, policy, and the cloud when it is worth it."""
+"""Requests through the cascade: edge model, policy, and the cloud when it is worth it; a batch
+of images takes one edge inference and at most one cloud call."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
 from cloud.manifest import Manifest
-from cloud.preprocessing import prepare
+from cloud.preprocessing import prepare_batch
 from router.breaker import CircuitBreaker
 from router.cloud_client import CloudClient, CloudError
 from router.latency import LatencyTracker
 from router.policy import ScorePolicy, softmax
 
+# uint8 [N, H, W, C] prepared images -> logits [N, classes], in one inference.
 EdgeInfer = Callable[[np.ndarray], Awaitable[np.ndarray]]
 
 # Below this much time left there is no point in starting a cloud call.
@@ -41,6 +43,54 @@ class Answer:
     def top_k(self, k: int) -> list[tuple[int, float]]:
         order = np.argsort(-self.probabilities, kind="stable")[:k]
         return [(int(i), float(self.probabilities[i])) for i in order]
+
+
+@dataclass(frozen=True)
+class Answers:
+    """A batch's answers as arrays, row i for image i (`answers[i]` is image i's Answer). The
+    escalated images went to the cloud in one call, so they share its outcome: the cloud
+    answered them all (`degraded_reason` None) or none, and they come back degraded."""
+
+    pair: Manifest
+    probabilities: np.ndarray  # [N, K], the answering tier's
+    edge_confidence: np.ndarray  # [N]
+    edge_class_id: np.ndarray  # [N]
+    escalated: np.ndarray  # bool [N]: the policy sent these towards the cloud
+    edge_ms: float
+    cloud_ms: float  # from the edge answer to the escalation's end; 0 when none escalated
+    degraded_reason: str | None  # why the escalated images were answered at the edge
+    bytes_per_escalation: int  # bytes sent to the cloud per escalated image (0: no call made)
+
+    def __len__(self) -> int:
+        return len(self.probabilities)
+
+    @property
+    def escalations(self) -> int:
+        return int(self.escalated.sum())
+
+    @property
+    def degraded(self) -> int:
+        """How many images came back degraded."""
+        return self.escalations if self.degraded_reason else 0
+
+    @property
+    def tiers(self) -> list[str]:
+        cloud = self.escalated if self.degraded_reason is None else np.zeros(len(self), bool)
+        return np.where(cloud, "cloud", "edge").tolist()
+
+    def __getitem__(self, i: int) -> Answer:
+        escalated = bool(self.escalated[i])
+        return Answer(
+            self.pair,
+            self.probabilities[i],
+            "cloud" if escalated and self.degraded_reason is None else "edge",
+            float(self.edge_confidence[i]),
+            int(self.edge_class_id[i]),
+            self.edge_ms,
+            self.cloud_ms if escalated else 0.0,
+            self.degraded_reason if escalated else None,
+            self.bytes_per_escalation if escalated else 0,
+        )
 
 
 class Cascade:
@@ -74,65 +124,72 @@ class Cascade:
         self, image: np.ndarray, *, received_at: float, deadline: float | None = None
     ) -> Answer:
         """`image` is decoded (uint8 [H, W] or [H, W, C]); times are time.perf_counter()."""
-        logits = await self._edge_infer(prepare(image, self.manifest.edge.preprocessing))
-        edge_probs = softmax(np.asarray(logits, np.float64))
-        confidence = float(self.policy.confidence(logits))
+        answers = await self.classify_batch([image], received_at=received_at, deadline=deadline)
+        return answers[0]
+
+    async def classify_batch(
+        self,
+        images: Sequence[np.ndarray],
+        *,
+        received_at: float,
+        deadline: float | None = None,
+    ) -> Answers:
+        """`images` are decoded (uint8 [H, W] or [H, W, C] each, or one [N, H, W, C] array): one
+        edge inference for them all, one cloud call for those the policy escalates."""
+        batch = prepare_batch(images, self.manifest.edge.preprocessing)
+        logits = np.asarray(await self._edge_infer(batch), np.float64)
+        probabilities = softmax(logits)
+        edge_class_id = probabilities.argmax(axis=-1)
+        confidence = self.policy.confidence(logits)
         edge_done = time.perf_counter()
-        edge = dict(
-            edge_confidence=confidence,
-            edge_class_id=int(edge_probs.argmax()),
+        escalated = np.asarray(self.policy.escalate(confidence))
+        reason, sent, cloud_ms = None, 0, 0.0
+        if escalated.any():
+            chosen = [images[i] for i in np.flatnonzero(escalated)]
+            reason, sent, cloud_probabilities = await self._ask_cloud(chosen, deadline)
+            if cloud_probabilities is not None:
+                probabilities[escalated] = cloud_probabilities
+            cloud_ms = (time.perf_counter() - edge_done) * 1e3
+        return Answers(
+            self.manifest,
+            probabilities,
+            confidence,
+            edge_class_id,
+            escalated,
             edge_ms=(edge_done - received_at) * 1e3,
+            cloud_ms=cloud_ms,
+            degraded_reason=reason,
+            bytes_per_escalation=sent,
         )
-        if not self.policy.escalate(confidence):
-            return Answer(
-                self.manifest,
-                edge_probs,
-                "edge",
-                **edge,
-                cloud_ms=0.0,
-                degraded_reason=None,
-                bytes_to_cloud=0,
-            )
+
+    async def _ask_cloud(
+        self, images: list[np.ndarray], deadline: float | None
+    ) -> tuple[str | None, int, np.ndarray | None]:
+        """One cloud call for `images`: (None, bytes sent per image, probabilities [n, K]), or
+        (the degraded reason, bytes sent per image, None) when the cloud is not or cannot be
+        asked."""
         timeout = self._cloud_timeout_s
         if deadline is not None:
             timeout = min(timeout, deadline - time.perf_counter())
         if self._cloud is None:
-            reason, cloud_image = "cloud-unavailable", None
-        elif self.mismatch:
-            reason, cloud_image = "version-mismatch", None
-        elif timeout < MIN_CLOUD_BUDGET_S or not self.latency.fits(timeout):
-            reason, cloud_image = "deadline", None
-        elif not self.breaker.allow():
-            reason, cloud_image = "cloud-unavailable", None
-        else:
-            cloud_image = prepare(image, self.manifest.cloud.preprocessing)
-            sent = time.perf_counter()
-            try:
-                cloud_logits = await self._cloud.infer(cloud_image, timeout)
-            except CloudError as e:
-                reason = e.reason
-                self._cloud_failed(reason, timeout, time.perf_counter() - sent)
-            else:
-                self.latency.record(time.perf_counter() - sent)
-                self.breaker.success()
-                return Answer(
-                    self.manifest,
-                    softmax(np.asarray(cloud_logits, np.float64)),
-                    "cloud",
-                    **edge,
-                    cloud_ms=(time.perf_counter() - edge_done) * 1e3,
-                    degraded_reason=None,
-                    bytes_to_cloud=cloud_image.nbytes,
-                )
-        return Answer(
-            self.manifest,
-            edge_probs,
-            "edge",
-            **edge,
-            cloud_ms=(time.perf_counter() - edge_done) * 1e3,
-            degraded_reason=reason,
-            bytes_to_cloud=0 if cloud_image is None else cloud_image.nbytes,
-        )
+            return "cloud-unavailable", 0, None
+        if self.mismatch:
+            return "version-mismatch", 0, None
+        if timeout < MIN_CLOUD_BUDGET_S or not self.latency.fits(timeout):
+            return "deadline", 0, None
+        if not self.breaker.allow():
+            return "cloud-unavailable", 0, None
+        batch = prepare_batch(images, self.manifest.cloud.preprocessing)
+        per_image = batch[0].nbytes
+        sent = time.perf_counter()
+        try:
+            logits = await self._cloud.infer_batch(batch, timeout)
+        except CloudError as e:
+            self._cloud_failed(e.reason, timeout, time.perf_counter() - sent)
+            return e.reason, per_image, None
+        self.latency.record(time.perf_counter() - sent)
+        self.breaker.success()
+        return None, per_image, softmax(np.asarray(logits, np.float64))
 
     def _cloud_failed(self, reason: str, timeout_s: float, elapsed_s: float) -> None:
         """A timeout is a latency sample too; one cut short by the caller's own budget says

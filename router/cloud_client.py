@@ -75,6 +75,8 @@ class CloudClient:
         logits = result.as_numpy(OUTPUT_NAME)
         if logits is None:
             raise CloudError("cloud-error", f"response has no {OUTPUT_NAME!r} output")
+        if len(logits) != len(batch):
+            raise CloudError("cloud-error", f"{len(logits)} rows of logits for {len(batch)} images")
         return logits
 
     async def ready(self, timeout_s: float = 1.0) -> bool:

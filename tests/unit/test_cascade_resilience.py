@@ -14,8 +14,8 @@ from tests.unit.test_cascade_routing import UNSURE, FakeCloud, manifest
 
 
 def build(cloud, **kw) -> Cascade:
-    async def edge(image):
-        return UNSURE
+    async def edge(batch):
+        return np.tile(UNSURE, (len(batch), 1))
 
     return Cascade(manifest(), edge, MaxProbabilityPolicy(0.5), cloud, cloud_timeout_s=1.0, **kw)
 

@@ -43,12 +43,12 @@ class FakeCloud:
     def __init__(self, error: CloudError | None = None):
         self.error, self.shapes, self.timeouts = error, [], []
 
-    async def infer(self, image, timeout_s):
-        self.shapes.append(image.shape)
+    async def infer_batch(self, batch, timeout_s):
+        self.shapes.append(batch.shape)
         self.timeouts.append(timeout_s)
         if self.error:
             raise self.error
-        return CLOUD
+        return np.tile(CLOUD, (len(batch), 1))
 
 
 def run(cascade: Cascade, deadline_s=None):
@@ -59,9 +59,9 @@ def run(cascade: Cascade, deadline_s=None):
 
 
 def cascade(edge_logits, cloud, timeout=1.0) -> Cascade:
-    async def edge(image):
-        assert image.shape == (8, 8, 1)  # the edge spec, not the cloud's
-        return edge_logits
+    async def edge(batch):
+        assert batch.shape[1:] == (8, 8, 1)  # the edge spec, not the cloud's
+        return np.tile(edge_logits, (len(batch), 1))
 
     return Cascade(manifest(), edge, MaxProbabilityPolicy(0.5), cloud, cloud_timeout_s=timeout)
 
@@ -78,7 +78,7 @@ def test_unsure_input_goes_to_the_cloud_in_the_cloud_spec():
     answer = run(cascade(UNSURE, cloud))
     assert answer.tier == "cloud" and answer.top_k(1) == [(2, pytest.approx(0.8))]
     assert answer.edge_class_id == 0 and answer.edge_confidence == pytest.approx(0.4)
-    assert cloud.shapes == [(16, 16, 1)] and answer.bytes_to_cloud == 256
+    assert cloud.shapes == [(1, 16, 16, 1)] and answer.bytes_to_cloud == 256
 
 
 @pytest.mark.parametrize("reason", ["cloud-unavailable", "cloud-timeout", "cloud-error"])

@@ -1,0 +1,84 @@
+"""A batch through the cascade: one edge inference, one cloud call for the unsure subset only."""
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from router.breaker import CircuitBreaker
+from router.cascade import Cascade
+from router.cloud_client import CloudError
+from router.latency import LatencyTracker
+from router.policy import MaxProbabilityPolicy
+from tests.unit.test_cascade_routing import CLOUD, CONFIDENT, UNSURE, FakeCloud, manifest
+
+# Image i is filled with the value i; the fake edge model looks its logits up by that value.
+EDGE_LOGITS = np.stack([CONFIDENT, UNSURE, CONFIDENT, UNSURE])
+
+
+def build(cloud, edge_calls: list, **kw) -> Cascade:
+    async def edge(batch):
+        edge_calls.append(batch)
+        return EDGE_LOGITS[batch[:, 0, 0, 0]]
+
+    return Cascade(manifest(), edge, MaxProbabilityPolicy(0.5), cloud, cloud_timeout_s=1.0, **kw)
+
+
+def classify_batch(cascade: Cascade, images, deadline_s: float | None = None):
+    now = time.perf_counter()
+    deadline = None if deadline_s is None else now + deadline_s
+    return asyncio.run(cascade.classify_batch(images, received_at=now, deadline=deadline))
+
+
+def images(n: int = 4) -> list[np.ndarray]:
+    return [np.full((32, 32), i, np.uint8) for i in range(n)]
+
+
+def test_one_edge_inference_and_one_cloud_call_with_only_the_unsure_images():
+    cloud, edge_calls = FakeCloud(), []
+    answers = classify_batch(build(cloud, edge_calls), images())
+    assert [b.shape for b in edge_calls] == [(4, 8, 8, 1)] and cloud.shapes == [(2, 16, 16, 1)]
+    assert answers.tiers == ["edge", "cloud", "edge", "cloud"] and answers.degraded == 0
+    each = [answers[i] for i in range(4)]
+    assert [a.top_k(1)[0][0] for a in each] == [1, 2, 1, 2]  # the cloud's class for 1 and 3
+    assert np.allclose(each[1].probabilities, np.exp(CLOUD))
+    assert [a.edge_class_id for a in each] == [1, 0, 1, 0]
+    assert [a.edge_confidence for a in each] == pytest.approx([0.9, 0.4, 0.9, 0.4])
+    assert [a.bytes_to_cloud for a in each] == [0, 256, 0, 256]
+    assert each[0].cloud_ms == 0.0 and each[1].cloud_ms > 0.0
+
+
+def test_a_cloud_failure_degrades_only_the_escalated_images_and_counts_once():
+    cloud = FakeCloud(CloudError("cloud-unavailable", "down"))
+    c = build(cloud, [], breaker=CircuitBreaker(failures=2, cooldown_s=60))
+    answers = classify_batch(c, images())
+    assert [answers[i].degraded_reason for i in range(4)] == [
+        None,
+        "cloud-unavailable",
+        None,
+        "cloud-unavailable",
+    ]
+    assert answers.tiers == ["edge"] * 4 and answers.degraded == 2
+    assert [answers[i].top_k(1)[0][0] for i in range(4)] == [1, 0, 1, 0]  # the edge's answers
+    assert [answers[i].bytes_to_cloud for i in range(4)] == [0, 256, 0, 256]  # they were sent
+    assert c.breaker.state == "closed", "one failed call, not one per escalated image"
+
+
+def test_no_cloud_call_when_the_expected_latency_does_not_fit_the_deadline():
+    latency = LatencyTracker()
+    for _ in range(20):
+        latency.record(0.080)
+    cloud = FakeCloud()
+    answers = classify_batch(build(cloud, [], latency=latency), images(), deadline_s=0.050)
+    assert cloud.shapes == [] and answers.degraded_reason == "deadline"
+    assert [answers[i].degraded for i in range(4)] == [False, True, False, True]
+    assert [answers[i].bytes_to_cloud for i in range(4)] == [0] * 4
+
+
+def test_a_batch_array_at_the_edge_size_goes_to_the_edge_model_as_it_is():
+    cloud, edge_calls = FakeCloud(), []
+    batch = np.stack([np.full((8, 8, 1), i, np.uint8) for i in (0, 2)])
+    answers = classify_batch(build(cloud, edge_calls), batch)
+    assert np.shares_memory(edge_calls[0], batch) and cloud.shapes == []  # both confident
+    assert answers.tiers == ["edge", "edge"] and answers.cloud_ms == 0.0
