@@ -70,16 +70,50 @@ def prepare(image: np.ndarray, spec: Preprocessing) -> np.ndarray:
     image = _to_color(image, spec.color)
     h, w = image.shape[:2]
     if (h, w) != (spec.size, spec.size):
-        scale = spec.resize_short / min(h, w)
-        nh, nw = max(spec.size, round(h * scale)), max(spec.size, round(w * scale))
+        nh, nw = _resized(h, w, spec)
         if (nh, nw) != (h, w):
-            interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+            interp = cv2.INTER_AREA if spec.resize_short < min(h, w) else cv2.INTER_LINEAR
             image = cv2.resize(image, (nw, nh), interpolation=interp)
         top, left = (nh - spec.size) // 2, (nw - spec.size) // 2
         image = image[top : top + spec.size, left : left + spec.size]
     if image.ndim == 2:
         image = image[:, :, None]
     return np.ascontiguousarray(image)
+
+
+def _resized(h: int, w: int, spec: Preprocessing) -> tuple[int, int]:
+    """The size `prepare` resizes an [h, w] image to before its centre crop."""
+    scale = spec.resize_short / min(h, w)
+    return max(spec.size, round(h * scale)), max(spec.size, round(w * scale))
+
+
+def kept_region(h: int, w: int, spec: Preprocessing) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right): the part of an [h, w] image that `prepare`'s centre crop
+    keeps, in the image's own pixels (rounded), for models that crop and resize themselves."""
+    if (h, w) == (spec.size, spec.size):
+        return 0, 0, h, w  # `prepare` leaves it as it is
+    nh, nw = _resized(h, w, spec)
+    top, left = (nh - spec.size) // 2, (nw - spec.size) // 2
+    y0, x0 = round(top * h / nh), round(left * w / nw)
+    y1, x1 = round((top + spec.size) * h / nh), round((left + spec.size) * w / nw)
+    return y0, x0, max(y1, y0 + 1), max(x1, x0 + 1)
+
+
+def color_groups(
+    images: Sequence[np.ndarray], spec: Preprocessing
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The images colour-converted but not resized, grouped by shape: (their indices, uint8
+    [n, H, W, C]) per shape. An [N, H, W, C] array of the spec's channels is one group as it is."""
+    channels = spec.shape[2]
+    if isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[3] == channels:
+        return [(np.arange(len(images)), np.ascontiguousarray(images, np.uint8))]
+    converted = [
+        _to_color(image, spec.color).reshape(*image.shape[:2], channels) for image in images
+    ]
+    rows: dict[tuple[int, ...], list[int]] = {}
+    for i, image in enumerate(converted):
+        rows.setdefault(image.shape, []).append(i)
+    return [(np.array(r), np.stack([converted[i] for i in r])) for r in rows.values()]
 
 
 def prepare_batch(images: Sequence[np.ndarray], spec: Preprocessing) -> np.ndarray:

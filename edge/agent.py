@@ -68,6 +68,9 @@ class EdgeSettings(BaseSettings):
     metrics_port: int = Field(
         0, ge=0, le=65535, description="Prometheus /metrics HTTP port; 0: off"
     )
+    fold_preprocessing: bool = Field(
+        True, description="crop and resize frames inside the edge model (OpenVINO), not in cv2"
+    )
 
 
 @dataclass
@@ -209,7 +212,8 @@ async def _deploy(
         raise ValueError(f"{folder} holds family {manifest.family!r}, not {settings.family!r}")
     await asyncio.to_thread(manifest.verify, folder)
     xml = edge_model_file(folder, settings.precision)
-    model = await asyncio.to_thread(EdgeModel, xml, settings.device, settings.hint)
+    fold = manifest.edge.preprocessing if settings.fold_preprocessing else None
+    model = await asyncio.to_thread(EdgeModel, xml, settings.device, settings.hint, fold=fold)
     blank = np.zeros(manifest.edge.input_shape, np.uint8)
     for _ in range(WARM_UP_RUNS):
         logits = await model.infer(blank)
@@ -225,6 +229,7 @@ async def _deploy(
         settings.cloud_timeout_s,
         latency=latency,
         breaker=breaker,
+        edge_folds=fold is not None,
     )
     if cloud:
         cascade.mismatch = await cloud.pairing_problem(manifest)

@@ -121,6 +121,19 @@ def bench_edge(
     )
 
 
+@bench.command("preprocessing")
+def bench_preprocessing(
+    family: Annotated[str, typer.Option(help="fashion or imagenet")] = "imagenet",
+    report: Annotated[Path | None, typer.Option(help="JSON report path")] = None,
+    rounds: Annotated[int, typer.Option(min=1, help="timed passes over the frames")] = 10,
+) -> None:
+    """Crop and resize in cv2 vs folded into the edge model, interleaved, on real photos."""
+    from edge.bench_preprocessing import run_bench
+
+    path = report or Path("reports") / f"bench-preprocessing-{family}.json"
+    console.print_json(data=run_bench(family, path, rounds))
+
+
 @bench.command("model-sync")
 def bench_model_sync(
     report: Annotated[Path, typer.Option(help="JSON report path")] = Path(

@@ -69,6 +69,13 @@ def serve_command(
     metrics_port: Annotated[
         int | None, typer.Option(help="Prometheus /metrics HTTP port; 0: off (default 0)")
     ] = None,
+    fold_preprocessing: Annotated[
+        bool | None,
+        typer.Option(
+            "--fold-preprocessing/--no-fold-preprocessing",
+            help="crop and resize frames inside the edge model, not in cv2 (default on)",
+        ),
+    ] = None,
 ) -> None:
     """Serve the Cascade and KServe v2 gRPC APIs until SIGINT/SIGTERM. Settings come from
     --config (TOML), then EDGECASCADE_<SETTING> environment variables, then these options."""
@@ -95,6 +102,7 @@ def serve_command(
             max_message_bytes=max_message_bytes,
             grace_s=grace,
             metrics_port=metrics_port,
+            fold_preprocessing=fold_preprocessing,
         )
     except ConfigError as e:
         typer.echo(f"edgecascade edge serve: {e}", err=True)

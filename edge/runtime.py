@@ -1,38 +1,37 @@
-"""The edge model on OpenVINO: compiled once, fed through an AsyncInferQueue from asyncio."""
+"""The edge model on OpenVINO: compiled once, fed through an AsyncInferQueue from asyncio.
+Frames of another size than the model's can be cropped and resized inside OpenVINO
+(PrePostProcessor) by a variant compiled for their shape."""
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+import logging
+from collections import OrderedDict, deque
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import openvino as ov
+from openvino.preprocess import PrePostProcessor, ResizeAlgorithm
 
+from cloud.manifest import Preprocessing
+from cloud.preprocessing import kept_region, prepare_batch
+
+log = logging.getLogger(__name__)
 Device = str  # "CPU", "GPU", "AUTO", "AUTO:GPU,CPU", ...
 PerformanceHint = Literal["LATENCY", "THROUGHPUT"]
+Shape = tuple[int, ...]
+FOLD_VARIANTS = 8  # compiled crop-and-resize variants kept, one per frame shape (LRU)
 
 
-class EdgeModel:
-    """An OpenVINO compiled model whose requests overlap: `await infer_batch(images)` never
-    blocks the event loop; up to `parallelism` requests run at once on the device, and images
-    that arrive while all are busy are batched into the next free one (dynamic batch models)."""
+class _Requests:
+    """One compiled model's infer requests: up to `parallelism` run at once, and parts that
+    arrive while all are busy go to the device together, up to `max_batch` images."""
 
-    def __init__(
-        self,
-        model_xml: Path,
-        device: Device = "CPU",
-        hint: PerformanceHint = "LATENCY",
-        max_batch: int = 16,
-    ):
-        core = ov.Core()
-        model = core.read_model(model_xml)
-        self.compiled = core.compile_model(model, device, {"PERFORMANCE_HINT": hint})
-        self.requested_device = device
-        self.execution_devices: list[str] = list(self.compiled.get_property("EXECUTION_DEVICES"))
-        self.max_batch = max_batch if model.input(0).get_partial_shape()[0].is_dynamic else 1
-        self._queue = ov.AsyncInferQueue(self.compiled)
+    def __init__(self, compiled: ov.CompiledModel, max_batch: int):
+        self.max_batch = max_batch
+        self._queue = ov.AsyncInferQueue(compiled)
         self._queue.set_callback(self._done)
         self._idle = len(self._queue)
         self._waiting: deque[tuple[np.ndarray, asyncio.Future]] = deque()
@@ -41,25 +40,7 @@ class EdgeModel:
     def parallelism(self) -> int:
         return len(self._queue)
 
-    @property
-    def streams(self) -> int:
-        return int(self.compiled.get_property("NUM_STREAMS"))
-
-    def describe(self) -> str:
-        return (
-            f"{self.requested_device} -> {','.join(self.execution_devices)} "
-            f"({self.streams} streams, {self.parallelism} infer requests, "
-            f"batches of up to {self.max_batch})"
-        )
-
-    async def infer(self, image: np.ndarray) -> np.ndarray:
-        """Logits [classes] for one uint8 [H, W, C] image."""
-        return (await self.infer_batch(image[None]))[0]
-
     async def infer_batch(self, images: np.ndarray) -> np.ndarray:
-        """Logits [N, classes] for uint8 [N, H, W, C] images, in parts of at most `max_batch`.
-        While every infer request is busy, parts wait and then go to the device together, up
-        to `max_batch` images in one request."""
         loop = asyncio.get_running_loop()
         futures = []
         for start in range(0, len(images), self.max_batch):
@@ -73,12 +54,8 @@ class EdgeModel:
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         while self._waiting and self._idle:
             parts = [self._waiting.popleft()]
-            size, shape = len(parts[0][0]), parts[0][0].shape[1:]
-            while (
-                self._waiting
-                and size + len(self._waiting[0][0]) <= self.max_batch
-                and self._waiting[0][0].shape[1:] == shape
-            ):
+            size = len(parts[0][0])
+            while self._waiting and size + len(self._waiting[0][0]) <= self.max_batch:
                 parts.append(self._waiting.popleft())
                 size += len(parts[-1][0])
             self._idle -= 1
@@ -105,3 +82,127 @@ class EdgeModel:
             if not future.cancelled():
                 future.set_result(part)
         self._start(loop)
+
+
+class EdgeModel:
+    """An OpenVINO compiled model whose requests overlap: `await infer_batch(images)` never
+    blocks the event loop; up to `parallelism` requests run at once on the device, and images
+    that arrive while all are busy are batched into the next free one (dynamic batch models).
+
+    With `fold` (the model's Preprocessing), images of any size are welcome: the first batch
+    of a new shape is prepared with cv2 while a variant that crops and resizes frames of that
+    shape inside the model compiles in a thread; later batches of that shape go through it."""
+
+    def __init__(
+        self,
+        model_xml: Path,
+        device: Device = "CPU",
+        hint: PerformanceHint = "LATENCY",
+        max_batch: int = 16,
+        fold: Preprocessing | None = None,
+    ):
+        self._core = ov.Core()
+        self._model_xml = model_xml
+        self._config = {"PERFORMANCE_HINT": hint}
+        model = self._core.read_model(model_xml)
+        self.compiled = self._core.compile_model(model, device, self._config)
+        self.requested_device = device
+        self.execution_devices: list[str] = list(self.compiled.get_property("EXECUTION_DEVICES"))
+        partial_shape = model.input(0).get_partial_shape()
+        self.input_shape: Shape = tuple(d.get_length() for d in list(partial_shape)[1:])
+        self.max_batch = max_batch if partial_shape[0].is_dynamic else 1
+        self._requests = _Requests(self.compiled, self.max_batch)
+        self.fold = fold
+        self.fold_compiles = 0
+        self._folded: OrderedDict[Shape, _Requests | None] = OrderedDict()  # None: cannot fold
+        self._compiling: dict[Shape, asyncio.Future] = {}
+
+    @property
+    def parallelism(self) -> int:
+        return self._requests.parallelism
+
+    @property
+    def streams(self) -> int:
+        return int(self.compiled.get_property("NUM_STREAMS"))
+
+    @property
+    def folded_shapes(self) -> list[Shape]:
+        """Frame shapes with a compiled crop-and-resize variant, least recently used first."""
+        return [shape for shape, requests in self._folded.items() if requests]
+
+    def describe(self) -> str:
+        folding = f", folds {self.fold.color} crop/resize" if self.fold else ""
+        return (
+            f"{self.requested_device} -> {','.join(self.execution_devices)} "
+            f"({self.streams} streams, {self.parallelism} infer requests, "
+            f"batches of up to {self.max_batch}{folding})"
+        )
+
+    async def infer(self, image: np.ndarray) -> np.ndarray:
+        """Logits [classes] for one uint8 [H, W, C] image."""
+        return (await self.infer_batch(image[None]))[0]
+
+    async def infer_batch(self, images: np.ndarray) -> np.ndarray:
+        """Logits [N, classes] for uint8 [N, H, W, C] images, in parts of at most `max_batch`.
+        While every infer request is busy, parts wait and then go to the device together, up
+        to `max_batch` images in one request. Images not at the model's size need `fold`, and
+        the model's channels (colour conversion is the caller's)."""
+        shape = images.shape[1:]
+        if shape == self.input_shape:
+            return await self._requests.infer_batch(images)
+        if self.fold is None or shape[-1:] != self.input_shape[-1:]:
+            raise ValueError(
+                f"images of shape {list(shape)}: the edge model takes {list(self.input_shape)}"
+                + ("" if self.fold else " (frames of other sizes need folding on)")
+            )
+        requests = self._folded_requests(shape, self.fold)
+        if requests is None:
+            return await self._requests.infer_batch(prepare_batch(images, self.fold))
+        return await requests.infer_batch(images)
+
+    async def fold_ready(self, shape: Shape) -> bool:
+        """Compile (or await) the variant for frames of `shape` [H, W, C]; whether there is one."""
+        if self.fold is None:
+            return False
+        self._folded_requests(shape, self.fold)
+        if shape in self._compiling:
+            await asyncio.shield(self._compiling[shape])
+        return self._folded.get(shape) is not None
+
+    def _folded_requests(self, shape: Shape, spec: Preprocessing) -> _Requests | None:
+        """The variant for `shape` if compiled; else None, and its compilation starts."""
+        if shape in self._folded:
+            self._folded.move_to_end(shape)
+            return self._folded[shape]
+        if shape not in self._compiling:
+            task = asyncio.ensure_future(asyncio.to_thread(self._compile_folded, shape, spec))
+            self._compiling[shape] = task
+            task.add_done_callback(partial(self._compiled, shape))
+        return None
+
+    def _compiled(self, shape: Shape, task: asyncio.Future) -> None:
+        del self._compiling[shape]
+        if task.cancelled():
+            return
+        if task.exception():
+            log.warning("cannot fold preprocessing for frames of %s: %s", shape, task.exception())
+        self._folded[shape] = None if task.exception() else task.result()
+        while len(self._folded) > FOLD_VARIANTS:
+            self._folded.popitem(last=False)
+
+    def _compile_folded(self, shape: Shape, spec: Preprocessing) -> _Requests:
+        """The model behind a PrePostProcessor that takes uint8 [N, H, W, C] frames, keeps the
+        region `prepare` keeps and resizes it (linear) to the model's size."""
+        h, w, c = shape
+        top, left, bottom, right = kept_region(h, w, spec)
+        ppp = PrePostProcessor(self._core.read_model(self._model_xml))
+        ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC")).set_shape(
+            [-1 if self.max_batch > 1 else 1, h, w, c]
+        )
+        ppp.input().preprocess().crop([0, top, left, 0], [2**31 - 1, bottom, right, c]).resize(
+            ResizeAlgorithm.RESIZE_LINEAR
+        )
+        ppp.input().model().set_layout(ov.Layout("NHWC"))
+        compiled = self._core.compile_model(ppp.build(), self.requested_device, self._config)
+        self.fold_compiles += 1
+        return _Requests(compiled, self.max_batch)

@@ -3,6 +3,7 @@ of images takes one edge inference and at most one cloud call."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -11,13 +12,14 @@ from typing import Literal
 import numpy as np
 
 from cloud.manifest import Manifest
-from cloud.preprocessing import prepare_batch
+from cloud.preprocessing import color_groups, prepare_batch
 from router.breaker import CircuitBreaker
 from router.cloud_client import CloudClient, CloudError
 from router.latency import LatencyTracker
 from router.policy import ScorePolicy, softmax
 
-# uint8 [N, H, W, C] prepared images -> logits [N, classes], in one inference.
+# uint8 [N, H, W, C] prepared images -> logits [N, classes], in one inference. An edge model
+# that folds preprocessing takes colour-converted frames of one shape at any size instead.
 EdgeInfer = Callable[[np.ndarray], Awaitable[np.ndarray]]
 
 # Below this much time left there is no point in starting a cloud call.
@@ -99,7 +101,9 @@ class Cascade:
     A cloud failure never fails the request: the edge answer comes back degraded. The cloud is
     called only when its expected latency fits the time left and the breaker lets it through,
     and never when the cloud does not hold the version the manifest pairs with the edge model
-    (`mismatch` says why; escalations then come back degraded with `version-mismatch`)."""
+    (`mismatch` says why; escalations then come back degraded with `version-mismatch`).
+    `edge_folds`: the edge model crops and resizes itself; it gets colour-converted frames, one
+    inference per frame shape in the batch."""
 
     def __init__(
         self,
@@ -110,12 +114,14 @@ class Cascade:
         cloud_timeout_s: float = 1.0,
         latency: LatencyTracker | None = None,
         breaker: CircuitBreaker | None = None,
+        edge_folds: bool = False,
     ):
         self.manifest = manifest
         self.policy = policy
         self.latency = latency or LatencyTracker()
         self.breaker = breaker or CircuitBreaker()
         self._edge_infer = edge_infer
+        self._edge_folds = edge_folds
         self._cloud = cloud
         self._cloud_timeout_s = cloud_timeout_s
         self.mismatch: str | None = None
@@ -136,8 +142,7 @@ class Cascade:
     ) -> Answers:
         """`images` are decoded (uint8 [H, W] or [H, W, C] each, or one [N, H, W, C] array): one
         edge inference for them all, one cloud call for those the policy escalates."""
-        batch = prepare_batch(images, self.manifest.edge.preprocessing)
-        logits = np.asarray(await self._edge_infer(batch), np.float64)
+        logits = await self._edge_logits(images)
         probabilities = softmax(logits)
         edge_class_id = probabilities.argmax(axis=-1)
         confidence = self.policy.confidence(logits)
@@ -161,6 +166,17 @@ class Cascade:
             degraded_reason=reason,
             bytes_per_escalation=sent,
         )
+
+    async def _edge_logits(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        spec = self.manifest.edge.preprocessing
+        if not self._edge_folds:
+            return np.asarray(await self._edge_infer(prepare_batch(images, spec)), np.float64)
+        groups = color_groups(images, spec)
+        parts = await asyncio.gather(*(self._edge_infer(batch) for _, batch in groups))
+        logits = np.empty((len(images), parts[0].shape[-1]))
+        for (rows, _), part in zip(groups, parts):
+            logits[rows] = part
+        return logits
 
     async def _ask_cloud(
         self, images: list[np.ndarray], deadline: float | None

@@ -22,6 +22,16 @@ def fashion_manifest() -> Manifest:
 
 
 @pytest.fixture(scope="session")
+def imagenet_manifest() -> Manifest:
+    """The imagenet family under the artifacts root, built first when missing (needs torch)."""
+    if not manifest_path("imagenet").exists():
+        from cloud.build import build_family
+
+        build_family("imagenet")
+    return Manifest.load(manifest_path("imagenet"))
+
+
+@pytest.fixture(scope="session")
 def fashion_repository(
     fashion_manifest: Manifest, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:

@@ -4,8 +4,7 @@ EfficientNet-Lite2 on Triton, on the 20 labelled smoke photos."""
 import grpc
 import pytest
 
-from cloud.manifest import Manifest
-from cloud.paths import family_dir, manifest_path
+from cloud.paths import family_dir
 from cloud.triton_repository import write_model
 from cloud.triton_server import TritonServer
 from edge.process import EdgeProcess
@@ -14,15 +13,6 @@ from edgecascade.v1 import cascade_pb2 as pb
 from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def imagenet_manifest() -> Manifest:
-    if not manifest_path("imagenet").exists():
-        from cloud.build import build_family
-
-        build_family("imagenet")
-    return Manifest.load(manifest_path("imagenet"))
 
 
 def test_smoke_photos_at_both_tiers(imagenet_manifest, tmp_path):
