@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import psutil
 import pytest
@@ -38,10 +40,40 @@ def test_demo_streams_frames_reports_and_stops_everything(fashion_manifest, tmp_
     }
     assert report["threshold"] == pytest.approx(fashion_manifest.policy.threshold, abs=1e-6)
     assert "accuracy cascade" in run.stdout
-    leftovers = [
-        p.name()
-        for p in psutil.process_iter()
-        if p.pid not in before
-        and any(name in " ".join(p.cmdline()) for name in ("tritonserver", "edge serve"))
-    ]
-    assert not leftovers, f"demo left processes running: {leftovers}"
+    assert not leftovers(before), "demo left processes running"
+
+
+def leftovers(before: set[int]) -> list[str]:
+    """Triton servers and edge agents started since `before` that still run."""
+    found = []
+    for p in psutil.process_iter():
+        try:
+            cmdline = " ".join(p.cmdline())
+        except psutil.Error:  # exited meanwhile
+            continue
+        if p.pid not in before and ("tritonserver" in cmdline or "edge serve" in cmdline):
+            found.append(cmdline)
+    return found
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_demo_stops_every_process_it_started(fashion_manifest, tmp_path, sig):
+    before = {p.pid for p in psutil.process_iter()}
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "demo", "--fps", "50", "--report", str(tmp_path / "r")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    for line in demo.stdout:  # wait until both servers run and frames flow
+        if "edge agent at" in line:
+            break
+    time.sleep(1.0)
+    assert len(leftovers(before)) >= 2, "Triton and the edge agent should be running"
+    demo.send_signal(sig)
+    demo.communicate(timeout=60)
+    assert demo.returncode != 0 and not (tmp_path / "r").exists()
+    deadline = time.monotonic() + 15
+    while leftovers(before) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not leftovers(before), "an interrupted demo left processes running"
