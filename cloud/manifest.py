@@ -97,3 +97,44 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 def labels_sha256(labels: list[str]) -> str:
     return hashlib.sha256(json.dumps(labels, ensure_ascii=False).encode()).hexdigest()
+
+
+def write_family_folder(
+    folder: Path,
+    family: str,
+    files: dict[str, bytes],
+    labels: list[str],
+    preprocessing: Preprocessing,
+    *,
+    threshold: float = 0.5,
+    version: int = 1,
+    created: str = "",
+) -> Manifest:
+    """Write `files` (paths under edge/ and cloud/) into a family folder with a manifest that
+    hashes them; models are taken as they are (e.g. trained elsewhere)."""
+    for rel, data in files.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(data)
+
+    def spec(tier: str) -> ModelSpec:
+        hashes = {rel: sha256_file(folder / rel) for rel in files if rel.startswith(f"{tier}/")}
+        return ModelSpec(
+            name=f"{family}_{tier}",
+            version=version,
+            precision="fp32",
+            files=hashes,
+            preprocessing=preprocessing,
+        )
+
+    manifest = Manifest(
+        family=family,
+        version=version,
+        created=created,
+        labels=labels,
+        labels_sha256=labels_sha256(labels),
+        edge=spec("edge"),
+        cloud=spec("cloud"),
+        policy=RoutingPolicy(threshold=threshold),
+    )
+    manifest.save(folder / "manifest.json")
+    return manifest

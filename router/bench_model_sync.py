@@ -16,14 +16,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from cloud.manifest import (
-    Manifest,
-    ModelSpec,
-    Preprocessing,
-    RoutingPolicy,
-    labels_sha256,
-    sha256_file,
-)
+from cloud.manifest import Manifest, Preprocessing, write_family_folder
 from cloud.model_sync import CHUNK_BYTES, POLL_INTERVAL_S, add_model_sync
 from cloud.registry import Registry
 from edgecascade.v1 import model_sync_pb2 as pb
@@ -87,29 +80,10 @@ async def _bench(tmp: Path, size_mib: int, repeats: int) -> dict:
 
 
 def _family(folder: Path, size_mib: int) -> Path:
-    files = {"edge/model.bin": 1, "cloud/model.onnx": size_mib}
     rng = np.random.default_rng(0)
-    for rel, mib in files.items():
-        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-        (folder / rel).write_bytes(rng.bytes(mib << 20))
+    files = {"edge/model.bin": rng.bytes(1 << 20), "cloud/model.onnx": rng.bytes(size_mib << 20)}
     pre = Preprocessing(color="gray", size=28, resize_short=28)
-
-    def spec(tier: str) -> ModelSpec:
-        hashes = {r: sha256_file(folder / r) for r in files if r.startswith(tier)}
-        return ModelSpec(
-            name=f"bench_{tier}", version=1, precision="x", files=hashes, preprocessing=pre
-        )
-
-    Manifest(
-        family="bench",
-        version=1,
-        created="",
-        labels=["a", "b"],
-        labels_sha256=labels_sha256(["a", "b"]),
-        edge=spec("edge"),
-        cloud=spec("cloud"),
-        policy=RoutingPolicy(threshold=0.5),
-    ).save(folder / "manifest.json")
+    write_family_folder(folder, "bench", files, ["a", "b"], pre)
     return folder
 
 

@@ -4,14 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud.manifest import (
-    Manifest,
-    ModelSpec,
-    Preprocessing,
-    RoutingPolicy,
-    labels_sha256,
-    sha256_file,
-)
+from cloud.manifest import Manifest, Preprocessing, sha256_file, write_family_folder
 from cloud.registry import CorruptBlob, NotFound, Registry
 
 LABELS = ["cat", "dog", "bird"]
@@ -24,26 +17,9 @@ def write_family(
     """A family folder as `models build` writes it, with opaque model bytes."""
     pre = Preprocessing(color="rgb", size=8, resize_short=8)
     files = dict(zip(FILES, (b"<xml/>", edge_bin, cloud_onnx)))
-    for rel, data in files.items():
-        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-        (folder / rel).write_bytes(data)
-
-    def spec(tier: str) -> ModelSpec:
-        hashes = {rel: sha256_file(folder / rel) for rel in files if rel.startswith(tier)}
-        return ModelSpec(
-            name=f"pets_{tier}", version=1, precision="x", files=hashes, preprocessing=pre
-        )
-
-    Manifest(
-        family="pets",
-        version=1,
-        created="2026-01-01T00:00:00+00:00",
-        labels=LABELS,
-        labels_sha256=labels_sha256(LABELS),
-        edge=spec("edge"),
-        cloud=spec("cloud"),
-        policy=RoutingPolicy(threshold=threshold),
-    ).save(folder / "manifest.json")
+    write_family_folder(
+        folder, "pets", files, LABELS, pre, threshold=threshold, created="2026-01-01T00:00:00+00:00"
+    )
     return folder
 
 
