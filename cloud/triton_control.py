@@ -23,22 +23,19 @@ class ModelControl:
 
     def load(self, name: str) -> None:
         """(Re)load model `name` from the repository; returns once it is loaded."""
-        with self._client() as client:
-            try:
-                client.load_model(name, client_timeout=self.timeout_s)
-            except grpcclient.InferenceServerException as exc:
-                raise TritonControlError(
-                    f"Triton at {self.url} could not load {name}: {exc}"
-                ) from exc
+        self._control("load", name)
 
     def unload(self, name: str) -> None:
         """Unload every version of model `name`."""
+        self._control("unload", name)
+
+    def _control(self, action: str, name: str) -> None:
         with self._client() as client:
             try:
-                client.unload_model(name, client_timeout=self.timeout_s)
+                getattr(client, f"{action}_model")(name, client_timeout=self.timeout_s)
             except grpcclient.InferenceServerException as exc:
                 raise TritonControlError(
-                    f"Triton at {self.url} could not unload {name}: {exc}"
+                    f"Triton at {self.url} could not {action} {name}: {exc}"
                 ) from exc
 
     def ready_versions(self, name: str) -> list[int]:
