@@ -41,7 +41,7 @@ from cloud.manifest import (
     sha256_file,
 )
 from cloud.paths import edge_model_file, family_dir
-from cloud.preprocessing import decode_image, prepare
+from cloud.preprocessing import decode_image, mirrored, prepare
 
 Progress = Callable[[str], None]
 
@@ -127,12 +127,14 @@ def _build(family: Family, edge_onnx: Path, cloud_onnx: Path, out: Path, say: Pr
         np.savez_compressed(
             out / "calibration.npz",
             edge_logits=_logits(edge_int8, calib.images[..., None]),
+            edge_logits_mirrored=_logits(edge_int8, mirrored(calib.images[..., None])),
             cloud_logits=_logits(cloud, calib.images[..., None]),
             labels=calib.labels,
         )
         np.savez_compressed(
             out / "test_predictions.npz",
             edge_logits=int8_logits,
+            edge_logits_mirrored=_logits(edge_int8, mirrored(data.edge.images)),
             cloud_logits=cloud_logits,
             labels=truth,
         )

@@ -53,6 +53,9 @@ class RoutingPolicy(BaseModel):
     kind: Literal["max_prob", "margin", "entropy"] = "max_prob"
     threshold: float = Field(ge=0.0, le=1.0)
     temperature: float = Field(1.0, gt=0.0, description="fit on the calibration split")
+    mirror: bool = Field(
+        False, description="score the image and its left-right mirror (one more edge inference)"
+    )
 
 
 class Manifest(BaseModel):

@@ -124,6 +124,22 @@ def prepare_batch(images: Sequence[np.ndarray], spec: Preprocessing) -> np.ndarr
     return np.stack([prepare(image, spec) for image in images])
 
 
+def mirrored(images: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
+    """Decoded images flipped left-right: an [N, H, W, C] array, or [H, W(, C)] images."""
+    if isinstance(images, np.ndarray):
+        if images.ndim != 4:
+            raise ValueError(f"mirrored takes [N, H, W, C] arrays, not {list(images.shape)}")
+        return images[:, :, ::-1]
+    return [image[:, ::-1] for image in images]
+
+
+def with_mirrors(images: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
+    """The images, then the same images mirrored (2N; an array stays one array)."""
+    if isinstance(images, np.ndarray):
+        return np.concatenate([images, mirrored(images)])
+    return [*images, *mirrored(images)]
+
+
 def _to_color(image: np.ndarray, color: str) -> np.ndarray:
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]

@@ -73,33 +73,48 @@ class OperatingPoint:
 
 @dataclass(frozen=True)
 class Split:
-    """Edge logits and which of the edge and cloud answers are right, for one data split."""
+    """Edge logits and which of the edge and cloud answers are right, for one data split;
+    `mirrored_logits` are the edge model's on the images flipped left-right, where the family's
+    models were trained with flips (None otherwise)."""
 
     edge_logits: np.ndarray
     labels: np.ndarray
     edge_correct: np.ndarray
     cloud_correct: np.ndarray
+    mirrored_logits: np.ndarray | None = None
 
     @classmethod
     def load(cls, path: Path) -> Split:
-        """An .npz with `edge_logits`, `cloud_logits` and `labels` (as `models build` writes)."""
+        """An .npz with `edge_logits`, `cloud_logits`, `labels` and optionally
+        `edge_logits_mirrored` (as `models build` writes)."""
         data = np.load(path)
         labels = data["labels"]
+        mirrored = data.get("edge_logits_mirrored")
         return cls(
             edge_logits=data["edge_logits"].astype(np.float64),
             labels=labels,
             edge_correct=data["edge_logits"].argmax(-1) == labels,
             cloud_correct=data["cloud_logits"].argmax(-1) == labels,
+            mirrored_logits=None if mirrored is None else mirrored.astype(np.float64),
         )
+
+    def confidence(self, policy: ScorePolicy) -> np.ndarray:
+        """`policy`'s score of every input."""
+        if not policy.mirror:
+            return policy.confidence(self.edge_logits)
+        if self.mirrored_logits is None:
+            raise ValueError(f"{policy.label} needs mirrored edge logits, which this split lacks")
+        return policy.confidence(np.stack([self.edge_logits, self.mirrored_logits], axis=1))
 
     def operating_point(self, policy: ScorePolicy) -> OperatingPoint:
         """Escalation rate and cascade accuracy of `policy` on this split."""
         return operating_point(
-            policy.confidence(self.edge_logits),
-            policy.threshold,
-            self.edge_correct,
-            self.cloud_correct,
+            self.confidence(policy), policy.threshold, self.edge_correct, self.cloud_correct
         )
+
+    def curve(self, policy: ScorePolicy) -> np.ndarray:
+        """Cascade accuracy of `policy`'s ranking when k = 0..N inputs escalate."""
+        return cascade_curve(self.confidence(policy), self.edge_correct, self.cloud_correct)[1]
 
 
 def operating_point(
@@ -195,8 +210,7 @@ class Calibration:
 def ranking_quality(split: Split, policy: ScorePolicy) -> float:
     """Mean cascade accuracy over every escalation rate from 0 to 100%: how well the policy's
     score orders inputs from worth escalating to not, whatever the threshold."""
-    confidence = policy.confidence(split.edge_logits)
-    return float(cascade_curve(confidence, split.edge_correct, split.cloud_correct)[1].mean())
+    return float(split.curve(policy).mean())
 
 
 def calibrate(
@@ -204,20 +218,27 @@ def calibrate(
     target: Target,
     kind: str | None = None,
     assurance: float = DEFAULT_ASSURANCE,
+    mirror: bool | None = None,
 ) -> Calibration:
     """Fit the temperature, then pick the threshold of policy `kind` for `target` (default: of
-    the policy with the best `ranking_quality` on this split)."""
+    the policy with the best `ranking_quality` on this split). `mirror` None tries the policies
+    with and without the mirrored view (with only where the split has mirrored logits)."""
     temperature = fit_temperature(split.edge_logits, split.labels)
-    candidates = [POLICIES[name](0.0, temperature) for name in ([kind] if kind else POLICIES)]
+    mirrors = [mirror] if mirror is not None else [False, True]
+    if split.mirrored_logits is None:
+        if mirror:
+            raise ValueError("this split has no mirrored edge logits to calibrate a mirror on")
+        mirrors = [False]
+    candidates = [
+        POLICIES[name](0.0, temperature, flag)
+        for name in ([kind] if kind else POLICIES)
+        for flag in mirrors
+    ]
     scorer = max(candidates, key=lambda policy: ranking_quality(split, policy))
     point = pick_threshold(
-        scorer.confidence(split.edge_logits),
-        split.edge_correct,
-        split.cloud_correct,
-        target,
-        assurance,
+        split.confidence(scorer), split.edge_correct, split.cloud_correct, target, assurance
     )
-    policy = type(scorer)(point.threshold, temperature)
+    policy = type(scorer)(point.threshold, temperature, scorer.mirror)
     return Calibration(
         policy=policy,
         point=point,
@@ -235,6 +256,7 @@ def calibrate_manifest(
     target: Target = Target(max_drop=0.003),
     kind: str | None = None,
     assurance: float = DEFAULT_ASSURANCE,
+    mirror: bool | None = None,
 ) -> Calibration | None:
     """Calibrate on the `calibration.npz` next to the manifest and store the policy (kind,
     threshold, temperature) in it; None (manifest untouched) without a calibration split."""
@@ -242,13 +264,14 @@ def calibrate_manifest(
     if not data_file.exists():
         return None
     split = Split.load(data_file)
-    result = calibrate(split, target, kind, assurance)
+    result = calibrate(split, target, kind, assurance, mirror)
     manifest = Manifest.load(manifest_file)
     manifest.policy.kind = result.policy.name
     manifest.policy.threshold = result.policy.threshold
     manifest.policy.temperature = result.policy.temperature
+    manifest.policy.mirror = result.policy.mirror
     manifest.notes["threshold"] = (
-        f"{result.policy.name} threshold {result.policy.threshold:.4f} at temperature "
+        f"{result.policy.label} threshold {result.policy.threshold:.4f} at temperature "
         f"{result.policy.temperature:.4f}, picked on the calibration split ({len(split.labels)} "
         f"images) for {target} at {assurance:.0%} assurance: "
         f"{result.point.escalation_rate:.1%} escalated, cascade {result.point.cascade_accuracy:.2%}"

@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 
 from cloud.manifest import Manifest
-from cloud.preprocessing import color_groups, prepare_batch
+from cloud.preprocessing import color_groups, prepare_batch, with_mirrors
 from router.breaker import CircuitBreaker
 from router.cloud_client import CloudClient, CloudError
 from router.latency import LatencyTracker
@@ -143,9 +143,9 @@ class Cascade:
         """`images` are decoded (uint8 [H, W] or [H, W, C] each, or one [N, H, W, C] array): one
         edge inference for them all, one cloud call for those the policy escalates."""
         logits = await self._edge_logits(images)
-        probabilities = softmax(logits)
-        edge_class_id = probabilities.argmax(axis=-1)
         confidence = self.policy.confidence(logits)
+        probabilities = softmax(logits[:, 0] if self.policy.mirror else logits)
+        edge_class_id = probabilities.argmax(axis=-1)
         edge_done = time.perf_counter()
         escalated = np.asarray(self.policy.escalate(confidence))
         reason, sent, cloud_ms = None, 0, 0.0
@@ -168,6 +168,15 @@ class Cascade:
         )
 
     async def _edge_logits(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Edge logits [N, K]; [N, 2, K] (as given, mirrored) for a mirroring policy, from one
+        inference of the 2N views."""
+        if not self.policy.mirror:
+            return await self._infer(images)
+        n = len(images)
+        logits = await self._infer(with_mirrors(images))
+        return np.stack([logits[:n], logits[n:]], axis=1)
+
+    async def _infer(self, images: Sequence[np.ndarray]) -> np.ndarray:
         spec = self.manifest.edge.preprocessing
         if not self._edge_folds:
             return np.asarray(await self._edge_infer(prepare_batch(images, spec)), np.float64)

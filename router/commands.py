@@ -57,6 +57,14 @@ def calibrate_command(
     assurance: Annotated[
         float, typer.Option(help="one-sided confidence that the target holds; 0.5 = point estimate")
     ] = 0.95,
+    mirror: Annotated[
+        bool | None,
+        typer.Option(
+            "--mirror/--no-mirror",
+            help="score the left-right mirror too (one more edge inference per image); "
+            "default: whichever ranks the calibration split better",
+        ),
+    ] = None,
 ) -> None:
     """Fit the temperature and pick the policy threshold on the calibration split; store both
     in the family's manifest."""
@@ -78,14 +86,14 @@ def calibrate_command(
             target = Target(max_escalation=max_escalation)
         else:
             target = Target.parse_accuracy(target_accuracy or "cloud-0.3pt")
-        result = calibrate_manifest(manifest_file, target, policy, assurance)
+        result = calibrate_manifest(manifest_file, target, policy, assurance, mirror)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     if result is None:
         raise typer.BadParameter(f"{family} has no calibration split (calibration.npz)")
     point = result.point
     rprint(
-        f"[bold]{family}[/]: {result.policy.name} threshold {result.policy.threshold:.4f}, "
+        f"[bold]{family}[/]: {result.policy.label} threshold {result.policy.threshold:.4f}, "
         f"temperature {result.policy.temperature:.4f} (ECE {result.ece_before:.4f} -> "
         f"{result.ece_after:.4f}); calibration split: {point.escalation_rate:.1%} escalated, "
         f"cascade {point.cascade_accuracy:.2%} vs edge {point.edge_accuracy:.2%} / cloud "
@@ -126,7 +134,7 @@ def evaluate_command(
     goal, point = result["goal"], result["operating_point"]["test"]
     versus = goal["calibrated_policy_vs_baselines"]
     rprint(
-        f"[bold]{family}[/] test split: {result['operating_point']['policy']['kind']} escalates "
+        f"[bold]{family}[/] test split: {result['operating_point']['label']} escalates "
         f"{point['escalation_rate']:.1%}, cascade {point['accuracy']:.2%} vs cloud-only "
         f"{result['accuracy']['cloud_only']:.2%} (drop {goal['accuracy_drop_pt']:.2f} pt): goal "
         f"{'met' if goal['met_at_operating_point'] else 'MISSED'}; at least as accurate as "

@@ -12,7 +12,13 @@ import numpy as np
 
 from cloud.manifest import Manifest
 from router.calibration import Split, cascade_curve
-from router.policy import POLICIES, EntropyPolicy, MaxProbabilityPolicy, policy_from_manifest
+from router.policy import (
+    POLICIES,
+    EntropyPolicy,
+    MaxProbabilityPolicy,
+    ScorePolicy,
+    policy_from_manifest,
+)
 from router.temperature import expected_calibration_error, fit_temperature
 
 # Sedna's hard-example filters score raw (uncalibrated) softmax outputs: ThresholdFilter
@@ -24,17 +30,60 @@ SEDNA_DEFAULT_THRESHOLD = 0.5
 GOAL_MAX_DROP = 0.003
 GOAL_MAX_ESCALATION = 0.30
 CURVE_STEP = 0.0025  # escalation-rate spacing of the curves stored in the report
+BOOTSTRAP_RESAMPLES = 1000  # paired bootstrap of the test split for the policy comparisons
 
 
-def _curves(split: Split, temperature: float) -> dict[str, np.ndarray]:
-    """Cascade accuracy at k = 0..N escalations, per policy and baseline."""
-    scorers = {name: cls(0.0, temperature) for name, cls in POLICIES.items()}
-    scorers |= {name: cls(0.0) for name, cls in BASELINES.items()}
+def _ours(split: Split, temperature: float) -> list[ScorePolicy]:
+    """Our policies at `temperature`, each also mirrored where the split has mirrored logits."""
+    mirrors = (False, True) if split.mirrored_logits is not None else (False,)
+    return [cls(0.0, temperature, mirror) for cls in POLICIES.values() for mirror in mirrors]
+
+
+def _scores(split: Split, temperature: float) -> dict[str, np.ndarray]:
+    """Every input's score, per policy (by label) and baseline."""
+    scores = {policy.label: split.confidence(policy) for policy in _ours(split, temperature)}
+    return scores | {name: split.confidence(cls(0.0)) for name, cls in BASELINES.items()}
+
+
+def _bootstrap_curves(
+    split: Split, scores: dict[str, np.ndarray], ks: np.ndarray, resamples: int, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Cascade accuracy at k escalations on `resamples` resamples (with replacement) of the
+    split, the same resamples for every score: {name: [resamples, len(ks)]}."""
+    n = len(split.labels)
+    rng = np.random.default_rng(seed)
+    counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(resamples)])
+    gain = split.cloud_correct.astype(np.int64) - split.edge_correct
+    base = counts @ split.edge_correct.astype(np.int64)
+    out = {}
+    for name, score in scores.items():
+        order = np.argsort(score, kind="stable")
+        taken, gained = counts[:, order].cumsum(1), (counts[:, order] * gain[order]).cumsum(1)
+        rows = np.empty((resamples, len(ks)))
+        for b in range(resamples):
+            # The k least confident of the resample: whole copies up to position j, then part.
+            j = np.searchsorted(taken[b], ks)
+            before = np.where(j > 0, taken[b][j - 1], 0)
+            partial = (ks - before) * gain[order][np.minimum(j, n - 1)]
+            rows[b] = base[b] + np.where(j > 0, gained[b][j - 1], 0) + partial
+        out[name] = rows / n
+    return out
+
+
+def _significance(ours: np.ndarray, baseline: np.ndarray, rates: np.ndarray, upto: float) -> dict:
+    """Where the paired bootstrap's 95% interval of (ours - baseline) excludes 0."""
+    low, high = np.percentile(ours - baseline, [2.5, 97.5], axis=0)
+    goal = rates <= upto
     return {
-        name: cascade_curve(
-            scorer.confidence(split.edge_logits), split.edge_correct, split.cloud_correct
-        )[1]
-        for name, scorer in scorers.items()
+        "interval_pt": {
+            "low": (low * 100).round(3).tolist(),
+            "high": (high * 100).round(3).tolist(),
+        },
+        "significantly_less_accurate_at_rates": rates[high < 0].round(4).tolist(),
+        "fraction_significantly_more_accurate": round(float((low > 0).mean()), 4),
+        "fraction_significantly_more_accurate_up_to_goal_escalation": round(
+            float((low[goal] > 0).mean()), 4
+        ),
     }
 
 
@@ -67,8 +116,13 @@ def evaluate_family(family_folder: Path) -> dict:
     temperature = fit_temperature(calibration.edge_logits, calibration.labels)
     n = len(test.labels)
     cloud = float(test.cloud_correct.mean())
-    curves = _curves(test, temperature)
+    scores = _scores(test, temperature)
+    curves = {
+        name: cascade_curve(score, test.edge_correct, test.cloud_correct)[1]
+        for name, score in scores.items()
+    }
     grid = np.unique(np.round(np.arange(0, 1 + CURVE_STEP / 2, CURVE_STEP) * n).astype(int))
+    resampled = _bootstrap_curves(test, scores, grid, BOOTSTRAP_RESAMPLES)
     upto = int(np.floor(GOAL_MAX_ESCALATION * n))
     chosen = policy_from_manifest(manifest.policy)
     test_point = _point(test, chosen)
@@ -110,6 +164,7 @@ def evaluate_family(family_folder: Path) -> dict:
         },
         "operating_point": {
             "policy": manifest.policy.model_dump(),
+            "label": chosen.label,
             "how": manifest.notes.get("threshold", ""),
             "calibration": _point(calibration, chosen),
             "test": test_point,
@@ -123,11 +178,22 @@ def evaluate_family(family_folder: Path) -> dict:
             ),
             "accuracy_drop_pt": round((cloud - test_point["accuracy"]) * 100, 3),
             "calibrated_policy_vs_baselines": {
-                name: _versus(curves[chosen.name], curves[name], upto) for name in BASELINES
+                name: _versus(curves[chosen.label], curves[name], upto) for name in BASELINES
             },
             "every_policy_vs_baselines": {
                 ours: {name: _versus(curves[ours], curves[name], upto) for name in BASELINES}
-                for ours in POLICIES
+                for ours in curves
+                if ours not in BASELINES
+            },
+            "calibrated_policy_vs_baselines_bootstrap": {
+                "resamples": BOOTSTRAP_RESAMPLES,
+                "rates": "every curve rate (CURVE_STEP apart)",
+            }
+            | {
+                name: _significance(
+                    resampled[chosen.label], resampled[name], grid / n, GOAL_MAX_ESCALATION
+                )
+                for name in BASELINES
             },
         },
     }
@@ -144,7 +210,7 @@ def plot_report(report: dict, png: Path) -> None:
     goal = report["goal"]
     point = report["operating_point"]
     curves = report["curves"]
-    ours = curves[point["policy"]["kind"]]
+    ours = curves[point["label"]]
     fig, axes = plt.subplots(1, 3, figsize=(18, 5))
     for ax, xmax in zip(axes[:2], (1.0, 0.4)):
         # Baselines first (dashed, wide) so that our policies stay visible on top of them.
@@ -160,7 +226,7 @@ def plot_report(report: dict, png: Path) -> None:
             point["test"]["accuracy"],
             "k*",
             ms=12,
-            label=f"calibrated {point['policy']['kind']} (test)",
+            label=f"calibrated {point['label']} (test)",
         )
         for name, sedna in report["sedna_defaults"].items():
             ax.plot(
@@ -177,15 +243,18 @@ def plot_report(report: dict, png: Path) -> None:
     edge = report["accuracy"]["edge_only"]
     axes[1].set_ylim(edge - 0.002, cloud + 0.003)
     rates = np.asarray(ours["escalation_rate"])
+    bootstrap = goal["calibrated_policy_vs_baselines_bootstrap"]
     for name in BASELINES:
         gap = (np.asarray(ours["accuracy"]) - np.asarray(curves[name]["accuracy"])) * 100
-        axes[2].plot(rates, gap, lw=1.2, label=f"{point['policy']['kind']} - {name}")
+        (line,) = axes[2].plot(rates, gap, lw=1.2, label=f"{point['label']} - {name}")
+        band = bootstrap[name]["interval_pt"]
+        axes[2].fill_between(rates, band["low"], band["high"], color=line.get_color(), alpha=0.15)
     axes[2].axhline(0, color="k", lw=0.8)
     axes[2].axvline(goal["escalation_at_most"], color="grey", ls=":", lw=0.8)
     axes[2].set_xlim(0, 0.4)
     axes[2].set_xlabel("escalation rate (test split)")
     axes[2].set_ylabel("accuracy difference (points)")
-    axes[2].set_title("calibrated policy minus baselines", fontsize=10)
+    axes[2].set_title("calibrated policy minus baselines (band: paired bootstrap 95%)", fontsize=10)
     axes[2].grid(alpha=0.3)
     axes[2].legend(fontsize=8)
     axes[0].legend(fontsize=8, loc="lower right")

@@ -1,7 +1,13 @@
 """Escalation policies: a confidence score from temperature-scaled edge logits, against a threshold.
 
-Every score lies in [0, 1], higher meaning more confident; the edge answers when the score is at
-least the threshold and escalates below it."""
+A score says how much the edge model backs its answer (the top-1 class of the image as given);
+the edge answers when the score is at least the threshold and escalates below it. Scores lie in
+[0, 1], higher meaning more confident (a mirrored margin may go below 0: the views disagree).
+
+With `mirror`, the edge model also sees the image flipped left-right (one more inference per
+image, for models trained with flips) and the score is computed on the probabilities of both
+views averaged: an answer the mirrored view does not back scores lower. The answer itself stays
+the one of the image as given."""
 
 from __future__ import annotations
 
@@ -23,19 +29,25 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ScorePolicy:
-    """Escalate when `score(softmax(logits / temperature))` is below `threshold`."""
+    """Escalate when `score(...)` of softmax(logits / temperature) is below `threshold`."""
 
     threshold: float
     temperature: float = 1.0
+    mirror: bool = False
     name: ClassVar[str]
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
 
+    @property
+    def label(self) -> str:
+        """The policy's name, with `+mirror` when it scores both views."""
+        return self.name + ("+mirror" if self.mirror else "")
+
     @staticmethod
-    def score(probabilities: np.ndarray) -> np.ndarray:
-        """Confidence in [0, 1] per row of [..., K] probabilities."""
+    def score(probabilities: np.ndarray, answer: np.ndarray) -> np.ndarray:
+        """Confidence per row of [..., K] probabilities in the `answer` class ids [...]."""
         raise NotImplementedError
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
@@ -43,32 +55,47 @@ class ScorePolicy:
         return softmax(np.asarray(logits, np.float64) / self.temperature)
 
     def confidence(self, logits: np.ndarray) -> np.ndarray:
-        """The policy's score of [..., K] edge logits, after temperature scaling."""
-        return self.score(self.probabilities(logits))
+        """The policy's score of edge logits: [..., K], or [..., 2, K] (the image as given,
+        then mirrored) when the policy mirrors."""
+        probabilities = self.probabilities(logits)
+        if self.mirror:
+            if probabilities.ndim < 2 or probabilities.shape[-2] != 2:
+                raise ValueError(f"a mirrored policy takes [..., 2, K] logits, not {logits.shape}")
+            answer = probabilities[..., 0, :].argmax(axis=-1)
+            probabilities = probabilities.mean(axis=-2)
+        else:
+            answer = probabilities.argmax(axis=-1)
+        return self.score(probabilities, answer)
 
     def escalate(self, confidence: float | np.ndarray) -> bool | np.ndarray:
         return confidence < self.threshold
 
 
+def _answer_probability(probabilities: np.ndarray, answer: np.ndarray) -> np.ndarray:
+    return np.take_along_axis(probabilities, np.asarray(answer)[..., None], axis=-1)[..., 0]
+
+
 class MaxProbabilityPolicy(ScorePolicy):
-    """Top-1 probability."""
+    """Probability of the answer (the top-1 probability, unless views disagree)."""
 
     name: ClassVar[str] = "max_prob"
 
     @staticmethod
-    def score(probabilities: np.ndarray) -> np.ndarray:
-        return probabilities.max(axis=-1)
+    def score(probabilities: np.ndarray, answer: np.ndarray) -> np.ndarray:
+        return _answer_probability(probabilities, answer)
 
 
 class MarginPolicy(ScorePolicy):
-    """Top-1 minus top-2 probability."""
+    """Probability of the answer minus the highest other (top-1 minus top-2)."""
 
     name: ClassVar[str] = "margin"
 
     @staticmethod
-    def score(probabilities: np.ndarray) -> np.ndarray:
-        top2 = np.partition(probabilities, -2, axis=-1)[..., -2:]
-        return top2[..., 1] - top2[..., 0]
+    def score(probabilities: np.ndarray, answer: np.ndarray) -> np.ndarray:
+        mine = _answer_probability(probabilities, answer)
+        others = probabilities.copy()
+        np.put_along_axis(others, np.asarray(answer)[..., None], -np.inf, axis=-1)
+        return mine - others.max(axis=-1)
 
 
 class EntropyPolicy(ScorePolicy):
@@ -78,7 +105,7 @@ class EntropyPolicy(ScorePolicy):
     name: ClassVar[str] = "entropy"
 
     @staticmethod
-    def score(probabilities: np.ndarray) -> np.ndarray:
+    def score(probabilities: np.ndarray, answer: np.ndarray) -> np.ndarray:
         return 1.0 - entr(probabilities).sum(axis=-1) / np.log(probabilities.shape[-1])
 
 
@@ -90,5 +117,5 @@ POLICIES: dict[str, type[ScorePolicy]] = {
 def policy_from_manifest(policy: RoutingPolicy, threshold: float | None = None) -> ScorePolicy:
     """The policy a manifest names, optionally with its threshold overridden."""
     return POLICIES[policy.kind](
-        policy.threshold if threshold is None else threshold, policy.temperature
+        policy.threshold if threshold is None else threshold, policy.temperature, policy.mirror
     )

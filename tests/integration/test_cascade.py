@@ -145,3 +145,16 @@ def test_with_triton_stopped_answers_come_back_degraded(fashion_repository, fram
         assert r.tier == pb.EDGE and r.degraded and r.degraded_reason == "cloud-unavailable"
         assert r.top_k[0].class_id == r.edge_class_id
     assert len(streamed) == 20
+
+
+def test_the_agent_scores_like_the_offline_calibration(stub, frames, fashion_manifest):
+    """The agent's confidence (both views when the policy mirrors) is the score the threshold
+    was calibrated on: the build's logits of the same test images, scored offline."""
+    from cloud.paths import family_dir
+    from router.calibration import Split
+    from router.policy import policy_from_manifest
+
+    policy = policy_from_manifest(fashion_manifest.policy)
+    offline = Split.load(family_dir("fashion") / "test_predictions.npz").confidence(policy)
+    online = [classify(stub, f).edge_confidence for f in frames[:100]]
+    np.testing.assert_allclose(online, offline[:100], atol=1e-4)

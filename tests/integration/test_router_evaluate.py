@@ -48,21 +48,26 @@ def test_calibrate_then_evaluate(artifacts_copy: Path):
     assert result.exit_code != 0 and "out of reach" in result.output
     assert manifest_file.read_bytes() == stored
 
+    result = invoke("calibrate", "--family", "fashion", "--no-mirror")
+    assert result.exit_code == 0, result.output
+    plain = Manifest.load(manifest_file).policy
+    assert not plain.mirror
+
     result = invoke("calibrate", "--family", "fashion")  # default: cloud-0.3pt, best policy
     assert result.exit_code == 0, result.output
     policy = Manifest.load(manifest_file).policy
+    # The model was trained with flips: scoring the mirror too ranks the calibration split
+    # better, so the default picks it.
+    assert policy.mirror and policy.kind in {"max_prob", "margin", "entropy"}
 
     report = artifacts_copy / "out" / "router.json"
     result = invoke("evaluate", "--family", "fashion", "--report", str(report))
     assert result.exit_code == 0, result.output
     data = json.loads(report.read_text())
-    assert set(data["curves"]) == {
-        "max_prob",
-        "margin",
-        "entropy",
-        "sedna_threshold",
-        "sedna_cross_entropy",
+    ours = {
+        f"{kind}{view}" for kind in ("max_prob", "margin", "entropy") for view in ("", "+mirror")
     }
+    assert set(data["curves"]) == ours | {"sedna_threshold", "sedna_cross_entropy"}
     for curve in data["curves"].values():
         rates = curve["escalation_rate"]
         assert len(rates) == len(curve["accuracy"]) > 100
@@ -72,9 +77,15 @@ def test_calibrate_then_evaluate(artifacts_copy: Path):
     ece = data["ece_15_bins"]["calibration"]
     assert ece["after"] < ece["before"]
     point = data["operating_point"]
-    assert point["policy"] == policy.model_dump()
+    assert point["policy"] == policy.model_dump() and point["label"] == f"{policy.kind}+mirror"
     assert 0 < point["test"]["escalation_rate"] < 1
     assert set(data["goal"]["calibrated_policy_vs_baselines"]) == set(data["sedna_defaults"])
     assert isinstance(data["goal"]["met_at_operating_point"], bool)
+    bootstrap = data["goal"]["calibrated_policy_vs_baselines_bootstrap"]
+    for name in data["sedna_defaults"]:
+        band = bootstrap[name]["interval_pt"]
+        assert len(band["low"]) == len(band["high"]) == len(data["curves"][name]["accuracy"])
+        assert all(lo <= hi for lo, hi in zip(band["low"], band["high"]))
+        assert 0 <= bootstrap[name]["fraction_significantly_more_accurate"] <= 1
     png = report.with_suffix(".png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000

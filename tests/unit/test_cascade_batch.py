@@ -82,3 +82,25 @@ def test_a_batch_array_at_the_edge_size_goes_to_the_edge_model_as_it_is():
     answers = classify_batch(build(cloud, edge_calls), batch)
     assert np.shares_memory(edge_calls[0], batch) and cloud.shapes == []  # both confident
     assert answers.tiers == ["edge", "edge"] and answers.cloud_ms == 0.0
+
+
+def test_a_mirroring_policy_infers_both_views_at_once_and_answers_for_the_image_as_given():
+    """Images whose left half holds i and right half 255 - i, so the fake model tells the views
+    apart: a mirrored image 2 reads 253 and the model then backs class 0 (unsure)."""
+
+    async def edge(batch):
+        calls.append(batch)
+        value = batch[:, 0, 0, 0].astype(int)
+        return np.where((value < 4)[:, None], EDGE_LOGITS[value % 4], UNSURE)
+
+    calls: list[np.ndarray] = []
+    halves = [np.concatenate([np.full((32, 16), i), np.full((32, 16), 255 - i)], 1) for i in (0, 2)]
+    policy = MaxProbabilityPolicy(0.7, mirror=True)
+    cascade = Cascade(manifest(), edge, policy, FakeCloud(), cloud_timeout_s=1.0)
+    answers = classify_batch(cascade, [h.astype(np.uint8) for h in halves])
+    assert [b.shape for b in calls] == [(4, 8, 8, 1)]  # 2 images + their mirrors, one inference
+    assert calls[0][:, 0, 0, 0].tolist() == [0, 2, 255, 253]
+    # Both answered CONFIDENT (0.9 on class 1) as given; their mirrors are UNSURE (0.35 on 1).
+    assert [answers[i].edge_class_id for i in range(2)] == [1, 1]
+    assert answers.edge_confidence == pytest.approx([(0.9 + 0.35) / 2] * 2)
+    assert answers.tiers == ["cloud", "cloud"]  # unmirrored, 0.9 would stay at the edge

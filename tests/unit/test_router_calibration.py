@@ -134,4 +134,37 @@ def test_calibrate_fits_temperature_and_uses_the_named_policy():
     assert split.operating_point(result.policy) == result.point
     assert result.ece_after < result.ece_before
     best = calibrate(split, Target(max_escalation=0.3))
-    assert best.policy.name in {"max_prob", "margin", "entropy"}
+    assert best.policy.name in {"max_prob", "margin", "entropy"} and not best.policy.mirror
+    with pytest.raises(ValueError, match="no mirrored"):
+        calibrate(split, Target(max_escalation=0.3), mirror=True)
+
+
+def test_mirrored_scores_average_both_views_for_the_answer_of_the_image_as_given():
+    # Row 0: both views back class 0. Row 1: the mirror backs class 1 instead.
+    given = np.log(np.array([[0.8, 0.1, 0.1], [0.7, 0.2, 0.1]]))
+    mirror = np.log(np.array([[0.6, 0.3, 0.1], [0.1, 0.8, 0.1]]))
+    both = np.stack([given, mirror], axis=1)
+    assert MaxProbabilityPolicy(0.5, mirror=True).confidence(both) == pytest.approx([0.7, 0.4])
+    margin = MarginPolicy(0.5, mirror=True).confidence(both)
+    assert margin == pytest.approx([0.7 - 0.2, 0.4 - 0.5])  # negative: the views disagree
+    assert MaxProbabilityPolicy(0.5).confidence(given) == pytest.approx([0.8, 0.7])
+    with pytest.raises(ValueError, match=r"\[\.\.\., 2, K\]"):
+        MaxProbabilityPolicy(0.5, mirror=True).confidence(np.vstack([given, given[:1]]))
+    policy = policy_from_manifest(RoutingPolicy(threshold=0.6, mirror=True))
+    assert policy.mirror and policy.label == "max_prob+mirror"
+
+
+def test_calibrate_takes_the_mirror_when_it_ranks_better():
+    """A split whose mirrored view says which edge answers are wrong: the mirrored policy
+    ranks the inputs better and wins; without it the plain policy stays."""
+    logits, labels = sampled(1.0, n=4000, seed=3)
+    edge_correct = logits.argmax(-1) == labels
+    mirrored = logits.copy()
+    rows = np.flatnonzero(~edge_correct)
+    mirrored[rows, logits[rows].argmax(-1)] -= 6.0  # the mirror does not back wrong answers
+    split = Split(logits, labels, edge_correct, np.ones(len(labels), bool), mirrored)
+    result = calibrate(split, Target(max_escalation=0.2), kind="max_prob")
+    assert result.policy.mirror and result.policy.label == "max_prob+mirror"
+    plain = calibrate(split, Target(max_escalation=0.2), kind="max_prob", mirror=False)
+    assert not plain.policy.mirror
+    assert result.point.cascade_accuracy > plain.point.cascade_accuracy
