@@ -8,12 +8,12 @@ FAMILY ?= fashion
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export EDGECASCADE_ARTIFACTS := $(abspath $(ARTIFACTS))
 
-.PHONY: demo test bootstrap data models proto lint clean
+.PHONY: demo test bootstrap data haproxy models proto lint clean
 
 demo: bootstrap data $(ARTIFACTS)/$(FAMILY)/manifest.json
 	$(BIN)/edgecascade demo --family $(FAMILY)
 
-test: bootstrap data $(ARTIFACTS)/fashion/manifest.json
+test: bootstrap data haproxy $(ARTIFACTS)/fashion/manifest.json
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
@@ -32,6 +32,10 @@ data: $(FASHION_DIR)/t10k-images-idx3-ubyte.gz
 $(FASHION_DIR)/t10k-images-idx3-ubyte.gz:
 	$(SUDO) apt-get update -qq
 	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
+
+# The router gateway's data plane (`edgecascade router serve`).
+haproxy:
+	@command -v haproxy >/dev/null || test -x /usr/sbin/haproxy || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq haproxy; }
 
 $(ARTIFACTS)/%/manifest.json: cloud/families/weights/fashion_edge.onnx cloud/families/weights/fashion_cloud.onnx | bootstrap data
 	$(BIN)/edgecascade models build --family $*

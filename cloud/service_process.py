@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import ctypes
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)  # loaded here: no dlopen in the forked child
+
+
+def die_with_parent() -> None:
+    """`preexec_fn` for a child: it gets SIGKILL when the thread that started it exits."""
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class ServiceProcess:

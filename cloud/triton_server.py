@@ -10,7 +10,6 @@ base interpreter's packages (a numpy 2 there silently returns empty outputs).
 from __future__ import annotations
 
 import atexit
-import ctypes
 import os
 import shutil
 import signal
@@ -27,11 +26,10 @@ from typing import Literal, Self
 import tritonclient.grpc as grpcclient
 
 from cloud.ports import free_port
+from cloud.service_process import die_with_parent
 from cloud.triton_control import ModelControl
 
 HOST = "127.0.0.1"
-_PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True)  # loaded here: no dlopen in the forked child
 
 
 def wheel_root() -> Path:
@@ -147,7 +145,7 @@ class TritonServer:
                 env=_server_env(),
                 cwd=self._runtime,
                 start_new_session=True,  # own process group: Ctrl-C reaches us, we stop it
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only a prctl call
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - only a prctl call
             )
         atexit.register(self.stop)
         try:
@@ -249,8 +247,3 @@ def _server_env() -> dict[str, str]:
     # this interpreter's bin first makes it a venv interpreter (venv numpy<2, openvino).
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     return env
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGKILL when the thread that started it exits."""
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)

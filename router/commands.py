@@ -24,12 +24,15 @@ def serve_command(
     upstream: Annotated[list[str], typer.Option(help="Triton host:port (repeat for a cluster)")],
     host: str = "127.0.0.1",
     port: int = 8001,
-    probe_interval: Annotated[float, typer.Option(help="seconds between health probes")] = 0.5,
+    probe_interval: Annotated[
+        float, typer.Option(help="seconds between health checks of each endpoint")
+    ] = 0.5,
     registry: Annotated[
         Path | None, typer.Option(help="also serve ModelSync for this model registry folder")
     ] = None,
 ) -> None:
-    """Serve KServe v2 gRPC in front of Triton endpoints (load balancing, failover)."""
+    """Serve KServe v2 gRPC in front of Triton endpoints through HAProxy (per-request load
+    balancing, readiness checks, failover)."""
     from router.gateway import serve
 
     run_until_signalled(lambda stop: serve(upstream, host, port, probe_interval, stop, registry))

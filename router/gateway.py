@@ -1,179 +1,72 @@
 """The router gateway: KServe v2 gRPC in front of one or more Triton endpoints.
 
-Edges call it exactly as they would call Triton. Requests are forwarded as raw bytes (never
-parsed) to the healthy endpoint with the fewest requests outstanding; a call that fails with
-UNAVAILABLE is retried on another endpoint within the caller's deadline. A background probe
-(ServerReady) keeps each endpoint's health current.
+Edges call it exactly as they would call Triton. HAProxy carries the requests (`router.haproxy`:
+per-request balancing over HTTP/2, retry on another endpoint when one is gone); this process runs
+it, answers its health agent with each endpoint's Triton readiness, and serves ModelSync when it
+has a registry.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
-from tritonclient.grpc import service_pb2
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from cloud.model_sync import add_model_sync
+from cloud.ports import free_port
 from cloud.registry import Registry
 from router.cloud_client import CHANNEL_OPTIONS, MESSAGE_OPTIONS
+from router.haproxy import GatewayConfig, HAProxy
 
 log = logging.getLogger(__name__)
 
-SERVICE = "inference.GRPCInferenceService"
-# Metadata that belongs to one hop and must not be forwarded.
-HOP_METADATA = ("user-agent", "te", "content-type", "grpc-", ":")
+AGENT_TIMEOUT_S = 0.8  # within HAProxy's check timeout (CHECK_TIMEOUT_S)
 
 
-@dataclass(eq=False)
-class Endpoint:
-    """One Triton server: its channel, health and the requests in flight on it."""
+class HealthAgent:
+    """HAProxy's agent check: HAProxy sends an endpoint's server name, the agent asks that
+    Triton ServerReady and answers `up` or `down` (connect failures are HAProxy's own check)."""
 
-    url: str
-    channel: grpc.aio.Channel
-    healthy: bool = False
-    outstanding: int = 0
-    unary: dict[str, grpc.aio.UnaryUnaryMultiCallable] = field(default_factory=dict)
+    def __init__(self, upstreams: Sequence[str], timeout_s: float):
+        self.timeout_s = timeout_s
+        self._channels = {
+            GatewayConfig.server_name(i): grpc.aio.insecure_channel(url, options=CHANNEL_OPTIONS)
+            for i, url in enumerate(upstreams)
+        }
+        self._ready: dict[str, bool] = {}
+        self._urls = dict(zip(self._channels, upstreams))
 
-    @classmethod
-    def open(cls, url: str) -> Endpoint:
-        endpoint = cls(url, grpc.aio.insecure_channel(url, options=CHANNEL_OPTIONS))
-        for method in service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
-            if not method.client_streaming:
-                endpoint.unary[method.name] = endpoint.channel.unary_unary(
-                    f"/{SERVICE}/{method.name}"
-                )
-        return endpoint
-
-
-class Gateway:
-    """Load balancing and failover over `urls`; serve it with `handler()` on a grpc.aio server."""
-
-    def __init__(self, urls: Sequence[str], probe_interval_s: float = 0.5):
-        if not urls:
-            raise ValueError("the gateway needs at least one Triton endpoint (host:port)")
-        self.endpoints = [Endpoint.open(url) for url in urls]
-        self.probe_interval_s = probe_interval_s
-        self._turn = 0
-        self._prober: asyncio.Task | None = None
-
-    async def start(self) -> None:
-        """Probe every endpoint once, then keep probing in the background."""
-        await self.probe()
-        self._prober = asyncio.create_task(self._probe_forever())
-
-    async def close(self) -> None:
-        if self._prober:
-            self._prober.cancel()
-        await asyncio.gather(*(e.channel.close() for e in self.endpoints))
-
-    async def probe(self) -> None:
-        await asyncio.gather(*(self._probe(e) for e in self.endpoints))
-
-    async def _probe(self, endpoint: Endpoint) -> None:
+    async def ready(self, name: str) -> bool:
+        """Whether the endpoint HAProxy calls `name` is ready; logs every change."""
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channels[name])
         try:
-            raw = await endpoint.unary["ServerReady"](b"", timeout=self.probe_interval_s)
-            ready = service_pb2.ServerReadyResponse.FromString(raw).ready
+            reply = await stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=self.timeout_s)
+            ready = reply.ready
         except grpc.aio.AioRpcError:
             ready = False
-        self._set_health(endpoint, ready)
+        if self._ready.get(name) != ready:
+            log.warning("Triton %s is %s", self._urls[name], "ready" if ready else "NOT ready")
+            self._ready[name] = ready
+        return ready
 
-    @staticmethod
-    def _set_health(endpoint: Endpoint, ready: bool) -> None:
-        if ready != endpoint.healthy:
-            log.warning("Triton %s is %s", endpoint.url, "ready" if ready else "NOT ready")
-        endpoint.healthy = ready
-
-    async def _probe_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.probe_interval_s)
-            await self.probe()
-
-    def pick(self, exclude: set[Endpoint] = frozenset()) -> Endpoint | None:
-        """The healthy endpoint with the fewest requests outstanding (ties take turns);
-        when none is known healthy, any endpoint not yet tried (health may be stale)."""
-        candidates = [e for e in self.endpoints if e not in exclude]
-        pool = [e for e in candidates if e.healthy] or candidates
-        if not pool:
-            return None
-        self._turn += 1
-        start = self._turn % len(pool)
-        return min(pool[start:] + pool[:start], key=lambda e: e.outstanding)
-
-    async def forward(
-        self, method: str, request: bytes, context: grpc.aio.ServicerContext
-    ) -> bytes:
-        """Send `request` to an endpoint, failing over on UNAVAILABLE within the deadline."""
-        loop = asyncio.get_running_loop()
-        remaining = context.time_remaining()
-        end = None if remaining is None else loop.time() + remaining
-        metadata = [
-            (k, v) for k, v in context.invocation_metadata() or () if not k.startswith(HOP_METADATA)
-        ]
-        tried: set[Endpoint] = set()
-        errors: list[str] = []
-        while (endpoint := self.pick(tried)) is not None:
-            tried.add(endpoint)
-            timeout = None if end is None else end - loop.time()
-            if timeout is not None and timeout <= 0:
-                await context.abort(
-                    grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed in the gateway"
-                )
-            endpoint.outstanding += 1
-            try:
-                return await endpoint.unary[method](request, timeout=timeout, metadata=metadata)
-            except grpc.aio.AioRpcError as e:
-                if e.code() != grpc.StatusCode.UNAVAILABLE:
-                    await context.abort(e.code(), e.details() or "")
-                self._set_health(endpoint, False)  # until the next probe says otherwise
-                log.info("%s failed over from %s: %s", method, endpoint.url, e.details())
-                errors.append(f"{endpoint.url}: {e.details()}")
-            finally:
-                endpoint.outstanding -= 1
-        await context.abort(
-            grpc.StatusCode.UNAVAILABLE,
-            "no Triton endpoint could serve the request: " + "; ".join(errors),
-        )
-
-    async def server_live(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        return service_pb2.ServerLiveResponse(live=True).SerializeToString()
-
-    async def server_ready(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        ready = any(e.healthy for e in self.endpoints)
-        return service_pb2.ServerReadyResponse(ready=ready).SerializeToString()
-
-    async def stream_infer(
-        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[bytes]:
-        """ModelStreamInfer: one stream, one endpoint (a broken stream is the caller's to retry)."""
-        endpoint = self.pick()
-        call = endpoint.channel.stream_stream(f"/{SERVICE}/ModelStreamInfer")(
-            requests, timeout=context.time_remaining()
-        )
-        endpoint.outstanding += 1
+    async def answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            async for response in call:
-                yield response
+            name = (await reader.readline()).decode(errors="replace").strip()
+            if name in self._channels:
+                writer.write(b"up\n" if await self.ready(name) else b"down\n")
+                await writer.drain()
+        except ConnectionError:
+            log.debug("HAProxy left before the agent answered")  # its check timed out
         finally:
-            endpoint.outstanding -= 1
+            writer.close()
 
-    def handler(self) -> grpc.GenericRpcHandler:
-        """Every KServe v2 method, with raw bytes in and out."""
-        local = {"ServerLive": self.server_live, "ServerReady": self.server_ready}
-        handlers = {"ModelStreamInfer": grpc.stream_stream_rpc_method_handler(self.stream_infer)}
-        for method in self.endpoints[0].unary:
-            behaviour = local.get(method) or self._forwarder(method)
-            handlers[method] = grpc.unary_unary_rpc_method_handler(behaviour)
-        return grpc.method_handlers_generic_handler(SERVICE, handlers)
-
-    def _forwarder(self, method: str):
-        async def forward(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            return await self.forward(method, request, context)
-
-        return forward
+    async def close(self) -> None:
+        await asyncio.gather(*(channel.close() for channel in self._channels.values()))
 
 
 async def serve(
@@ -183,25 +76,43 @@ async def serve(
     probe_interval_s: float = 0.5,
     stop: asyncio.Event | None = None,
     registry: Path | None = None,
+    grace_s: float = 5.0,
 ) -> None:
-    """Run the gateway until `stop` is set (or forever); in-flight calls get a grace period.
-    With `registry`, edges can also sync their models here (the ModelSync service)."""
-    gateway = Gateway(urls, probe_interval_s)
-    await gateway.start()
-    server = grpc.aio.server(options=MESSAGE_OPTIONS)
-    server.add_generic_rpc_handlers((gateway.handler(),))
+    """Run the gateway until `stop` is set (or forever, or until HAProxy exits); in-flight
+    calls get `grace_s`. With `registry`, edges can also sync their models here (ModelSync)."""
+    agent = HealthAgent(urls, timeout_s=AGENT_TIMEOUT_S)
+    agent_server = await asyncio.start_server(agent.answer, "127.0.0.1", 0)
+    sync_server = None
+    sync_url = None
     if registry is not None:
-        add_model_sync(server, Registry(registry))
-    bound = server.add_insecure_port(f"{host}:{port}")
-    await server.start()
-    log.info(
-        "router gateway on %s:%d -> %s",
-        host,
-        bound,
-        ", ".join(f"{e.url} ({'ready' if e.healthy else 'not ready'})" for e in gateway.endpoints),
+        sync_server = grpc.aio.server(options=MESSAGE_OPTIONS)
+        add_model_sync(sync_server, Registry(registry))
+        sync_url = f"127.0.0.1:{sync_server.add_insecure_port('127.0.0.1:0')}"
+        await sync_server.start()
+    config = GatewayConfig(
+        upstreams=urls,
+        listen=f"{host}:{port or free_port(host)}",
+        agent_port=agent_server.sockets[0].getsockname()[1],
+        check_interval_s=probe_interval_s,
+        model_sync=sync_url,
+        grace_s=grace_s,
     )
-    try:
-        await (stop or asyncio.Event()).wait()
-    finally:
-        await server.stop(grace=5.0)
-        await gateway.close()
+    with tempfile.TemporaryDirectory(prefix="edgecascade-gateway-") as tmp:
+        config_path = Path(tmp) / "haproxy.cfg"
+        config_path.write_text(config.render())
+        haproxy = HAProxy(config_path)
+        try:
+            await haproxy.start()
+            log.info("router gateway on %s -> %s", config.listen, ", ".join(urls))
+            stopped = asyncio.ensure_future((stop or asyncio.Event()).wait())
+            exited = asyncio.ensure_future(haproxy.exited())
+            await asyncio.wait([stopped, exited], return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if exited.done():
+                raise RuntimeError(f"HAProxy exited with status {exited.result()} (see above)")
+        finally:
+            await haproxy.stop(grace_s)
+            agent_server.close()
+            if sync_server is not None:
+                await sync_server.stop(grace=grace_s)
+            await agent.close()

@@ -120,6 +120,19 @@ def test_an_edge_gets_the_same_answers_through_the_gateway_as_straight_from_trit
             g.stop_stream()
             assert error is None and result.get_response().id == "s1"
             assert result.as_numpy(OUTPUT_NAME).shape == (1, len(fashion_manifest.labels))
+            # A request larger than HAProxy's buffer (64 images of 784 B, plus 100 kB of
+            # request parameters) is streamed through.
+            batch = grpcclient.InferInput(INPUT_NAME, [64, 28, 28, 1], "UINT8")
+            pixels = np.stack([np.full((28, 28, 1), i * 4, np.uint8) for i in range(64)])
+            batch.set_data_from_numpy(pixels)
+            padding = {"padding": "x" * 100_000}
+            big = [
+                client.infer(name, [batch], model_version=version, parameters=padding)
+                for client in (g, t)
+            ]
+            big = [result.as_numpy(OUTPUT_NAME) for result in big]
+            assert big[0].shape == (64, len(fashion_manifest.labels))
+            np.testing.assert_allclose(big[0], big[1], rtol=1e-5, atol=1e-5)
             with pytest.raises(grpcclient.InferenceServerException) as err:
                 g.get_model_metadata("no_such_model")
             assert err.value.status() == "StatusCode.NOT_FOUND"  # Triton's own error, passed on

@@ -1,0 +1,70 @@
+"""The gateway (its real HAProxy) sends no request to an endpoint that is up but not ready, and
+takes it back when it is: two small KServe servers stand in for Triton, which cannot be made
+live-but-not-ready on demand."""
+
+import time
+from concurrent import futures
+
+import grpc
+import pytest
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from cloud.service_process import wait_until
+from router.gateway_process import GatewayProcess
+
+pytestmark = pytest.mark.integration
+
+
+class FakeTriton:
+    """ServerLive, ServerReady (switchable) and a ModelInfer that names the server."""
+
+    def __init__(self, name: str):
+        self.name, self.ready, self.served = name, True, 0
+        handlers = {
+            "ServerLive": self._unary(lambda: service_pb2.ServerLiveResponse(live=True)),
+            "ServerReady": self._unary(lambda: service_pb2.ServerReadyResponse(ready=self.ready)),
+            "ModelInfer": self._unary(self._infer),
+        }
+        self.server = grpc.server(futures.ThreadPoolExecutor(4))
+        self.server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("inference.GRPCInferenceService", handlers),)
+        )
+        self.url = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
+        self.server.start()
+
+    @staticmethod
+    def _unary(reply):
+        return grpc.unary_unary_rpc_method_handler(
+            lambda request, context: reply(), response_serializer=lambda m: m.SerializeToString()
+        )
+
+    def _infer(self) -> service_pb2.ModelInferResponse:
+        self.served += 1
+        return service_pb2.ModelInferResponse(model_name=self.name)
+
+
+def served_by(stub, n: int) -> set[str]:
+    return {
+        stub.ModelInfer(service_pb2.ModelInferRequest(model_name="m"), timeout=5).model_name
+        for _ in range(n)
+    }
+
+
+def test_an_endpoint_that_is_not_ready_gets_no_requests_until_it_is(tmp_path):
+    a, b = FakeTriton("a"), FakeTriton("b")
+    try:
+        with (
+            GatewayProcess([a.url, b.url], tmp_path / "gateway.log", probe_interval_s=0.1) as gw,
+            grpc.insecure_channel(gw.url) as channel,
+        ):
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            assert served_by(stub, 20) == {"a", "b"}
+            b.ready = False
+            time.sleep(0.5)  # a few agent checks
+            assert served_by(stub, 40) == {"a"}
+            b.ready = True
+            assert wait_until(lambda: served_by(stub, 10) == {"a", "b"}, timeout_s=5)
+        assert "NOT ready" in gw.log_path.read_text()  # the agent logs the change
+    finally:
+        a.server.stop(None)
+        b.server.stop(None)
