@@ -2,10 +2,12 @@
 
 Every request is balanced on its own (HTTP/2 end to end, least outstanding streams) over the
 Triton endpoints that pass both checks: HAProxy's own connect check, and the gateway's health
-agent, which answers for each endpoint whether Triton says it is ready. A unary call is buffered
-(up to `BUFFER_BYTES`) so that one whose endpoint refuses the connection or dies before answering
-is retried on another. ModelStreamInfer streams go through unbuffered, without retry;
-the ModelSync service, when served, goes to the gateway's own gRPC server.
+agent, which answers for each endpoint whether Triton says it is ready; while none is ready
+(Triton loading a model is not, under strict readiness), over those that accept connections.
+A unary call is buffered (up to `BUFFER_BYTES`) so that one whose endpoint refuses the
+connection or dies before answering is retried on another. ModelStreamInfer streams go through
+unbuffered, without retry; the ModelSync service, when served, goes to the gateway's own gRPC
+server.
 """
 
 from __future__ import annotations
@@ -55,12 +57,18 @@ class GatewayConfig:
         servers, tracked = [], []
         for i, url in enumerate(self.upstreams):
             name = self.server_name(i)
-            servers.append(
-                f"    server {name} {url} proto h2 check inter {interval} fall 1 rise 1 "
-                f"agent-check agent-addr 127.0.0.1 agent-port {self.agent_port} "
-                f'agent-inter {interval} agent-send "{name}\\n"'
-            )
-            tracked.append(f"    server {name} {url} proto h2 track triton/{name}")
+            check = f"check inter {interval} fall 1 rise 1"
+            servers += [
+                f"    server {name} {url} proto h2 {check} agent-check agent-addr 127.0.0.1 "
+                f'agent-port {self.agent_port} agent-inter {interval} agent-send "{name}\\n"',
+                # The same endpoint, used only while none is ready: a Triton loading a model
+                # is not ready (strict readiness) but serves the versions it has.
+                f"    server {name}-live {url} proto h2 {check} backup",
+            ]
+            tracked += [
+                f"    server {name} {url} proto h2 track triton/{name}",
+                f"    server {name}-live {url} proto h2 backup track triton/{name}-live",
+            ]
         routes = [f"    use_backend model_sync if {{ path_beg {MODEL_SYNC} }}"] * bool(
             self.model_sync
         )
@@ -85,6 +93,7 @@ class GatewayConfig:
             "backend triton",
             "    default-server init-addr last,libc,none resolvers system",
             "    balance leastconn",
+            "    option allbackups",
             "    http-reuse always",
             "    option http-buffer-request",
             f"    retries {len(self.upstreams)}",
@@ -94,6 +103,7 @@ class GatewayConfig:
             "backend triton_streams",
             "    default-server init-addr last,libc,none resolvers system",
             "    balance leastconn",
+            "    option allbackups",
             *tracked,
         ]
         if self.model_sync:

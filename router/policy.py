@@ -2,7 +2,7 @@
 
 A score says how much the edge model backs its answer (the top-1 class of the image as given);
 the edge answers when the score is at least the threshold and escalates below it. Scores lie in
-[0, 1], higher meaning more confident (a mirrored margin may go below 0: the views disagree).
+[0, 1], higher meaning more confident, so a threshold of 0 never escalates.
 
 With `mirror`, the edge model also sees the image flipped left-right (one more inference per
 image, for models trained with flips) and the score is computed on the probabilities of both
@@ -86,7 +86,8 @@ class MaxProbabilityPolicy(ScorePolicy):
 
 
 class MarginPolicy(ScorePolicy):
-    """Probability of the answer minus the highest other (top-1 minus top-2)."""
+    """Probability of the answer minus the highest other (top-1 minus top-2); 0 when another
+    class comes out ahead (the views disagree)."""
 
     name: ClassVar[str] = "margin"
 
@@ -95,7 +96,7 @@ class MarginPolicy(ScorePolicy):
         mine = _answer_probability(probabilities, answer)
         others = probabilities.copy()
         np.put_along_axis(others, np.asarray(answer)[..., None], -np.inf, axis=-1)
-        return mine - others.max(axis=-1)
+        return np.maximum(mine - others.max(axis=-1), 0.0)
 
 
 class EntropyPolicy(ScorePolicy):

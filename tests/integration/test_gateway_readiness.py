@@ -1,6 +1,6 @@
-"""The gateway (its real HAProxy) sends no request to an endpoint that is up but not ready, and
-takes it back when it is: two small KServe servers stand in for Triton, which cannot be made
-live-but-not-ready on demand."""
+"""The gateway (its real HAProxy) sends no request to an endpoint that is up but not ready while
+another is ready, and takes it back when it is: two small KServe servers stand in for Triton,
+which cannot be made live-but-not-ready on demand."""
 
 import time
 from concurrent import futures
@@ -62,8 +62,12 @@ def test_an_endpoint_that_is_not_ready_gets_no_requests_until_it_is(tmp_path):
             b.ready = False
             time.sleep(0.5)  # a few agent checks
             assert served_by(stub, 40) == {"a"}
+            a.ready = False  # none ready (both loading models, say): both live ones serve
+            assert wait_until(lambda: served_by(stub, 20) == {"a", "b"}, timeout_s=5)
+            a.ready = True
+            assert wait_until(lambda: served_by(stub, 20) == {"a"}, timeout_s=5)
             b.ready = True
-            assert wait_until(lambda: served_by(stub, 10) == {"a", "b"}, timeout_s=5)
+            assert wait_until(lambda: served_by(stub, 20) == {"a", "b"}, timeout_s=5)
         assert "NOT ready" in gw.log_path.read_text()  # the agent logs the change
     finally:
         a.server.stop(None)

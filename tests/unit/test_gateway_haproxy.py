@@ -31,7 +31,10 @@ def test_every_endpoint_is_checked_by_haproxy_and_by_the_agent(tmp_path):
             f"server {name} {url} proto h2 check inter 200ms fall 1 rise 1 agent-check "
             f'agent-addr 127.0.0.1 agent-port 9100 agent-inter 200ms agent-send "{name}\\n"'
         ) in text
+        assert f"server {name}-live {url} proto h2 check inter 200ms fall 1 rise 1 backup" in text
         assert f"server {name} {url} proto h2 track triton/{name}" in text  # streams
+        assert f"server {name}-live {url} proto h2 backup track triton/{name}-live" in text
+    assert text.count("option allbackups") == 2  # none ready: every live one, not just one
     assert "retries 2" in text and "retry-on conn-failure empty-response" in text
     assert "model_sync" not in text
 

@@ -146,7 +146,7 @@ def test_mirrored_scores_average_both_views_for_the_answer_of_the_image_as_given
     both = np.stack([given, mirror], axis=1)
     assert MaxProbabilityPolicy(0.5, mirror=True).confidence(both) == pytest.approx([0.7, 0.4])
     margin = MarginPolicy(0.5, mirror=True).confidence(both)
-    assert margin == pytest.approx([0.7 - 0.2, 0.4 - 0.5])  # negative: the views disagree
+    assert margin == pytest.approx([0.7 - 0.2, 0.0])  # the views disagree: no margin
     assert MaxProbabilityPolicy(0.5).confidence(given) == pytest.approx([0.8, 0.7])
     with pytest.raises(ValueError, match=r"\[\.\.\., 2, K\]"):
         MaxProbabilityPolicy(0.5, mirror=True).confidence(np.vstack([given, given[:1]]))
