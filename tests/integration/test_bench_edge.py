@@ -18,6 +18,7 @@ def test_bench_edge_writes_a_report(fashion_manifest, tmp_path):
     report = json.loads(report_path.read_text())
     assert report["family"] == "fashion" and report["edge_model"] == fashion_manifest.edge.key
     assert set(report["results"]) == {"int8", "fp32"}
+    assert report["edge_inferences_per_image"] == (2 if fashion_manifest.policy.mirror else 1)
     for precision, row in report["results"].items():
         assert row["model"] == ("edge/model.xml" if precision == "int8" else "edge/fp32/model.xml")
         assert "streams" in row["device"]
