@@ -30,12 +30,19 @@ def serve_command(
     registry: Annotated[
         Path | None, typer.Option(help="also serve ModelSync for this model registry folder")
     ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="serve Prometheus metrics (HAProxy's) on this port")
+    ] = None,
 ) -> None:
     """Serve KServe v2 gRPC in front of Triton endpoints through HAProxy (per-request load
     balancing, readiness checks, failover)."""
     from router.gateway import serve
 
-    run_until_signalled(lambda stop: serve(upstream, host, port, probe_interval, stop, registry))
+    run_until_signalled(
+        lambda stop: serve(
+            upstream, host, port, probe_interval, stop, registry, metrics_port=metrics_port
+        )
+    )
 
 
 FamilyArg = Annotated[str, typer.Option(help="family under the artifacts root")]

@@ -77,9 +77,11 @@ async def serve(
     stop: asyncio.Event | None = None,
     registry: Path | None = None,
     grace_s: float = 5.0,
+    metrics_port: int | None = None,
 ) -> None:
     """Run the gateway until `stop` is set (or forever, or until HAProxy exits); in-flight
-    calls get `grace_s`. With `registry`, edges can also sync their models here (ModelSync)."""
+    calls get `grace_s`. With `registry`, edges can also sync their models here (ModelSync);
+    with `metrics_port`, Prometheus scrapes http://host:metrics_port/metrics."""
     agent = HealthAgent(urls, timeout_s=AGENT_TIMEOUT_S)
     agent_server = await asyncio.start_server(agent.answer, "127.0.0.1", 0)
     sync_server = None
@@ -95,6 +97,7 @@ async def serve(
         agent_port=agent_server.sockets[0].getsockname()[1],
         check_interval_s=probe_interval_s,
         model_sync=sync_url,
+        metrics=None if metrics_port is None else f"{host}:{metrics_port}",
         grace_s=grace_s,
     )
     with tempfile.TemporaryDirectory(prefix="edgecascade-gateway-") as tmp:

@@ -24,6 +24,7 @@ class GatewayProcess(ServiceProcess):
         log_path: Path,
         probe_interval_s: float = 0.5,
         registry: Path | None = None,
+        metrics_port: int | None = None,
     ):
         self.port = free_port()
         self.url = f"127.0.0.1:{self.port}"
@@ -39,6 +40,7 @@ class GatewayProcess(ServiceProcess):
                 str(probe_interval_s),
                 *(arg for url in upstreams for arg in ("--upstream", url)),
                 *(["--registry", str(registry)] if registry else []),
+                *(["--metrics-port", str(metrics_port)] if metrics_port else []),
             ],
             log_path,
         )

@@ -7,7 +7,7 @@ agent, which answers for each endpoint whether Triton says it is ready; while no
 A unary call is buffered (up to `BUFFER_BYTES`) so that one whose endpoint refuses the
 connection or dies before answering is retried on another. ModelStreamInfer streams go through
 unbuffered, without retry; the ModelSync service, when served, goes to the gateway's own gRPC
-server.
+server. HAProxy's Prometheus exporter serves the per-endpoint counters, health and timings.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ class GatewayConfig:
     agent_port: int
     check_interval_s: float = 0.5
     model_sync: str | None = None  # host:port of the gateway's ModelSync server
+    metrics: str | None = None  # host:port for HAProxy's Prometheus exporter (GET /metrics)
     grace_s: float = 5.0
 
     @staticmethod
@@ -106,6 +107,13 @@ class GatewayConfig:
             "    option allbackups",
             *tracked,
         ]
+        if self.metrics:
+            lines += [
+                "frontend metrics",
+                f"    bind {self.metrics}",
+                "    http-request use-service prometheus-exporter if { path /metrics }",
+                "    http-request return status 404",
+            ]
         if self.model_sync:
             lines += [
                 "backend model_sync",

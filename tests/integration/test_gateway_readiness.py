@@ -2,13 +2,16 @@
 another is ready, and takes it back when it is: two small KServe servers stand in for Triton,
 which cannot be made live-but-not-ready on demand."""
 
+import re
 import time
+import urllib.request
 from concurrent import futures
 
 import grpc
 import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from cloud.ports import free_port
 from cloud.service_process import wait_until
 from router.gateway_process import GatewayProcess
 
@@ -50,18 +53,42 @@ def served_by(stub, n: int) -> set[str]:
     }
 
 
+def _label_order(item: tuple[str, str]) -> int:
+    return ["proxy", "server", "state", "code"].index(item[0])
+
+
+def metric(port: int, name: str, **labels: str) -> float:
+    """One sample of the gateway's Prometheus metrics."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items(), key=_label_order))
+    match = re.search(rf"^{name}\{{{wanted}\}} (\S+)$", text, re.M)
+    assert match, f"no {name}{{{wanted}}} in the metrics"
+    return float(match.group(1))
+
+
 def test_an_endpoint_that_is_not_ready_gets_no_requests_until_it_is(tmp_path):
     a, b = FakeTriton("a"), FakeTriton("b")
+    metrics = free_port()
     try:
         with (
-            GatewayProcess([a.url, b.url], tmp_path / "gateway.log", probe_interval_s=0.1) as gw,
+            GatewayProcess(
+                [a.url, b.url], tmp_path / "gateway.log", probe_interval_s=0.1, metrics_port=metrics
+            ) as gw,
             grpc.insecure_channel(gw.url) as channel,
         ):
             stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
             assert served_by(stub, 20) == {"a", "b"}
             b.ready = False
             time.sleep(0.5)  # a few agent checks
+            answered = {"proxy": "triton", "server": "triton0", "code": "2xx"}
+            before = metric(metrics, "haproxy_server_http_responses_total", **answered)
             assert served_by(stub, 40) == {"a"}
+            # Prometheus sees the same: b is down, a up and answered those 40.
+            up = {"proxy": "triton", "state": "UP"}
+            assert metric(metrics, "haproxy_server_status", server="triton1", **up) == 0
+            assert metric(metrics, "haproxy_server_status", server="triton0", **up) == 1
+            after = metric(metrics, "haproxy_server_http_responses_total", **answered)
+            assert after - before == 40
             a.ready = False  # none ready (both loading models, say): both live ones serve
             assert wait_until(lambda: served_by(stub, 20) == {"a", "b"}, timeout_s=5)
             a.ready = True

@@ -39,12 +39,14 @@ def test_every_endpoint_is_checked_by_haproxy_and_by_the_agent(tmp_path):
     assert "model_sync" not in text
 
 
-def test_model_sync_is_routed_to_the_gateway_only_when_it_serves_it(tmp_path):
-    text = config(model_sync="127.0.0.1:9200").render()
+def test_model_sync_and_metrics_are_served_only_when_asked_for(tmp_path):
+    assert "prometheus-exporter" not in config().render()
+    text = config(model_sync="127.0.0.1:9200", metrics="0.0.0.0:9300").render()
     (tmp_path / "haproxy.cfg").write_text(text)
     check_config(tmp_path / "haproxy.cfg")
     assert "use_backend model_sync if { path_beg /edgecascade.v1.ModelSync/ }" in text
     assert "server sync 127.0.0.1:9200 proto h2" in text
+    assert "bind 0.0.0.0:9300\n    http-request use-service prometheus-exporter" in text
 
 
 def test_a_bad_config_is_refused_with_haproxys_words(tmp_path):
