@@ -37,7 +37,13 @@ def serve_command(
     """Serve KServe v2 gRPC in front of Triton endpoints through HAProxy (per-request load
     balancing, readiness checks, failover)."""
     from router.gateway import serve
+    from router.haproxy import haproxy_binary
 
+    try:
+        haproxy_binary()
+    except RuntimeError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
     run_until_signalled(
         lambda stop: serve(
             upstream, host, port, probe_interval, stop, registry, metrics_port=metrics_port

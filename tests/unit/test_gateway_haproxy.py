@@ -100,3 +100,12 @@ def test_the_agent_answers_with_each_endpoints_readiness():
             await kserve.stop(None)
 
     asyncio.run(main())
+
+
+def test_without_haproxy_the_error_says_how_to_install_it(monkeypatch):
+    import router.haproxy
+
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.setattr(router.haproxy, "SBIN", ())
+    with pytest.raises(RuntimeError, match="apt-get install haproxy"):
+        router.haproxy.haproxy_binary()
