@@ -37,9 +37,11 @@ def test_a_score_against_itself_is_never_significant_and_a_better_one_is():
     same = _significance(curves["s"], curves["again"], rates, 0.3)
     assert same["significantly_less_accurate_at_rates"] == []
     assert same["fraction_significantly_more_accurate"] == 0.0
+    assert same["share_of_resamples_at_least_as_accurate_at_every_rate"] == 1.0
     assert set(same["interval_pt"]["low"]) == {0.0} == set(same["interval_pt"]["high"])
     better = _significance(curves["oracle"], curves["s"], rates, 0.3)
     assert better["significantly_less_accurate_at_rates"] == []
     assert better["fraction_significantly_more_accurate_up_to_goal_escalation"] > 0.8
     worse = _significance(curves["s"], curves["oracle"], rates, 0.3)
     assert 0.05 in worse["significantly_less_accurate_at_rates"]
+    assert worse["share_of_resamples_at_least_as_accurate_at_every_rate"] == 0.0
