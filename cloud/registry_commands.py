@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cloud.cloud_rollout import DEFAULT_KEEP, Rollout, roll_out
+from cloud.cloud_rollout import DEFAULT_KEEP, CloudTarget, Rollout, roll_out
 from cloud.registry import NotFound, Registry
 from cloud.triton_control import ModelControl, TritonControlError
 
@@ -21,14 +21,15 @@ RegistryOption = Annotated[
     Path | None, typer.Option(help="registry folder (default: <artifacts root>/registry)")
 ]
 TritonOption = Annotated[
-    str | None,
+    list[str] | None,
     typer.Option(
         help="HOST:PORT (gRPC) of a Triton in explicit model-control mode: the cloud version is "
-        "loaded and ready there before the new version becomes current"
+        "loaded and ready there before the new version becomes current (repeat for a cluster)"
     ),
 ]
 RepositoryOption = Annotated[
-    Path | None, typer.Option(help="that Triton's model repository (with --triton)")
+    list[Path] | None,
+    typer.Option(help="that Triton's model repository (one per --triton, in the same order)"),
 ]
 KeepOption = Annotated[
     int,
@@ -48,9 +49,9 @@ def publish(
 ) -> None:
     """Publish a built (retrained, re-quantized or re-calibrated) family as its next version."""
     store = Registry(registry)
-    control = _control(triton, repository)
+    targets = _targets(triton, repository)
     with _errors():
-        publication = store.publish(family, source, activate=control is None)
+        publication = store.publish(family, source, activate=not targets)
     manifest = publication.manifest
     if not publication.created:
         current = store.current_version(family)
@@ -61,11 +62,10 @@ def publish(
         f"published [bold]{family} v{manifest.version}[/]: edge {manifest.edge.key}, "
         f"cloud {manifest.cloud.key} ({', '.join(publication.changes)})"
     )
-    if control is None:
+    if not targets:
         console.print(f"{family} v{manifest.version} is current (no --triton: nothing loaded)")
         return
-    assert repository is not None
-    _report(_roll_out(store, control, repository, family, manifest.version, keep))
+    _report(_roll_out(store, targets, family, manifest.version, keep))
 
 
 def activate(
@@ -78,14 +78,13 @@ def activate(
 ) -> None:
     """Make a published version current again (a rollback), its cloud model loaded first."""
     store = Registry(registry)
-    control = _control(triton, repository)
-    if control is None:
+    targets = _targets(triton, repository)
+    if not targets:
         with _errors():
             manifest = store.activate(family, version)
         console.print(f"{family} v{manifest.version} is current (no --triton: nothing loaded)")
         return
-    assert repository is not None
-    _report(_roll_out(store, control, repository, family, version, keep))
+    _report(_roll_out(store, targets, family, version, keep))
 
 
 def list_models(
@@ -116,27 +115,30 @@ def list_models(
     console.print(table)
 
 
-def _control(triton: str | None, repository: Path | None) -> ModelControl | None:
-    if (triton is None) != (repository is None):
-        raise typer.BadParameter("--triton and --repository go together")
-    return ModelControl(triton) if triton else None
+def _targets(triton: list[str] | None, repository: list[Path] | None) -> list[CloudTarget]:
+    if len(triton or []) != len(repository or []):
+        raise typer.BadParameter("give one --repository per --triton, in the same order")
+    return [CloudTarget(ModelControl(t), r) for t, r in zip(triton or [], repository or [])]
 
 
 def _roll_out(
-    store: Registry, control: ModelControl, repository: Path, family: str, version: int, keep: int
+    store: Registry, targets: list[CloudTarget], family: str, version: int, keep: int
 ) -> Rollout:
-    with _errors(), console.status(f"loading the cloud model of {family} v{version} in Triton"):
-        return roll_out(store, control, repository, family, version, keep=keep)
+    where = f"{len(targets)} Triton servers" if len(targets) > 1 else "Triton"
+    with _errors(), console.status(f"loading the cloud model of {family} v{version} in {where}"):
+        return roll_out(store, targets, family, version, keep=keep)
 
 
 def _report(rollout: Rollout) -> None:
     m = rollout.manifest
     console.print(
-        f"cloud {m.cloud.key} ready in Triton after {rollout.ready_s:.1f}s; "
+        f"cloud {m.cloud.key} ready in every Triton after {rollout.ready_s:.1f}s; "
         f"[bold]{m.family} v{m.version}[/] is current"
     )
-    unloaded = f", unloaded {rollout.unloaded}" if rollout.unloaded else ""
-    console.print(f"Triton serves {m.cloud.name} versions {rollout.serving}{unloaded}")
+    for url, versions in rollout.serving.items():
+        console.print(f"Triton {url} serves {m.cloud.name} versions {versions}")
+    if rollout.unloaded:
+        console.print(f"unloaded {m.cloud.name} versions {rollout.unloaded}")
 
 
 @contextmanager

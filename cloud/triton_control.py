@@ -41,7 +41,12 @@ class ModelControl:
     def ready_versions(self, name: str) -> list[int]:
         """The versions of model `name` that are ready to serve, lowest first."""
         with self._client() as client:
-            index = client.get_model_repository_index().models
+            try:
+                index = client.get_model_repository_index().models
+            except grpcclient.InferenceServerException as exc:
+                raise TritonControlError(
+                    f"Triton at {self.url} could not list models: {exc}"
+                ) from exc
         return sorted(int(m.version) for m in index if m.name == name and m.state == "READY")
 
     def _client(self) -> grpcclient.InferenceServerClient:

@@ -1,6 +1,8 @@
 """Cloud roll-outs on a real Triton in explicit model-control mode."""
 
+import os
 import shutil
+import signal
 import threading
 from pathlib import Path
 
@@ -9,14 +11,16 @@ import onnx
 import pytest
 import tritonclient.grpc as grpcclient
 from onnx import numpy_helper
+from typer.testing import CliRunner, Result
 
-from cloud.cloud_rollout import roll_out
+from cloud.cloud_rollout import CloudTarget, roll_out
 from cloud.manifest import INPUT_NAME, OUTPUT_NAME, Manifest, sha256_file
 from cloud.paths import family_dir
 from cloud.registry import Registry
 from cloud.triton_control import TritonControlError
 from cloud.triton_repository import read_config
 from cloud.triton_server import TritonServer
+from edge.cli import app
 
 pytestmark = pytest.mark.integration
 ONNX = "cloud/model.onnx"
@@ -82,8 +86,8 @@ def test_cloud_version_is_served_before_it_becomes_current_then_old_ones_unload(
     ) as triton:
         registry.triton = triton
         registry.publish("fashion", build, activate=False)
-        first = roll_out(registry, triton.control, repository, "fashion")
-        assert (first.serving, registry.current_version("fashion")) == ([1], 1)
+        first = roll_out(registry, [CloudTarget(triton.control, repository)], "fashion")
+        assert (first.serving, registry.current_version("fashion")) == ({triton.grpc_url: [1]}, 1)
         v1_logits = infer(triton.grpc_url, 1)
 
         # v2: requests pinned to v1 go on while v2 loads and becomes current.
@@ -103,7 +107,7 @@ def test_cloud_version_is_served_before_it_becomes_current_then_old_ones_unload(
         client = threading.Thread(target=pinned_to_v1)
         client.start()
         try:
-            second = roll_out(registry, triton.control, repository, "fashion")
+            second = roll_out(registry, [CloudTarget(triton.control, repository)], "fashion")
         finally:
             stop.set()
             client.join()
@@ -113,14 +117,14 @@ def test_cloud_version_is_served_before_it_becomes_current_then_old_ones_unload(
         np.testing.assert_allclose(logits[:, 0], v1_logits[:, 0] + 1.0, rtol=1e-5, atol=1e-4)
         np.testing.assert_allclose(logits[:, 1:], v1_logits[:, 1:], rtol=1e-5, atol=1e-4)
         assert (second.manifest.version, second.manifest.cloud.version) == (2, 2)
-        assert (second.serving, second.unloaded) == ([1, 2], [])  # v1: the rollback pair
+        assert (second.serving[triton.grpc_url], second.unloaded) == ([1, 2], [])  # v1: rollback
         assert 0 < second.ready_s < 60
 
         # v3 (class 0 +3 in all): keep=2 keeps the cloud versions of v3 and v2; v1 goes.
         retrain(build, bias=2.0)
         registry.publish("fashion", build, activate=False)
-        third = roll_out(registry, triton.control, repository, "fashion")
-        assert (third.serving, third.unloaded) == ([2, 3], [1])
+        third = roll_out(registry, [CloudTarget(triton.control, repository)], "fashion")
+        assert (third.serving[triton.grpc_url], third.unloaded) == ([2, 3], [1])
         assert registry.seen_at_activation[3][0] == [1, 2, 3]
         assert not (repository / "fashion_cloud" / "1").exists()
         config = read_config(repository / "fashion_cloud")
@@ -132,7 +136,7 @@ def test_cloud_version_is_served_before_it_becomes_current_then_old_ones_unload(
         retrain(build, bias=None)
         registry.publish("fashion", build, activate=False)
         with pytest.raises(TritonControlError, match="could not load fashion_cloud"):
-            roll_out(registry, triton.control, repository, "fashion")
+            roll_out(registry, [CloudTarget(triton.control, repository)], "fashion")
         assert 4 not in registry.seen_at_activation and registry.current_version("fashion") == 3
         assert triton.control.ready_versions("fashion_cloud") == [2, 3]
         assert not (repository / "fashion_cloud" / "4").exists()
@@ -150,3 +154,51 @@ def test_cloud_version_is_served_before_it_becomes_current_then_old_ones_unload(
         np.testing.assert_allclose(
             infer(restarted.grpc_url, 3)[:, 0], v1_logits[:, 0] + 3.0, rtol=1e-5, atol=1e-4
         )
+
+
+def publish(registry: Path, build: Path, *tritons: TritonServer) -> Result:
+    """`edgecascade models publish` with one --triton/--repository pair per server."""
+    targets = [
+        arg for t in tritons for arg in ("--triton", t.grpc_url, "--repository", str(t.repository))
+    ]
+    args = ["models", "publish", "--family", "fashion", "--source", str(build)]
+    return CliRunner().invoke(app, [*args, "--registry", str(registry), *targets])
+
+
+def test_a_cluster_serves_the_new_version_everywhere_before_it_is_current_or_nowhere(
+    fashion_manifest: Manifest, tmp_path: Path
+) -> None:
+    build = copy_family(tmp_path / "build")
+    registry = tmp_path / "registry"
+    servers = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        servers.append(
+            TritonServer(
+                tmp_path / name, model_control_mode="explicit", log_path=tmp_path / f"{name}.log"
+            ).start()
+        )
+    a, b = servers
+    try:
+        done = publish(registry, build, a, b)
+        assert done.exit_code == 0, done.output
+        retrain(build, bias=1.0)
+        done = publish(registry, build, a, b)
+        assert done.exit_code == 0, done.output
+        assert Registry(registry).current_version("fashion") == 2
+        for triton in (a, b):
+            assert triton.control.ready_versions("fashion_cloud") == [1, 2]
+            assert f"Triton {triton.grpc_url} serves fashion_cloud versions [1, 2]" in done.output
+        np.testing.assert_allclose(infer(a.grpc_url, 2), infer(b.grpc_url, 2), rtol=1e-6)
+
+        # b is gone: v3 loads on a, fails on b, is taken out of a again and never current.
+        os.killpg(b.pid, signal.SIGKILL)
+        retrain(build, bias=2.0)
+        done = publish(registry, build, a, b)
+        assert done.exit_code != 0 and b.grpc_url in done.output
+        assert Registry(registry).current_version("fashion") == 2
+        assert a.control.ready_versions("fashion_cloud") == [1, 2]
+        assert not (a.repository / "fashion_cloud" / "3").exists()
+    finally:
+        for triton in servers:
+            triton.stop()

@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cloud.cloud_rollout import roll_out
+from cloud.cloud_rollout import CloudTarget, roll_out
 from cloud.manifest import Manifest, sha256_file
 from cloud.paths import family_dir
 from cloud.registry import Registry
@@ -130,7 +130,7 @@ def test_versions_switch_at_one_point_and_bad_updates_never_serve(fashion_manife
         ) as gateway,
     ):
         registry.publish("fashion", build, activate=False)
-        roll_out(registry, triton.control, repository, "fashion")
+        roll_out(registry, [CloudTarget(triton.control, repository)], "fashion")
         v1 = registry.get("fashion")
         with EdgeProcess(
             "fashion",
@@ -151,7 +151,7 @@ def test_versions_switch_at_one_point_and_bad_updates_never_serve(fashion_manife
             with ExitStack() as clients:  # three clients keep the agent busy during the swap
                 streams = [clients.enter_context(Stream(edge.address, frames)) for _ in range(3)]
                 assert wait_until(lambda: all(len(s.pairs) > 30 for s in streams), 30)
-                roll_out(registry, triton.control, repository, "fashion")
+                roll_out(registry, [CloudTarget(triton.control, repository)], "fashion")
                 v2 = registry.get("fashion")
                 pair2 = (v2.edge.key, v2.cloud.key)
                 assert pair2[0] != pair1[0] and pair2[1] != pair1[1]
