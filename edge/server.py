@@ -128,7 +128,7 @@ class CascadeService(pb_grpc.CascadeServicer):
             update_error=agent.update_error,
             version_mismatch=agent.cascade.mismatch or "",
             device=agent.model.describe(),
-            policy=agent.cascade.policy.name,
+            policy=agent.cascade.policy.label,
             threshold=agent.cascade.policy.threshold,
             cloud_url=agent.settings.cloud_url or "",
             cloud_ready=bool(agent.cloud and await agent.cloud.ready()),

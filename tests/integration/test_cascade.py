@@ -158,3 +158,4 @@ def test_the_agent_scores_like_the_offline_calibration(stub, frames, fashion_man
     offline = Split.load(family_dir("fashion") / "test_predictions.npz").confidence(policy)
     online = [classify(stub, f).edge_confidence for f in frames[:100]]
     np.testing.assert_allclose(online, offline[:100], atol=1e-4)
+    assert stub.GetStatus(pb.GetStatusRequest(), timeout=5).policy == policy.label
