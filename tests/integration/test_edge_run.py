@@ -1,6 +1,7 @@
 """`edgecascade edge run` end to end: a real video file, a real edge agent (started by the
 command), JSON lines out and a real gRPC ResultSink in."""
 
+import http.server
 import json
 import subprocess
 import sys
@@ -104,3 +105,46 @@ def test_file_that_appears_late_is_picked_up(fashion_manifest, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "cannot open" in done.stderr and "retrying in" in done.stderr
     assert [json.loads(line)["frame"] for line in out.read_text().splitlines()] == list(range(N))
+
+
+class OneShotVideo(http.server.BaseHTTPRequestHandler):
+    """Serves `video` to the first GET, then 404: a stream that ends and goes away."""
+
+    video = b""
+    served = 0
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        type(self).served += 1
+        if type(self).served > 1:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "video/x-msvideo")
+        self.send_header("Content-Length", str(len(self.video)))
+        self.end_headers()
+        self.wfile.write(self.video)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_http_stream_is_read_live_then_given_up_when_it_is_gone(fashion_manifest, tmp_path):
+    labels = write_video(tmp_path / "camera.avi")
+    OneShotVideo.video = (tmp_path / "camera.avi").read_bytes()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OneShotVideo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/camera.avi"
+    out = tmp_path / "frames.jsonl"
+    try:
+        done = edge_run(
+            "--source", url, "--output", str(out), "--buffer", str(N), "--reconnect-timeout", "2"
+        )
+    finally:
+        server.shutdown()
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["frame"] for line in lines] == list(range(N))  # a big buffer drops nothing
+    assert all(line["position_ms"] is None for line in lines)  # live: no position in a file
+    top1 = np.array([line["top1"]["class_id"] for line in lines])
+    assert (top1 == labels).mean() > 0.7
+    assert "stopped delivering frames" in done.stderr and OneShotVideo.served > 1
+    assert done.returncode != 0 and f"cannot open {url}" in done.stderr  # gave up after 2 s
