@@ -216,14 +216,26 @@ def plot_report(report: dict, png: Path) -> None:
     goal = report["goal"]
     point = report["operating_point"]
     curves = report["curves"]
-    ours = curves[point["label"]]
+    chosen = point["label"]
+    ours = curves[chosen]
     fig, axes = plt.subplots(1, 3, figsize=(18, 5))
-    for ax, xmax in zip(axes[:2], (1.0, 0.4)):
-        # Baselines first (dashed, wide) so that our policies stay visible on top of them.
-        for name in sorted(curves, key=lambda name: name not in BASELINES):
-            style, width = ("--", 2.2) if name in BASELINES else ("-", 1.2)
+    # Baselines first (dashed, wide) so that our policies stay visible on top of them; the zoom
+    # shows the baselines, the calibrated policy and the same kind with one view only.
+    names = sorted(curves, key=lambda name: name not in BASELINES)
+    colors = {name: f"C{i}" for i, name in enumerate(names)}
+    zoomed = [name for name in names if name in {*BASELINES, chosen, point["policy"]["kind"]}]
+    for ax, xmax, shown in zip(axes[:2], (1.0, 0.4), (names, zoomed)):
+        for name in shown:
+            style, width = ("--", 2.2) if name in BASELINES else ("-", 1.2 + (name == chosen))
             curve = curves[name]
-            ax.plot(curve["escalation_rate"], curve["accuracy"], style, lw=width, label=name)
+            ax.plot(
+                curve["escalation_rate"],
+                curve["accuracy"],
+                style,
+                lw=width,
+                color=colors[name],
+                label=name,
+            )
         ax.axhline(cloud, color="k", lw=0.8, label=f"cloud only {cloud:.2%}")
         ax.axhline(goal["accuracy_at_least"], color="k", ls=":", lw=0.8, label="cloud - 0.3 pt")
         ax.axvline(goal["escalation_at_most"], color="grey", ls=":", lw=0.8)
