@@ -32,6 +32,7 @@ def agent_status(address: str, timeout_s: float = 3.0) -> dict:
         "edge": status.versions.edge,
         "cloud": status.versions.cloud,
         "device": status.device,
+        "policy": f"{status.policy} < {status.threshold:.4f}",
         "breaker": status.breaker,
         "cloud_latency_ms": {
             "ewma": status.cloud_latency_ewma_ms,
@@ -54,6 +55,7 @@ def status_table(rows: list[dict]) -> Table:
         "family",
         "version",
         "edge / cloud",
+        "escalate when",
         "breaker",
         "cloud ms ewma / p95",
         "requests",
@@ -64,7 +66,7 @@ def status_table(rows: list[dict]) -> Table:
         table.add_column(column)
     for r in rows:
         if r["health"] == "UNREACHABLE":
-            table.add_row(r["address"], "[red]UNREACHABLE", *[""] * 8, r["error"])
+            table.add_row(r["address"], "[red]UNREACHABLE", *[""] * 9, r["error"])
             continue
         latency = r["cloud_latency_ms"]
         notes = "; ".join(n for n in (r["version_mismatch"], r["update_error"]) if n)
@@ -75,6 +77,7 @@ def status_table(rows: list[dict]) -> Table:
             r["family"],
             f"{r['manifest_version']}{previous}",
             f"{r['edge']} / {r['cloud']}",
+            r["policy"],
             r["breaker"],
             f"{latency['ewma']:.1f} / {latency['p95']:.1f}",
             str(r["requests"]),

@@ -173,6 +173,9 @@ def test_versions_switch_at_one_point_and_bad_updates_never_serve(fashion_manife
             assert (fleet[0]["manifest_version"], fleet[0]["previous_version"]) == (2, 1)
             assert (fleet[0]["edge"], fleet[0]["cloud"]) == pair2
             assert fleet[0]["cloud_latency_ms"]["p95"] > 0 and fleet[0]["breaker"] == "closed"
+            policy = v2.policy
+            kind = policy.kind + ("+mirror" if policy.mirror else "")
+            assert fleet[0]["policy"] == f"{kind} < {policy.threshold:.4f}"
             assert fleet[1] == {
                 "address": "127.0.0.1:1",
                 "health": "UNREACHABLE",
