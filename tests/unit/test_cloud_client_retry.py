@@ -10,6 +10,7 @@ from tritonclient.grpc import service_pb2
 
 from cloud.manifest import OUTPUT_NAME, ModelSpec, Preprocessing
 from router.cloud_client import CloudClient, CloudError
+from tests.kserve_server import start_kserve
 
 LOGITS = np.arange(10, dtype=np.float32)[None]
 SPEC = ModelSpec(
@@ -36,18 +37,8 @@ async def serve(failures: list[grpc.StatusCode]):
         response.raw_output_contents.append(LOGITS.tobytes())
         return response.SerializeToString()
 
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                "inference.GRPCInferenceService",
-                {"ModelInfer": grpc.unary_unary_rpc_method_handler(infer)},
-            ),
-        )
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    return server, f"127.0.0.1:{port}", calls
+    server, url = await start_kserve({"ModelInfer": infer})
+    return server, url, calls
 
 
 def run(failures: list[grpc.StatusCode]) -> tuple[np.ndarray | CloudError, int]:

@@ -3,12 +3,12 @@ agent (over real loopback sockets, against a small KServe server that can say no
 
 import asyncio
 
-import grpc
 import pytest
 from tritonclient.grpc import service_pb2
 
 from router.gateway import HealthAgent
 from router.haproxy import GatewayConfig, check_config
+from tests.kserve_server import start_kserve
 
 
 def config(**kw) -> GatewayConfig:
@@ -74,18 +74,8 @@ def test_the_agent_answers_with_each_endpoints_readiness():
         async def server_ready(request: bytes, context) -> bytes:
             return service_pb2.ServerReadyResponse(ready=ready["now"]).SerializeToString()
 
-        kserve = grpc.aio.server()
-        kserve.add_generic_rpc_handlers(
-            (
-                grpc.method_handlers_generic_handler(
-                    "inference.GRPCInferenceService",
-                    {"ServerReady": grpc.unary_unary_rpc_method_handler(server_ready)},
-                ),
-            )
-        )
-        port = kserve.add_insecure_port("127.0.0.1:0")
-        await kserve.start()
-        agent = HealthAgent([f"127.0.0.1:{port}", "127.0.0.1:1"], timeout_s=0.5)
+        kserve, url = await start_kserve({"ServerReady": server_ready})
+        agent = HealthAgent([url, "127.0.0.1:1"], timeout_s=0.5)
         server = await asyncio.start_server(agent.answer, "127.0.0.1", 0)
         agent_port = server.sockets[0].getsockname()[1]
         try:
