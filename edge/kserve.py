@@ -28,7 +28,7 @@ from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 from cloud.manifest import Manifest
 from cloud.preprocessing import InvalidImage, decode_image, raw_image, raw_images
 from edge.agent import EdgeAgent
-from edge.rpc import RequestError, ordered, status_code
+from edge.rpc import RequestError, deadline, ordered, status_code
 from router.cascade import Answers
 
 IMAGE, PIXELS = "image", "pixels"
@@ -139,10 +139,8 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
         )
 
     async def ModelInfer(self, request: kpb.ModelInferRequest, context: grpc.aio.ServicerContext):
-        remaining = context.time_remaining()
-        deadline = None if remaining is None else time.perf_counter() + remaining
         try:
-            return await self._infer(request, deadline)
+            return await self._infer(request, deadline(context))
         except RequestError as e:
             await context.abort(status_code(e), str(e))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
@@ -21,6 +22,12 @@ STATUS_CODES: dict[type[Exception], grpc.StatusCode] = {
     LookupError: grpc.StatusCode.NOT_FOUND,
 }
 RequestError = tuple(STATUS_CODES)
+
+
+def deadline(context: grpc.aio.ServicerContext) -> float | None:
+    """The call's gRPC deadline as a time.perf_counter() value (None: the caller set none)."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.perf_counter() + remaining
 
 
 def status_code(error: Exception) -> grpc.StatusCode:

@@ -22,7 +22,7 @@ from cloud.preprocessing import InvalidImage, decode_image, raw_image
 from edge import updater
 from edge.agent import EdgeAgent, EdgeSettings
 from edge.kserve import KServeService
-from edge.rpc import RequestError, ordered, status_code
+from edge.rpc import RequestError, deadline, ordered, status_code
 from edgecascade.v1 import cascade_pb2 as pb
 from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
 from router.cascade import Answer
@@ -93,10 +93,8 @@ class CascadeService(pb_grpc.CascadeServicer):
     async def Classify(
         self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ClassifyResponse:
-        remaining = context.time_remaining()
-        deadline = None if remaining is None else time.perf_counter() + remaining
         try:
-            return await self._answer(request, deadline)
+            return await self._answer(request, deadline(context))
         except RequestError as e:
             await context.abort(status_code(e), str(e))
 

@@ -1,7 +1,6 @@
 """Cloud roll-outs on a real Triton in explicit model-control mode."""
 
 import os
-import shutil
 import signal
 import threading
 from pathlib import Path
@@ -15,24 +14,16 @@ from typer.testing import CliRunner, Result
 
 from cloud.cloud_rollout import CloudTarget, roll_out
 from cloud.manifest import INPUT_NAME, OUTPUT_NAME, Manifest, sha256_file
-from cloud.paths import family_dir
 from cloud.registry import Registry
 from cloud.triton_control import TritonControlError
 from cloud.triton_repository import read_config
 from cloud.triton_server import TritonServer
 from edge.cli import app
+from tests.family_files import copy_family
 
 pytestmark = pytest.mark.integration
 ONNX = "cloud/model.onnx"
 IMAGES = np.random.default_rng(0).integers(0, 256, [4, 28, 28, 1], dtype=np.uint8)
-
-
-def copy_family(dest: Path) -> Path:
-    source = family_dir("fashion")
-    for name in ("edge", "cloud", "manifest.json"):
-        copy = shutil.copytree if (source / name).is_dir() else shutil.copyfile
-        copy(source / name, dest / name)
-    return dest
 
 
 def retrain(folder: Path, bias: float | None) -> None:

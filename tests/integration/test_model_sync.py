@@ -2,7 +2,6 @@
 
 import asyncio
 import hashlib
-import shutil
 import subprocess
 import sys
 import time
@@ -15,7 +14,6 @@ import pytest
 
 from cloud.manifest import Manifest
 from cloud.model_sync import CHUNK_BYTES, add_model_sync
-from cloud.paths import family_dir
 from cloud.registry import Registry
 from edgecascade.v1 import model_sync_pb2 as pb
 from edgecascade.v1 import model_sync_pb2_grpc as pb_grpc
@@ -26,18 +24,10 @@ from router.model_sync_client import (
     get_manifest,
     watch_manifests,
 )
+from tests.family_files import copy_family
 
 pytestmark = pytest.mark.integration
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def copy_family(dest: Path) -> Path:
-    """The built fashion family's published files, copied so a test may change them."""
-    source = family_dir("fashion")
-    for name in ("edge", "cloud", "manifest.json"):
-        copy = shutil.copytree if (source / name).is_dir() else shutil.copyfile
-        copy(source / name, dest / name)
-    return dest
 
 
 def recalibrate(folder: Path, threshold: float) -> None:

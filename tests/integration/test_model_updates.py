@@ -16,7 +16,6 @@ import pytest
 
 from cloud.cloud_rollout import CloudTarget, roll_out
 from cloud.manifest import Manifest, sha256_file
-from cloud.paths import family_dir
 from cloud.registry import Registry
 from cloud.service_process import wait_until
 from cloud.triton_server import TritonServer
@@ -25,13 +24,9 @@ from edge.samples import labelled_frames
 from edgecascade.v1 import cascade_pb2 as pb
 from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
 from router.gateway_process import GatewayProcess
+from tests.family_files import copy_family
 
 pytestmark = pytest.mark.integration
-
-
-def copy_family(dest: Path) -> Path:
-    shutil.copytree(family_dir("fashion"), dest, ignore=shutil.ignore_patterns("*.npz"))
-    return dest
 
 
 def rehash(folder: Path) -> None:
