@@ -157,6 +157,7 @@ def _build(family: Family, edge_onnx: Path, cloud_onnx: Path, out: Path, say: Pr
             metrics={
                 "fp32_accuracy": _accuracy(fp32_logits, truth),
                 "int8_accuracy": _accuracy(int8_logits, truth),
+                "members": int8_logits.shape[1] if int8_logits.ndim == 3 else 1,
                 "fp32_latency_ms": latency["fp32"],
                 "int8_latency_ms": latency["int8"],
             },
@@ -252,14 +253,16 @@ def _hashes(out: Path, *rels: str) -> dict[str, str]:
 
 
 def _logits(model: ov.CompiledModel, images: np.ndarray) -> np.ndarray:
-    """Batched inference: float32 logits [N, classes]."""
+    """Batched inference: float32 logits [N, classes] ([N, members, classes] for an ensemble)."""
     return np.concatenate(
         [model(images[i : i + BATCH])[0] for i in range(0, len(images), BATCH)]
     ).astype(np.float32)
 
 
 def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    return float((logits.argmax(1) == labels).mean())
+    """Top-1 accuracy; of member 0, the one that answers, for an ensemble."""
+    answers = logits[:, 0] if logits.ndim == 3 else logits
+    return float((answers.argmax(-1) == labels).mean())
 
 
 def _latency_ms(core: ov.Core, out: Path, image: np.ndarray) -> dict[str, float]:

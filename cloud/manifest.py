@@ -56,6 +56,9 @@ class RoutingPolicy(BaseModel):
     mirror: bool = Field(
         False, description="score the image and its left-right mirror (one more edge inference)"
     )
+    ensemble: bool = Field(
+        False, description="score with every member of an ensemble edge model (member 0 answers)"
+    )
 
 
 class Manifest(BaseModel):

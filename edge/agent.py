@@ -217,7 +217,8 @@ async def _deploy(
     blank = np.zeros(manifest.edge.input_shape, np.uint8)
     for _ in range(WARM_UP_RUNS):
         logits = await model.infer(blank)
-        if logits.shape != (len(manifest.labels),) or not np.isfinite(logits).all():
+        shaped = logits.shape[-1:] == (len(manifest.labels),) and logits.ndim <= 2  # [members,] K
+        if not shaped or not np.isfinite(logits).all():
             raise ValueError(f"edge model warm-up gave logits of shape {logits.shape}")
     cloud = CloudClient(settings.cloud_url, manifest.cloud) if settings.cloud_url else None
     policy = policy_from_manifest(manifest.policy, settings.threshold)

@@ -258,8 +258,9 @@ def run_bench(
         "kserve_batches": KSERVE_BATCHES,
         "input": "raw uint8 pixels at the model's input size",
         # A mirroring policy runs the edge model on each image and its mirror; benchmark_app
-        # runs it once per image.
+        # runs it once per image. Both run every member of an ensemble edge model.
         "edge_inferences_per_image": 2 if manifest.policy.mirror else 1,
+        "edge_members": int(manifest.edge.metrics.get("members", 1)),
         "results": {p: bench_precision(manifest, p, seconds, clients, streams, window, logs)
                     for p in precisions},
     }  # fmt: skip
@@ -274,7 +275,9 @@ def bench_table(report: dict) -> Table:
     views = report["edge_inferences_per_image"]
     table = Table(
         title=f"edge bench: {report['family']} ({report['cpus']} CPUs), the agent runs the model "
-        f"{views}x per image" + (" (mirroring policy)" if views == 2 else "")
+        f"{views}x per image"
+        + (" (mirroring policy)" if views == 2 else "")
+        + (f", an ensemble of {report['edge_members']}" if report["edge_members"] > 1 else "")
     )
     for column in ("precision", "runner", "images/s", "p50 ms", "p99 ms", "vs benchmark_app"):
         table.add_column(column, justify="left" if column in ("precision", "runner") else "right")

@@ -139,14 +139,14 @@ class EdgeModel:
         )
 
     async def infer(self, image: np.ndarray) -> np.ndarray:
-        """Logits [classes] for one uint8 [H, W, C] image."""
+        """Logits [classes] ([members, classes] for an ensemble) for one uint8 [H, W, C] image."""
         return (await self.infer_batch(image[None]))[0]
 
     async def infer_batch(self, images: np.ndarray) -> np.ndarray:
-        """Logits [N, classes] for uint8 [N, H, W, C] images, in parts of at most `max_batch`.
-        While every infer request is busy, parts wait and then go to the device together, up
-        to `max_batch` images in one request. Images not at the model's size need `fold`, and
-        the model's channels (colour conversion is the caller's)."""
+        """Logits [N, classes] ([N, members, classes]) for uint8 [N, H, W, C] images, in parts
+        of at most `max_batch`. While every infer request is busy, parts wait and then go to the
+        device together, up to `max_batch` images in one request. Images not at the model's size
+        need `fold`, and the model's channels (colour conversion is the caller's)."""
         shape = images.shape[1:]
         if shape == self.input_shape:
             return await self._requests.infer_batch(images)

@@ -8,7 +8,10 @@ A target is one of:
 The least escalation that meets an accuracy target wins (the most escalation a budget allows).
 With `assurance` above 0.5 the target must hold for a normal-approximation lower bound of the
 cascade accuracy (upper bound of the escalation rate) at that one-sided confidence, which guards
-against a calibration split that flatters the edge model."""
+against a calibration split that flatters the edge model. With a `window` of m inputs the bound is
+for what m new inputs will measure (a prediction bound: the calibration split's sampling noise
+plus theirs), not for the long-run average: a target judged on a 10k test split, or on any
+10k frames of a camera, needs that margin too."""
 
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from router.policy import POLICIES, MaxProbabilityPolicy, ScorePolicy
 from router.temperature import expected_calibration_error, fit_temperature
 
 DEFAULT_ASSURANCE = 0.95
+DEFAULT_WINDOW = 10_000  # new inputs over which a calibrated target must hold
 _CLOUD_DROP = re.compile(r"cloud-(\d+(?:\.\d+)?)pt")
 
 
@@ -73,15 +77,22 @@ class OperatingPoint:
 
 @dataclass(frozen=True)
 class Split:
-    """Edge logits and which of the edge and cloud answers are right, for one data split;
-    `mirrored_logits` are the edge model's on the images flipped left-right, where the family's
-    models were trained with flips (None otherwise)."""
+    """Edge logits and which of the edge and cloud answers are right, for one data split.
+
+    `edge_logits` are [N, members, K] (an ensemble edge model; [N, K] is taken as one member)
+    and member 0 answers; `mirrored_logits` are alike on the images flipped left-right, where
+    the family's models were trained with flips (None otherwise)."""
 
     edge_logits: np.ndarray
     labels: np.ndarray
-    edge_correct: np.ndarray
     cloud_correct: np.ndarray
     mirrored_logits: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("edge_logits", "mirrored_logits"):
+            logits = getattr(self, name)
+            if logits is not None and logits.ndim == 2:
+                object.__setattr__(self, name, logits[:, None])
 
     @classmethod
     def load(cls, path: Path) -> Split:
@@ -93,18 +104,28 @@ class Split:
         return cls(
             edge_logits=data["edge_logits"].astype(np.float64),
             labels=labels,
-            edge_correct=data["edge_logits"].argmax(-1) == labels,
             cloud_correct=data["cloud_logits"].argmax(-1) == labels,
             mirrored_logits=None if mirrored is None else mirrored.astype(np.float64),
         )
 
+    @property
+    def members(self) -> int:
+        return self.edge_logits.shape[1]
+
+    @property
+    def answer_logits(self) -> np.ndarray:
+        """[N, K]: member 0's, whose answers the edge gives."""
+        return self.edge_logits[:, 0]
+
+    @property
+    def edge_correct(self) -> np.ndarray:
+        return self.answer_logits.argmax(-1) == self.labels
+
     def confidence(self, policy: ScorePolicy) -> np.ndarray:
         """`policy`'s score of every input."""
-        if not policy.mirror:
-            return policy.confidence(self.edge_logits)
-        if self.mirrored_logits is None:
+        if policy.mirror and self.mirrored_logits is None:
             raise ValueError(f"{policy.label} needs mirrored edge logits, which this split lacks")
-        return policy.confidence(np.stack([self.edge_logits, self.mirrored_logits], axis=1))
+        return policy.confidence(policy.views(self.edge_logits, self.mirrored_logits))
 
     def operating_point(self, policy: ScorePolicy) -> OperatingPoint:
         """Escalation rate and cascade accuracy of `policy` on this split."""
@@ -147,24 +168,27 @@ def _escalations(
     cloud_correct: np.ndarray,
     target: Target,
     z: float,
+    window: int | None,
 ) -> int:
-    """How many of the least confident inputs to escalate to meet `target`."""
+    """How many of the least confident inputs to escalate to meet `target` (see the module
+    docstring for `z` and `window`)."""
     n = len(confidence)
     _, accuracy = cascade_curve(confidence, edge_correct, cloud_correct)
+    margin = z * np.sqrt(1 / n + (1 / window if window else 0.0))  # per unit of spread
     if target.max_escalation is not None:
         rate = np.arange(n + 1) / n
-        allowed = rate + z * np.sqrt(rate * (1 - rate) / n) <= target.max_escalation + 1e-12
+        allowed = rate + margin * np.sqrt(rate * (1 - rate)) <= target.max_escalation + 1e-12
         return int(np.flatnonzero(allowed)[-1])
     if target.accuracy is not None:
-        lower = accuracy - z * np.sqrt(accuracy * (1 - accuracy) / n)
+        lower = accuracy - margin * np.sqrt(accuracy * (1 - accuracy))
         ok = lower >= target.accuracy - 1e-12
     else:
         # cascade - cloud = mean over inputs kept at the edge of (edge_ok - cloud_ok).
         disagree = (edge_correct != cloud_correct)[np.argsort(confidence, kind="stable")]
         kept_disagreements = disagree.sum() - np.concatenate([[0], np.cumsum(disagree)])
         delta = accuracy - cloud_correct.mean()
-        spread = np.sqrt(np.maximum(kept_disagreements / n - delta**2, 0.0) / n)
-        ok = delta - z * spread >= -target.max_drop - 1e-12
+        spread = np.sqrt(np.maximum(kept_disagreements / n - delta**2, 0.0))
+        ok = delta - margin * spread >= -target.max_drop - 1e-12
     if not ok.any():
         raise ValueError(
             f"{target} is out of reach on this split at this assurance: the cascade reaches "
@@ -179,13 +203,16 @@ def pick_threshold(
     cloud_correct: np.ndarray,
     target: Target,
     assurance: float = 0.5,
+    window: int | None = None,
 ) -> OperatingPoint:
-    """The threshold (escalate iff confidence < threshold) that meets `target` on this split."""
+    """The threshold (escalate iff confidence < threshold) that meets `target` on this split,
+    at `assurance` over the next `window` inputs (None: on average)."""
     if not 0.5 <= assurance < 1.0:
         raise ValueError(f"assurance must be in [0.5, 1), got {assurance}")
-    k = _escalations(
-        confidence, edge_correct, cloud_correct, target, NormalDist().inv_cdf(assurance)
-    )
+    if window is not None and window < 1:
+        raise ValueError(f"window must be a positive number of inputs, got {window}")
+    z = NormalDist().inv_cdf(assurance)
+    k = _escalations(confidence, edge_correct, cloud_correct, target, z, window)
     ranked = np.sort(confidence)
     # Put the threshold between the k-th and (k+1)-th lowest score.
     if k == 0:
@@ -203,6 +230,7 @@ class Calibration:
     point: OperatingPoint
     target: Target
     assurance: float
+    window: int | None
     ece_before: float
     ece_after: float
 
@@ -213,41 +241,65 @@ def ranking_quality(split: Split, policy: ScorePolicy) -> float:
     return float(split.curve(policy).mean())
 
 
+def candidate_policies(
+    split: Split, temperature: float, kind: str | None, mirror: bool | None, ensemble: bool | None
+) -> list[ScorePolicy]:
+    """Policies of `kind` (None: every kind) at `temperature`, looking once or more as the
+    split allows: `mirror`/`ensemble` None gives both with and without."""
+    looks = {}
+    for name, wanted, possible in (
+        ("mirror", mirror, split.mirrored_logits is not None),
+        ("ensemble", ensemble, split.members > 1),
+    ):
+        if wanted and not possible:
+            raise ValueError(f"this split has no edge logits to calibrate a {name} policy on")
+        looks[name] = [wanted] if wanted is not None else [False, True][: 1 + possible]
+    return [
+        POLICIES[name](0.0, temperature, flip, members)
+        for name in ([kind] if kind else POLICIES)
+        for flip in looks["mirror"]
+        for members in looks["ensemble"]
+    ]
+
+
 def calibrate(
     split: Split,
     target: Target,
     kind: str | None = None,
     assurance: float = DEFAULT_ASSURANCE,
     mirror: bool | None = None,
+    ensemble: bool | None = None,
+    window: int | None = DEFAULT_WINDOW,
 ) -> Calibration:
     """Fit the temperature, then pick the threshold of policy `kind` for `target` (default: of
-    the policy with the best `ranking_quality` on this split). `mirror` None tries the policies
-    with and without the mirrored view (with only where the split has mirrored logits)."""
-    temperature = fit_temperature(split.edge_logits, split.labels)
-    mirrors = [mirror] if mirror is not None else [False, True]
-    if split.mirrored_logits is None:
-        if mirror:
-            raise ValueError("this split has no mirrored edge logits to calibrate a mirror on")
-        mirrors = [False]
-    candidates = [
-        POLICIES[name](0.0, temperature, flag)
-        for name in ([kind] if kind else POLICIES)
-        for flag in mirrors
-    ]
+    the policy with the best `ranking_quality` on this split). `mirror` and `ensemble` None try
+    the policies with and without the mirrored view and the ensemble's other members (with
+    only where the split has their logits). The target holds at `assurance` over `window` new
+    inputs (see `pick_threshold`)."""
+    temperature = fit_temperature(split.answer_logits, split.labels)
+    candidates = candidate_policies(split, temperature, kind, mirror, ensemble)
     scorer = max(candidates, key=lambda policy: ranking_quality(split, policy))
     point = pick_threshold(
-        split.confidence(scorer), split.edge_correct, split.cloud_correct, target, assurance
+        split.confidence(scorer),
+        split.edge_correct,
+        split.cloud_correct,
+        target,
+        assurance,
+        window,
     )
-    policy = type(scorer)(point.threshold, temperature, scorer.mirror)
+    policy = type(scorer)(point.threshold, temperature, scorer.mirror, scorer.ensemble)
     return Calibration(
         policy=policy,
         point=point,
         target=target,
         assurance=assurance,
+        window=window,
         ece_before=expected_calibration_error(
-            MaxProbabilityPolicy(0.0).probabilities(split.edge_logits), split.labels
+            MaxProbabilityPolicy(0.0).probabilities(split.answer_logits), split.labels
         ),
-        ece_after=expected_calibration_error(policy.probabilities(split.edge_logits), split.labels),
+        ece_after=expected_calibration_error(
+            policy.probabilities(split.answer_logits), split.labels
+        ),
     )
 
 
@@ -257,6 +309,8 @@ def calibrate_manifest(
     kind: str | None = None,
     assurance: float = DEFAULT_ASSURANCE,
     mirror: bool | None = None,
+    ensemble: bool | None = None,
+    window: int | None = DEFAULT_WINDOW,
 ) -> Calibration | None:
     """Calibrate on the `calibration.npz` next to the manifest and store the policy (kind,
     threshold, temperature) in it; None (manifest untouched) without a calibration split."""
@@ -264,18 +318,20 @@ def calibrate_manifest(
     if not data_file.exists():
         return None
     split = Split.load(data_file)
-    result = calibrate(split, target, kind, assurance, mirror)
+    result = calibrate(split, target, kind, assurance, mirror, ensemble, window)
     manifest = Manifest.load(manifest_file)
     manifest.policy.kind = result.policy.name
     manifest.policy.threshold = result.policy.threshold
     manifest.policy.temperature = result.policy.temperature
     manifest.policy.mirror = result.policy.mirror
+    manifest.policy.ensemble = result.policy.ensemble
     manifest.notes["threshold"] = (
         f"{result.policy.label} threshold {result.policy.threshold:.4f} at temperature "
         f"{result.policy.temperature:.4f}, picked on the calibration split ({len(split.labels)} "
-        f"images) for {target} at {assurance:.0%} assurance: "
-        f"{result.point.escalation_rate:.1%} escalated, cascade {result.point.cascade_accuracy:.2%}"
-        f" vs cloud-only {result.point.cloud_accuracy:.2%}"
+        f"images) for {target} at {assurance:.0%} assurance"
+        + (f" over {window} new inputs: " if window else ": ")
+        + f"{result.point.escalation_rate:.1%} escalated, cascade "
+        f"{result.point.cascade_accuracy:.2%} vs cloud-only {result.point.cloud_accuracy:.2%}"
     )
     manifest.save(manifest_file)
     return result

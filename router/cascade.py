@@ -18,8 +18,9 @@ from router.cloud_client import CloudClient, CloudError
 from router.latency import LatencyTracker
 from router.policy import ScorePolicy, softmax
 
-# uint8 [N, H, W, C] prepared images -> logits [N, classes], in one inference. An edge model
-# that folds preprocessing takes colour-converted frames of one shape at any size instead.
+# uint8 [N, H, W, C] prepared images -> logits [N, classes] ([N, members, classes] for an
+# ensemble), in one inference. An edge model that folds preprocessing takes colour-converted
+# frames of one shape at any size instead.
 EdgeInfer = Callable[[np.ndarray], Awaitable[np.ndarray]]
 
 # Below this much time left there is no point in starting a cloud call.
@@ -142,9 +143,9 @@ class Cascade:
     ) -> Answers:
         """`images` are decoded (uint8 [H, W] or [H, W, C] each, or one [N, H, W, C] array): one
         edge inference for them all, one cloud call for those the policy escalates."""
-        logits = await self._edge_logits(images)
-        confidence = self.policy.confidence(logits)
-        probabilities = softmax(logits[:, 0] if self.policy.mirror else logits)
+        logits, mirrored = await self._edge_logits(images)
+        confidence = self.policy.confidence(self.policy.views(logits, mirrored))
+        probabilities = softmax(logits[:, 0])
         edge_class_id = probabilities.argmax(axis=-1)
         edge_done = time.perf_counter()
         escalated = np.asarray(self.policy.escalate(confidence))
@@ -167,14 +168,15 @@ class Cascade:
             bytes_per_escalation=sent,
         )
 
-    async def _edge_logits(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """Edge logits [N, K]; [N, 2, K] (as given, mirrored) for a mirroring policy, from one
-        inference of the 2N views."""
-        if not self.policy.mirror:
-            return await self._infer(images)
+    async def _edge_logits(
+        self, images: Sequence[np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Edge logits [N, members, K] of the images and, for a mirroring policy, of their
+        mirrors: one inference of the N (or 2N) views."""
         n = len(images)
-        logits = await self._infer(with_mirrors(images))
-        return np.stack([logits[:n], logits[n:]], axis=1)
+        logits = await self._infer(with_mirrors(images) if self.policy.mirror else images)
+        logits = logits.reshape(len(logits), -1, logits.shape[-1])
+        return logits[:n], logits[n:] if self.policy.mirror else None
 
     async def _infer(self, images: Sequence[np.ndarray]) -> np.ndarray:
         spec = self.manifest.edge.preprocessing
@@ -182,7 +184,7 @@ class Cascade:
             return np.asarray(await self._edge_infer(prepare_batch(images, spec)), np.float64)
         groups = color_groups(images, spec)
         parts = await asyncio.gather(*(self._edge_infer(batch) for _, batch in groups))
-        logits = np.empty((len(images), parts[0].shape[-1]))
+        logits = np.empty((len(images), *parts[0].shape[1:]))
         for (rows, _), part in zip(groups, parts):
             logits[rows] = part
         return logits

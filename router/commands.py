@@ -81,13 +81,28 @@ def calibrate_command(
             "default: whichever ranks the calibration split better",
         ),
     ] = None,
+    window: Annotated[
+        int | None,
+        typer.Option(
+            help="the target must hold over this many new inputs (a prediction bound; "
+            "default 10000); 0: on average"
+        ),
+    ] = None,
+    ensemble: Annotated[
+        bool | None,
+        typer.Option(
+            "--ensemble/--no-ensemble",
+            help="score with every member of an ensemble edge model; "
+            "default: whichever ranks the calibration split better",
+        ),
+    ] = None,
 ) -> None:
     """Fit the temperature and pick the policy threshold on the calibration split; store both
     in the family's manifest."""
     from rich import print as rprint
 
     from cloud.paths import manifest_path
-    from router.calibration import Target, calibrate_manifest
+    from router.calibration import DEFAULT_WINDOW, Target, calibrate_manifest
     from router.policy import POLICIES
 
     if target_accuracy is not None and max_escalation is not None:
@@ -102,7 +117,10 @@ def calibrate_command(
             target = Target(max_escalation=max_escalation)
         else:
             target = Target.parse_accuracy(target_accuracy or "cloud-0.3pt")
-        result = calibrate_manifest(manifest_file, target, policy, assurance, mirror)
+        window = DEFAULT_WINDOW if window is None else window or None
+        result = calibrate_manifest(
+            manifest_file, target, policy, assurance, mirror, ensemble, window
+        )
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     if result is None:

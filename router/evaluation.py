@@ -11,12 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from cloud.manifest import Manifest
-from router.calibration import Split, cascade_curve
+from router.calibration import Split, candidate_policies, cascade_curve
 from router.policy import (
-    POLICIES,
     EntropyPolicy,
     MaxProbabilityPolicy,
-    ScorePolicy,
     policy_from_manifest,
 )
 from router.temperature import expected_calibration_error, fit_temperature
@@ -33,15 +31,10 @@ CURVE_STEP = 0.0025  # escalation-rate spacing of the curves stored in the repor
 BOOTSTRAP_RESAMPLES = 1000  # paired bootstrap of the test split for the policy comparisons
 
 
-def _ours(split: Split, temperature: float) -> list[ScorePolicy]:
-    """Our policies at `temperature`, each also mirrored where the split has mirrored logits."""
-    mirrors = (False, True) if split.mirrored_logits is not None else (False,)
-    return [cls(0.0, temperature, mirror) for cls in POLICIES.values() for mirror in mirrors]
-
-
 def _scores(split: Split, temperature: float) -> dict[str, np.ndarray]:
     """Every input's score, per policy (by label) and baseline."""
-    scores = {policy.label: split.confidence(policy) for policy in _ours(split, temperature)}
+    ours = candidate_policies(split, temperature, kind=None, mirror=None, ensemble=None)
+    scores = {policy.label: split.confidence(policy) for policy in ours}
     return scores | {name: split.confidence(cls(0.0)) for name, cls in BASELINES.items()}
 
 
@@ -119,7 +112,7 @@ def evaluate_family(family_folder: Path) -> dict:
     manifest = Manifest.load(family_folder / "manifest.json")
     calibration = Split.load(family_folder / "calibration.npz")
     test = Split.load(family_folder / "test_predictions.npz")
-    temperature = fit_temperature(calibration.edge_logits, calibration.labels)
+    temperature = fit_temperature(calibration.answer_logits, calibration.labels)
     n = len(test.labels)
     cloud = float(test.cloud_correct.mean())
     scores = _scores(test, temperature)
@@ -137,7 +130,7 @@ def evaluate_family(family_folder: Path) -> dict:
     def ece(split: Split, t: float) -> float:
         return round(
             expected_calibration_error(
-                MaxProbabilityPolicy(0, t).probabilities(split.edge_logits), split.labels
+                MaxProbabilityPolicy(0, t).probabilities(split.answer_logits), split.labels
             ),
             5,
         )

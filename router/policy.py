@@ -4,10 +4,13 @@ A score says how much the edge model backs its answer (the top-1 class of the im
 the edge answers when the score is at least the threshold and escalates below it. Scores lie in
 [0, 1], higher meaning more confident, so a threshold of 0 never escalates.
 
-With `mirror`, the edge model also sees the image flipped left-right (one more inference per
-image, for models trained with flips) and the score is computed on the probabilities of both
-views averaged: an answer the mirrored view does not back scores lower. The answer itself stays
-the one of the image as given."""
+Two ways to look twice, each one more edge inference per image, both off by default:
+- `ensemble`: the edge model is an ensemble (its output is [N, members, K] logits) and the score
+  averages every member's probabilities; member 0 answers.
+- `mirror`: the edge model also sees the image flipped left-right (for models trained with
+  flips) and the score averages both views' probabilities.
+Either way the score is the averaged probability of the answer, which stays member 0's on the
+image as given: an answer the other views do not back scores lower."""
 
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ class ScorePolicy:
     threshold: float
     temperature: float = 1.0
     mirror: bool = False
+    ensemble: bool = False
     name: ClassVar[str]
 
     def __post_init__(self) -> None:
@@ -42,8 +46,25 @@ class ScorePolicy:
 
     @property
     def label(self) -> str:
-        """The policy's name, with `+mirror` when it scores both views."""
-        return self.name + ("+mirror" if self.mirror else "")
+        """The policy's name, with `+ensemble` and `+mirror` for the views it scores."""
+        return self.name + "+ensemble" * self.ensemble + "+mirror" * self.mirror
+
+    @property
+    def multiview(self) -> bool:
+        return self.mirror or self.ensemble
+
+    def views(self, logits: np.ndarray, mirrored: np.ndarray | None = None) -> np.ndarray:
+        """What `confidence` takes, from the edge model's logits of the images ([N, K], or
+        [N, members, K] for an ensemble) and of their mirrors (alike; needed with `mirror`):
+        [N, K] for a one-view policy, else [N, V, K] with view 0 member 0 on the image as given."""
+        members = logits if logits.ndim == 3 else logits[:, None]
+        chosen = members if self.ensemble else members[:, :1]
+        if self.mirror:
+            if mirrored is None:
+                raise ValueError(f"{self.label} needs the edge logits of the mirrored images")
+            flipped = mirrored if mirrored.ndim == 3 else mirrored[:, None]
+            chosen = np.concatenate([chosen, flipped[:, : chosen.shape[1]]], axis=1)
+        return chosen if self.multiview else chosen[:, 0]
 
     @staticmethod
     def score(probabilities: np.ndarray, answer: np.ndarray) -> np.ndarray:
@@ -55,12 +76,12 @@ class ScorePolicy:
         return softmax(np.asarray(logits, np.float64) / self.temperature)
 
     def confidence(self, logits: np.ndarray) -> np.ndarray:
-        """The policy's score of edge logits: [..., K], or [..., 2, K] (the image as given,
-        then mirrored) when the policy mirrors."""
+        """The policy's score of edge logits: [..., K], or [..., V, K] (the views of each input,
+        view 0 the one that answers, as `views` lays them out) when it looks more than once."""
         probabilities = self.probabilities(logits)
-        if self.mirror:
-            if probabilities.ndim < 2 or probabilities.shape[-2] != 2:
-                raise ValueError(f"a mirrored policy takes [..., 2, K] logits, not {logits.shape}")
+        if self.multiview:
+            if probabilities.ndim < 2:
+                raise ValueError(f"{self.label} takes [..., views, K] logits, not {logits.shape}")
             answer = probabilities[..., 0, :].argmax(axis=-1)
             probabilities = probabilities.mean(axis=-2)
         else:
@@ -118,5 +139,8 @@ POLICIES: dict[str, type[ScorePolicy]] = {
 def policy_from_manifest(policy: RoutingPolicy, threshold: float | None = None) -> ScorePolicy:
     """The policy a manifest names, optionally with its threshold overridden."""
     return POLICIES[policy.kind](
-        policy.threshold if threshold is None else threshold, policy.temperature, policy.mirror
+        policy.threshold if threshold is None else threshold,
+        policy.temperature,
+        policy.mirror,
+        policy.ensemble,
     )

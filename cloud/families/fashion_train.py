@@ -3,7 +3,11 @@
 Reproducible: fixed seed, deterministic kernels, 2 threads. Trains on the train split only;
 reports accuracy on the calibration split (the test split is never touched here).
 
-    python -m cloud.families.fashion_train [--tier edge|cloud|both] [--epochs 5]
+    python -m cloud.families.fashion_train [--tier edge|cloud|both] [--epochs 5] [--members 3]
+
+The edge model is an ensemble of `--members` copies of the edge CNN, trained alike from seeds
+seed, seed + 1, ...: one graph whose output is [N, members, K] logits. Member 0 answers; the
+router's escalation score can average all members (see router/policy.py).
 """
 
 from __future__ import annotations
@@ -50,6 +54,17 @@ def cloud_net() -> nn.Module:
 
 
 NETS = {"edge": edge_net, "cloud": cloud_net}
+
+
+class Members(nn.Module):
+    """Networks run side by side on the same input: logits [N, members, K]."""
+
+    def __init__(self, nets: list[nn.Module]) -> None:
+        super().__init__()
+        self.nets = nn.ModuleList(nets)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([net(x) for net in self.nets], dim=1)
 
 
 def parameter_count(model: nn.Module) -> int:
@@ -116,12 +131,18 @@ def main() -> None:
     parser.add_argument("--tier", choices=["edge", "cloud", "both"], default="both")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--members", type=int, default=3, help="edge ensemble size")
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR)
     args = parser.parse_args()
     torch.set_num_threads(2)
     torch.use_deterministic_algorithms(True)
     for tier in ["edge", "cloud"] if args.tier == "both" else [args.tier]:
-        model = train(tier, args.epochs, args.seed)
+        if tier == "edge" and args.members > 1:
+            trained = [train(tier, args.epochs, args.seed + i) for i in range(args.members)]
+            nets = Members([member.net for member in trained])
+            model = Uint8Nhwc(nets, PIXEL_MEAN, PIXEL_STD)
+        else:
+            model = train(tier, args.epochs, args.seed)
         path = export_onnx(model, args.out / f"fashion_{tier}.onnx", SIZE, 1)
         print(f"{tier}: wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
 

@@ -24,6 +24,7 @@ from edge.samples import labelled_frames
 from edgecascade.v1 import cascade_pb2 as pb
 from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
 from router.gateway_process import GatewayProcess
+from router.policy import policy_from_manifest
 from tests.family_files import copy_family
 
 pytestmark = pytest.mark.integration
@@ -168,9 +169,8 @@ def test_versions_switch_at_one_point_and_bad_updates_never_serve(fashion_manife
             assert (fleet[0]["manifest_version"], fleet[0]["previous_version"]) == (2, 1)
             assert (fleet[0]["edge"], fleet[0]["cloud"]) == pair2
             assert fleet[0]["cloud_latency_ms"]["p95"] > 0 and fleet[0]["breaker"] == "closed"
-            policy = v2.policy
-            kind = policy.kind + ("+mirror" if policy.mirror else "")
-            assert fleet[0]["policy"] == f"{kind} < {policy.threshold:.4f}"
+            policy = policy_from_manifest(v2.policy)
+            assert fleet[0]["policy"] == f"{policy.label} < {policy.threshold:.4f}"
             assert fleet[1] == {
                 "address": "127.0.0.1:1",
                 "health": "UNREACHABLE",

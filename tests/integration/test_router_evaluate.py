@@ -48,24 +48,27 @@ def test_calibrate_then_evaluate(artifacts_copy: Path):
     assert result.exit_code != 0 and "out of reach" in result.output
     assert manifest_file.read_bytes() == stored
 
-    result = invoke("calibrate", "--family", "fashion", "--no-mirror")
+    result = invoke("calibrate", "--family", "fashion", "--no-mirror", "--no-ensemble")
     assert result.exit_code == 0, result.output
     plain = Manifest.load(manifest_file).policy
-    assert not plain.mirror
+    assert not plain.mirror and not plain.ensemble
 
     result = invoke("calibrate", "--family", "fashion")  # default: cloud-0.3pt, best policy
     assert result.exit_code == 0, result.output
     policy = Manifest.load(manifest_file).policy
-    # The model was trained with flips: scoring the mirror too ranks the calibration split
+    # The edge model is an ensemble: scoring with every member ranks the calibration split
     # better, so the default picks it.
-    assert policy.mirror and policy.kind in {"max_prob", "margin", "entropy"}
+    assert policy.ensemble and policy.kind in {"max_prob", "margin", "entropy"}
 
     report = artifacts_copy / "out" / "router.json"
     result = invoke("evaluate", "--family", "fashion", "--report", str(report))
     assert result.exit_code == 0, result.output
     data = json.loads(report.read_text())
     ours = {
-        f"{kind}{view}" for kind in ("max_prob", "margin", "entropy") for view in ("", "+mirror")
+        f"{kind}{members}{view}"
+        for kind in ("max_prob", "margin", "entropy")
+        for members in ("", "+ensemble")
+        for view in ("", "+mirror")
     }
     assert set(data["curves"]) == ours | {"sedna_threshold", "sedna_cross_entropy"}
     for curve in data["curves"].values():

@@ -23,18 +23,22 @@ def fashion_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _assert_signature(model: ov.Model, shape: str, classes: int) -> None:
+# The edge model is an ensemble of 3 CNNs: logits [N, members, classes]; the cloud's [N, classes].
+LOGITS = {"edge": "[?,3,10]", "cloud": "[?,10]"}
+
+
+def _assert_signature(model: ov.Model, shape: str, logits_shape: str) -> None:
     (image,), (logits,) = model.inputs, model.outputs
     assert image.any_name == INPUT_NAME and image.element_type == ov.Type.u8
     assert str(image.partial_shape) == shape
     assert logits.any_name == OUTPUT_NAME and logits.element_type == ov.Type.f32
-    assert str(logits.partial_shape) == f"[?,{classes}]"
+    assert str(logits.partial_shape) == logits_shape
 
 
 @pytest.mark.parametrize("tier", ["edge", "cloud"])
 def test_committed_onnx_has_the_agreed_signature(tier: str) -> None:
     model = ov.Core().read_model(WEIGHTS_DIR / f"fashion_{tier}.onnx")
-    _assert_signature(model, "[?,28,28,1]", 10)
+    _assert_signature(model, "[?,28,28,1]", LOGITS[tier])
 
 
 def test_committed_weights_are_small() -> None:
@@ -70,7 +74,8 @@ def test_manifest_verifies_and_pins_every_artifact(fashion_root: Path) -> None:
 def test_built_models_keep_the_signature(fashion_root: Path) -> None:
     folder = family_dir("fashion", fashion_root)
     for rel in ["edge/model.xml", "edge/fp32/model.xml", "cloud/model.onnx"]:
-        _assert_signature(ov.Core().read_model(folder / rel), "[?,28,28,1]", 10)
+        logits = LOGITS[rel.split("/")[0]]
+        _assert_signature(ov.Core().read_model(folder / rel), "[?,28,28,1]", logits)
 
 
 def test_metrics_are_plausible(fashion_root: Path) -> None:
@@ -88,10 +93,11 @@ def test_prediction_files_for_the_router(fashion_root: Path) -> None:
     manifest = Manifest.load(folder / "manifest.json")
     for name, n in [("calibration.npz", 5_000), ("test_predictions.npz", 10_000)]:
         data = np.load(folder / name)
-        assert data["edge_logits"].shape == data["cloud_logits"].shape == (n, 10)
-        assert data["labels"].shape == (n,)
+        members = int(manifest.edge.metrics["members"])
+        assert data["edge_logits"].shape == data["edge_logits_mirrored"].shape == (n, members, 10)
+        assert data["cloud_logits"].shape == (n, 10) and data["labels"].shape == (n,)
     test = np.load(folder / "test_predictions.npz")
-    accuracy = (test["edge_logits"].argmax(1) == test["labels"]).mean()
+    accuracy = (test["edge_logits"][:, 0].argmax(-1) == test["labels"]).mean()
     assert accuracy == pytest.approx(manifest.edge.metrics["int8_accuracy"])
 
 

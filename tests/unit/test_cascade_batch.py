@@ -104,3 +104,27 @@ def test_a_mirroring_policy_infers_both_views_at_once_and_answers_for_the_image_
     assert [answers[i].edge_class_id for i in range(2)] == [1, 1]
     assert answers.edge_confidence == pytest.approx([(0.9 + 0.35) / 2] * 2)
     assert answers.tiers == ["cloud", "cloud"]  # unmirrored, 0.9 would stay at the edge
+
+
+def test_an_ensemble_model_is_scored_on_every_member_and_answers_with_member_0():
+    """A two-member fake model: member 0 is sure of its answer, member 1 (and every mirrored
+    view) is not; one inference of the images and their mirrors gives all four views."""
+
+    async def edge(batch):
+        calls.append(batch)
+        mirrored = batch[:, 0, 0, 0] >= 128
+        member0 = np.where(mirrored[:, None], UNSURE, CONFIDENT)
+        return np.stack([member0, np.tile(UNSURE, (len(batch), 1))], axis=1)
+
+    calls: list[np.ndarray] = []
+    halves = [np.concatenate([np.full((32, 16), 0), np.full((32, 16), 255)], 1).astype(np.uint8)]
+    scores = {}
+    for mirror in (False, True):
+        policy = MaxProbabilityPolicy(0.7, mirror=mirror, ensemble=True)
+        cascade = Cascade(manifest(), edge, policy, FakeCloud(), cloud_timeout_s=1.0)
+        answers = classify_batch(cascade, halves)
+        assert answers.edge_class_id.tolist() == [1]  # member 0's answer as given
+        scores[mirror] = float(answers.edge_confidence[0])
+    assert [b.shape[0] for b in calls] == [1, 2]
+    # Views backing class 1 with 0.9 (member 0 as given) and 0.35 (the others).
+    assert scores == pytest.approx({False: (0.9 + 0.35) / 2, True: (0.9 + 3 * 0.35) / 4})
