@@ -21,7 +21,13 @@ def router() -> None:
 
 @app.command("serve")
 def serve_command(
-    upstream: Annotated[list[str], typer.Option(help="Triton host:port (repeat for a cluster)")],
+    upstream: Annotated[
+        list[str],
+        typer.Option(
+            help="Triton host:port (repeat for a cluster); names are re-resolved while "
+            "serving, so give fully qualified ones"
+        ),
+    ],
     host: str = "127.0.0.1",
     port: int = 8001,
     probe_interval: Annotated[

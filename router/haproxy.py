@@ -31,6 +31,11 @@ MODEL_SYNC = "/edgecascade.v1.ModelSync/"
 BUFFER_BYTES = 64 << 10
 CHECK_TIMEOUT_S = 1.0  # how long a check (connect or agent) may take, whatever the interval
 SBIN = ("/usr/local/sbin", "/usr/sbin")
+# Every endpoint has two server lines (checked by the agent, and a connect-checked backup) at one
+# address, which HAProxy refuses by default when it re-resolves names at run time.
+_DEFAULT_SERVER = (
+    "    default-server init-addr last,libc,none resolvers system resolve-opts allow-dup-ip"
+)
 INSTALL_HINT = "install HAProxy >= 2.4 (Debian/Ubuntu: apt-get install haproxy)"
 
 
@@ -89,10 +94,12 @@ class GatewayConfig:
             *routes,
             f"    use_backend triton_streams if {{ path {KSERVE}ModelStreamInfer }}",
             "    default_backend triton",
-            "resolvers system",  # endpoint names resolve at run time too (k8s pods come and go)
+            # Endpoint names resolve at run time too (k8s pods come and go), without resolv.conf's
+            # search list: give fully qualified names.
+            "resolvers system",
             "    parse-resolv-conf",
             "backend triton",
-            "    default-server init-addr last,libc,none resolvers system",
+            _DEFAULT_SERVER,
             "    balance leastconn",
             "    option allbackups",
             "    http-reuse always",
@@ -102,7 +109,7 @@ class GatewayConfig:
             "    retry-on conn-failure empty-response junk-response",
             *servers,
             "backend triton_streams",
-            "    default-server init-addr last,libc,none resolvers system",
+            _DEFAULT_SERVER,
             "    balance leastconn",
             "    option allbackups",
             *tracked,
