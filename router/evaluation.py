@@ -215,7 +215,7 @@ def plot_report(report: dict, png: Path) -> None:
     # Baselines first (dashed, wide) so that our policies stay visible on top of them; the zoom
     # shows the baselines, the calibrated policy and the same kind with one view only.
     names = sorted(curves, key=lambda name: name not in BASELINES)
-    colors = {name: f"C{i}" for i, name in enumerate(names)}
+    colors = dict(zip(names, plt.get_cmap("tab20").colors))
     zoomed = [name for name in names if name in {*BASELINES, chosen, point["policy"]["kind"]}]
     for ax, xmax, shown in zip(axes[:2], (1.0, 0.4), (names, zoomed)):
         for name in shown:

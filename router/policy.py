@@ -4,11 +4,11 @@ A score says how much the edge model backs its answer (the top-1 class of the im
 the edge answers when the score is at least the threshold and escalates below it. Scores lie in
 [0, 1], higher meaning more confident, so a threshold of 0 never escalates.
 
-Two ways to look twice, each one more edge inference per image, both off by default:
-- `ensemble`: the edge model is an ensemble (its output is [N, members, K] logits) and the score
-  averages every member's probabilities; member 0 answers.
-- `mirror`: the edge model also sees the image flipped left-right (for models trained with
-  flips) and the score averages both views' probabilities.
+Two ways to look again, both off by default and both paid in edge compute:
+- `ensemble`: the edge model is an ensemble (one graph whose output is [N, members, K] logits)
+  and the score averages every member's probabilities; member 0 answers.
+- `mirror`: the edge model also sees the image flipped left-right, in the same inference (for
+  models trained with flips), and the score averages both views' probabilities.
 Either way the score is the averaged probability of the answer, which stays member 0's on the
 image as given: an answer the other views do not back scores lower."""
 

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from cloud.manifest import Manifest
 from cloud.paths import family_dir
 from edge.cli import app
+from router.policy import policy_from_manifest
 
 SPLIT_FILES = ("manifest.json", "calibration.npz", "test_predictions.npz")
 
@@ -80,7 +81,8 @@ def test_calibrate_then_evaluate(artifacts_copy: Path):
     ece = data["ece_15_bins"]["calibration"]
     assert ece["after"] < ece["before"]
     point = data["operating_point"]
-    assert point["policy"] == policy.model_dump() and point["label"] == f"{policy.kind}+mirror"
+    assert point["policy"] == policy.model_dump()
+    assert point["label"] == policy_from_manifest(policy).label == f"{policy.kind}+ensemble+mirror"
     assert 0 < point["test"]["escalation_rate"] < 1
     assert set(data["goal"]["calibrated_policy_vs_baselines"]) == set(data["sedna_defaults"])
     assert isinstance(data["goal"]["met_at_operating_point"], bool)

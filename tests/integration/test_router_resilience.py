@@ -12,6 +12,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from cloud.manifest import INPUT_NAME, OUTPUT_NAME, Manifest
+from cloud.paths import family_dir
+from cloud.triton_repository import write_model
 from cloud.triton_server import TritonServer
 from edge.process import EdgeProcess
 from edge.samples import labelled_frames
@@ -220,6 +222,55 @@ def test_failover_then_breaker_opens_when_all_are_gone_and_closes_when_one_is_ba
             print(f"escalation resumed {time.perf_counter() - back_at:.3f}s after Triton was back")
             assert stub.GetStatus(pb.GetStatusRequest(), timeout=5).breaker == "closed"
             assert all(classify(stub, f).tier == pb.CLOUD for f in frames[:10])
+    finally:
+        edge.stop()
+        gateway.stop()
+        a.stop()
+        b.stop()
+
+
+def test_escalations_larger_than_the_gateways_buffer_survive_a_triton_kill(
+    imagenet_manifest, tmp_path
+):
+    """ImageNet escalations are 203 kB (260x260x3), more than the 64 KiB HAProxy buffers and so
+    can resend itself. One of two Tritons is SIGKILLed with 4 of them in flight: the edge's
+    cloud client retries what the dead server dropped, through the gateway to the other one,
+    and every frame is still answered by the cloud."""
+    repository = tmp_path / "repository"
+    write_model(imagenet_manifest, family_dir("imagenet"), repository)
+    photos = labelled_frames("imagenet")
+    a = TritonServer(repository, log_path=tmp_path / "a.log").start()
+    b = TritonServer(repository, log_path=tmp_path / "b.log").start()
+    gateway = GatewayProcess([a.grpc_url, b.grpc_url], tmp_path / "gateway.log")
+    edge = EdgeProcess(
+        "imagenet", gateway.url, tmp_path / "edge.log", *ALWAYS_ESCALATE, "--cloud-timeout", "20"
+    )
+    try:
+        gateway.start()
+        edge.start()
+        with grpc.insecure_channel(edge.address) as channel:
+            responses: list[pb.ClassifyResponse] = []
+            served_by_a: list[int] = []
+
+            def camera(n: int, kill_at: int, in_flight: int = 4) -> Iterator[pb.ClassifyRequest]:
+                for i in range(n):
+                    while len(responses) < i - in_flight:
+                        time.sleep(0.001)
+                    if i == kill_at:
+                        served_by_a.append(cloud_inferences(a, imagenet_manifest))
+                        kill(a)
+                    photo = photos[i % len(photos)]
+                    yield pb.ClassifyRequest(request_id=str(i), encoded_image=photo.encoded)
+
+            stub = cascade_stub(channel)
+            responses.extend(stub.ClassifyStream(camera(40, kill_at=16), timeout=300))
+            assert [r.request_id for r in responses] == [str(i) for i in range(40)]
+            assert all(r.tier == pb.CLOUD and not r.degraded for r in responses), [
+                r.degraded_reason for r in responses if r.degraded
+            ]
+            assert served_by_a[0] > 0 and cloud_inferences(b, imagenet_manifest) > 0
+            status = stub.GetStatus(pb.GetStatusRequest(), timeout=5)
+            assert status.bytes_to_cloud / status.escalations > 64 * 1024
     finally:
         edge.stop()
         gateway.stop()
