@@ -255,10 +255,10 @@ def candidate_policies(
             raise ValueError(f"this split has no edge logits to calibrate a {name} policy on")
         looks[name] = [wanted] if wanted is not None else [False, True][: 1 + possible]
     return [
-        POLICIES[name](0.0, temperature, flip, members)
+        POLICIES[name](0.0, temperature, mirror=flipped, ensemble=pooled)
         for name in ([kind] if kind else POLICIES)
-        for flip in looks["mirror"]
-        for members in looks["ensemble"]
+        for flipped in looks["mirror"]
+        for pooled in looks["ensemble"]
     ]
 
 
@@ -313,7 +313,7 @@ def calibrate_manifest(
     window: int | None = DEFAULT_WINDOW,
 ) -> Calibration | None:
     """Calibrate on the `calibration.npz` next to the manifest and store the policy (kind,
-    threshold, temperature) in it; None (manifest untouched) without a calibration split."""
+    threshold, temperature, views) in it; None (manifest untouched) without a calibration split."""
     data_file = manifest_file.parent / "calibration.npz"
     if not data_file.exists():
         return None
@@ -328,8 +328,8 @@ def calibrate_manifest(
     manifest.notes["threshold"] = (
         f"{result.policy.label} threshold {result.policy.threshold:.4f} at temperature "
         f"{result.policy.temperature:.4f}, picked on the calibration split ({len(split.labels)} "
-        f"images) for {target} at {assurance:.0%} assurance"
-        + (f" over {window} new inputs: " if window else ": ")
+        f"images) for {result.target} at {result.assurance:.0%} assurance"
+        + (f" over {result.window} new inputs: " if result.window else ": ")
         + f"{result.point.escalation_rate:.1%} escalated, cascade "
         f"{result.point.cascade_accuracy:.2%} vs cloud-only {result.point.cloud_accuracy:.2%}"
     )
