@@ -23,7 +23,7 @@ from statistics import NormalDist
 import numpy as np
 
 from cloud.manifest import Manifest
-from router.policy import POLICIES, MaxProbabilityPolicy, ScorePolicy
+from router.policy import POLICIES, MaxProbabilityPolicy, ScorePolicy, member_logits
 from router.temperature import expected_calibration_error, fit_temperature
 
 DEFAULT_ASSURANCE = 0.95
@@ -92,7 +92,7 @@ class Split:
         for name in ("edge_logits", "mirrored_logits"):
             logits = getattr(self, name)
             if logits is not None and logits.ndim == 2:
-                object.__setattr__(self, name, logits[:, None])
+                object.__setattr__(self, name, member_logits(logits))
 
     @classmethod
     def load(cls, path: Path) -> Split:

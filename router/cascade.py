@@ -16,7 +16,7 @@ from cloud.preprocessing import color_groups, prepare_batch, with_mirrors
 from router.breaker import CircuitBreaker
 from router.cloud_client import CloudClient, CloudError
 from router.latency import LatencyTracker
-from router.policy import ScorePolicy, softmax
+from router.policy import ScorePolicy, member_logits, softmax
 
 # uint8 [N, H, W, C] prepared images -> logits [N, classes] ([N, members, classes] for an
 # ensemble), in one inference. An edge model that folds preprocessing takes colour-converted
@@ -175,7 +175,7 @@ class Cascade:
         mirrors: one inference of the N (or 2N) views."""
         n = len(images)
         logits = await self._infer(with_mirrors(images) if self.policy.mirror else images)
-        logits = logits.reshape(len(logits), -1, logits.shape[-1])
+        logits = member_logits(logits)
         return logits[:n], logits[n:] if self.policy.mirror else None
 
     async def _infer(self, images: Sequence[np.ndarray]) -> np.ndarray:

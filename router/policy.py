@@ -30,6 +30,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def member_logits(logits: np.ndarray) -> np.ndarray:
+    """[N, members, K] edge logits from an ensemble's [N, members, K] or one model's [N, K]."""
+    return logits.reshape(len(logits), -1, logits.shape[-1])
+
+
 @dataclass(frozen=True)
 class ScorePolicy:
     """Escalate when `score(...)` of softmax(logits / temperature) is below `threshold`."""
@@ -57,13 +62,13 @@ class ScorePolicy:
         """What `confidence` takes, from the edge model's logits of the images ([N, K], or
         [N, members, K] for an ensemble) and of their mirrors (alike; needed with `mirror`):
         [N, K] for a one-view policy, else [N, V, K] with view 0 member 0 on the image as given."""
-        members = logits if logits.ndim == 3 else logits[:, None]
+        members = member_logits(logits)
         chosen = members if self.ensemble else members[:, :1]
         if self.mirror:
             if mirrored is None:
                 raise ValueError(f"{self.label} needs the edge logits of the mirrored images")
-            flipped = mirrored if mirrored.ndim == 3 else mirrored[:, None]
-            chosen = np.concatenate([chosen, flipped[:, : chosen.shape[1]]], axis=1)
+            flipped = member_logits(mirrored)[:, : chosen.shape[1]]
+            chosen = np.concatenate([chosen, flipped], axis=1)
         return chosen if self.multiview else chosen[:, 0]
 
     @staticmethod
