@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from collections.abc import Awaitable, Callable
+
+from cloud.common.transport import PortInUse
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -15,7 +18,8 @@ def log_to_stderr() -> None:
 
 
 def run_until_signalled(serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Log to stderr and run `serve(stop)`; SIGINT or SIGTERM sets `stop`."""
+    """Log to stderr and run `serve(stop)`; SIGINT or SIGTERM sets `stop`. A port in use is
+    one line on stderr and exit code 2."""
     log_to_stderr()
 
     async def main() -> None:
@@ -25,4 +29,8 @@ def run_until_signalled(serve: Callable[[asyncio.Event], Awaitable[None]]) -> No
             loop.add_signal_handler(sig, stop.set)
         await serve(stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except PortInUse as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import tritonclient.grpc as grpcclient
 
+from cloud.common.transport import PLAINTEXT
+
 
 class TritonControlError(RuntimeError):
     """Triton refused a model-control request; the message is Triton's."""
@@ -50,4 +52,4 @@ class ModelControl:
         return sorted(int(m.version) for m in index if m.name == name and m.state == "READY")
 
     def _client(self) -> grpcclient.InferenceServerClient:
-        return grpcclient.InferenceServerClient(self.url)
+        return PLAINTEXT.triton(self.url)

@@ -25,6 +25,7 @@ from typing import Literal, Self
 
 import tritonclient.grpc as grpcclient
 
+from cloud.common.transport import PLAINTEXT
 from cloud.ports import free_port
 from cloud.service_process import die_with_parent
 from cloud.triton_control import ModelControl
@@ -205,7 +206,7 @@ class TritonServer:
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        with grpcclient.InferenceServerClient(self.grpc_url) as client:
+        with PLAINTEXT.triton(self.grpc_url) as client:
             while True:
                 assert self._process is not None
                 if self._process.poll() is not None:

@@ -13,11 +13,11 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import grpc
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from cloud.common.transport import PLAINTEXT
 from cloud.manifest import Manifest
 from cloud.paths import edge_model_file, family_dir, manifest_path
 from cloud.preprocessing import decode_image, prepare
@@ -98,7 +98,7 @@ async def unary_load(
 ) -> dict:
     """`clients` concurrent callers, each one Classify at a time, for `seconds`."""
     latencies: list[float] = []
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with PLAINTEXT.aio_channel(address) as channel:
         stub = pb_grpc.CascadeStub(channel)
         await stub.Classify(requests[0])  # connected and warm
         end = time.perf_counter() + seconds
@@ -120,7 +120,7 @@ async def stream_load(
 ) -> dict:
     """`streams` ClassifyStreams, each with up to `window` frames awaiting an answer."""
     latencies: list[float] = []
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with PLAINTEXT.aio_channel(address) as channel:
         stub = pb_grpc.CascadeStub(channel)
         end = time.perf_counter() + seconds
 
@@ -154,7 +154,6 @@ async def kserve_batch_load(
     """`clients` concurrent tritonclient callers of the agent's KServe ModelInfer, `batch`
     images per request; latency is per request, throughput per image."""
     from tritonclient.grpc import InferInput, InferRequestedOutput
-    from tritonclient.grpc.aio import InferenceServerClient
 
     inputs = []
     for start in range(0, len(images) - batch + 1, batch):
@@ -163,7 +162,7 @@ async def kserve_batch_load(
         inputs.append(tensor)
     outputs = [InferRequestedOutput("top1")]
     latencies: list[float] = []
-    client = InferenceServerClient(address)
+    client = PLAINTEXT.triton_aio(address)
     try:
         await client.infer(model, [inputs[0]], outputs=outputs)  # connected and warm
         end = time.perf_counter() + seconds
@@ -184,7 +183,7 @@ async def kserve_batch_load(
 
 
 def _status(address: str) -> pb.GetStatusResponse:
-    with grpc.insecure_channel(address) as channel:
+    with PLAINTEXT.channel(address) as channel:
         return pb_grpc.CascadeStub(channel).GetStatus(pb.GetStatusRequest(), timeout=5.0)
 
 

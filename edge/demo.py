@@ -11,12 +11,12 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from cloud.common.transport import PLAINTEXT
 from cloud.manifest import Manifest
 from cloud.paths import artifacts_root, family_dir, manifest_path
 from cloud.preprocessing import decode_image, prepare
@@ -56,7 +56,7 @@ def stream(
             sent_at[str(i)] = time.perf_counter()
             yield pb.ClassifyRequest(request_id=str(i), encoded_image=frame.encoded, top_k=1)
 
-    with grpc.insecure_channel(address) as channel:
+    with PLAINTEXT.channel(address) as channel:
         for response in pb_grpc.CascadeStub(channel).ClassifyStream(requests()):
             result.round_trip_ms.append((time.perf_counter() - sent_at[response.request_id]) * 1e3)
             in_flight.release()
@@ -182,7 +182,7 @@ def run_demo(
         )
         with Progress(*columns, console=console) as progress:
             result = stream(edge.address, frames, fps, progress, in_flight)
-        with grpc.insecure_channel(edge.address) as channel:
+        with PLAINTEXT.channel(edge.address) as channel:
             status = pb_grpc.CascadeStub(channel).GetStatus(pb.GetStatusRequest())
         with console.status("cloud-only baseline"):
             cloud_top1 = asyncio.run(cloud_only_predictions(triton.grpc_url, manifest, frames))

@@ -6,6 +6,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.table import Table
 
+from cloud.common.transport import PLAINTEXT
 from edgecascade.v1 import cascade_pb2 as pb
 from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
 
@@ -13,7 +14,7 @@ from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
 def agent_status(address: str, timeout_s: float = 3.0) -> dict:
     """Health and GetStatus of one agent; {"address", "health": "UNREACHABLE", "error"} when
     it cannot be asked."""
-    with grpc.insecure_channel(address) as channel:
+    with PLAINTEXT.channel(address) as channel:
         try:
             health = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=timeout_s

@@ -5,8 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import grpc
-
+from cloud.common.transport import PLAINTEXT
 from cloud.ports import free_port
 from cloud.service_process import ServiceProcess
 from edgecascade.v1 import cascade_pb2 as pb
@@ -40,6 +39,6 @@ class EdgeProcess(ServiceProcess):
         )
 
     def ready(self) -> bool:
-        with grpc.insecure_channel(self.address) as channel:
+        with PLAINTEXT.channel(self.address) as channel:
             pb_grpc.CascadeStub(channel).GetStatus(pb.GetStatusRequest(), timeout=1.0)
         return True

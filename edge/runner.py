@@ -12,8 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TextIO
 
-import grpc
-
+from cloud.common.transport import PLAINTEXT
 from edge.sources import FrameBuffer, FrameReader, SourceFrame, open_source
 from edgecascade.v1 import cascade_pb2 as pb
 from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
@@ -76,7 +75,7 @@ class _SinkPublisher:
     """Streams FrameResults to a ResultSink from a background call; `close` returns the ack."""
 
     def __init__(self, address: str):
-        self._channel = grpc.insecure_channel(address)
+        self._channel = PLAINTEXT.channel(address)
         self._queue: queue.Queue[sink_pb.FrameResult | None] = queue.Queue()
         stub = sink_grpc.ResultSinkStub(self._channel)
         self._call = stub.Publish.future(iter(self._queue.get, None))
@@ -136,7 +135,7 @@ def run(
         threading.Thread(target=lambda: (stop.wait(), reader.stop()), daemon=True).start()
     reader.start()
     try:
-        with grpc.insecure_channel(agent_address) as channel:
+        with PLAINTEXT.channel(agent_address) as channel:
             responses = pb_grpc.CascadeStub(channel).ClassifyStream(requests())
             for response in responses:
                 frame, sent_at = pending.pop(response.request_id)

@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
+from cloud.common.transport import Transport
 from cloud.manifest import Manifest
 from cloud.paths import family_dir
 from cloud.preprocessing import InvalidImage, decode_image, raw_image
@@ -148,10 +149,8 @@ async def serve(settings: EdgeSettings, stop: asyncio.Event | None = None) -> No
     if settings.sync_url and not (folder / "manifest.json").exists():
         folder = await updater.fetch_current(settings, settings.sync_url)
     agent = await EdgeAgent.load(settings, folder)
-    size = settings.max_message_bytes
-    server = grpc.aio.server(
-        options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)]
-    )
+    transport = Transport(max_message_bytes=settings.max_message_bytes)
+    server = transport.server()
     pb_grpc.add_CascadeServicer_to_server(CascadeService(agent), server)
     kpb_grpc.add_GRPCInferenceServiceServicer_to_server(KServeService(agent), server)
     health_servicer = health.aio.HealthServicer()
@@ -162,7 +161,7 @@ async def serve(settings: EdgeSettings, stop: asyncio.Event | None = None) -> No
         (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     address = f"{settings.host}:{settings.port}"
-    port = server.add_insecure_port(address)
+    port = transport.listen(server, address)
     await server.start()
     metrics_http = (
         agent.metrics.serve_http(settings.host, settings.metrics_port)[0]

@@ -12,8 +12,7 @@ import asyncio
 import logging
 from pathlib import Path
 
-import grpc
-
+from cloud.common.transport import PLAINTEXT
 from cloud.manifest import Manifest
 from edge.agent import EdgeAgent, EdgeSettings
 from edgecascade.v1 import model_sync_pb2_grpc as sync_grpc
@@ -28,7 +27,7 @@ def cache_dir(settings: EdgeSettings) -> Path:
 
 async def fetch_current(settings: EdgeSettings, sync_url: str) -> Path:
     """Download the family's current pair (an agent with nothing built locally starts so)."""
-    async with grpc.aio.insecure_channel(sync_url) as channel:
+    async with PLAINTEXT.aio_channel(sync_url) as channel:
         stub = sync_grpc.ModelSyncStub(channel)
         manifest = await get_manifest(stub, settings.family)
         return await fetch_manifest_files(
@@ -38,7 +37,7 @@ async def fetch_current(settings: EdgeSettings, sync_url: str) -> Path:
 
 async def follow(agent: EdgeAgent, sync_url: str) -> None:
     """Apply every manifest change the ModelSync service at `sync_url` announces, for ever."""
-    async with grpc.aio.insecure_channel(sync_url) as channel:
+    async with PLAINTEXT.aio_channel(sync_url) as channel:
         stub = sync_grpc.ModelSyncStub(channel)
         async for manifest in watch_manifests(stub, agent.settings.family, agent.manifest.version):
             if manifest == agent.manifest:

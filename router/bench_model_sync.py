@@ -13,9 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import grpc
 import numpy as np
 
+from cloud.common.transport import PLAINTEXT
 from cloud.manifest import Manifest, Preprocessing, write_family_folder
 from cloud.model_sync import CHUNK_BYTES, POLL_INTERVAL_S, add_model_sync
 from cloud.registry import Registry
@@ -37,12 +37,12 @@ async def _bench(tmp: Path, size_mib: int, repeats: int) -> dict:
     registry = Registry(tmp / "registry")
     manifest = registry.publish("bench", source).manifest
     sha = manifest.cloud.files["cloud/model.onnx"]
-    server = grpc.aio.server()
+    server = PLAINTEXT.server()
     add_model_sync(server, registry)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = PLAINTEXT.listen(server, "127.0.0.1:0")
     await server.start()
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with PLAINTEXT.aio_channel(f"127.0.0.1:{port}") as channel:
             stub = pb_grpc.ModelSyncStub(channel)
             stream_s, fetch_s = [], []
             for i in range(repeats):

@@ -2,50 +2,19 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import tritonclient.grpc as grpcclient
-import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
+from cloud.common.transport import FAST_RECONNECT, PLAINTEXT, retry_options
 from cloud.manifest import INPUT_NAME, LABELS_PARAMETER, OUTPUT_NAME, Manifest, ModelSpec
-
-# Images can be large (Triton's own message limits).
-MESSAGE_OPTIONS = [
-    ("grpc.max_send_message_length", 2**31 - 1),
-    ("grpc.max_receive_message_length", 2**31 - 1),
-]
-# Channels to Triton (or a gateway): a server that comes back is reconnected to within a second
-# (gRPC's default backoff grows to 2 minutes).
-CHANNEL_OPTIONS = [
-    *MESSAGE_OPTIONS,
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-]
 
 # An inference whose server went away (UNAVAILABLE: connection lost, or a gateway with no
 # endpoint left for it) is sent once more, within the caller's deadline; through a gateway it
 # lands on another Triton. Inference is idempotent.
-INFER_RETRY = {
-    "methodConfig": [
-        {
-            "name": [{"service": "inference.GRPCInferenceService", "method": "ModelInfer"}],
-            "retryPolicy": {
-                "maxAttempts": 2,
-                "initialBackoff": "0.01s",
-                "maxBackoff": "0.05s",
-                "backoffMultiplier": 2,
-                "retryableStatusCodes": ["UNAVAILABLE"],
-            },
-        }
-    ]
-}
 CLOUD_CHANNEL_OPTIONS = [
-    *CHANNEL_OPTIONS,
-    ("grpc.enable_retries", 1),
-    ("grpc.service_config", json.dumps(INFER_RETRY)),
+    *FAST_RECONNECT,
+    *retry_options("inference.GRPCInferenceService", "ModelInfer"),
 ]
 
 
@@ -77,7 +46,7 @@ class CloudClient:
     def __init__(self, url: str, spec: ModelSpec):
         self.url = url
         self.spec = spec
-        self._client = aioclient.InferenceServerClient(url, channel_args=CLOUD_CHANNEL_OPTIONS)
+        self._client = PLAINTEXT.triton_aio(url, options=CLOUD_CHANNEL_OPTIONS)
 
     async def infer(self, image: np.ndarray, timeout_s: float) -> np.ndarray:
         """Logits [classes] for one uint8 [H, W, C] image, or CloudError within `timeout_s`."""

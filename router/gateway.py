@@ -17,10 +17,10 @@ from pathlib import Path
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from cloud.common.transport import FAST_RECONNECT, PLAINTEXT, PortInUse
 from cloud.model_sync import add_model_sync
-from cloud.ports import free_port
+from cloud.ports import free_port, port_is_free
 from cloud.registry import Registry
-from router.cloud_client import CHANNEL_OPTIONS, MESSAGE_OPTIONS
 from router.haproxy import GatewayConfig, HAProxy
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class HealthAgent:
     def __init__(self, upstreams: Sequence[str], timeout_s: float):
         self.timeout_s = timeout_s
         self._channels = {
-            GatewayConfig.server_name(i): grpc.aio.insecure_channel(url, options=CHANNEL_OPTIONS)
+            GatewayConfig.server_name(i): PLAINTEXT.aio_channel(url, options=FAST_RECONNECT)
             for i, url in enumerate(upstreams)
         }
         self._ready: dict[str, bool] = {}
@@ -82,14 +82,16 @@ async def serve(
     """Run the gateway until `stop` is set (or forever, or until HAProxy exits); in-flight
     calls get `grace_s`. With `registry`, edges can also sync their models here (ModelSync);
     with `metrics_port`, Prometheus scrapes http://host:metrics_port/metrics."""
+    if port and not port_is_free(port, host):
+        raise PortInUse(f"cannot listen on {host}:{port}: the port is in use")
     agent = HealthAgent(urls, timeout_s=AGENT_TIMEOUT_S)
     agent_server = await asyncio.start_server(agent.answer, "127.0.0.1", 0)
     sync_server = None
     sync_url = None
     if registry is not None:
-        sync_server = grpc.aio.server(options=MESSAGE_OPTIONS)
+        sync_server = PLAINTEXT.server()
         add_model_sync(sync_server, Registry(registry))
-        sync_url = f"127.0.0.1:{sync_server.add_insecure_port('127.0.0.1:0')}"
+        sync_url = f"127.0.0.1:{PLAINTEXT.listen(sync_server, '127.0.0.1:0')}"
         await sync_server.start()
     config = GatewayConfig(
         upstreams=urls,

@@ -6,8 +6,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import tritonclient.grpc as grpcclient
-
+from cloud.common.transport import PLAINTEXT
 from cloud.ports import free_port
 from cloud.service_process import ServiceProcess
 
@@ -46,5 +45,5 @@ class GatewayProcess(ServiceProcess):
         )
 
     def ready(self) -> bool:
-        with grpcclient.InferenceServerClient(self.url) as client:
+        with PLAINTEXT.triton(self.url) as client:
             return client.is_server_live(client_timeout=1.0)

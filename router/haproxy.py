@@ -80,6 +80,7 @@ class GatewayConfig:
         )
         lines = [
             "global",
+            "    noreuseport",  # a port held by another program is an error, never shared
             f"    tune.bufsize {BUFFER_BYTES}",
             f"    hard-stop-after {self.grace_s:g}s",
             "defaults",

@@ -4,6 +4,7 @@ import grpc
 import numpy as np
 import pytest
 
+from cloud.common.transport import PLAINTEXT
 from cloud.manifest import Manifest
 from cloud.triton_server import TritonServer
 from edge.process import EdgeProcess
@@ -24,7 +25,7 @@ def edge(triton: TritonServer, tmp_path_factory) -> EdgeProcess:
 
 @pytest.fixture(scope="module")
 def stub(edge: EdgeProcess):
-    with grpc.insecure_channel(edge.address) as channel:
+    with PLAINTEXT.channel(edge.address) as channel:
         yield pb_grpc.CascadeStub(channel)
 
 
@@ -130,7 +131,7 @@ def test_with_triton_stopped_answers_come_back_degraded(fashion_repository, fram
         with EdgeProcess(
             "fashion", triton.grpc_url, tmp_path / "edge.log", "--threshold", "1.0"
         ) as edge:
-            with grpc.insecure_channel(edge.address) as channel:
+            with PLAINTEXT.channel(edge.address) as channel:
                 stub = pb_grpc.CascadeStub(channel)
                 assert classify(stub, frames[0]).tier == pb.CLOUD
                 triton.stop()

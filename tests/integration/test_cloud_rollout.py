@@ -13,6 +13,7 @@ from onnx import numpy_helper
 from typer.testing import CliRunner, Result
 
 from cloud.cloud_rollout import CloudTarget, roll_out
+from cloud.common.transport import PLAINTEXT
 from cloud.manifest import INPUT_NAME, OUTPUT_NAME, Manifest, sha256_file
 from cloud.registry import Registry
 from cloud.triton_control import TritonControlError
@@ -45,7 +46,7 @@ def retrain(folder: Path, bias: float | None) -> None:
 def infer(url: str, version: int) -> np.ndarray:
     tensor = grpcclient.InferInput(INPUT_NAME, list(IMAGES.shape), "UINT8")
     tensor.set_data_from_numpy(IMAGES)
-    with grpcclient.InferenceServerClient(url) as client:
+    with PLAINTEXT.triton(url) as client:
         result = client.infer("fashion_cloud", [tensor], model_version=str(version))
     return result.as_numpy(OUTPUT_NAME)
 

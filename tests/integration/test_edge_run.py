@@ -6,15 +6,14 @@ import json
 import subprocess
 import sys
 import threading
-from concurrent import futures
 from pathlib import Path
 
 import cv2
-import grpc
 import numpy as np
 import pytest
 
 from cloud import datasets
+from cloud.common.transport import PLAINTEXT
 from edge.process import EdgeProcess
 from edgecascade.v1 import sink_pb2 as sink_pb
 from edgecascade.v1 import sink_pb2_grpc as sink_grpc
@@ -36,9 +35,9 @@ class CollectingSink(sink_grpc.ResultSinkServicer):
 @pytest.fixture
 def sink():
     collector = CollectingSink()
-    server = grpc.server(futures.ThreadPoolExecutor(2))
+    server = PLAINTEXT.sync_server(2)
     sink_grpc.add_ResultSinkServicer_to_server(collector, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = PLAINTEXT.listen(server, "127.0.0.1:0")
     server.start()
     yield f"127.0.0.1:{port}", collector
     server.stop(None)

@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from cloud.common.transport import PLAINTEXT
 from cloud.manifest import Manifest
 from cloud.ports import free_port
 from cloud.triton_server import TritonServer
@@ -70,14 +71,14 @@ def agent(triton: TritonServer, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def triton_client(agent: Agent):
-    client = tc.InferenceServerClient(agent.address)
+    client = PLAINTEXT.triton(agent.address)
     yield client
     client.close()
 
 
 @pytest.fixture(scope="module")
 def channel(agent: Agent):
-    with grpc.insecure_channel(agent.address) as channel:
+    with PLAINTEXT.channel(agent.address) as channel:
         yield channel
 
 
@@ -174,7 +175,7 @@ def test_kserve_batches_raw_pixels_and_classification(
 def test_kserve_stream_answers_in_order_and_reports_bad_requests(agent, frames):
     results: list = []
     done = threading.Event()
-    client = tc.InferenceServerClient(agent.address)
+    client = PLAINTEXT.triton(agent.address)
 
     def callback(result, error):
         results.append((result, error))
@@ -291,9 +292,9 @@ def test_overload_is_refused_at_once_and_the_agent_stays_healthy(triton, frames,
         "65536",
     )
     try:
-        with grpc.insecure_channel(agent.address) as channel:
+        with PLAINTEXT.channel(agent.address) as channel:
             stub = pb_grpc.CascadeStub(channel)
-            client = tc.InferenceServerClient(agent.address)
+            client = PLAINTEXT.triton(agent.address)
 
             def native(frame):
                 return stub.Classify(pb.ClassifyRequest(encoded_image=frame.encoded), timeout=30)
@@ -371,7 +372,7 @@ def test_sigterm_drains_health_and_finishes_the_stream_in_flight(frames, tmp_pat
             yield pb.ClassifyRequest(request_id=str(i), encoded_image=frame.encoded)
 
     try:
-        with grpc.insecure_channel(agent.address) as channel:
+        with PLAINTEXT.channel(agent.address) as channel:
             watch = health_pb2_grpc.HealthStub(channel).Watch(
                 health_pb2.HealthCheckRequest(), timeout=60
             )

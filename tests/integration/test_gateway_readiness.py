@@ -5,12 +5,12 @@ which cannot be made live-but-not-ready on demand."""
 import re
 import time
 import urllib.request
-from concurrent import futures
 
 import grpc
 import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from cloud.common.transport import PLAINTEXT
 from cloud.ports import free_port
 from cloud.service_process import wait_until
 from router.gateway_process import GatewayProcess
@@ -28,11 +28,11 @@ class FakeTriton:
             "ServerReady": self._unary(lambda: service_pb2.ServerReadyResponse(ready=self.ready)),
             "ModelInfer": self._unary(self._infer),
         }
-        self.server = grpc.server(futures.ThreadPoolExecutor(4))
+        self.server = PLAINTEXT.sync_server(4)
         self.server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler("inference.GRPCInferenceService", handlers),)
         )
-        self.url = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
+        self.url = f"127.0.0.1:{PLAINTEXT.listen(self.server, '127.0.0.1:0')}"
         self.server.start()
 
     @staticmethod
@@ -74,7 +74,7 @@ def test_an_endpoint_that_is_not_ready_gets_no_requests_until_it_is(tmp_path):
             GatewayProcess(
                 [a.url, b.url], tmp_path / "gateway.log", probe_interval_s=0.1, metrics_port=metrics
             ) as gw,
-            grpc.insecure_channel(gw.url) as channel,
+            PLAINTEXT.channel(gw.url) as channel,
         ):
             stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
             assert served_by(stub, 20) == {"a", "b"}

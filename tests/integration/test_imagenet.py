@@ -1,9 +1,9 @@
 """The imagenet family through the whole cascade: EfficientNet-Lite0 INT8 at the edge,
 EfficientNet-Lite2 on Triton, on the 20 labelled smoke photos."""
 
-import grpc
 import pytest
 
+from cloud.common.transport import PLAINTEXT
 from cloud.paths import family_dir
 from cloud.triton_repository import write_model
 from cloud.triton_server import TritonServer
@@ -25,7 +25,7 @@ def test_smoke_photos_at_both_tiers(imagenet_manifest, tmp_path):
         for threshold in ("0", "1.0"):  # everything at the edge, then everything escalated
             log = tmp_path / f"edge-{threshold}.log"
             with EdgeProcess("imagenet", triton.grpc_url, log, "--threshold", threshold) as edge:
-                with grpc.insecure_channel(edge.address) as channel:
+                with PLAINTEXT.channel(edge.address) as channel:
                     stub = pb_grpc.CascadeStub(channel)
                     answers[threshold] = [
                         stub.Classify(pb.ClassifyRequest(encoded_image=f.encoded), timeout=30)

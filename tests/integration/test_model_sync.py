@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from cloud.common.transport import PLAINTEXT
 from cloud.manifest import Manifest
 from cloud.model_sync import CHUNK_BYTES, add_model_sync
 from cloud.registry import Registry
@@ -45,12 +46,12 @@ def registry(fashion_manifest: Manifest, tmp_path: Path) -> Registry:
 
 @asynccontextmanager
 async def model_sync(registry: Registry) -> AsyncIterator[pb_grpc.ModelSyncStub]:
-    server = grpc.aio.server()
+    server = PLAINTEXT.server()
     add_model_sync(server, registry, poll_interval_s=0.05)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = PLAINTEXT.listen(server, "127.0.0.1:0")
     await server.start()
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with PLAINTEXT.aio_channel(f"127.0.0.1:{port}") as channel:
             yield pb_grpc.ModelSyncStub(channel)
     finally:
         await server.stop(grace=None)

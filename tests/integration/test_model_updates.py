@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from cloud.cloud_rollout import CloudTarget, roll_out
+from cloud.common.transport import PLAINTEXT
 from cloud.manifest import Manifest, sha256_file
 from cloud.registry import Registry
 from cloud.service_process import wait_until
@@ -65,7 +66,7 @@ class Stream:
         self._thread = threading.Thread(target=self._run)
 
     def _run(self) -> None:
-        with grpc.insecure_channel(self.address) as channel:
+        with PLAINTEXT.channel(self.address) as channel:
             stub = pb_grpc.CascadeStub(channel)
             i = 0
             while not self._stop.is_set():
@@ -87,7 +88,7 @@ class Stream:
 
 
 def status(address: str) -> pb.GetStatusResponse:
-    with grpc.insecure_channel(address) as channel:
+    with PLAINTEXT.channel(address) as channel:
         return pb_grpc.CascadeStub(channel).GetStatus(pb.GetStatusRequest(), timeout=5)
 
 
@@ -198,7 +199,7 @@ def test_versions_switch_at_one_point_and_bad_updates_never_serve(fashion_manife
             assert v4.cloud.version not in triton.control.ready_versions(v4.cloud.name)
             assert wait_until(lambda: status(edge.address).manifest_version == v4.version, 30)
             assert status(edge.address).version_mismatch
-            with grpc.insecure_channel(edge.address) as channel:
+            with PLAINTEXT.channel(edge.address) as channel:
                 stub = pb_grpc.CascadeStub(channel)
                 answers = [
                     stub.Classify(pb.ClassifyRequest(encoded_image=f.encoded), timeout=10)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
+from cloud.common.transport import PLAINTEXT
 from cloud.manifest import INPUT_NAME, OUTPUT_NAME, Manifest
 from cloud.paths import family_dir
 from cloud.triton_repository import write_model
@@ -35,7 +36,7 @@ def frames():
 
 def cloud_inferences(triton: TritonServer, manifest: Manifest) -> int:
     """How many inferences Triton has run for the family's cloud model."""
-    with grpcclient.InferenceServerClient(triton.grpc_url) as client:
+    with PLAINTEXT.triton(triton.grpc_url) as client:
         stats = client.get_inference_statistics(manifest.cloud.name, str(manifest.cloud.version))
     return sum(m.inference_count for m in stats.model_stats)
 
@@ -53,7 +54,7 @@ def test_too_short_a_budget_is_answered_at_the_edge_without_calling_the_cloud(
 ):
     with (
         EdgeProcess("fashion", triton.grpc_url, tmp_path / "edge.log", *ALWAYS_ESCALATE) as edge,
-        grpc.insecure_channel(edge.address) as channel,
+        PLAINTEXT.channel(edge.address) as channel,
     ):
         stub = cascade_stub(channel)
         assert classify(stub, frames[0], deadline_ms=5000).tier == pb.CLOUD
@@ -92,8 +93,8 @@ def test_an_edge_gets_the_same_answers_through_the_gateway_as_straight_from_trit
             "fashion", triton.grpc_url, tmp_path / "direct.log", *ALWAYS_ESCALATE
         ) as direct,
         EdgeProcess("fashion", gateway.url, tmp_path / "via.log", *ALWAYS_ESCALATE) as via,
-        grpc.insecure_channel(direct.address) as c1,
-        grpc.insecure_channel(via.address) as c2,
+        PLAINTEXT.channel(direct.address) as c1,
+        PLAINTEXT.channel(via.address) as c2,
     ):
         for frame in frames[:30]:
             a, b = classify(cascade_stub(c1), frame), classify(cascade_stub(c2), frame)
@@ -104,8 +105,8 @@ def test_an_edge_gets_the_same_answers_through_the_gateway_as_straight_from_trit
         assert cascade_stub(c2).GetStatus(pb.GetStatusRequest(), timeout=5).cloud_ready
         # Any KServe v2 client sees the gateway as it sees Triton.
         with (
-            grpcclient.InferenceServerClient(gateway.url) as g,
-            grpcclient.InferenceServerClient(triton.grpc_url) as t,
+            PLAINTEXT.triton(gateway.url) as g,
+            PLAINTEXT.triton(triton.grpc_url) as t,
         ):
             name, version = fashion_manifest.cloud.name, str(fashion_manifest.cloud.version)
             assert g.is_server_live() and g.is_server_ready() and g.is_model_ready(name, version)
@@ -140,7 +141,7 @@ def test_an_edge_gets_the_same_answers_through_the_gateway_as_straight_from_trit
             assert err.value.status() == "StatusCode.NOT_FOUND"  # Triton's own error, passed on
             assert g.is_server_live()
         # Edges can sync their models from the same address (an empty registry here).
-        with grpc.insecure_channel(gateway.url) as channel:
+        with PLAINTEXT.channel(gateway.url) as channel:
             with pytest.raises(grpc.RpcError) as err:
                 ms_grpc.ModelSyncStub(channel).GetManifest(
                     ms.GetManifestRequest(family="fashion"), timeout=5
@@ -175,7 +176,7 @@ def test_failover_then_breaker_opens_when_all_are_gone_and_closes_when_one_is_ba
     try:
         gateway.start()
         edge.start()
-        with grpc.insecure_channel(edge.address) as channel:
+        with PLAINTEXT.channel(edge.address) as channel:
             stub = cascade_stub(channel)
             served_by_a: list[int] = []
             responses: list[pb.ClassifyResponse] = []
@@ -248,7 +249,7 @@ def test_escalations_larger_than_the_gateways_buffer_survive_a_triton_kill(
     try:
         gateway.start()
         edge.start()
-        with grpc.insecure_channel(edge.address) as channel:
+        with PLAINTEXT.channel(edge.address) as channel:
             responses: list[pb.ClassifyResponse] = []
             served_by_a: list[int] = []
 

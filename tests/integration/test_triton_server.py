@@ -7,6 +7,7 @@ import openvino as ov
 import pytest
 import tritonclient.grpc as grpcclient
 
+from cloud.common.transport import PLAINTEXT
 from cloud.manifest import INPUT_NAME, OUTPUT_NAME, Manifest
 from cloud.paths import family_dir
 from cloud.ports import port_is_free
@@ -39,7 +40,7 @@ def test_logits_match_local_openvino(
 ) -> None:
     manifest = fashion_manifest
     batch = images(manifest, 5)
-    with grpcclient.InferenceServerClient(triton.grpc_url) as client:
+    with PLAINTEXT.triton(triton.grpc_url) as client:
         result = client.infer(
             manifest.cloud.name, [infer_input(batch)], model_version=str(manifest.cloud.version)
         )
@@ -54,7 +55,7 @@ def test_classification_uses_the_label_file(
     manifest = fashion_manifest
     batch = images(manifest, 1, seed=1)
     output = grpcclient.InferRequestedOutput(OUTPUT_NAME, class_count=1)
-    with grpcclient.InferenceServerClient(triton.grpc_url) as client:
+    with PLAINTEXT.triton(triton.grpc_url) as client:
         result = client.infer(manifest.cloud.name, [infer_input(batch)], outputs=[output])
     _, index, label = result.as_numpy(OUTPUT_NAME)[0][0].decode().split(":")
     expected = int(local_model(batch)[0][0].argmax())
@@ -67,7 +68,7 @@ def test_concurrent_requests_are_batched_and_split_back(
     manifest = fashion_manifest
     name = manifest.cloud.name
     batches = [images(manifest, 1 + i % 4, seed=10 + i) for i in range(96)]
-    with grpcclient.InferenceServerClient(triton.grpc_url) as client:
+    with PLAINTEXT.triton(triton.grpc_url) as client:
         before = client.get_inference_statistics(name).model_stats[0]
         futures: list[Future] = []
         for batch in batches:
@@ -97,7 +98,7 @@ def test_missing_version_fails_clearly(triton: TritonServer, fashion_manifest: M
     manifest = fashion_manifest
     request = [infer_input(images(manifest, 1))]
     with (
-        grpcclient.InferenceServerClient(triton.grpc_url) as client,
+        PLAINTEXT.triton(triton.grpc_url) as client,
         pytest.raises(grpcclient.InferenceServerException, match="version 999 is not found"),
     ):
         client.infer(manifest.cloud.name, request, model_version="999")
@@ -107,7 +108,7 @@ def test_stop_frees_ports_and_keeps_the_log(fashion_repository: Path, tmp_path: 
     server = TritonServer(fashion_repository, log_path=tmp_path / "triton.log").start()
     pid, port = server.pid, server.grpc_port
     assert pid is not None and not port_is_free(port)
-    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+    with PLAINTEXT.triton(server.grpc_url) as client:
         assert client.is_server_ready()
 
     server.stop()

@@ -1,0 +1,1 @@
+"""What every tier shares: the transport (how gRPC servers, channels and clients are built)."""
