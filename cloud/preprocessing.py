@@ -7,10 +7,11 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from cloud.common.errors import InvalidInput
 from cloud.manifest import Preprocessing
 
 
-class InvalidImage(ValueError):
+class InvalidImage(InvalidInput):
     """The input is not an image this system can read; the message says why."""
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Annotated
 
@@ -32,6 +33,22 @@ models.command("list")(registry_commands.list_models)
 bench = typer.Typer(help="Benchmarks that write reports.", no_args_is_help=True)
 app.add_typer(bench, name="bench")
 console = Console()
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"edgecascade {package_version('edgecascade')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="print the version"),
+    ] = False,
+) -> None:
+    """Edge-to-cloud inference cascade: OpenVINO at the edge, Triton in the cloud."""
 
 
 @models.command("build")
@@ -67,7 +84,8 @@ def status(
     agent: Annotated[list[str], typer.Option(help="edge agent host:port (repeatable)")],
     json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
-    """Each edge agent's family, model versions, health, breaker and recent cloud latency."""
+    """Each edge agent's family, model versions, health, breaker and recent cloud latency;
+    exit code 1 when any agent is unreachable or not serving."""
     from edge.fleet_status import agent_status, status_table
 
     rows = [agent_status(address) for address in agent]
@@ -75,6 +93,8 @@ def status(
         print(json.dumps(rows, indent=2))  # plain: no wrapping of long values
     else:
         console.print(status_table(rows))
+    if any(row["health"] != "SERVING" for row in rows):
+        raise typer.Exit(1)
 
 
 @app.command()

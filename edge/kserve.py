@@ -25,10 +25,11 @@ from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
+from cloud.common.errors import NotFound
 from cloud.manifest import Manifest
 from cloud.preprocessing import InvalidImage, decode_image, raw_image, raw_images
 from edge.agent import EdgeAgent
-from edge.rpc import RequestError, deadline, ordered, status_code
+from edge.rpc import RequestError, deadline, ordered
 from router.cascade import Answers
 
 IMAGE, PIXELS = "image", "pixels"
@@ -52,9 +53,9 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
 
     def _check_model(self, name: str, version: str) -> None:
         if name != self.model:
-            raise LookupError(f"unknown model {name!r}: this edge agent serves {self.model!r}")
+            raise NotFound(f"unknown model {name!r}: this edge agent serves {self.model!r}")
         if version not in ("", self.version):
-            raise LookupError(
+            raise NotFound(
                 f"model {name!r} has no version {version!r}: this edge agent serves version "
                 f"{self.version}"
             )
@@ -68,7 +69,7 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(self, request: kpb.ModelReadyRequest, context) -> kpb.ModelReadyResponse:
         try:
             self._check_model(request.name, request.version)
-        except LookupError:
+        except NotFound:
             return kpb.ModelReadyResponse(ready=False)
         return kpb.ModelReadyResponse(ready=True)
 
@@ -84,8 +85,8 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
     ):
         try:
             self._check_model(request.name, request.version)
-        except LookupError as e:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(e))
+        except NotFound as e:
+            await context.abort(e.code, str(e))
         tensor = kpb.ModelMetadataResponse.TensorMetadata
         return kpb.ModelMetadataResponse(
             name=self.model,
@@ -109,8 +110,8 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
     async def ModelConfig(self, request: kpb.ModelConfigRequest, context: grpc.aio.ServicerContext):
         try:
             self._check_model(request.name, request.version)
-        except LookupError as e:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(e))
+        except NotFound as e:
+            await context.abort(e.code, str(e))
         return kpb.ModelConfigResponse(
             config=mc.ModelConfig(
                 name=self.model,
@@ -142,7 +143,7 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
         try:
             return await self._infer(request, deadline(context))
         except RequestError as e:
-            await context.abort(status_code(e), str(e))
+            await context.abort(e.code, str(e))
 
     async def ModelStreamInfer(
         self, requests: AsyncIterator[kpb.ModelInferRequest], context: grpc.aio.ServicerContext
@@ -158,7 +159,7 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
             return kpb.ModelStreamInferResponse(infer_response=await self._infer(request, None))
         except RequestError as e:
             return kpb.ModelStreamInferResponse(
-                error_message=f"{status_code(e).name}: {e}",
+                error_message=f"{e.code.name}: {e}",
                 infer_response=kpb.ModelInferResponse(
                     model_name=request.model_name,
                     model_version=request.model_version,
@@ -169,7 +170,7 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
     async def _infer(
         self, request: kpb.ModelInferRequest, deadline: float | None
     ) -> kpb.ModelInferResponse:
-        """Raises LookupError (unknown model), InvalidImage or Overloaded."""
+        """Raises NotFound (unknown model), InvalidImage or Overloaded."""
         received_at = time.perf_counter()
         self._check_model(request.model_name, request.model_version)
 

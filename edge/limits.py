@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from cloud.common.errors import Overloaded
 
-class Overloaded(Exception):
-    """The agent already has as many requests in flight as it allows; the message says so."""
+__all__ = ["InFlightLimit", "Overloaded"]
 
 
 class InFlightLimit:

@@ -3,35 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import grpc
 
-from cloud.preprocessing import InvalidImage
-from edge.limits import Overloaded
+from cloud.common.errors import RequestError
+
+__all__ = ["InternalErrors", "RequestError", "deadline", "ordered"]
+
+log = logging.getLogger(__name__)
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
-
-# Errors that are the caller's to fix or retry (anything else is a bug: UNKNOWN).
-STATUS_CODES: dict[type[Exception], grpc.StatusCode] = {
-    InvalidImage: grpc.StatusCode.INVALID_ARGUMENT,
-    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    LookupError: grpc.StatusCode.NOT_FOUND,
-}
-RequestError = tuple(STATUS_CODES)
 
 
 def deadline(context: grpc.aio.ServicerContext) -> float | None:
     """The call's gRPC deadline as a time.perf_counter() value (None: the caller set none)."""
     remaining = context.time_remaining()
     return None if remaining is None else time.perf_counter() + remaining
-
-
-def status_code(error: Exception) -> grpc.StatusCode:
-    return next(code for kind, code in STATUS_CODES.items() if isinstance(error, kind))
 
 
 async def ordered(
@@ -57,3 +50,59 @@ async def ordered(
         while not pending.empty():
             if task := pending.get_nowait():
                 task.cancel()
+
+
+class InternalErrors(grpc.aio.ServerInterceptor):
+    """A RequestError a handler lets out is answered with its status; a bug (any other
+    exception) is answered INTERNAL with a log line, never grpc's UNKNOWN with Python's text."""
+
+    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        if handler.unary_unary:
+            return handler._replace(unary_unary=_guard_unary(method, handler.unary_unary))
+        if handler.stream_unary:
+            return handler._replace(stream_unary=_guard_unary(method, handler.stream_unary))
+        if inspect.isasyncgenfunction(handler.unary_stream):
+            return handler._replace(unary_stream=_guard_stream(method, handler.unary_stream))
+        if inspect.isasyncgenfunction(handler.stream_stream):
+            return handler._replace(stream_stream=_guard_stream(method, handler.stream_stream))
+        return handler  # streams written with context.write (grpc's health Watch)
+
+
+async def _internal(method: str, context: grpc.aio.ServicerContext, error: Exception) -> None:
+    log.exception("bug in %s", method, exc_info=error)
+    await context.abort(
+        grpc.StatusCode.INTERNAL, f"internal error in {method} ({type(error).__name__}); see log"
+    )
+
+
+def _guard_unary(method: str, behaviour: Callable) -> Callable:
+    async def guarded(request, context):  # type: ignore[no-untyped-def]
+        try:
+            return await behaviour(request, context)
+        except RequestError as e:
+            await context.abort(e.code, str(e))
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception as e:
+            await _internal(method, context, e)
+
+    return guarded
+
+
+def _guard_stream(method: str, behaviour: Callable) -> Callable:
+    async def guarded(request, context):  # type: ignore[no-untyped-def]
+        try:
+            async for response in behaviour(request, context):
+                yield response
+        except RequestError as e:
+            await context.abort(e.code, str(e))
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception as e:
+            await _internal(method, context, e)
+
+    return guarded

@@ -23,7 +23,7 @@ from cloud.preprocessing import InvalidImage, decode_image, raw_image
 from edge import updater
 from edge.agent import EdgeAgent, EdgeSettings
 from edge.kserve import KServeService
-from edge.rpc import RequestError, deadline, ordered, status_code
+from edge.rpc import InternalErrors, RequestError, deadline, ordered
 from edgecascade.v1 import cascade_pb2 as pb
 from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
 from router.cascade import Answer
@@ -97,7 +97,7 @@ class CascadeService(pb_grpc.CascadeServicer):
         try:
             return await self._answer(request, deadline(context))
         except RequestError as e:
-            await context.abort(status_code(e), str(e))
+            await context.abort(e.code, str(e))
 
     async def ClassifyStream(
         self, requests: AsyncIterator[pb.ClassifyRequest], context: grpc.aio.ServicerContext
@@ -113,7 +113,7 @@ class CascadeService(pb_grpc.CascadeServicer):
             return pb.ClassifyResponse(
                 request_id=request.request_id,
                 versions=versions(self.agent.manifest),
-                error=pb.Error(code=status_code(e).value[0], message=str(e)),
+                error=pb.Error(code=e.code.value[0], message=str(e)),
             )
 
     async def GetStatus(
@@ -149,7 +149,9 @@ async def serve(settings: EdgeSettings, stop: asyncio.Event | None = None) -> No
     if settings.sync_url and not (folder / "manifest.json").exists():
         folder = await updater.fetch_current(settings, settings.sync_url)
     agent = await EdgeAgent.load(settings, folder)
-    transport = Transport(max_message_bytes=settings.max_message_bytes)
+    transport = Transport(
+        max_message_bytes=settings.max_message_bytes, server_interceptors=(InternalErrors(),)
+    )
     server = transport.server()
     pb_grpc.add_CascadeServicer_to_server(CascadeService(agent), server)
     kpb_grpc.add_GRPCInferenceServiceServicer_to_server(KServeService(agent), server)
