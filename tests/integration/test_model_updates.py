@@ -100,9 +100,11 @@ def cli_status(*addresses: str) -> list[dict]:
         capture_output=True,
         text=True,
         timeout=60,
-        check=True,
     )
-    return json.loads(run.stdout)
+    rows = json.loads(run.stdout)
+    # exit 1 when an agent is unreachable or not serving
+    assert run.returncode == int(any(row["health"] != "SERVING" for row in rows)), run.stderr
+    return rows
 
 
 class UncheckedRegistry(Registry):
