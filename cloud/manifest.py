@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
+import re
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 # Every model of every family takes uint8 NHWC images (normalisation lives in the graph)
 # and returns float32 logits [N, classes].
@@ -15,6 +16,50 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 # The Triton model-config parameter that carries the sha256 of the label map a model serves.
 LABELS_PARAMETER = "labels_sha256"
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+# An artifact is named by a relative path of plain names ("edge/model.xml"): no absolute path,
+# no "." or "..", no empty part, no backslash or control character, so that joining it to a
+# family folder never leaves that folder.
+ARTIFACT_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}")
+ARTIFACT_MAX_PARTS = 8
+ARTIFACT_MAX_CHARS = 512
+# Model and family names become folder names (Triton's repository, the edge cache).
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def check_artifact_name(rel: str) -> str:
+    """`rel` if it is a safe artifact name (see ARTIFACT_PART), else ValueError saying why."""
+    shown = rel if len(rel) <= 80 else rel[:80] + "…"
+    if not isinstance(rel, str) or not rel:
+        raise ValueError("artifact name is empty")
+    if len(rel) > ARTIFACT_MAX_CHARS:
+        raise ValueError(f"artifact name {shown!r} is longer than {ARTIFACT_MAX_CHARS} characters")
+    if rel.startswith("/"):
+        raise ValueError(f"artifact name {shown!r} is an absolute path")
+    parts = rel.split("/")
+    if len(parts) > ARTIFACT_MAX_PARTS:
+        raise ValueError(f"artifact name {shown!r} has more than {ARTIFACT_MAX_PARTS} parts")
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise ValueError(f"artifact name {shown!r} has an empty, '.' or '..' part")
+        if not ARTIFACT_PART.fullmatch(part):
+            raise ValueError(
+                f"artifact name {shown!r}: each part must be letters, digits, '_', '.', '+', '-' "
+                "(not starting with '.' or '-')"
+            )
+    return rel
+
+
+def artifact_path(folder: Path, rel: str) -> Path:
+    """Where artifact `rel` goes in `folder`; ValueError unless it stays inside `folder`
+    (checked again on the real file system, so a symbolic link cannot lead out either)."""
+    check_artifact_name(rel)
+    folder = Path(folder)
+    target = folder.joinpath(*PurePosixPath(rel).parts)
+    root = folder.resolve()
+    if not target.resolve().is_relative_to(root) or target.resolve() == root:
+        raise ValueError(f"artifact name {rel!r} leads outside its folder")
+    return target
 
 
 class Preprocessing(BaseModel):
@@ -37,6 +82,25 @@ class ModelSpec(BaseModel):
     files: dict[str, str] = Field(description="path relative to the family folder -> sha256")
     preprocessing: Preprocessing
     metrics: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        if not NAME.fullmatch(name):
+            raise ValueError(
+                f"model name {name[:80]!r}: expected letters, digits, '_', '-', '.' "
+                "(at most 128, not starting with '.', '_' or '-')"
+            )
+        return name
+
+    @field_validator("files")
+    @classmethod
+    def _plain_files(cls, files: dict[str, str]) -> dict[str, str]:
+        for rel, sha in files.items():
+            check_artifact_name(rel)
+            if not SHA256_HEX.fullmatch(sha):
+                raise ValueError(f"artifact {rel!r}: sha256 must be 64 lowercase hex digits")
+        return files
 
     @property
     def key(self) -> str:
@@ -72,6 +136,15 @@ class Manifest(BaseModel):
     policy: RoutingPolicy
     notes: dict[str, str] = Field(default_factory=dict)
 
+    @field_validator("family")
+    @classmethod
+    def _plain_family(cls, family: str) -> str:
+        if not NAME.fullmatch(family):
+            raise ValueError(
+                f"family name {family[:80]!r}: expected letters, digits, '_', '-', '.'"
+            )
+        return family
+
     @classmethod
     def load(cls, path: Path) -> Manifest:
         return cls.model_validate_json(Path(path).read_text())
@@ -85,7 +158,7 @@ class Manifest(BaseModel):
             raise ValueError(f"{self.family}: label map does not match labels_sha256")
         for spec in (self.edge, self.cloud):
             for rel, expected in spec.files.items():
-                actual = sha256_file(family_dir / rel)
+                actual = sha256_file(artifact_path(family_dir, rel))
                 if actual != expected:
                     raise ValueError(
                         f"{self.family}: {rel} has sha256 {actual[:12]}…, "
@@ -119,8 +192,9 @@ def write_family_folder(
     """Write `files` (paths under edge/ and cloud/) into a family folder with a manifest that
     hashes them; models are taken as they are (e.g. trained elsewhere)."""
     for rel, data in files.items():
-        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-        (folder / rel).write_bytes(data)
+        target = artifact_path(folder, rel)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
 
     def spec(tier: str) -> ModelSpec:
         hashes = {rel: sha256_file(folder / rel) for rel in files if rel.startswith(f"{tier}/")}

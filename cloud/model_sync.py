@@ -47,8 +47,12 @@ class ModelSyncService(pb_grpc.ModelSyncServicer):
     async def WatchManifests(
         self, request: pb.WatchManifestsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ManifestResponse]:
-        self._refresh()
         family, last = request.family, request.after_version
+        try:
+            self.registry.check_family(family)
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        self._refresh()
         if family not in self._current:
             await context.abort(
                 grpc.StatusCode.NOT_FOUND,
@@ -62,7 +66,11 @@ class ModelSyncService(pb_grpc.ModelSyncServicer):
                 changed = self._changed
                 version = self._current.get(family, last)
                 if version != last:
-                    yield self._response(family, version)
+                    try:
+                        response = self._response(family, version)
+                    except ValueError as exc:  # a manifest that leads outside the registry
+                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                    yield response
                     last = version
                 await changed.wait()
         finally:
@@ -130,7 +138,7 @@ class ModelSyncService(pb_grpc.ModelSyncServicer):
         """The blob's path; hashed again only when the file changed since it last verified."""
         path = self.registry.blob_path(sha256)
         try:
-            stat = path.stat()
+            stat = self.registry.inside(path).stat()
         except FileNotFoundError:
             raise NotFound(f"no artifact with sha256 {sha256} in the registry") from None
         stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns)

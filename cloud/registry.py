@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cloud.manifest import Manifest, ModelSpec, sha256_file
+from cloud.manifest import Manifest, ModelSpec, artifact_path, sha256_file
 from cloud.paths import family_dir, registry_root
 
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-FAMILY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+FAMILY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
 ACTIVATIONS = "activations.jsonl"
@@ -97,7 +97,9 @@ class Registry:
             if version is None:
                 raise NotFound(f"family {family!r} has no published version in {self.root}")
         path = self._family(family) / str(version) / MANIFEST
-        if not path.is_file():
+        if path.is_file():
+            self.inside(path)
+        else:
             known = self.versions(family)
             raise NotFound(
                 f"family {family!r} has no version {version} (published: {known})"
@@ -143,6 +145,7 @@ class Registry:
         path = self.blob_path(sha256)
         if not path.is_file():
             raise NotFound(f"no artifact with sha256 {sha256} in {self.root}")
+        self.inside(path)
         actual = sha256_file(path)
         if actual != sha256:
             raise CorruptBlob(
@@ -154,8 +157,9 @@ class Registry:
     def checkout(self, manifest: Manifest, dest: Path) -> Path:
         """Lay the manifest's verified artifacts out in `dest` as a family folder; return it."""
         dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
         for rel, sha in _files(manifest).items():
-            target = dest / rel
+            target = artifact_path(dest, rel)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.unlink(missing_ok=True)
             shutil.copyfile(self.verify_blob(sha), target)
@@ -184,7 +188,7 @@ class Registry:
             versions = self.versions(family)
             latest = self.get(family, versions[-1]) if versions else None
             for rel, sha in _files(source).items():  # also restores a corrupted blob
-                self._store_blob(source_dir / rel, sha)
+                self._store_blob(artifact_path(source_dir, rel), sha)
             changes = _changes(source, latest)
             if not changes:
                 assert latest is not None
@@ -211,13 +215,28 @@ class Registry:
                     log.write(json.dumps({"version": version, "at": at}) + "\n")
         return manifest
 
+    def inside(self, path: Path) -> Path:
+        """`path` once it is inside the registry on the real file system (a symbolic link
+        that leads out is refused), else ValueError; the message names no absolute path."""
+        if not path.resolve().is_relative_to(self.root.resolve()):
+            raise ValueError(f"{path.relative_to(self.root)} leads outside the registry")
+        return path
+
     @property
     def _families(self) -> Path:
         return self.root / "families"
 
+    def check_family(self, family: str) -> str:
+        """`family` if it is a valid family name, else ValueError saying why."""
+        self._family(family)
+        return family
+
     def _family(self, family: str) -> Path:
         if not FAMILY_NAME.fullmatch(family):
-            raise ValueError(f"family name {family!r}: expected letters, digits, '_', '-', '.'")
+            shown = family if len(family) <= 80 else family[:80] + "…"
+            raise ValueError(
+                f"family name {shown!r}: expected at most 128 letters, digits, '_', '-', '.'"
+            )
         return self._families / family
 
     @contextmanager

@@ -3,7 +3,9 @@
 Each new manifest is downloaded from ModelSync into `<artifacts>/edge-cache/<family>/<version>`
 (resumable, every sha256 checked), compiled and warmed up off the request path, then swapped in
 atomically (EdgeAgent.activate). A pair that fails any step is not swapped in: the serving pair
-stays. A version seen before (a rollback in the registry) is reused from the cache.
+stays. A version seen before (a rollback in the registry) is reused from the cache. A manifest
+that does not validate (one whose artifact names would lead outside the cache, for one) is
+refused before any file is written; `update_error` says why.
 """
 
 from __future__ import annotations
@@ -16,7 +18,12 @@ from cloud.common.transport import PLAINTEXT
 from cloud.manifest import Manifest
 from edge.agent import EdgeAgent, EdgeSettings
 from edgecascade.v1 import model_sync_pb2_grpc as sync_grpc
-from router.model_sync_client import fetch_manifest_files, get_manifest, watch_manifests
+from router.model_sync_client import (
+    InvalidManifest,
+    fetch_manifest_files,
+    get_manifest,
+    watch_manifests,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +46,13 @@ async def follow(agent: EdgeAgent, sync_url: str) -> None:
     """Apply every manifest change the ModelSync service at `sync_url` announces, for ever."""
     async with PLAINTEXT.aio_channel(sync_url) as channel:
         stub = sync_grpc.ModelSyncStub(channel)
-        async for manifest in watch_manifests(stub, agent.settings.family, agent.manifest.version):
+
+        def refused(exc: InvalidManifest) -> None:
+            agent.update_error = str(exc)
+            log.error("%s", exc)
+
+        family = agent.settings.family
+        async for manifest in watch_manifests(stub, family, agent.manifest.version, refused):
             if manifest == agent.manifest:
                 continue
             try:
@@ -49,10 +62,19 @@ async def follow(agent: EdgeAgent, sync_url: str) -> None:
 
 
 async def update(agent: EdgeAgent, stub: sync_grpc.ModelSyncStub, manifest: Manifest) -> None:
+    if manifest.family != agent.settings.family:
+        agent.update_error = (
+            f"v{manifest.version}: manifest refused: it is for family {manifest.family!r}, "
+            f"this agent serves {agent.settings.family!r}"
+        )
+        raise InvalidManifest(manifest.family, manifest.version, agent.update_error)
     folder = cache_dir(agent.settings) / str(manifest.version)
     log.info("manifest v%d announced: fetching into %s", manifest.version, folder)
     try:
         await fetch_manifest_files(stub, manifest, folder)
+    except ValueError as e:  # an artifact name that leads out of the cache: nothing written
+        agent.update_error = f"v{manifest.version}: manifest refused: {e}"
+        raise
     except Exception as e:
         agent.update_error = f"v{manifest.version}: download failed: {e}"
         raise

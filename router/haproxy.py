@@ -8,6 +8,12 @@ A unary call is buffered (up to `BUFFER_BYTES`) so that one whose endpoint refus
 connection or dies before answering is retried on another. ModelStreamInfer streams go through
 unbuffered, without retry; the ModelSync service, when served, goes to the gateway's own gRPC
 server. HAProxy's Prometheus exporter serves the per-endpoint counters, health and timings.
+
+Only an allow-list of methods goes through (`ALLOWED_METHODS`): inference, metadata, readiness
+and liveness, statistics, gRPC health and ModelSync. Anything else, Triton's model-repository
+(load, unload, index), shared-memory, trace and log methods included, is answered by HAProxy
+itself with gRPC status PERMISSION_DENIED: model control goes to Triton directly, never through
+the gateway (`models publish --triton`).
 """
 
 from __future__ import annotations
@@ -25,6 +31,27 @@ from cloud.service_process import die_with_parent
 
 KSERVE = "/inference.GRPCInferenceService/"
 MODEL_SYNC = "/edgecascade.v1.ModelSync/"
+HEALTH = "/grpc.health.v1.Health/"
+# What callers of the gateway may call; every other path is refused (PERMISSION_DENIED).
+KSERVE_ALLOWED = (
+    "ServerLive",
+    "ServerReady",
+    "ModelReady",
+    "ServerMetadata",
+    "ModelMetadata",
+    "ModelConfig",
+    "ModelStatistics",
+    "ModelInfer",
+    "ModelStreamInfer",
+)
+MODEL_SYNC_METHODS = ("GetManifest", "WatchManifests", "FetchArtifact")
+ALLOWED_METHODS = (
+    *(KSERVE + m for m in KSERVE_ALLOWED),
+    HEALTH + "Check",
+    HEALTH + "Watch",
+)
+GRPC_PERMISSION_DENIED = 7
+DENIED_MESSAGE = "is not allowed through the gateway (model control goes to Triton directly)"
 # A unary request that fits in one buffer is retried on another endpoint even when its own dies
 # mid-request; a larger one only when the connection fails (else UNAVAILABLE). Measured per call
 # with a 784 B request: 64 KiB buffers +0.2 ms, 128 KiB +0.33, 1 MiB +1.4 to 2.5 ms.
@@ -78,6 +105,16 @@ class GatewayConfig:
         routes = [f"    use_backend model_sync if {{ path_beg {MODEL_SYNC} }}"] * bool(
             self.model_sync
         )
+        allowed = [*ALLOWED_METHODS, *(MODEL_SYNC + m for m in MODEL_SYNC_METHODS)]
+        if not self.model_sync:
+            allowed = list(ALLOWED_METHODS)
+        # A gRPC "trailers-only" answer: HTTP 200 whose headers carry the status.
+        deny = [
+            f"    acl allowed_method path {' '.join(allowed)}",
+            "    http-request return status 200 content-type application/grpc "
+            f"hdr grpc-status {GRPC_PERMISSION_DENIED} "
+            f'hdr grpc-message "%[path] {DENIED_MESSAGE}" unless allowed_method',
+        ]
         lines = [
             "global",
             "    noreuseport",  # a port held by another program is an error, never shared
@@ -92,6 +129,7 @@ class GatewayConfig:
             "    timeout server 1h",
             "frontend kserve",
             f"    bind {self.listen} proto h2",
+            *deny,
             *routes,
             f"    use_backend triton_streams if {{ path {KSERVE}ModelStreamInfer }}",
             "    default_backend triton",

@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import grpc
+from pydantic import ValidationError
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
@@ -20,7 +21,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from cloud.manifest import Manifest, sha256_file
+from cloud.manifest import Manifest, artifact_path, sha256_file
 from edgecascade.v1 import model_sync_pb2 as pb
 from edgecascade.v1 import model_sync_pb2_grpc as pb_grpc
 
@@ -40,6 +41,15 @@ MAX_BACKOFF_S = 5.0
 
 class ArtifactError(RuntimeError):
     """A download that cannot succeed: the bytes received do not hash to the sha256 asked for."""
+
+
+class InvalidManifest(ArtifactError):
+    """A manifest that must not be applied: it does not hash as announced, or does not parse
+    (e.g. an artifact name that would lead outside the folder it is downloaded to)."""
+
+    def __init__(self, family: str, version: int, reason: str) -> None:
+        super().__init__(f"{family} v{version}: manifest refused: {reason}")
+        self.family, self.version, self.reason = family, version, reason
 
 
 class _Incomplete(Exception):
@@ -121,8 +131,10 @@ async def fetch_manifest_files(
     """Download every artifact of `manifest` into `folder` (as a family folder), verify the
     whole pair and write its manifest.json there; return `folder`."""
     folder = Path(folder)
-    for rel, sha in {**manifest.edge.files, **manifest.cloud.files}.items():
-        await fetch_artifact(stub, sha, folder / rel, attempts=attempts, timeout_s=timeout_s)
+    files = {**manifest.edge.files, **manifest.cloud.files}
+    targets = {rel: artifact_path(folder, rel) for rel in files}  # all checked before any write
+    for rel, sha in files.items():
+        await fetch_artifact(stub, sha, targets[rel], attempts=attempts, timeout_s=timeout_s)
     await asyncio.to_thread(manifest.verify, folder)
     manifest.save(folder / "manifest.json")
     return folder
@@ -137,18 +149,30 @@ async def get_manifest(
 
 
 async def watch_manifests(
-    stub: pb_grpc.ModelSyncStub, family: str, after_version: int = 0
+    stub: pb_grpc.ModelSyncStub,
+    family: str,
+    after_version: int = 0,
+    on_invalid: Callable[[InvalidManifest], None] | None = None,
 ) -> AsyncIterator[Manifest]:
     """The family's current manifest whenever it changes (not `after_version`), for ever.
 
     A dropped stream is opened again (backoff up to MAX_BACKOFF_S), after the last version seen.
+    A manifest that is not valid raises InvalidManifest, or with `on_invalid` is handed to it
+    and skipped (watching goes on).
     """
     last, failures = after_version, 0
     while True:
         request = pb.WatchManifestsRequest(family=family, after_version=last)
         try:
             async for response in stub.WatchManifests(request):
-                manifest = _manifest(response)
+                try:
+                    manifest = _manifest(response)
+                except InvalidManifest as exc:
+                    if on_invalid is None:
+                        raise
+                    last, failures = response.version, 0
+                    on_invalid(exc)
+                    continue
                 last, failures = manifest.version, 0
                 yield manifest
         except grpc.aio.AioRpcError as exc:
@@ -161,5 +185,18 @@ async def watch_manifests(
 def _manifest(response: pb.ManifestResponse) -> Manifest:
     digest = hashlib.sha256(response.manifest_json.encode()).hexdigest()
     if digest != response.manifest_sha256:
-        raise ArtifactError(f"{response.family} v{response.version}: manifest sha256 mismatch")
-    return Manifest.model_validate_json(response.manifest_json)
+        raise InvalidManifest(response.family, response.version, "manifest sha256 mismatch")
+    try:
+        manifest = Manifest.model_validate_json(response.manifest_json)
+    except ValidationError as exc:
+        reasons = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False)
+        )
+        raise InvalidManifest(response.family, response.version, reasons[:1000]) from None
+    if manifest.family != response.family or manifest.version != response.version:
+        raise InvalidManifest(
+            response.family,
+            response.version,
+            f"the manifest says {manifest.family} v{manifest.version}",
+        )
+    return manifest

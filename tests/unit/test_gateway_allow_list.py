@@ -1,0 +1,70 @@
+"""The gateway's HAProxy lets through only an allow-list of gRPC methods; Triton's model
+control, shared-memory, trace and log methods are answered with PERMISSION_DENIED."""
+
+import re
+
+from tritonclient.grpc import service_pb2
+
+from edgecascade.v1 import model_sync_pb2
+from router.haproxy import KSERVE, MODEL_SYNC, GatewayConfig, check_config
+
+TRITON_METHODS = {
+    m.name for m in service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods
+}
+CONTROL = {
+    "RepositoryIndex",
+    "RepositoryModelLoad",
+    "RepositoryModelUnload",
+    "SystemSharedMemoryStatus",
+    "SystemSharedMemoryRegister",
+    "SystemSharedMemoryUnregister",
+    "CudaSharedMemoryStatus",
+    "CudaSharedMemoryRegister",
+    "CudaSharedMemoryUnregister",
+    "TraceSetting",
+    "LogSettings",
+}
+
+
+def allowed_paths(text: str) -> set[str]:
+    (line,) = re.findall(r"^\s*acl allowed_method path (.+)$", text, re.MULTILINE)
+    return set(line.split())
+
+
+def render(tmp_path, **kw) -> str:
+    text = GatewayConfig(["127.0.0.1:8001"], "127.0.0.1:9000", 9100, **kw).render()
+    (tmp_path / "haproxy.cfg").write_text(text)
+    check_config(tmp_path / "haproxy.cfg")
+    return text
+
+
+def test_only_inference_metadata_health_and_statistics_reach_triton(tmp_path) -> None:
+    text = render(tmp_path)
+    allowed = allowed_paths(text)
+    kserve = {p.removeprefix(KSERVE) for p in allowed if p.startswith(KSERVE)}
+    assert kserve <= TRITON_METHODS
+    assert CONTROL <= TRITON_METHODS  # the names are Triton's own
+    assert kserve == TRITON_METHODS - CONTROL  # every other Triton method is control
+    assert kserve >= {"ModelInfer", "ModelStreamInfer", "ServerReady", "ModelStatistics"}
+    assert allowed - {KSERVE + m for m in kserve} == {
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+    }
+    assert MODEL_SYNC not in text  # no ModelSync served: none of its methods allowed
+
+
+def test_everything_else_gets_a_grpc_permission_denied(tmp_path) -> None:
+    text = render(tmp_path)
+    (rule,) = [line for line in text.splitlines() if "http-request return" in line]
+    assert "status 200 content-type application/grpc" in rule  # trailers-only gRPC answer
+    assert "hdr grpc-status 7 " in rule and "not allowed through the gateway" in rule
+    assert rule.endswith("unless allowed_method")
+    lines = text.splitlines()
+    frontend = lines.index("frontend kserve")
+    assert lines.index(rule) < lines.index("    default_backend triton", frontend)
+
+
+def test_model_sync_methods_are_allowed_when_served(tmp_path) -> None:
+    allowed = allowed_paths(render(tmp_path, model_sync="127.0.0.1:9200"))
+    methods = model_sync_pb2.DESCRIPTOR.services_by_name["ModelSync"].methods
+    assert {MODEL_SYNC + m.name for m in methods} <= allowed
