@@ -62,6 +62,16 @@ def artifact_path(folder: Path, rel: str) -> Path:
     return target
 
 
+def plain_name(kind: str, value: str) -> str:
+    """`value` when it is a plain name (NAME), else ValueError saying what a `kind` may hold."""
+    if not NAME.fullmatch(value):
+        raise ValueError(
+            f"{kind} {value[:80]!r}: expected letters, digits, '_', '-', '.' "
+            "(at most 128, not starting with '.', '_' or '-')"
+        )
+    return value
+
+
 class Preprocessing(BaseModel):
     """Geometry and colour of a model's input; pixel normalisation is inside the model."""
 
@@ -86,12 +96,7 @@ class ModelSpec(BaseModel):
     @field_validator("name")
     @classmethod
     def _plain_name(cls, name: str) -> str:
-        if not NAME.fullmatch(name):
-            raise ValueError(
-                f"model name {name[:80]!r}: expected letters, digits, '_', '-', '.' "
-                "(at most 128, not starting with '.', '_' or '-')"
-            )
-        return name
+        return plain_name("model name", name)
 
     @field_validator("files")
     @classmethod
@@ -139,11 +144,7 @@ class Manifest(BaseModel):
     @field_validator("family")
     @classmethod
     def _plain_family(cls, family: str) -> str:
-        if not NAME.fullmatch(family):
-            raise ValueError(
-                f"family name {family[:80]!r}: expected letters, digits, '_', '-', '.'"
-            )
-        return family
+        return plain_name("family name", family)
 
     @classmethod
     def load(cls, path: Path) -> Manifest:

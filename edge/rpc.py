@@ -7,6 +7,7 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import TypeVar
 
 import grpc
@@ -72,37 +73,34 @@ class InternalErrors(grpc.aio.ServerInterceptor):
         return handler  # streams written with context.write (grpc's health Watch)
 
 
-async def _internal(method: str, context: grpc.aio.ServicerContext, error: Exception) -> None:
-    log.exception("bug in %s", method, exc_info=error)
-    await context.abort(
-        grpc.StatusCode.INTERNAL, f"internal error in {method} ({type(error).__name__}); see log"
-    )
+@asynccontextmanager
+async def _answered(method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    """A RequestError becomes its status; any other exception INTERNAL, logged."""
+    try:
+        yield
+    except RequestError as e:
+        await context.abort(e.code, str(e))
+    except (grpc.aio.AbortError, asyncio.CancelledError):
+        raise
+    except Exception as e:
+        log.exception("bug in %s", method)
+        await context.abort(
+            grpc.StatusCode.INTERNAL, f"internal error in {method} ({type(e).__name__}); see log"
+        )
 
 
 def _guard_unary(method: str, behaviour: Callable) -> Callable:
     async def guarded(request, context):  # type: ignore[no-untyped-def]
-        try:
+        async with _answered(method, context):
             return await behaviour(request, context)
-        except RequestError as e:
-            await context.abort(e.code, str(e))
-        except (grpc.aio.AbortError, asyncio.CancelledError):
-            raise
-        except Exception as e:
-            await _internal(method, context, e)
 
     return guarded
 
 
 def _guard_stream(method: str, behaviour: Callable) -> Callable:
     async def guarded(request, context):  # type: ignore[no-untyped-def]
-        try:
+        async with _answered(method, context):
             async for response in behaviour(request, context):
                 yield response
-        except RequestError as e:
-            await context.abort(e.code, str(e))
-        except (grpc.aio.AbortError, asyncio.CancelledError):
-            raise
-        except Exception as e:
-            await _internal(method, context, e)
 
     return guarded
