@@ -11,22 +11,19 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cloud.cloud_rollout import CloudTarget, roll_out
 from cloud.common.transport import PLAINTEXT
 from cloud.manifest import labels_sha256
 from cloud.registry import Registry
 from cloud.service_process import wait_until
-from cloud.triton_server import TritonServer
 from edge.process import EdgeProcess
 from edge.samples import labelled_frames
 from edgecascade.v1 import cascade_pb2 as pb
 from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
 from edgecascade.v1 import model_sync_pb2 as sync_pb
 from edgecascade.v1 import model_sync_pb2_grpc as sync_grpc
-from router.gateway_process import GatewayProcess
 from router.model_sync_client import InvalidManifest, get_manifest
 from tests.family_files import copy_family
-from tests.integration.test_model_updates import new_edge_model, status
+from tests.integration.test_model_updates import new_edge_model, serving_v1, status
 
 pytestmark = pytest.mark.integration
 
@@ -45,21 +42,9 @@ def test_a_manifest_with_paths_is_refused_and_the_old_pair_keeps_serving(
 ) -> None:
     build = copy_family(tmp_path / "build")
     registry = Registry(tmp_path / "registry")
-    repository = tmp_path / "repository"
-    repository.mkdir()
     artifacts = tmp_path / "edge-artifacts"
     frame = labelled_frames("fashion", 1)[0]
-    with (
-        TritonServer(
-            repository, model_control_mode="explicit", log_path=tmp_path / "triton.log"
-        ) as triton,
-        GatewayProcess(
-            [triton.grpc_url], tmp_path / "gateway.log", registry=registry.root
-        ) as gateway,
-    ):
-        registry.publish("fashion", build, activate=False)
-        roll_out(registry, [CloudTarget(triton.control, repository)], "fashion")
-        v1 = registry.get("fashion")
+    with serving_v1(tmp_path, registry, build) as (repository, triton, gateway, v1):
         new_edge_model(build)
         v2 = registry.publish("fashion", build, activate=False).manifest  # good, not current
         with (

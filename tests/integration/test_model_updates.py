@@ -8,7 +8,8 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import grpc
@@ -107,19 +108,14 @@ def cli_status(*addresses: str) -> list[dict]:
     return rows
 
 
-class UncheckedRegistry(Registry):
-    """Activates without re-hashing blobs: corruption that happens after activation."""
-
-    def verify_blob(self, sha256: str) -> Path:
-        return self.blob_path(sha256)
-
-
-def test_versions_switch_at_one_point_and_bad_updates_never_serve(fashion_manifest, tmp_path):
-    build = copy_family(tmp_path / "build")
-    registry = Registry(tmp_path / "registry")
+@contextmanager
+def serving_v1(
+    tmp_path: Path, registry: Registry, build: Path
+) -> Iterator[tuple[Path, TritonServer, GatewayProcess, Manifest]]:
+    """Triton (explicit model control) behind a gateway serving `registry` over ModelSync,
+    with `build` published and rolled out as the family's first version."""
     repository = tmp_path / "repository"
     repository.mkdir()
-    frames = labelled_frames("fashion", 200)
     with (
         TritonServer(
             repository, model_control_mode="explicit", log_path=tmp_path / "triton.log"
@@ -130,7 +126,21 @@ def test_versions_switch_at_one_point_and_bad_updates_never_serve(fashion_manife
     ):
         registry.publish("fashion", build, activate=False)
         roll_out(registry, [CloudTarget(triton.control, repository)], "fashion")
-        v1 = registry.get("fashion")
+        yield repository, triton, gateway, registry.get("fashion")
+
+
+class UncheckedRegistry(Registry):
+    """Activates without re-hashing blobs: corruption that happens after activation."""
+
+    def verify_blob(self, sha256: str) -> Path:
+        return self.blob_path(sha256)
+
+
+def test_versions_switch_at_one_point_and_bad_updates_never_serve(fashion_manifest, tmp_path):
+    build = copy_family(tmp_path / "build")
+    registry = Registry(tmp_path / "registry")
+    frames = labelled_frames("fashion", 200)
+    with serving_v1(tmp_path, registry, build) as (repository, triton, gateway, v1):
         with EdgeProcess(
             "fashion",
             gateway.url,
