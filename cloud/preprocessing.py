@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import math
+import struct
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -10,17 +16,141 @@ import numpy as np
 from cloud.common.errors import InvalidInput
 from cloud.manifest import Preprocessing
 
+MAX_IMAGE_PIXELS = 40_000_000  # default bound on one image's pixels (declared or resized to)
+MAX_PNG_CHUNKS = 65_536  # more chunks than any encoder writes for an image within the bound
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers (C4 is DHT, C8 reserved, CC is DAC)
+JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
+
+T = TypeVar("T")
+INLINE_PIXELS = 1 << 20  # images with fewer pixels in all are prepared on the event loop
+
+_max_pixels: ContextVar[int] = ContextVar("max_image_pixels", default=MAX_IMAGE_PIXELS)
+
 
 class InvalidImage(InvalidInput):
     """The input is not an image this system can read; the message says why."""
 
 
+@contextmanager
+def pixel_limit(max_pixels: int) -> Iterator[None]:
+    """Within the block (this context, and threads started from it with asyncio.to_thread),
+    images above `max_pixels` are refused, as declared or once resized."""
+    token = _max_pixels.set(max_pixels)
+    try:
+        yield
+    finally:
+        _max_pixels.reset(token)
+
+
+def max_pixels() -> int:
+    """The pixel bound in force (see `pixel_limit`)."""
+    return _max_pixels.get()
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """(height, width) an encoded PNG or JPEG declares in its header, read without decoding it;
+    InvalidImage for other formats and for headers that are corrupt or truncated."""
+    if data.startswith(PNG_SIGNATURE):
+        return _png_size(data)
+    if data.startswith(b"\xff\xd8"):
+        return _jpeg_size(data)
+    raise InvalidImage(
+        f"cannot decode {len(data)} bytes as an image (starts with {data[:8].hex()}): "
+        "send JPEG or PNG"
+    )
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    """IHDR's size, after checking that every chunk's declared length fits the payload."""
+    size, pos, chunks = None, len(PNG_SIGNATURE), 0
+    while pos < len(data):
+        if pos + 8 > len(data):
+            raise InvalidImage(f"truncated PNG: {len(data) - pos} stray bytes after chunk {chunks}")
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        name = kind.decode("latin-1")
+        if length > len(data) - pos - 12:
+            raise InvalidImage(
+                f"corrupt PNG: chunk {name!r} declares {length} bytes but only "
+                f"{max(0, len(data) - pos - 12)} follow"
+            )
+        chunks += 1
+        if chunks > MAX_PNG_CHUNKS:
+            raise InvalidImage(f"corrupt PNG: more than {MAX_PNG_CHUNKS} chunks")
+        if size is None:
+            if kind != b"IHDR" or length != 13:
+                raise InvalidImage("corrupt PNG: the first chunk is not a 13-byte IHDR")
+            width, height = struct.unpack_from(">II", data, pos + 8)
+            if not (0 < width < 2**31 and 0 < height < 2**31):
+                raise InvalidImage(f"corrupt PNG: IHDR declares {width}x{height} pixels")
+            size = (height, width)
+            _check_pixels(height, width)
+        pos += 12 + length
+        if kind == b"IEND":
+            break
+    if size is None:
+        raise InvalidImage("truncated PNG: no IHDR chunk")
+    return size
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    """The size in the first start-of-frame segment, walking the segments before it."""
+    pos = 2
+    while True:
+        while pos + 1 < len(data) and data[pos] == data[pos + 1] == 0xFF:
+            pos += 1  # fill bytes before a marker
+        if pos + 2 > len(data):
+            raise InvalidImage("truncated JPEG: no frame header (SOF)")
+        if data[pos] != 0xFF:
+            raise InvalidImage(f"corrupt JPEG: no marker at byte {pos}")
+        marker = data[pos + 1]
+        if marker in JPEG_STANDALONE:
+            pos += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image, start of scan: before any frame header
+            raise InvalidImage("corrupt JPEG: no frame header (SOF) before the image data")
+        if pos + 4 > len(data):
+            raise InvalidImage("truncated JPEG: a segment header is cut off")
+        (length,) = struct.unpack_from(">H", data, pos + 2)
+        if length < 2 or pos + 2 + length > len(data):
+            raise InvalidImage(
+                f"corrupt JPEG: segment FF{marker:02X} declares {length} bytes but only "
+                f"{len(data) - pos - 2} follow"
+            )
+        if marker in JPEG_SOF:
+            if length < 8:
+                raise InvalidImage("corrupt JPEG: frame header too short")
+            height, width, components = struct.unpack_from(">HHB", data, pos + 5)
+            if height == 0 or width == 0:
+                raise InvalidImage(f"unsupported JPEG: frame header declares {width}x{height}")
+            if components not in (1, 3, 4):
+                raise InvalidImage(f"unsupported JPEG: {components} components")
+            _check_pixels(height, width)
+            return height, width
+        pos += 2 + length
+
+
+def _check_pixels(height: int, width: int, what: str = "image") -> None:
+    limit = max_pixels()
+    if height * width > limit:
+        raise InvalidImage(
+            f"{what} is {width}x{height} pixels ({height * width / 1e6:.1f} MP); the limit is "
+            f"{limit / 1e6:g} MP (max_image_pixels)"
+        )
+
+
 def decode_image(data: bytes) -> np.ndarray:
-    """Decode JPEG/PNG bytes into uint8 RGB [H, W, 3] or gray [H, W]."""
+    """Decode JPEG/PNG bytes into uint8 RGB [H, W, 3] or gray [H, W]. The header's size is
+    checked against `max_pixels()` first; corrupt or truncated headers are refused."""
     if not data:
         raise InvalidImage("empty image: send JPEG or PNG bytes")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is None:
+    size = image_size(data)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as e:
+        raise InvalidImage(f"cannot decode {len(data)} bytes as an image: {e.err}") from None
+    if image is None or image.shape[:2] != size:
         raise InvalidImage(
             f"cannot decode {len(data)} bytes as an image (starts with {data[:8].hex()}): "
             "send JPEG or PNG"
@@ -44,7 +174,7 @@ def raw_images(shape: list[int] | tuple[int, ...], data: bytes) -> np.ndarray:
     """N images of one shape, uint8 [N, H, W, C] (C is 1 or 3, RGB), from their shape and bytes
     (no copy: a read-only view of `data`)."""
     shape = tuple(int(d) for d in shape)
-    if len(shape) != 4 or shape[0] < 0:
+    if len(shape) != 4 or shape[0] <= 0:
         raise InvalidImage(f"raw image batch shape {list(shape)} must be [N, H, W, C]")
     _check_image_shape(shape[1:])
     return _pixels(shape, data, "raw image batch")
@@ -58,7 +188,7 @@ def _check_image_shape(shape: tuple[int, ...]) -> None:
 
 
 def _pixels(shape: tuple[int, ...], data: bytes, what: str) -> np.ndarray:
-    expected = int(np.prod(shape))
+    expected = math.prod(shape)  # Python ints: no wrap-around
     if len(data) != expected:
         raise InvalidImage(
             f"{what} of shape {list(shape)} needs {expected} uint8 bytes, got {len(data)}"
@@ -85,7 +215,13 @@ def prepare(image: np.ndarray, spec: Preprocessing) -> np.ndarray:
 def _resized(h: int, w: int, spec: Preprocessing) -> tuple[int, int]:
     """The size `prepare` resizes an [h, w] image to before its centre crop."""
     scale = spec.resize_short / min(h, w)
-    return max(spec.size, round(h * scale)), max(spec.size, round(w * scale))
+    nh, nw = max(spec.size, round(h * scale)), max(spec.size, round(w * scale))
+    if nh * nw > max_pixels():  # a very thin image: its short side scaled up
+        raise InvalidImage(
+            f"image of {w}x{h} pixels would be resized to {nw}x{nh} before its centre crop; "
+            f"the limit is {max_pixels() / 1e6:g} MP (max_image_pixels)"
+        )
+    return nh, nw
 
 
 def kept_region(h: int, w: int, spec: Preprocessing) -> tuple[int, int, int, int]:
@@ -139,6 +275,21 @@ def with_mirrors(images: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
     if isinstance(images, np.ndarray):
         return np.concatenate([images, mirrored(images)])
     return [*images, *mirrored(images)]
+
+
+def pixel_count(images: Sequence[np.ndarray]) -> int:
+    """Pixels (values) in decoded images: an [N, H, W, C] array or a list of images."""
+    if isinstance(images, np.ndarray):
+        return images.size
+    return sum(image.size for image in images)
+
+
+async def off_loop(images: Sequence[np.ndarray], work: Callable[..., T], *args: object) -> T:
+    """`work(*args)` on `images`: in a thread when they are large, so that the event loop
+    answers other calls meanwhile; at once when small (a thread hop costs more)."""
+    if pixel_count(images) < INLINE_PIXELS:
+        return work(*args)
+    return await asyncio.to_thread(work, *args)
 
 
 def _to_color(image: np.ndarray, color: str) -> np.ndarray:

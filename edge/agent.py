@@ -10,13 +10,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import grpc
 import numpy as np
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cloud.common.errors import RequestError
 from cloud.manifest import Manifest
 from cloud.paths import artifacts_root, edge_model_file, family_dir
-from cloud.preprocessing import InvalidImage
+from cloud.preprocessing import MAX_IMAGE_PIXELS, InvalidImage, pixel_limit
 from edge.limits import InFlightLimit, Overloaded
 from edge.metrics import Metrics
 from edge.runtime import EdgeModel, PerformanceHint
@@ -71,6 +73,19 @@ class EdgeSettings(BaseSettings):
     fold_preprocessing: bool = Field(
         True, description="crop and resize frames inside the edge model (OpenVINO), not in cv2"
     )
+    max_image_pixels: int = Field(
+        MAX_IMAGE_PIXELS,
+        ge=1,
+        description="largest image (height x width, from its header, or once resized) answered; "
+        "more: INVALID_ARGUMENT",
+    )
+
+
+class InternalFailure(RequestError):
+    """A bug met while answering one request: that request is answered INTERNAL (and logged),
+    a stream it came by goes on."""
+
+    code = grpc.StatusCode.INTERNAL
 
 
 @dataclass
@@ -183,12 +198,15 @@ class EdgeAgent:
     ) -> Answers:
         """One request (whichever API it came by): admit it, decode its images, run them
         through the cascade as one batch, count the outcome. Raises Overloaded past
-        max_in_flight and InvalidImage for unreadable input; times are time.perf_counter()."""
+        max_in_flight, InvalidImage for unreadable input (or one above max_image_pixels) and
+        InternalFailure for anything else (logged); times are time.perf_counter(). Decoding runs
+        in a thread, so a slow image does not hold up other calls."""
         cascade = self.deployment.cascade  # the whole request runs on one pair
         try:
-            with self.limit.admit():
+            with self.limit.admit(), pixel_limit(self.settings.max_image_pixels):
+                images = await asyncio.to_thread(decode)  # the thread sees the pixel limit
                 answers = await cascade.classify_batch(
-                    decode(), received_at=received_at, deadline=deadline
+                    images, received_at=received_at, deadline=deadline
                 )
         except Exception as e:
             self.counters.errors += isinstance(e, InvalidImage)
@@ -196,7 +214,12 @@ class EdgeAgent:
                 type(e), "OTHER"
             )
             self.metrics.failed(reason)
-            raise
+            if isinstance(e, RequestError):
+                raise
+            log.exception("bug while answering a request")
+            raise InternalFailure(
+                f"internal error while answering ({type(e).__name__}); see the agent's log"
+            ) from e
         self.counters.record(answers)
         self.metrics.answered(answers, time.perf_counter() - received_at)
         return answers

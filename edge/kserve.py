@@ -13,6 +13,8 @@ edge_model, cloud_model.
 
 from __future__ import annotations
 
+import logging
+import math
 import struct
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -31,6 +33,8 @@ from cloud.preprocessing import InvalidImage, decode_image, raw_image, raw_image
 from edge.agent import EdgeAgent
 from edge.rpc import RequestError, deadline, ordered
 from router.cascade import Answers
+
+log = logging.getLogger(__name__)
 
 IMAGE, PIXELS = "image", "pixels"
 OUTPUTS = ("probabilities", "top1", "edge_confidence")
@@ -158,14 +162,16 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
         try:
             return kpb.ModelStreamInferResponse(infer_response=await self._infer(request, None))
         except RequestError as e:
-            return kpb.ModelStreamInferResponse(
-                error_message=f"{e.code.name}: {e}",
-                infer_response=kpb.ModelInferResponse(
-                    model_name=request.model_name,
-                    model_version=request.model_version,
-                    id=request.id,
-                ),
-            )
+            message = f"{e.code.name}: {e}"
+        except Exception as e:  # a bug: this request's error, the stream goes on
+            log.exception("bug in ModelStreamInfer")
+            message = f"INTERNAL: internal error in ModelStreamInfer ({type(e).__name__}); see log"
+        return kpb.ModelStreamInferResponse(
+            error_message=message,
+            infer_response=kpb.ModelInferResponse(
+                model_name=request.model_name, model_version=request.model_version, id=request.id
+            ),
+        )
 
     async def _infer(
         self, request: kpb.ModelInferRequest, deadline: float | None
@@ -281,9 +287,9 @@ def _encoded(
             raise InvalidImage(f"input {IMAGE!r} is not a well-formed BYTES tensor: {e}") from None
     else:
         elements = list(tensor.contents.bytes_contents)
-    if len(elements) != int(np.prod(shape)):
+    if len(elements) != math.prod(shape):
         raise InvalidImage(
-            f"input {IMAGE!r} of shape {shape} needs {int(np.prod(shape))} elements, "
+            f"input {IMAGE!r} of shape {shape} needs {math.prod(shape)} elements, "
             f"got {len(elements)}"
         )
     return [decode_image(bytes(element)) for element in elements]
@@ -299,10 +305,9 @@ def _pixels(
             raise InvalidImage(f"input {PIXELS!r} holds values above 255")
         raw = values.astype(np.uint8).tobytes()
     if len(shape) == 4:
-        if len(raw) != int(np.prod(shape)):
+        if len(raw) != math.prod(shape):  # Python ints: [2**32, 2**32] is not 0 bytes
             raise InvalidImage(
-                f"input {PIXELS!r} of shape {shape} needs {int(np.prod(shape))} bytes, "
-                f"got {len(raw)}"
+                f"input {PIXELS!r} of shape {shape} needs {math.prod(shape)} bytes, got {len(raw)}"
             )
         return raw_images(shape, raw)
     if len(shape) in (2, 3):

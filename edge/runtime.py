@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections import OrderedDict, deque
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -16,13 +18,14 @@ import openvino as ov
 from openvino.preprocess import PrePostProcessor, ResizeAlgorithm
 
 from cloud.manifest import Preprocessing
-from cloud.preprocessing import kept_region, prepare_batch
+from cloud.preprocessing import kept_region, off_loop, prepare_batch
 
 log = logging.getLogger(__name__)
 Device = str  # "CPU", "GPU", "AUTO", "AUTO:GPU,CPU", ...
 PerformanceHint = Literal["LATENCY", "THROUGHPUT"]
 Shape = tuple[int, ...]
 FOLD_VARIANTS = 8  # compiled crop-and-resize variants kept, one per frame shape (LRU)
+FOLD_COMPILES_QUEUED = 2  # variants compiling or waiting to (one at a time); more: cv2 meanwhile
 
 
 class _Requests:
@@ -32,7 +35,9 @@ class _Requests:
     def __init__(self, compiled: ov.CompiledModel, max_batch: int):
         self.max_batch = max_batch
         self._queue = ov.AsyncInferQueue(compiled)
-        self._queue.set_callback(self._done)
+        # through a weak reference: a bound method would make a cycle through the queue that
+        # Python's collector cannot see into, and keep every evicted variant alive
+        self._queue.set_callback(partial(_request_done, weakref.ref(self)))
         self._idle = len(self._queue)
         self._waiting: deque[tuple[np.ndarray, asyncio.Future]] = deque()
 
@@ -84,6 +89,14 @@ class _Requests:
         self._start(loop)
 
 
+def _request_done(
+    requests: weakref.ref[_Requests], request: ov.InferRequest, userdata: tuple
+) -> None:
+    """An infer request's callback: the awaiting caller holds the _Requests while it runs."""
+    if (alive := requests()) is not None:
+        alive._done(request, userdata)
+
+
 class EdgeModel:
     """An OpenVINO compiled model whose requests overlap: `await infer_batch(images)` never
     blocks the event loop; up to `parallelism` requests run at once on the device, and images
@@ -116,6 +129,7 @@ class EdgeModel:
         self.fold_compiles = 0
         self._folded: OrderedDict[Shape, _Requests | None] = OrderedDict()  # None: cannot fold
         self._compiling: dict[Shape, asyncio.Future] = {}
+        self._compiler = ThreadPoolExecutor(1, thread_name_prefix="fold-compile")
 
     @property
     def parallelism(self) -> int:
@@ -157,25 +171,32 @@ class EdgeModel:
             )
         requests = self._folded_requests(shape, self.fold)
         if requests is None:
-            return await self._requests.infer_batch(prepare_batch(images, self.fold))
+            prepared = await off_loop(images, prepare_batch, images, self.fold)
+            return await self._requests.infer_batch(prepared)
         return await requests.infer_batch(images)
 
     async def fold_ready(self, shape: Shape) -> bool:
         """Compile (or await) the variant for frames of `shape` [H, W, C]; whether there is one."""
         if self.fold is None:
             return False
-        self._folded_requests(shape, self.fold)
-        if shape in self._compiling:
-            await asyncio.shield(self._compiling[shape])
+        while shape not in self._folded:
+            self._folded_requests(shape, self.fold)
+            # its own compilation, or (while too many are queued) any other one
+            pending = self._compiling.get(shape) or next(iter(self._compiling.values()), None)
+            if pending is None:
+                break
+            await asyncio.wait([pending])
         return self._folded.get(shape) is not None
 
     def _folded_requests(self, shape: Shape, spec: Preprocessing) -> _Requests | None:
-        """The variant for `shape` if compiled; else None, and its compilation starts."""
+        """The variant for `shape` if compiled; else None, and its compilation starts unless
+        FOLD_COMPILES_QUEUED others are under way (a later frame of that shape asks again)."""
         if shape in self._folded:
             self._folded.move_to_end(shape)
             return self._folded[shape]
-        if shape not in self._compiling:
-            task = asyncio.ensure_future(asyncio.to_thread(self._compile_folded, shape, spec))
+        if shape not in self._compiling and len(self._compiling) < FOLD_COMPILES_QUEUED:
+            loop = asyncio.get_running_loop()
+            task = loop.run_in_executor(self._compiler, self._compile_folded, shape, spec)
             self._compiling[shape] = task
             task.add_done_callback(partial(self._compiled, shape))
         return None
@@ -188,7 +209,7 @@ class EdgeModel:
             log.warning("cannot fold preprocessing for frames of %s: %s", shape, task.exception())
         self._folded[shape] = None if task.exception() else task.result()
         while len(self._folded) > FOLD_VARIANTS:
-            self._folded.popitem(last=False)
+            self._folded.popitem(last=False)  # its last reference: compiled model, threads freed
 
     def _compile_folded(self, shape: Shape, spec: Preprocessing) -> _Requests:
         """The model behind a PrePostProcessor that takes uint8 [N, H, W, C] frames, keeps the

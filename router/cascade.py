@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 
 from cloud.manifest import Manifest
-from cloud.preprocessing import color_groups, prepare_batch, with_mirrors
+from cloud.preprocessing import color_groups, off_loop, prepare_batch, with_mirrors
 from router.breaker import CircuitBreaker
 from router.cloud_client import CloudClient, CloudError
 from router.latency import LatencyTracker
@@ -181,8 +181,9 @@ class Cascade:
     async def _infer(self, images: Sequence[np.ndarray]) -> np.ndarray:
         spec = self.manifest.edge.preprocessing
         if not self._edge_folds:
-            return np.asarray(await self._edge_infer(prepare_batch(images, spec)), np.float64)
-        groups = color_groups(images, spec)
+            batch = await off_loop(images, prepare_batch, images, spec)
+            return np.asarray(await self._edge_infer(batch), np.float64)
+        groups = await off_loop(images, color_groups, images, spec)
         parts = await asyncio.gather(*(self._edge_infer(batch) for _, batch in groups))
         logits = np.empty((len(images), *parts[0].shape[1:]))
         for (rows, _), part in zip(groups, parts):
@@ -206,7 +207,7 @@ class Cascade:
             return "deadline", 0, None
         if not self.breaker.allow():
             return "cloud-unavailable", 0, None
-        batch = prepare_batch(images, self.manifest.cloud.preprocessing)
+        batch = await off_loop(images, prepare_batch, images, self.manifest.cloud.preprocessing)
         per_image = batch[0].nbytes
         sent = time.perf_counter()
         try:

@@ -1,0 +1,48 @@
+"""A bug met while answering one frame is that frame's INTERNAL error, never the stream's end
+(issue 12): EdgeAgent.answer turns it into a RequestError, ModelStreamInfer answers it."""
+
+import asyncio
+from types import SimpleNamespace
+
+import grpc
+import pytest
+
+from edge.agent import EdgeAgent, EdgeSettings, InternalFailure
+from edge.kserve import KServeService
+from edge.limits import InFlightLimit
+from tests.unit.test_kserve_requests import PNG, request
+
+
+class Cascade:
+    async def classify_batch(self, images, **_):
+        raise ZeroDivisionError("a bug")
+
+
+def agent() -> EdgeAgent:
+    failed = []
+    metrics = SimpleNamespace(failed=failed.append)
+    return EdgeAgent(
+        EdgeSettings(),
+        SimpleNamespace(cascade=Cascade()),
+        InFlightLimit(4),
+        metrics,
+        breaker=None,
+        latency=None,
+    )
+
+
+def test_a_bug_is_an_internal_failure_of_that_request():
+    edge = agent()
+    with pytest.raises(InternalFailure, match="ZeroDivisionError") as failure:
+        asyncio.run(edge.answer(lambda: [], received_at=0.0))
+    assert failure.value.code == grpc.StatusCode.INTERNAL and edge.limit.current == 0
+
+
+def test_a_bug_in_one_model_stream_infer_request_is_its_error_message():
+    service = KServeService(agent())
+    service.model = "fashion"
+    service._check_model = lambda name, version: None
+    message = request("image", "BYTES", [1], bytes_contents=[PNG])
+    message.id = "7"
+    response = asyncio.run(service._stream_item(message))
+    assert response.error_message.startswith("INTERNAL: ") and response.infer_response.id == "7"
