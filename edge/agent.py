@@ -10,12 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import grpc
 import numpy as np
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cloud.common.errors import RequestError
+from cloud.common.errors import InternalFailure, RequestError
 from cloud.manifest import Manifest
 from cloud.paths import artifacts_root, edge_model_file, family_dir
 from cloud.preprocessing import MAX_IMAGE_PIXELS, InvalidImage, pixel_limit
@@ -79,13 +78,6 @@ class EdgeSettings(BaseSettings):
         description="largest image (height x width, from its header, or once resized) answered; "
         "more: INVALID_ARGUMENT",
     )
-
-
-class InternalFailure(RequestError):
-    """A bug met while answering one request: that request is answered INTERNAL (and logged),
-    a stream it came by goes on."""
-
-    code = grpc.StatusCode.INTERNAL
 
 
 @dataclass
@@ -216,10 +208,7 @@ class EdgeAgent:
             self.metrics.failed(reason)
             if isinstance(e, RequestError):
                 raise
-            log.exception("bug while answering a request")
-            raise InternalFailure(
-                f"internal error while answering ({type(e).__name__}); see the agent's log"
-            ) from e
+            raise InternalFailure.logged("answering a request", e) from e
         self.counters.record(answers)
         self.metrics.answered(answers, time.perf_counter() - received_at)
         return answers

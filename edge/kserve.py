@@ -13,7 +13,6 @@ edge_model, cloud_model.
 
 from __future__ import annotations
 
-import logging
 import math
 import struct
 import time
@@ -27,14 +26,12 @@ from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
-from cloud.common.errors import NotFound
+from cloud.common.errors import InternalFailure, NotFound
 from cloud.manifest import Manifest
 from cloud.preprocessing import InvalidImage, decode_image, raw_image, raw_images
 from edge.agent import EdgeAgent
 from edge.rpc import RequestError, deadline, ordered
 from router.cascade import Answers
-
-log = logging.getLogger(__name__)
 
 IMAGE, PIXELS = "image", "pixels"
 OUTPUTS = ("probabilities", "top1", "edge_confidence")
@@ -164,8 +161,8 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
         except RequestError as e:
             message = f"{e.code.name}: {e}"
         except Exception as e:  # a bug: this request's error, the stream goes on
-            log.exception("bug in ModelStreamInfer")
-            message = f"INTERNAL: internal error in ModelStreamInfer ({type(e).__name__}); see log"
+            failure = InternalFailure.logged("ModelStreamInfer", e)
+            message = f"{failure.code.name}: {failure}"
         return kpb.ModelStreamInferResponse(
             error_message=message,
             infer_response=kpb.ModelInferResponse(

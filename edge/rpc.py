@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -12,11 +11,9 @@ from typing import TypeVar
 
 import grpc
 
-from cloud.common.errors import RequestError
+from cloud.common.errors import InternalFailure, RequestError
 
 __all__ = ["InternalErrors", "RequestError", "deadline", "ordered"]
-
-log = logging.getLogger(__name__)
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
@@ -83,10 +80,8 @@ async def _answered(method: str, context: grpc.aio.ServicerContext) -> AsyncIter
     except (grpc.aio.AbortError, asyncio.CancelledError):
         raise
     except Exception as e:
-        log.exception("bug in %s", method)
-        await context.abort(
-            grpc.StatusCode.INTERNAL, f"internal error in {method} ({type(e).__name__}); see log"
-        )
+        failure = InternalFailure.logged(method, e)
+        await context.abort(failure.code, str(failure))
 
 
 def _guard_unary(method: str, behaviour: Callable) -> Callable:

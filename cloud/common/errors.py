@@ -6,7 +6,11 @@ for the caller's fault.
 
 from __future__ import annotations
 
+import logging
+
 import grpc
+
+log = logging.getLogger(__name__)
 
 
 class RequestError(Exception):
@@ -25,6 +29,19 @@ class NotFound(RequestError):
     """The request names something this server does not have (a model, a version)."""
 
     code = grpc.StatusCode.NOT_FOUND
+
+
+class InternalFailure(RequestError):
+    """A bug met while answering one request: that request is answered INTERNAL, a stream it
+    came by goes on."""
+
+    code = grpc.StatusCode.INTERNAL
+
+    @classmethod
+    def logged(cls, where: str, bug: Exception) -> InternalFailure:
+        """Log `bug` (with its traceback) and describe it to the caller without its text."""
+        log.error("bug in %s", where, exc_info=bug)
+        return cls(f"internal error in {where} ({type(bug).__name__}); see the server's log")
 
 
 class Overloaded(RequestError):

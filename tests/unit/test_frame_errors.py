@@ -7,7 +7,8 @@ from types import SimpleNamespace
 import grpc
 import pytest
 
-from edge.agent import EdgeAgent, EdgeSettings, InternalFailure
+from cloud.common.errors import InternalFailure
+from edge.agent import EdgeAgent, EdgeSettings
 from edge.kserve import KServeService
 from edge.limits import InFlightLimit
 from tests.unit.test_kserve_requests import PNG, request
