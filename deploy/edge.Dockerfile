@@ -3,12 +3,12 @@
 #   docker build -f deploy/edge.Dockerfile -t edgecascade-edge .
 FROM python:3.11-slim
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY proto proto
 COPY edge edge
 COPY router router
 COPY cloud cloud
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir ".[edge]"
 COPY artifacts/fashion artifacts/fashion
 ENV EDGECASCADE_ARTIFACTS=/app/artifacts
 EXPOSE 50051

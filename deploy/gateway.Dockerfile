@@ -8,12 +8,12 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends haproxy \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY proto proto
 COPY edge edge
 COPY router router
 COPY cloud cloud
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir ".[gateway]"
 EXPOSE 8001 9101
 ENTRYPOINT ["edgecascade", "router", "serve", "--host", "0.0.0.0", "--port", "8001", "--metrics-port", "9101"]
 CMD ["--upstream", "triton-0.triton.default.svc.cluster.local:8001", "--upstream", "triton-1.triton.default.svc.cluster.local:8001"]

@@ -11,10 +11,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from cloud import commands as cloud_commands
-from cloud import registry_commands
-from edge import commands as edge_commands
-from router import commands as router_commands
+from edgecascade.cloud.registry import commands as registry_commands
+from edgecascade.cloud.triton import commands as cloud_commands
+from edgecascade.edge import commands as edge_commands
+from edgecascade.router import commands as router_commands
 
 app = typer.Typer(
     help="Edge-to-cloud inference cascade: OpenVINO at the edge, Triton in the cloud.",
@@ -58,10 +58,10 @@ def models_build(
     ] = None,
 ) -> None:
     """Build a family's edge (INT8 IR) and cloud (ONNX) models, manifest and threshold."""
-    from cloud.build import build_family
-    from cloud.families import FAMILIES
-    from cloud.paths import manifest_path
-    from router.calibration import calibrate_manifest
+    from edgecascade.cloud.build.builder import build_family
+    from edgecascade.cloud.build.families import FAMILIES
+    from edgecascade.cloud.common.paths import manifest_path
+    from edgecascade.router.policy.calibration import calibrate_manifest
 
     for name in family or list(FAMILIES):
         with console.status(f"building {name}"):
@@ -86,7 +86,7 @@ def status(
 ) -> None:
     """Each edge agent's family, model versions, health, breaker and recent cloud latency;
     exit code 1 when any agent is unreachable or not serving."""
-    from edge.fleet_status import agent_status, status_table
+    from edgecascade.edge.tools.fleet_status import agent_status, status_table
 
     rows = [agent_status(address) for address in agent]
     if json_out:
@@ -109,7 +109,7 @@ def demo(
     report: Annotated[Path | None, typer.Option(help="JSON report path")] = None,
 ) -> None:
     """Start Triton and an edge agent, stream test frames camera-style, report."""
-    from edge.demo import run_demo
+    from edgecascade.edge.tools.demo import run_demo
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop children on SIGTERM too
     run_demo(
@@ -129,7 +129,7 @@ def bench_edge(
     ] = None,
 ) -> None:
     """The edge agent over gRPC vs OpenVINO's benchmark_app on the same IR, INT8 and FP32."""
-    from edge.bench import PRECISIONS, run_bench
+    from edgecascade.edge.tools.bench import PRECISIONS, run_bench
 
     run_bench(
         family,
@@ -148,7 +148,7 @@ def bench_preprocessing(
     rounds: Annotated[int, typer.Option(min=1, help="timed passes over the frames")] = 10,
 ) -> None:
     """Crop and resize in cv2 vs folded into the edge model, interleaved, on real photos."""
-    from edge.bench_preprocessing import run_bench
+    from edgecascade.edge.tools.bench_preprocessing import run_bench
 
     path = report or Path("reports") / f"bench-preprocessing-{family}.json"
     console.print_json(data=run_bench(family, path, rounds))
@@ -163,7 +163,7 @@ def bench_model_sync(
     repeats: Annotated[int, typer.Option(help="measurements per figure (median reported)")] = 5,
 ) -> None:
     """ModelSync on loopback: FetchArtifact throughput, publish-to-watcher latency."""
-    from router.bench_model_sync import run_bench
+    from edgecascade.router.sync.bench import run_bench
 
     console.print_json(data=run_bench(report, size_mib, repeats))
 
@@ -176,7 +176,7 @@ def bench_gateway(
     calls: Annotated[int, typer.Option(help="ModelInfer calls per path")] = 3000,
 ) -> None:
     """One escalation through the router gateway vs straight to Triton, interleaved."""
-    from router.bench_gateway import run_bench
+    from edgecascade.router.gateway.bench import run_bench
 
     console.print_json(data=run_bench(report, calls))
 

@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from cloud.serving import log_to_stderr, run_until_signalled
-from edge.server import serve
+from edgecascade.cloud.common.serving import log_to_stderr, run_until_signalled
+from edgecascade.edge.serving.server import serve
 
 app = typer.Typer(help="The edge agent: OpenVINO next to the camera.", no_args_is_help=True)
 
@@ -79,7 +79,7 @@ def serve_command(
 ) -> None:
     """Serve the Cascade and KServe v2 gRPC APIs until SIGINT/SIGTERM. Settings come from
     --config (TOML), then EDGECASCADE_<SETTING> environment variables, then these options."""
-    from edge.config import ConfigError, load_settings
+    from edgecascade.edge.serving.config import ConfigError, load_settings
 
     try:
         settings = load_settings(
@@ -147,8 +147,8 @@ def run_command(
 
     from rich.console import Console
 
-    from edge.process import EdgeProcess
-    from edge.runner import run
+    from edgecascade.edge.tools.process import EdgeProcess
+    from edgecascade.edge.tools.runner import run
 
     log_to_stderr()
     stop = threading.Event()

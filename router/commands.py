@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cloud.serving import run_until_signalled
+from edgecascade.cloud.common.serving import run_until_signalled
 
 app = typer.Typer(
     help="The router: escalation policy, calibration, the gateway to Triton.", no_args_is_help=True
@@ -42,8 +42,8 @@ def serve_command(
 ) -> None:
     """Serve KServe v2 gRPC in front of Triton endpoints through HAProxy (per-request load
     balancing, readiness checks, failover)."""
-    from router.gateway import serve
-    from router.haproxy import haproxy_binary
+    from edgecascade.router.gateway.gateway import serve
+    from edgecascade.router.gateway.haproxy import haproxy_binary
 
     try:
         haproxy_binary()
@@ -107,9 +107,9 @@ def calibrate_command(
     in the family's manifest."""
     from rich import print as rprint
 
-    from cloud.paths import manifest_path
-    from router.calibration import DEFAULT_WINDOW, Target, calibrate_manifest
-    from router.policy import POLICIES
+    from edgecascade.cloud.common.paths import manifest_path
+    from edgecascade.router.policy.calibration import DEFAULT_WINDOW, Target, calibrate_manifest
+    from edgecascade.router.policy.policies import POLICIES
 
     if target_accuracy is not None and max_escalation is not None:
         raise typer.BadParameter("give --target-accuracy or --max-escalation, not both")
@@ -153,8 +153,8 @@ def evaluate_command(
 
     from rich import print as rprint
 
-    from cloud.paths import family_dir
-    from router.evaluation import evaluate_family, plot_report
+    from edgecascade.cloud.common.paths import family_dir
+    from edgecascade.router.policy.evaluation import evaluate_family, plot_report
 
     folder = family_dir(family)
     missing = [

@@ -3,7 +3,7 @@
 import shutil
 from pathlib import Path
 
-from cloud.paths import family_dir
+from edgecascade.cloud.common.paths import family_dir
 
 
 def copy_family(dest: Path) -> Path:

@@ -4,7 +4,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from cloud.common.transport import PLAINTEXT
+from edgecascade.cloud.common.transport import PLAINTEXT
 
 Handler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
 

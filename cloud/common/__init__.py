@@ -1,1 +1,2 @@
-"""What every tier shares: the transport (how gRPC servers, channels and clients are built)."""
+"""The shared contract every tier imports: manifest, preprocessing, artifact paths, transport,
+errors, ports, and the launcher for child processes."""

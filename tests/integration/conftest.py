@@ -5,17 +5,17 @@ from pathlib import Path
 
 import pytest
 
-from cloud.manifest import Manifest
-from cloud.paths import family_dir, manifest_path
-from cloud.triton_repository import write_model
-from cloud.triton_server import TritonServer
+from edgecascade.cloud.common.manifest import Manifest
+from edgecascade.cloud.common.paths import family_dir, manifest_path
+from edgecascade.cloud.triton.repository import write_model
+from edgecascade.cloud.triton.server import TritonServer
 
 
 @pytest.fixture(scope="session")
 def fashion_manifest() -> Manifest:
     """The fashion family under the artifacts root, built first when missing."""
     if not manifest_path("fashion").exists():
-        from cloud.build import build_family
+        from edgecascade.cloud.build.builder import build_family
 
         build_family("fashion")
     return Manifest.load(manifest_path("fashion"))
@@ -25,7 +25,7 @@ def fashion_manifest() -> Manifest:
 def imagenet_manifest() -> Manifest:
     """The imagenet family under the artifacts root, built first when missing (needs torch)."""
     if not manifest_path("imagenet").exists():
-        from cloud.build import build_family
+        from edgecascade.cloud.build.builder import build_family
 
         build_family("imagenet")
     return Manifest.load(manifest_path("imagenet"))

@@ -2,17 +2,18 @@
 
 import json
 import subprocess
-import sys
 
 import pytest
+
+from edgecascade.cloud.common.launcher import edgecascade_command
 
 pytestmark = pytest.mark.integration
 
 
 def test_bench_edge_writes_a_report(fashion_manifest, tmp_path):
     report_path = tmp_path / "bench.json"
-    command = [sys.executable, "-m", "edge.cli", "bench", "edge", "--family", "fashion",
-               "--seconds", "1", "--clients", "2", "--report", str(report_path)]  # fmt: skip
+    command = edgecascade_command("bench", "edge", "--family", "fashion",
+               "--seconds", "1", "--clients", "2", "--report", str(report_path))  # fmt: skip
     done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     report = json.loads(report_path.read_text())

@@ -4,11 +4,11 @@ import grpc
 import numpy as np
 import pytest
 
-from cloud.common.transport import PLAINTEXT
-from cloud.manifest import Manifest
-from cloud.triton_server import TritonServer
-from edge.process import EdgeProcess
-from edge.samples import labelled_frames
+from edgecascade.cloud.common.manifest import Manifest
+from edgecascade.cloud.common.transport import PLAINTEXT
+from edgecascade.cloud.triton.server import TritonServer
+from edgecascade.edge.tools.process import EdgeProcess
+from edgecascade.edge.tools.samples import labelled_frames
 from edgecascade.v1 import cascade_pb2 as pb
 from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
 
@@ -151,9 +151,9 @@ def test_with_triton_stopped_answers_come_back_degraded(fashion_repository, fram
 def test_the_agent_scores_like_the_offline_calibration(stub, frames, fashion_manifest):
     """The agent's confidence (both views when the policy mirrors) is the score the threshold
     was calibrated on: the build's logits of the same test images, scored offline."""
-    from cloud.paths import family_dir
-    from router.calibration import Split
-    from router.policy import policy_from_manifest
+    from edgecascade.cloud.common.paths import family_dir
+    from edgecascade.router.policy.calibration import Split
+    from edgecascade.router.policy.policies import policy_from_manifest
 
     policy = policy_from_manifest(fashion_manifest.policy)
     offline = Split.load(family_dir("fashion") / "test_predictions.npz").confidence(policy)

@@ -12,14 +12,14 @@ import tritonclient.grpc as grpcclient
 from onnx import numpy_helper
 from typer.testing import CliRunner, Result
 
-from cloud.cloud_rollout import CloudTarget, roll_out
-from cloud.common.transport import PLAINTEXT
-from cloud.manifest import INPUT_NAME, OUTPUT_NAME, Manifest, sha256_file
-from cloud.registry import Registry
-from cloud.triton_control import TritonControlError
-from cloud.triton_repository import read_config
-from cloud.triton_server import TritonServer
-from edge.cli import app
+from edgecascade.cloud.common.manifest import INPUT_NAME, OUTPUT_NAME, Manifest, sha256_file
+from edgecascade.cloud.common.transport import PLAINTEXT
+from edgecascade.cloud.registry.rollout import CloudTarget, roll_out
+from edgecascade.cloud.registry.store import Registry
+from edgecascade.cloud.triton.control import TritonControlError
+from edgecascade.cloud.triton.repository import read_config
+from edgecascade.cloud.triton.server import TritonServer
+from edgecascade.edge.cli import app
 from tests.family_files import copy_family
 
 pytestmark = pytest.mark.integration

@@ -4,11 +4,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import psutil
 import pytest
+
+from edgecascade.cloud.common.launcher import edgecascade_command
 
 pytestmark = pytest.mark.integration
 
@@ -17,7 +18,7 @@ def test_demo_streams_frames_reports_and_stops_everything(fashion_manifest, tmp_
     report_path = tmp_path / "demo.json"
     before = {p.pid for p in psutil.process_iter()}
     run = subprocess.run(
-        [sys.executable, "-m", "edge.cli", "demo", "--limit", "400", "--report", str(report_path)],
+        edgecascade_command("demo", "--limit", "400", "--report", str(report_path)),
         capture_output=True,
         text=True,
         timeout=300,
@@ -60,7 +61,7 @@ def leftovers(before: set[int]) -> list[str]:
 def test_interrupted_demo_stops_every_process_it_started(fashion_manifest, tmp_path, sig):
     before = {p.pid for p in psutil.process_iter()}
     demo = subprocess.Popen(
-        [sys.executable, "-m", "edge.cli", "demo", "--fps", "50", "--report", str(tmp_path / "r")],
+        edgecascade_command("demo", "--fps", "50", "--report", str(tmp_path / "r")),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

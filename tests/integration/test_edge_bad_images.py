@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
-from cloud.common.transport import PLAINTEXT
-from edge.samples import labelled_frames
+from edgecascade.cloud.common.transport import PLAINTEXT
+from edgecascade.edge.tools.samples import labelled_frames
 from edgecascade.v1 import cascade_pb2 as pb
 from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
 from tests.integration.test_edge_serving import Agent, start_agent

@@ -8,13 +8,13 @@ import cv2
 import numpy as np
 import pytest
 
-from cloud.manifest import Manifest
-from cloud.paths import edge_model_file, family_dir
-from cloud.preprocessing import decode_image, kept_region, prepare
-from edge.runtime import EdgeModel
-from edge.samples import labelled_frames
-from router.cascade import Cascade
-from router.policy import MaxProbabilityPolicy
+from edgecascade.cloud.common.manifest import Manifest
+from edgecascade.cloud.common.paths import edge_model_file, family_dir
+from edgecascade.cloud.common.preprocessing import decode_image, kept_region, prepare
+from edgecascade.edge.serving.runtime import EdgeModel
+from edgecascade.edge.tools.samples import labelled_frames
+from edgecascade.router.cascade.cascade import Cascade
+from edgecascade.router.policy.policies import MaxProbabilityPolicy
 from tests.unit.test_cascade_batch import EDGE_LOGITS
 from tests.unit.test_cascade_routing import FakeCloud, manifest
 

@@ -10,9 +10,9 @@ import weakref
 import numpy as np
 import pytest
 
-from cloud.manifest import Manifest
-from cloud.paths import edge_model_file, family_dir
-from edge.runtime import FOLD_COMPILES_QUEUED, FOLD_VARIANTS, EdgeModel
+from edgecascade.cloud.common.manifest import Manifest
+from edgecascade.cloud.common.paths import edge_model_file, family_dir
+from edgecascade.edge.serving.runtime import FOLD_COMPILES_QUEUED, FOLD_VARIANTS, EdgeModel
 
 pytestmark = pytest.mark.integration
 SHAPES = [(28 + i, 30 + 2 * i, 1) for i in range(30)]

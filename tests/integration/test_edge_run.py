@@ -4,7 +4,6 @@ command), JSON lines out and a real gRPC ResultSink in."""
 import http.server
 import json
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -12,9 +11,10 @@ import cv2
 import numpy as np
 import pytest
 
-from cloud import datasets
-from cloud.common.transport import PLAINTEXT
-from edge.process import EdgeProcess
+from edgecascade.cloud.build import datasets
+from edgecascade.cloud.common.launcher import edgecascade_command
+from edgecascade.cloud.common.transport import PLAINTEXT
+from edgecascade.edge.tools.process import EdgeProcess
 from edgecascade.v1 import sink_pb2 as sink_pb
 from edgecascade.v1 import sink_pb2_grpc as sink_grpc
 
@@ -54,7 +54,7 @@ def write_video(path: Path) -> np.ndarray:
 
 
 def edge_run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "edge.cli", "edge", "run", *args]
+    command = edgecascade_command("edge", "run", *args)
     return subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout)
 
 

@@ -5,7 +5,6 @@ images, real gRPC on loopback."""
 import os
 import re
 import subprocess
-import sys
 import threading
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -20,12 +19,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from cloud.common.transport import PLAINTEXT
-from cloud.manifest import Manifest
-from cloud.ports import free_port
-from cloud.triton_server import TritonServer
-from edge.process import EdgeProcess
-from edge.samples import labelled_frames
+from edgecascade.cloud.common.launcher import edgecascade_command
+from edgecascade.cloud.common.manifest import Manifest
+from edgecascade.cloud.common.ports import free_port
+from edgecascade.cloud.common.transport import PLAINTEXT
+from edgecascade.cloud.triton.server import TritonServer
+from edgecascade.edge.tools.process import EdgeProcess
+from edgecascade.edge.tools.samples import labelled_frames
 from edgecascade.v1 import cascade_pb2 as pb
 from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
 
@@ -399,7 +399,7 @@ def test_an_invalid_config_fails_at_start_with_a_clear_message(tmp_path):
     config = tmp_path / "edge.toml"
     config.write_text('family = "fashion"\nport = 70000\nmax_in_flght = 4\n')
     result = subprocess.run(
-        [sys.executable, "-m", "edge.cli", "edge", "serve", "--config", str(config)],
+        edgecascade_command("edge", "serve", "--config", str(config)),
         check=False,
         capture_output=True,
         text=True,
@@ -414,7 +414,7 @@ def test_an_invalid_config_fails_at_start_with_a_clear_message(tmp_path):
     assert "grace_s (environment EDGECASCADE_GRACE_S)" in result.stderr
     config.write_text("port = [")
     broken = subprocess.run(
-        [sys.executable, "-m", "edge.cli", "edge", "serve", "--config", str(config)],
+        edgecascade_command("edge", "serve", "--config", str(config)),
         check=False,
         capture_output=True,
         text=True,

@@ -11,10 +11,10 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from cloud.common.transport import PLAINTEXT
-from cloud.manifest import Manifest
-from cloud.triton_server import TritonServer
-from router.gateway_process import GatewayProcess
+from edgecascade.cloud.common.manifest import Manifest
+from edgecascade.cloud.common.transport import PLAINTEXT
+from edgecascade.cloud.triton.server import TritonServer
+from edgecascade.router.gateway.process import GatewayProcess
 from tests.integration.test_triton_server import images, infer_input
 
 pytestmark = pytest.mark.integration

@@ -10,10 +10,10 @@ import grpc
 import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from cloud.common.transport import PLAINTEXT
-from cloud.ports import free_port
-from cloud.service_process import wait_until
-from router.gateway_process import GatewayProcess
+from edgecascade.cloud.common.launcher import wait_until
+from edgecascade.cloud.common.ports import free_port
+from edgecascade.cloud.common.transport import PLAINTEXT
+from edgecascade.router.gateway.process import GatewayProcess
 
 pytestmark = pytest.mark.integration
 

@@ -3,12 +3,12 @@ EfficientNet-Lite2 on Triton, on the 20 labelled smoke photos."""
 
 import pytest
 
-from cloud.common.transport import PLAINTEXT
-from cloud.paths import family_dir
-from cloud.triton_repository import write_model
-from cloud.triton_server import TritonServer
-from edge.process import EdgeProcess
-from edge.samples import labelled_frames
+from edgecascade.cloud.common.paths import family_dir
+from edgecascade.cloud.common.transport import PLAINTEXT
+from edgecascade.cloud.triton.repository import write_model
+from edgecascade.cloud.triton.server import TritonServer
+from edgecascade.edge.tools.process import EdgeProcess
+from edgecascade.edge.tools.samples import labelled_frames
 from edgecascade.v1 import cascade_pb2 as pb
 from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
 

@@ -11,17 +11,17 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cloud.common.transport import PLAINTEXT
-from cloud.manifest import labels_sha256
-from cloud.registry import Registry
-from cloud.service_process import wait_until
-from edge.process import EdgeProcess
-from edge.samples import labelled_frames
+from edgecascade.cloud.common.launcher import wait_until
+from edgecascade.cloud.common.manifest import labels_sha256
+from edgecascade.cloud.common.transport import PLAINTEXT
+from edgecascade.cloud.registry.store import Registry
+from edgecascade.edge.tools.process import EdgeProcess
+from edgecascade.edge.tools.samples import labelled_frames
+from edgecascade.router.sync.client import InvalidManifest, get_manifest
 from edgecascade.v1 import cascade_pb2 as pb
 from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
 from edgecascade.v1 import model_sync_pb2 as sync_pb
 from edgecascade.v1 import model_sync_pb2_grpc as sync_grpc
-from router.model_sync_client import InvalidManifest, get_manifest
 from tests.family_files import copy_family
 from tests.integration.test_model_updates import new_edge_model, serving_v1, status
 

@@ -3,7 +3,6 @@
 import asyncio
 import hashlib
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -12,19 +11,20 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cloud.common.transport import PLAINTEXT
-from cloud.manifest import Manifest
-from cloud.model_sync import CHUNK_BYTES, add_model_sync
-from cloud.registry import Registry
-from edgecascade.v1 import model_sync_pb2 as pb
-from edgecascade.v1 import model_sync_pb2_grpc as pb_grpc
-from router.model_sync_client import (
+from edgecascade.cloud.common.launcher import edgecascade_command
+from edgecascade.cloud.common.manifest import Manifest
+from edgecascade.cloud.common.transport import PLAINTEXT
+from edgecascade.cloud.registry.model_sync import CHUNK_BYTES, add_model_sync
+from edgecascade.cloud.registry.store import Registry
+from edgecascade.router.sync.client import (
     ArtifactError,
     fetch_artifact,
     fetch_manifest_files,
     get_manifest,
     watch_manifests,
 )
+from edgecascade.v1 import model_sync_pb2 as pb
+from edgecascade.v1 import model_sync_pb2_grpc as pb_grpc
 from tests.family_files import copy_family
 
 pytestmark = pytest.mark.integration
@@ -99,7 +99,7 @@ def test_get_manifest_current_and_by_version(registry: Registry, tmp_path: Path)
 
 def test_watch_hears_a_publish_made_by_another_process(registry: Registry, tmp_path: Path) -> None:
     recalibrate(tmp_path / "build", 0.42)
-    publish = [sys.executable, "-m", "edge.cli", "models", "publish", "--family", "fashion"]
+    publish = edgecascade_command("models", "publish", "--family", "fashion")
     publish += ["--registry", str(registry.root), "--source", str(tmp_path / "build")]
 
     async def test(stub: pb_grpc.ModelSyncStub) -> None:
@@ -130,7 +130,7 @@ def test_watch_hears_a_publish_made_by_another_process(registry: Registry, tmp_p
 
     run(test, registry)
     listing = subprocess.run(
-        [sys.executable, "-m", "edge.cli", "models", "list", "--registry", str(registry.root)],
+        edgecascade_command("models", "list", "--registry", str(registry.root)),
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

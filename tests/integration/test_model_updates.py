@@ -5,7 +5,6 @@ gateway serving ModelSync, a real edge agent following it."""
 import json
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -15,18 +14,18 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cloud.cloud_rollout import CloudTarget, roll_out
-from cloud.common.transport import PLAINTEXT
-from cloud.manifest import Manifest, sha256_file
-from cloud.registry import Registry
-from cloud.service_process import wait_until
-from cloud.triton_server import TritonServer
-from edge.process import EdgeProcess
-from edge.samples import labelled_frames
+from edgecascade.cloud.common.launcher import edgecascade_command, wait_until
+from edgecascade.cloud.common.manifest import Manifest, sha256_file
+from edgecascade.cloud.common.transport import PLAINTEXT
+from edgecascade.cloud.registry.rollout import CloudTarget, roll_out
+from edgecascade.cloud.registry.store import Registry
+from edgecascade.cloud.triton.server import TritonServer
+from edgecascade.edge.tools.process import EdgeProcess
+from edgecascade.edge.tools.samples import labelled_frames
+from edgecascade.router.gateway.process import GatewayProcess
+from edgecascade.router.policy.policies import policy_from_manifest
 from edgecascade.v1 import cascade_pb2 as pb
 from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
-from router.gateway_process import GatewayProcess
-from router.policy import policy_from_manifest
 from tests.family_files import copy_family
 
 pytestmark = pytest.mark.integration
@@ -97,7 +96,7 @@ def cli_status(*addresses: str) -> list[dict]:
     """`edgecascade status --json` as a user runs it."""
     agents = [arg for address in addresses for arg in ("--agent", address)]
     run = subprocess.run(
-        [sys.executable, "-m", "edge.cli", "status", *agents, "--json"],
+        edgecascade_command("status", *agents, "--json"),
         capture_output=True,
         text=True,
         timeout=60,

@@ -2,12 +2,12 @@
 
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 
-from cloud.manifest import Manifest
+from edgecascade.cloud.common.launcher import edgecascade_command
+from edgecascade.cloud.common.manifest import Manifest
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +21,7 @@ def held_port() -> Iterator[int]:
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "edge.cli", *args]
+    command = edgecascade_command(*args)
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 

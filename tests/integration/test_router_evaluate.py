@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cloud.manifest import Manifest
-from cloud.paths import family_dir
-from edge.cli import app
-from router.policy import policy_from_manifest
+from edgecascade.cloud.common.manifest import Manifest
+from edgecascade.cloud.common.paths import family_dir
+from edgecascade.edge.cli import app
+from edgecascade.router.policy.policies import policy_from_manifest
 
 SPLIT_FILES = ("manifest.json", "calibration.npz", "test_predictions.npz")
 

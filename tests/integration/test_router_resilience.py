@@ -11,18 +11,18 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from cloud.common.transport import PLAINTEXT
-from cloud.manifest import INPUT_NAME, OUTPUT_NAME, Manifest
-from cloud.paths import family_dir
-from cloud.triton_repository import write_model
-from cloud.triton_server import TritonServer
-from edge.process import EdgeProcess
-from edge.samples import labelled_frames
+from edgecascade.cloud.common.manifest import INPUT_NAME, OUTPUT_NAME, Manifest
+from edgecascade.cloud.common.paths import family_dir
+from edgecascade.cloud.common.transport import PLAINTEXT
+from edgecascade.cloud.triton.repository import write_model
+from edgecascade.cloud.triton.server import TritonServer
+from edgecascade.edge.tools.process import EdgeProcess
+from edgecascade.edge.tools.samples import labelled_frames
+from edgecascade.router.gateway.process import GatewayProcess
 from edgecascade.v1 import cascade_pb2 as pb
 from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
 from edgecascade.v1 import model_sync_pb2 as ms
 from edgecascade.v1 import model_sync_pb2_grpc as ms_grpc
-from router.gateway_process import GatewayProcess
 
 pytestmark = pytest.mark.integration
 

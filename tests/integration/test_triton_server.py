@@ -7,11 +7,11 @@ import openvino as ov
 import pytest
 import tritonclient.grpc as grpcclient
 
-from cloud.common.transport import PLAINTEXT
-from cloud.manifest import INPUT_NAME, OUTPUT_NAME, Manifest
-from cloud.paths import family_dir
-from cloud.ports import port_is_free
-from cloud.triton_server import TritonServer, TritonServerError
+from edgecascade.cloud.common.manifest import INPUT_NAME, OUTPUT_NAME, Manifest
+from edgecascade.cloud.common.paths import family_dir
+from edgecascade.cloud.common.ports import port_is_free
+from edgecascade.cloud.common.transport import PLAINTEXT
+from edgecascade.cloud.triton.server import TritonServer, TritonServerError
 
 pytestmark = pytest.mark.integration
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from router.breaker import CircuitBreaker
+from edgecascade.router.cascade.breaker import CircuitBreaker
 
 
 class Clock:

@@ -10,10 +10,10 @@ import numpy as np
 import openvino as ov
 import pytest
 
-from cloud.build import build_family
-from cloud.families import FAMILIES, WEIGHTS_DIR
-from cloud.manifest import INPUT_NAME, OUTPUT_NAME, Manifest
-from cloud.paths import family_dir, manifest_path
+from edgecascade.cloud.build.builder import build_family
+from edgecascade.cloud.build.families import FAMILIES, WEIGHTS_DIR
+from edgecascade.cloud.common.manifest import INPUT_NAME, OUTPUT_NAME, Manifest
+from edgecascade.cloud.common.paths import family_dir, manifest_path
 
 
 @pytest.fixture(scope="session")

@@ -6,11 +6,11 @@ import time
 import numpy as np
 import pytest
 
-from router.breaker import CircuitBreaker
-from router.cascade import Cascade
-from router.cloud_client import CloudError
-from router.latency import LatencyTracker
-from router.policy import MaxProbabilityPolicy
+from edgecascade.router.cascade.breaker import CircuitBreaker
+from edgecascade.router.cascade.cascade import Cascade
+from edgecascade.router.cascade.cloud_client import CloudError
+from edgecascade.router.cascade.latency import LatencyTracker
+from edgecascade.router.policy.policies import MaxProbabilityPolicy
 from tests.unit.test_cascade_routing import CLOUD, CONFIDENT, UNSURE, FakeCloud, manifest
 
 # Image i is filled with the value i; the fake edge model looks its logits up by that value.

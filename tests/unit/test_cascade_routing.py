@@ -6,10 +6,16 @@ import time
 import numpy as np
 import pytest
 
-from cloud.manifest import Manifest, ModelSpec, Preprocessing, RoutingPolicy, labels_sha256
-from router.cascade import Cascade
-from router.cloud_client import CloudError
-from router.policy import MaxProbabilityPolicy
+from edgecascade.cloud.common.manifest import (
+    Manifest,
+    ModelSpec,
+    Preprocessing,
+    RoutingPolicy,
+    labels_sha256,
+)
+from edgecascade.router.cascade.cascade import Cascade
+from edgecascade.router.cascade.cloud_client import CloudError
+from edgecascade.router.policy.policies import MaxProbabilityPolicy
 
 LABELS = ["a", "b", "c"]
 CONFIDENT = np.log(np.array([0.05, 0.9, 0.05]))

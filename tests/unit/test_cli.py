@@ -5,7 +5,7 @@ from importlib.metadata import version
 
 from typer.testing import CliRunner
 
-from edge.cli import app
+from edgecascade.edge.cli import app
 
 
 def test_version() -> None:

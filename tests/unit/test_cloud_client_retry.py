@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2
 
-from cloud.manifest import OUTPUT_NAME, ModelSpec, Preprocessing
-from router.cloud_client import CloudClient, CloudError
+from edgecascade.cloud.common.manifest import OUTPUT_NAME, ModelSpec, Preprocessing
+from edgecascade.router.cascade.cloud_client import CloudClient, CloudError
 from tests.kserve_server import start_kserve
 
 LOGITS = np.arange(10, dtype=np.float32)[None]

@@ -12,7 +12,7 @@ import pytest
 import typer
 import yaml
 
-from edge.cli import app
+from edgecascade.edge.cli import app
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 GATEWAY_DOCKERFILE = DEPLOY / "gateway.Dockerfile"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from edge.config import ConfigError, load_settings
+from edgecascade.edge.serving.config import ConfigError, load_settings
 
 
 def test_options_override_environment_which_overrides_the_file(tmp_path, monkeypatch):

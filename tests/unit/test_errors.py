@@ -3,9 +3,9 @@
 import grpc
 import pytest
 
-from cloud.common.errors import InvalidInput, NotFound, Overloaded, RequestError
-from cloud.preprocessing import InvalidImage, decode_image
-from edge.limits import InFlightLimit
+from edgecascade.cloud.common.errors import InvalidInput, NotFound, Overloaded, RequestError
+from edgecascade.cloud.common.preprocessing import InvalidImage, decode_image
+from edgecascade.edge.serving.limits import InFlightLimit
 
 
 @pytest.mark.parametrize(

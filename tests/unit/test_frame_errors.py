@@ -7,10 +7,10 @@ from types import SimpleNamespace
 import grpc
 import pytest
 
-from cloud.common.errors import InternalFailure
-from edge.agent import EdgeAgent, EdgeSettings
-from edge.kserve import KServeService
-from edge.limits import InFlightLimit
+from edgecascade.cloud.common.errors import InternalFailure
+from edgecascade.edge.serving.agent import EdgeAgent, EdgeSettings
+from edgecascade.edge.serving.kserve import KServeService
+from edgecascade.edge.serving.limits import InFlightLimit
 from tests.unit.test_kserve_requests import PNG, request
 
 

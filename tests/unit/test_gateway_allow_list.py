@@ -5,8 +5,8 @@ import re
 
 from tritonclient.grpc import service_pb2
 
+from edgecascade.router.gateway.haproxy import KSERVE, MODEL_SYNC, GatewayConfig, check_config
 from edgecascade.v1 import model_sync_pb2
-from router.haproxy import KSERVE, MODEL_SYNC, GatewayConfig, check_config
 
 TRITON_METHODS = {
     m.name for m in service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods

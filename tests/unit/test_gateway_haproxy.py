@@ -6,8 +6,9 @@ import asyncio
 import pytest
 from tritonclient.grpc import service_pb2
 
-from router.gateway import HealthAgent
-from router.haproxy import GatewayConfig, check_config
+from edgecascade.router.gateway import haproxy
+from edgecascade.router.gateway.gateway import HealthAgent
+from edgecascade.router.gateway.haproxy import GatewayConfig, check_config
 from tests.kserve_server import start_kserve
 
 
@@ -93,9 +94,8 @@ def test_the_agent_answers_with_each_endpoints_readiness():
 
 
 def test_without_haproxy_the_error_says_how_to_install_it(monkeypatch):
-    import router.haproxy
 
     monkeypatch.setenv("PATH", "")
-    monkeypatch.setattr(router.haproxy, "SBIN", ())
+    monkeypatch.setattr(haproxy, "SBIN", ())
     with pytest.raises(RuntimeError, match="apt-get install haproxy"):
-        router.haproxy.haproxy_binary()
+        haproxy.haproxy_binary()

@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from cloud.manifest import Preprocessing
-from cloud.preprocessing import (
+from edgecascade.cloud.common.manifest import Preprocessing
+from edgecascade.cloud.common.preprocessing import (
     InvalidImage,
     decode_image,
     image_size,
@@ -20,7 +20,7 @@ from cloud.preprocessing import (
     raw_image,
     raw_images,
 )
-from edge.kserve import images_of
+from edgecascade.edge.serving.kserve import images_of
 from tests.unit.test_kserve_requests import request
 
 GRAY = (np.arange(40 * 60) % 256).astype(np.uint8).reshape(40, 60)

@@ -5,9 +5,9 @@ import asyncio
 import grpc
 import pytest
 
-from cloud.common.errors import NotFound
-from cloud.common.transport import PLAINTEXT, Transport
-from edge.rpc import InternalErrors
+from edgecascade.cloud.common.errors import NotFound
+from edgecascade.cloud.common.transport import PLAINTEXT, Transport
+from edgecascade.edge.serving.rpc import InternalErrors
 
 
 async def _call(method: str, streaming: bool = False) -> tuple[grpc.StatusCode, str]:

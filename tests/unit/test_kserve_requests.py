@@ -6,9 +6,9 @@ import pytest
 from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.utils import serialize_byte_tensor
 
-from cloud.preprocessing import InvalidImage
-from edge.kserve import images_of, requested_outputs
-from edge.limits import InFlightLimit, Overloaded
+from edgecascade.cloud.common.preprocessing import InvalidImage
+from edgecascade.edge.serving.kserve import images_of, requested_outputs
+from edgecascade.edge.serving.limits import InFlightLimit, Overloaded
 
 PNG = cv2.imencode(".png", np.arange(28 * 28, dtype=np.uint8).reshape(28, 28))[1].tobytes()
 

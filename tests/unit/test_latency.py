@@ -2,7 +2,7 @@
 
 import pytest
 
-from router.latency import LatencyTracker
+from edgecascade.router.cascade.latency import LatencyTracker
 
 
 class Clock:

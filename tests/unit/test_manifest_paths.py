@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from cloud.manifest import Manifest, artifact_path, check_artifact_name
-from cloud.registry import Registry
+from edgecascade.cloud.common.manifest import Manifest, artifact_path, check_artifact_name
+from edgecascade.cloud.registry.store import Registry
+from edgecascade.router.sync.client import InvalidManifest, _manifest, fetch_manifest_files
 from edgecascade.v1 import model_sync_pb2 as pb
-from router.model_sync_client import InvalidManifest, _manifest, fetch_manifest_files
 from tests.unit.test_registry import write_family
 
 BAD_NAMES = [

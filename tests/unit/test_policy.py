@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from cloud.manifest import RoutingPolicy
-from router.calibration import Target, cascade_curve, pick_threshold
-from router.policy import MaxProbabilityPolicy, policy_from_manifest, softmax
+from edgecascade.cloud.common.manifest import RoutingPolicy
+from edgecascade.router.policy.calibration import Target, cascade_curve, pick_threshold
+from edgecascade.router.policy.policies import MaxProbabilityPolicy, policy_from_manifest, softmax
 
 
 def test_softmax_rows_sum_to_one_and_survive_large_logits():

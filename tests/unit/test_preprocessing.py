@@ -2,8 +2,8 @@ import cv2
 import numpy as np
 import pytest
 
-from cloud.manifest import Preprocessing
-from cloud.preprocessing import InvalidImage, decode_image, prepare, raw_image
+from edgecascade.cloud.common.manifest import Preprocessing
+from edgecascade.cloud.common.preprocessing import InvalidImage, decode_image, prepare, raw_image
 
 
 def rgb_image(h: int, w: int) -> np.ndarray:

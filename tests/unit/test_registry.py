@@ -4,8 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from cloud.manifest import Manifest, Preprocessing, sha256_file, write_family_folder
-from cloud.registry import CorruptBlob, NotFound, Registry
+from edgecascade.cloud.common.manifest import (
+    Manifest,
+    Preprocessing,
+    sha256_file,
+    write_family_folder,
+)
+from edgecascade.cloud.registry.store import CorruptBlob, NotFound, Registry
 
 LABELS = ["cat", "dog", "bird"]
 FILES = ("edge/model.xml", "edge/model.bin", "cloud/model.onnx")

@@ -3,16 +3,22 @@
 import numpy as np
 import pytest
 
-from cloud.manifest import RoutingPolicy
-from router.calibration import Split, Target, calibrate, operating_point, pick_threshold
-from router.policy import (
+from edgecascade.cloud.common.manifest import RoutingPolicy
+from edgecascade.router.policy.calibration import (
+    Split,
+    Target,
+    calibrate,
+    operating_point,
+    pick_threshold,
+)
+from edgecascade.router.policy.policies import (
     EntropyPolicy,
     MarginPolicy,
     MaxProbabilityPolicy,
     policy_from_manifest,
     softmax,
 )
-from router.temperature import expected_calibration_error, fit_temperature
+from edgecascade.router.policy.temperature import expected_calibration_error, fit_temperature
 
 
 def sampled(temperature: float, n: int = 20000, k: int = 10, seed: int = 0):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from router.calibration import Split, cascade_curve
-from router.evaluation import _bootstrap_curves, _significance
+from edgecascade.router.policy.calibration import Split, cascade_curve
+from edgecascade.router.policy.evaluation import _bootstrap_curves, _significance
 
 
 def split(n: int = 4000, seed: int = 0) -> tuple[Split, np.ndarray]:

@@ -8,8 +8,14 @@ import cv2
 import numpy as np
 import pytest
 
-from cloud import datasets
-from edge.sources import FrameBuffer, FrameReader, SourceFrame, SourceUnavailable, open_source
+from edgecascade.cloud.build import datasets
+from edgecascade.edge.sources.sources import (
+    FrameBuffer,
+    FrameReader,
+    SourceFrame,
+    SourceUnavailable,
+    open_source,
+)
 
 
 def frame(i: int) -> SourceFrame:

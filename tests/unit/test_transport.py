@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cloud.common.transport import PLAINTEXT, PortInUse, Transport
+from edgecascade.cloud.common.transport import PLAINTEXT, PortInUse, Transport
 
 ROOT = Path(__file__).resolve().parents[2]
 TRANSPORT = ROOT / "cloud" / "common" / "transport.py"

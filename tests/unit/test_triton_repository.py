@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
-from cloud.manifest import (
+from edgecascade.cloud.common.manifest import (
     Manifest,
     ModelSpec,
     Preprocessing,
@@ -12,7 +12,7 @@ from cloud.manifest import (
     labels_sha256,
     sha256_file,
 )
-from cloud.triton_repository import (
+from edgecascade.cloud.triton.repository import (
     read_config,
     set_version_policy,
     version_folders,

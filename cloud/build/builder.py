@@ -1,0 +1,302 @@
+"""Build a family's artifacts: edge FP32 + INT8 OpenVINO IR, cloud ONNX, labels, manifest.
+
+Layout under family_dir(name):
+    edge/fp32/model.xml|.bin   edge model, FP32 IR (reference)
+    edge/model.xml|.bin        edge model, INT8 IR (post-training quantization with nncf)
+    cloud/model.onnx           cloud model (served by Triton)
+    labels.json  manifest.json
+    calibration.npz  test_predictions.npz   (fashion only: logits for the router team)
+
+Metrics are measured for reporting only; nothing here is tuned on them.
+
+    python -m edgecascade.cloud.build.builder fashion imagenet
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import cv2
+import nncf
+import numpy as np
+import openvino as ov
+
+from edgecascade.cloud.build.datasets import LabelledImages, fashion, imagenet_smoke
+from edgecascade.cloud.build.families import FAMILIES, WEIGHTS_DIR, Family
+from edgecascade.cloud.common.manifest import (
+    INPUT_NAME,
+    Manifest,
+    ModelSpec,
+    RoutingPolicy,
+    labels_sha256,
+    sha256_file,
+)
+from edgecascade.cloud.common.paths import edge_model_file, family_dir
+from edgecascade.cloud.common.preprocessing import decode_image, mirrored, prepare
+
+Progress = Callable[[str], None]
+
+CALIBRATION_IMAGES = 300
+LATENCY_ITERATIONS = 300
+BATCH = 256
+F32 = {"INFERENCE_PRECISION_HINT": "f32"}
+
+# Paths relative to the family folder, where the edge agent looks for them.
+EDGE_INT8 = edge_model_file(Path(), "int8").as_posix()
+EDGE_FP32 = edge_model_file(Path(), "fp32").as_posix()
+CLOUD_ONNX = "cloud/model.onnx"
+
+
+def build_family(
+    name: str, root: Path | None = None, *, progress: Progress | None = None
+) -> Manifest:
+    """Build family `name` into family_dir(name, root) and return its manifest.
+
+    The family is built in a sibling staging folder that replaces the old one when complete.
+    """
+    if name not in FAMILIES:
+        raise ValueError(f"unknown family {name!r}; known: {', '.join(FAMILIES)}")
+    family = FAMILIES[name]
+    say = progress or (lambda _message: None)
+    out = family_dir(name, root)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = out.parent / f".{name}.building"
+    shutil.rmtree(stage, ignore_errors=True)
+    start = time.perf_counter()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            edge_onnx, cloud_onnx = _sources(family, Path(tmp), say)
+            manifest = _build(family, edge_onnx, cloud_onnx, stage, say)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    shutil.rmtree(out, ignore_errors=True)
+    stage.rename(out)
+    say(f"{name}: built in {time.perf_counter() - start:.0f}s -> {out}")
+    return manifest
+
+
+def _sources(family: Family, tmp: Path, say: Progress) -> tuple[Path, Path]:
+    """The ONNX files of the edge and cloud models."""
+    if family.name == "fashion":
+        return WEIGHTS_DIR / "fashion_edge.onnx", WEIGHTS_DIR / "fashion_cloud.onnx"
+    from edgecascade.cloud.build.families import imagenet_export  # needs torch (the "build" extra)
+
+    say(f"{family.name}: exporting pretrained EfficientNet-Lite0/Lite2 to ONNX")
+    edge = imagenet_export.export("edge", tmp / "edge.onnx")
+    return edge, imagenet_export.export("cloud", tmp / "cloud.onnx")
+
+
+def _build(family: Family, edge_onnx: Path, cloud_onnx: Path, out: Path, say: Progress) -> Manifest:
+    core = ov.Core()
+    (out / "cloud").mkdir(parents=True)
+    shutil.copyfile(cloud_onnx, out / CLOUD_ONNX)
+    labels = family.labels()
+    (out / "labels.json").write_text(json.dumps(labels, ensure_ascii=False, indent=1) + "\n")
+
+    say(f"{family.name}: converting the edge model to FP32 IR")
+    fp32 = ov.convert_model(edge_onnx)
+    ov.save_model(fp32, out / EDGE_FP32, compress_to_fp16=False)
+
+    data = _data(family)
+    say(f"{family.name}: quantizing the edge model to INT8 ({len(data.calibration)} images)")
+    nncf.set_log_level(logging.WARNING)
+    items = [image[None] for image in data.calibration]
+    int8 = nncf.quantize(fp32, nncf.Dataset(items), subset_size=len(items))
+    ov.save_model(int8, out / EDGE_INT8, compress_to_fp16=False)
+
+    say(f"{family.name}: evaluating on {data.notes['evaluation']}")
+    edge_fp32 = core.compile_model(out / EDGE_FP32, "CPU", F32)
+    edge_int8 = core.compile_model(out / EDGE_INT8, "CPU")
+    cloud = core.compile_model(out / CLOUD_ONNX, "CPU", F32)
+    fp32_logits = _logits(edge_fp32, data.edge.images)
+    int8_logits = _logits(edge_int8, data.edge.images)
+    cloud_logits = _logits(cloud, data.cloud.images)
+    truth = data.edge.labels
+    if family.name == "fashion":
+        calib = fashion("calibration")
+        np.savez_compressed(
+            out / "calibration.npz",
+            edge_logits=_logits(edge_int8, calib.images[..., None]),
+            edge_logits_mirrored=_logits(edge_int8, mirrored(calib.images[..., None])),
+            cloud_logits=_logits(cloud, calib.images[..., None]),
+            labels=calib.labels,
+        )
+        np.savez_compressed(
+            out / "test_predictions.npz",
+            edge_logits=int8_logits,
+            edge_logits_mirrored=_logits(edge_int8, mirrored(data.edge.images)),
+            cloud_logits=cloud_logits,
+            labels=truth,
+        )
+
+    say(f"{family.name}: measuring edge latency ({LATENCY_ITERATIONS} interleaved runs)")
+    latency = _latency_ms(core, out, data.edge.images[0])
+
+    manifest = Manifest(
+        family=family.name,
+        version=1,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        labels=labels,
+        labels_sha256=labels_sha256(labels),
+        edge=ModelSpec(
+            name=f"{family.name}_edge",
+            version=1,
+            precision="int8",
+            files=_hashes(out, *_ir_files(EDGE_INT8), *_ir_files(EDGE_FP32)),
+            preprocessing=family.edge,
+            metrics={
+                "fp32_accuracy": _accuracy(fp32_logits, truth),
+                "int8_accuracy": _accuracy(int8_logits, truth),
+                "members": int8_logits.shape[1] if int8_logits.ndim == 3 else 1,
+                "fp32_latency_ms": latency["fp32"],
+                "int8_latency_ms": latency["int8"],
+            },
+        ),
+        cloud=ModelSpec(
+            name=f"{family.name}_cloud",
+            version=1,
+            precision="fp32",
+            files=_hashes(out, CLOUD_ONNX),
+            preprocessing=family.cloud,
+            metrics={"accuracy": _accuracy(cloud_logits, truth)},
+        ),
+        policy=RoutingPolicy(threshold=family.threshold),
+        notes={
+            **data.notes,
+            "latency": f"single-image p50 over {LATENCY_ITERATIONS} interleaved runs on "
+            f"{core.get_property('CPU', 'FULL_DEVICE_NAME')}; fp32 with "
+            "INFERENCE_PRECISION_HINT=f32, int8 with the CPU plugin defaults",
+            "metrics": "measured for reporting only, never used for tuning",
+            "policy": "family default threshold; the router calibrates its own",
+        },
+    )
+    manifest.save(out / "manifest.json")
+    return manifest
+
+
+@dataclass(frozen=True)
+class _Data:
+    """Evaluation images per tier (same labels), calibration images for nncf, and notes."""
+
+    edge: LabelledImages
+    cloud: LabelledImages
+    calibration: np.ndarray
+    notes: dict[str, str]
+
+
+def _data(family: Family) -> _Data:
+    if family.name == "fashion":
+        test = fashion("test")
+        test = LabelledImages(test.images[..., None], test.labels)
+        calibration = fashion("calibration").images[:CALIBRATION_IMAGES, ..., None]
+        return _Data(
+            test,
+            test,
+            calibration,
+            {
+                "evaluation": f"Fashion-MNIST test split ({len(test)} images)",
+                "calibration": f"INT8 post-training quantization on the first "
+                f"{CALIBRATION_IMAGES} images of the calibration split",
+            },
+        )
+    smoke = imagenet_smoke()
+    photos = [decode_image(f.path.read_bytes()) for f in smoke]
+    labels = np.array([f.label for f in smoke], np.int64)
+    rng = np.random.default_rng(0)
+    calibration = np.stack(
+        [
+            prepare(_random_crop(photos[i % len(photos)], rng), family.edge)
+            for i in range(CALIBRATION_IMAGES)
+        ]
+    )
+    return _Data(
+        LabelledImages(np.stack([prepare(p, family.edge) for p in photos]), labels),
+        LabelledImages(np.stack([prepare(p, family.cloud) for p in photos]), labels),
+        calibration,
+        {
+            "evaluation": f"the {len(smoke)} labelled ImageNet photos of the foolbox wheel "
+            "(a smoke check, not a benchmark)",
+            "calibration": f"INT8 post-training quantization on {CALIBRATION_IMAGES} random "
+            f"crops and flips of the same {len(smoke)} photos: the only labelled ImageNet "
+            "images on the build machine, so the INT8 accuracy shown is optimistic",
+        },
+    )
+
+
+def _random_crop(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random crop of 35-100% of the area with aspect 3/4-4/3, flipped half the time."""
+    h, w = image.shape[:2]
+    area = rng.uniform(0.35, 1.0) * h * w
+    aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+    ch, cw = min(h, round((area / aspect) ** 0.5)), min(w, round((area * aspect) ** 0.5))
+    top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+    crop = image[top : top + ch, left : left + cw]
+    return cv2.flip(crop, 1) if rng.random() < 0.5 else np.ascontiguousarray(crop)
+
+
+def _ir_files(xml: str) -> list[str]:
+    return [xml, xml.removesuffix(".xml") + ".bin"]
+
+
+def _hashes(out: Path, *rels: str) -> dict[str, str]:
+    return {rel: sha256_file(out / rel) for rel in rels}
+
+
+def _logits(model: ov.CompiledModel, images: np.ndarray) -> np.ndarray:
+    """Batched inference: float32 logits [N, classes] ([N, members, classes] for an ensemble)."""
+    return np.concatenate(
+        [model(images[i : i + BATCH])[0] for i in range(0, len(images), BATCH)]
+    ).astype(np.float32)
+
+
+def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy; of member 0, the one that answers, for an ensemble."""
+    answers = logits[:, 0] if logits.ndim == 3 else logits
+    return float((answers.argmax(-1) == labels).mean())
+
+
+def _latency_ms(core: ov.Core, out: Path, image: np.ndarray) -> dict[str, float]:
+    """Single-image p50 latency of the FP32 and INT8 edge models, measured interleaved."""
+    requests = {}
+    for key, rel, config in [("fp32", EDGE_FP32, F32), ("int8", EDGE_INT8, {})]:
+        model = core.read_model(out / rel)
+        model.reshape({INPUT_NAME: [1, *image.shape]})
+        request = core.compile_model(model, "CPU", {**config, "PERFORMANCE_HINT": "LATENCY"})
+        request = request.create_infer_request()
+        request.set_input_tensor(ov.Tensor(np.ascontiguousarray(image[None])))
+        for _ in range(20):
+            request.infer()
+        requests[key] = request
+    times: dict[str, list[float]] = {key: [] for key in requests}
+    for _ in range(LATENCY_ITERATIONS):
+        for key, request in requests.items():
+            t0 = time.perf_counter()
+            request.infer()
+            times[key].append((time.perf_counter() - t0) * 1e3)
+    return {key: round(float(np.median(values)), 4) for key, values in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Build model families.")
+    parser.add_argument("families", nargs="+", choices=sorted(FAMILIES))
+    parser.add_argument(
+        "--root", type=Path, help="artifacts root (default: $EDGECASCADE_ARTIFACTS or ./artifacts)"
+    )
+    args = parser.parse_args()
+    for name in args.families:
+        manifest = build_family(name, args.root, progress=print)
+        print(json.dumps({"edge": manifest.edge.metrics, "cloud": manifest.cloud.metrics}))
+
+
+if __name__ == "__main__":
+    main()

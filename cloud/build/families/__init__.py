@@ -1,0 +1,49 @@
+"""The model families this system can build: an edge model, a cloud model and their label map."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgecascade.cloud.build.datasets import FASHION_LABELS, imagenet_labels
+from edgecascade.cloud.common.manifest import Preprocessing
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+@dataclass(frozen=True)
+class Family:
+    """What distinguishes one family from another before anything is built."""
+
+    name: str
+    labels: Callable[[], list[str]]
+    edge: Preprocessing
+    cloud: Preprocessing
+    threshold: float  # default max-prob escalation threshold (calibration may replace it)
+    description: str
+
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in [
+        Family(
+            name="fashion",
+            labels=lambda: list(FASHION_LABELS),
+            edge=Preprocessing(color="gray", size=28, resize_short=28),
+            cloud=Preprocessing(color="gray", size=28, resize_short=28),
+            threshold=0.85,
+            description="Fashion-MNIST: 9k-parameter CNN at the edge, 257k-parameter CNN "
+            "in the cloud, trained here (cloud.families.fashion_train)",
+        ),
+        Family(
+            name="imagenet",
+            labels=imagenet_labels,
+            edge=Preprocessing(color="rgb", size=224, resize_short=256),
+            cloud=Preprocessing(color="rgb", size=260, resize_short=297),
+            threshold=0.5,
+            description="ImageNet-1k: pretrained EfficientNet-Lite0 at the edge, "
+            "EfficientNet-Lite2 in the cloud (cloud.families.imagenet_export)",
+        ),
+    ]
+}

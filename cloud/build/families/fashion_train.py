@@ -1,0 +1,151 @@
+"""Train the Fashion-MNIST edge and cloud CNNs and export them to ONNX (needs the "build" extra).
+
+Reproducible: fixed seed, deterministic kernels, 2 threads. Trains on the train split only;
+reports accuracy on the calibration split (the test split is never touched here).
+
+    python -m edgecascade.cloud.build.families.fashion_train [--tier edge|cloud|both] [--epochs 5] [--members 3]
+
+The edge model is an ensemble of `--members` copies of the edge CNN, trained alike from seeds
+seed, seed + 1, ...: one graph whose output is [N, members, K] logits. Member 0 answers; the
+router's escalation score can average all members (see router/policy/policies.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgecascade.cloud.build.datasets import fashion
+from edgecascade.cloud.build.families.onnx_export import Uint8Nhwc, export_onnx
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+SIZE = 28
+PIXEL_MEAN, PIXEL_STD = 72.9, 90.0  # Fashion-MNIST train statistics, in uint8 units
+NUM_CLASSES = 10
+
+
+def _block(cin: int, cout: int, kernel: int = 3) -> list[nn.Module]:
+    conv = nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False)
+    return [conv, nn.BatchNorm2d(cout), nn.ReLU()]
+
+
+def edge_net() -> nn.Module:
+    """~9k parameters: two conv blocks, a 1x1 squeeze to 8 channels, a linear head on 7x7x8."""
+    return nn.Sequential(
+        *_block(1, 16), nn.MaxPool2d(2),
+        *_block(16, 32), nn.MaxPool2d(2),
+        *_block(32, 8, kernel=1),
+        nn.Flatten(), nn.Linear(8 * 7 * 7, NUM_CLASSES),
+    )  # fmt: skip
+
+
+def cloud_net() -> nn.Module:
+    """~260k parameters: three conv blocks and a dense head with dropout."""
+    return nn.Sequential(
+        *_block(1, 32), nn.MaxPool2d(2),
+        *_block(32, 64), *_block(64, 64), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Dropout(0.3), nn.Linear(64 * 7 * 7, 64), nn.ReLU(),
+        nn.Linear(64, NUM_CLASSES),
+    )  # fmt: skip
+
+
+NETS = {"edge": edge_net, "cloud": cloud_net}
+
+
+class Members(nn.Module):
+    """Networks run side by side on the same input: logits [N, members, K]."""
+
+    def __init__(self, nets: list[nn.Module]) -> None:
+        super().__init__()
+        self.nets = nn.ModuleList(nets)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([net(x) for net in self.nets], dim=1)
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _as_tensors(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    data = fashion(split)  # type: ignore[arg-type]
+    return torch.from_numpy(data.images[..., None].copy()), torch.from_numpy(data.labels)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    model.eval()
+    correct = sum(
+        int((model(images[i : i + 1024]).argmax(1) == labels[i : i + 1024]).sum())
+        for i in range(0, len(labels), 1024)
+    )
+    return correct / len(labels)
+
+
+def train(tier: str, epochs: int, seed: int, batch_size: int = 128) -> nn.Module:
+    """Train one tier, reporting calibration-split accuracy per epoch; return the uint8 model."""
+    torch.manual_seed(seed)
+    model = Uint8Nhwc(NETS[tier](), PIXEL_MEAN, PIXEL_STD)
+    images, labels = _as_tensors("train")
+    val_images, val_labels = _as_tensors("calibration")
+    steps = epochs * ((len(labels) + batch_size - 1) // batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps)
+    loss_fn = nn.CrossEntropyLoss()
+    generator = torch.Generator().manual_seed(seed)
+    print(f"{tier}: {parameter_count(model):,} parameters, {len(labels):,} training images")
+    start = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        model.train()
+        order = torch.randperm(len(labels), generator=generator)
+        total_loss = correct = 0.0
+        for i in range(0, len(labels), batch_size):
+            idx = order[i : i + batch_size]
+            x, y = images[idx], labels[idx]
+            flip = torch.rand(len(idx), generator=generator) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(2), x)  # horizontal flip
+            logits = model(x)
+            loss = loss_fn(logits, y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total_loss += loss.item() * len(idx)
+            correct += int((logits.argmax(1) == y).sum())
+        val_acc = accuracy(model, val_images, val_labels)
+        print(
+            f"{tier} epoch {epoch}/{epochs}: loss {total_loss / len(labels):.4f} "
+            f"train acc {correct / len(labels):.4f} calibration acc {val_acc:.4f} "
+            f"({time.perf_counter() - start:.0f}s)",
+            flush=True,
+        )
+    return model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tier", choices=["edge", "cloud", "both"], default="both")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--members", type=int, default=3, help="edge ensemble size")
+    parser.add_argument("--out", type=Path, default=WEIGHTS_DIR)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    torch.use_deterministic_algorithms(True)
+    for tier in ["edge", "cloud"] if args.tier == "both" else [args.tier]:
+        if tier == "edge" and args.members > 1:
+            trained = [train(tier, args.epochs, args.seed + i) for i in range(args.members)]
+            nets = Members([member.net for member in trained])
+            model = Uint8Nhwc(nets, PIXEL_MEAN, PIXEL_STD)
+        else:
+            model = train(tier, args.epochs, args.seed)
+        path = export_onnx(model, args.out / f"fashion_{tier}.onnx", SIZE, 1)
+        print(f"{tier}: wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
+
+
+if __name__ == "__main__":
+    main()

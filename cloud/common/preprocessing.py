@@ -1,0 +1,300 @@
+"""Decode and shape images the way a family's models expect them (shared by both tiers)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import struct
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import TypeVar
+
+import cv2
+import numpy as np
+
+from edgecascade.cloud.common.errors import InvalidInput
+from edgecascade.cloud.common.manifest import Preprocessing
+
+MAX_IMAGE_PIXELS = 40_000_000  # default bound on one image's pixels (declared or resized to)
+MAX_PNG_CHUNKS = 65_536  # more chunks than any encoder writes for an image within the bound
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers (C4 is DHT, C8 reserved, CC is DAC)
+JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
+
+T = TypeVar("T")
+INLINE_PIXELS = 1 << 20  # images with fewer pixels in all are prepared on the event loop
+
+_max_pixels: ContextVar[int] = ContextVar("max_image_pixels", default=MAX_IMAGE_PIXELS)
+
+
+class InvalidImage(InvalidInput):
+    """The input is not an image this system can read; the message says why."""
+
+
+@contextmanager
+def pixel_limit(max_pixels: int) -> Iterator[None]:
+    """Within the block (this context, and threads started from it with asyncio.to_thread),
+    images above `max_pixels` are refused, as declared or once resized."""
+    token = _max_pixels.set(max_pixels)
+    try:
+        yield
+    finally:
+        _max_pixels.reset(token)
+
+
+def max_pixels() -> int:
+    """The pixel bound in force (see `pixel_limit`)."""
+    return _max_pixels.get()
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """(height, width) an encoded PNG or JPEG declares in its header, read without decoding it;
+    InvalidImage for other formats and for headers that are corrupt or truncated."""
+    if data.startswith(PNG_SIGNATURE):
+        return _png_size(data)
+    if data.startswith(b"\xff\xd8"):
+        return _jpeg_size(data)
+    raise InvalidImage(
+        f"cannot decode {len(data)} bytes as an image (starts with {data[:8].hex()}): "
+        "send JPEG or PNG"
+    )
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    """IHDR's size, after checking that every chunk's declared length fits the payload."""
+    size, pos, chunks = None, len(PNG_SIGNATURE), 0
+    while pos < len(data):
+        if pos + 8 > len(data):
+            raise InvalidImage(f"truncated PNG: {len(data) - pos} stray bytes after chunk {chunks}")
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        name = kind.decode("latin-1")
+        if length > len(data) - pos - 12:
+            raise InvalidImage(
+                f"corrupt PNG: chunk {name!r} declares {length} bytes but only "
+                f"{max(0, len(data) - pos - 12)} follow"
+            )
+        chunks += 1
+        if chunks > MAX_PNG_CHUNKS:
+            raise InvalidImage(f"corrupt PNG: more than {MAX_PNG_CHUNKS} chunks")
+        if size is None:
+            if kind != b"IHDR" or length != 13:
+                raise InvalidImage("corrupt PNG: the first chunk is not a 13-byte IHDR")
+            width, height = struct.unpack_from(">II", data, pos + 8)
+            if not (0 < width < 2**31 and 0 < height < 2**31):
+                raise InvalidImage(f"corrupt PNG: IHDR declares {width}x{height} pixels")
+            size = (height, width)
+            _check_pixels(height, width)
+        pos += 12 + length
+        if kind == b"IEND":
+            break
+    if size is None:
+        raise InvalidImage("truncated PNG: no IHDR chunk")
+    return size
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    """The size in the first start-of-frame segment, walking the segments before it."""
+    pos = 2
+    while True:
+        while pos + 1 < len(data) and data[pos] == data[pos + 1] == 0xFF:
+            pos += 1  # fill bytes before a marker
+        if pos + 2 > len(data):
+            raise InvalidImage("truncated JPEG: no frame header (SOF)")
+        if data[pos] != 0xFF:
+            raise InvalidImage(f"corrupt JPEG: no marker at byte {pos}")
+        marker = data[pos + 1]
+        if marker in JPEG_STANDALONE:
+            pos += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image, start of scan: before any frame header
+            raise InvalidImage("corrupt JPEG: no frame header (SOF) before the image data")
+        if pos + 4 > len(data):
+            raise InvalidImage("truncated JPEG: a segment header is cut off")
+        (length,) = struct.unpack_from(">H", data, pos + 2)
+        if length < 2 or pos + 2 + length > len(data):
+            raise InvalidImage(
+                f"corrupt JPEG: segment FF{marker:02X} declares {length} bytes but only "
+                f"{len(data) - pos - 2} follow"
+            )
+        if marker in JPEG_SOF:
+            if length < 8:
+                raise InvalidImage("corrupt JPEG: frame header too short")
+            height, width, components = struct.unpack_from(">HHB", data, pos + 5)
+            if height == 0 or width == 0:
+                raise InvalidImage(f"unsupported JPEG: frame header declares {width}x{height}")
+            if components not in (1, 3, 4):
+                raise InvalidImage(f"unsupported JPEG: {components} components")
+            _check_pixels(height, width)
+            return height, width
+        pos += 2 + length
+
+
+def _check_pixels(height: int, width: int, what: str = "image") -> None:
+    limit = max_pixels()
+    if height * width > limit:
+        raise InvalidImage(
+            f"{what} is {width}x{height} pixels ({height * width / 1e6:.1f} MP); the limit is "
+            f"{limit / 1e6:g} MP (max_image_pixels)"
+        )
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Decode JPEG/PNG bytes into uint8 RGB [H, W, 3] or gray [H, W]. The header's size is
+    checked against `max_pixels()` first; corrupt or truncated headers are refused."""
+    if not data:
+        raise InvalidImage("empty image: send JPEG or PNG bytes")
+    size = image_size(data)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as e:
+        raise InvalidImage(f"cannot decode {len(data)} bytes as an image: {e.err}") from None
+    if image is None or image.shape[:2] != size:
+        raise InvalidImage(
+            f"cannot decode {len(data)} bytes as an image (starts with {data[:8].hex()}): "
+            "send JPEG or PNG"
+        )
+    if image.dtype != np.uint8:
+        image = cv2.convertScaleAbs(image, alpha=255.0 / np.iinfo(image.dtype).max)
+    if image.ndim == 3:
+        code = cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB
+        image = cv2.cvtColor(image, code)
+    return image
+
+
+def raw_image(shape: list[int] | tuple[int, ...], data: bytes) -> np.ndarray:
+    """A uint8 pixel array [H, W] or [H, W, C] (C is 1 or 3, RGB) from its shape and bytes."""
+    shape = tuple(int(d) for d in shape)
+    _check_image_shape(shape)
+    return _pixels(shape, data, "raw image")
+
+
+def raw_images(shape: list[int] | tuple[int, ...], data: bytes) -> np.ndarray:
+    """N images of one shape, uint8 [N, H, W, C] (C is 1 or 3, RGB), from their shape and bytes
+    (no copy: a read-only view of `data`)."""
+    shape = tuple(int(d) for d in shape)
+    if len(shape) != 4 or shape[0] <= 0:
+        raise InvalidImage(f"raw image batch shape {list(shape)} must be [N, H, W, C]")
+    _check_image_shape(shape[1:])
+    return _pixels(shape, data, "raw image batch")
+
+
+def _check_image_shape(shape: tuple[int, ...]) -> None:
+    if len(shape) not in (2, 3) or any(d <= 0 for d in shape):
+        raise InvalidImage(f"raw image shape {list(shape)} must be [H, W] or [H, W, C]")
+    if len(shape) == 3 and shape[2] not in (1, 3):
+        raise InvalidImage(f"raw image has {shape[2]} channels; expected 1 (gray) or 3 (RGB)")
+
+
+def _pixels(shape: tuple[int, ...], data: bytes, what: str) -> np.ndarray:
+    expected = math.prod(shape)  # Python ints: no wrap-around
+    if len(data) != expected:
+        raise InvalidImage(
+            f"{what} of shape {list(shape)} needs {expected} uint8 bytes, got {len(data)}"
+        )
+    return np.frombuffer(data, np.uint8).reshape(shape)
+
+
+def prepare(image: np.ndarray, spec: Preprocessing) -> np.ndarray:
+    """Colour-convert, resize the short side, centre-crop: uint8 [size, size, C]."""
+    image = _to_color(image, spec.color)
+    h, w = image.shape[:2]
+    if (h, w) != (spec.size, spec.size):
+        nh, nw = _resized(h, w, spec)
+        if (nh, nw) != (h, w):
+            interp = cv2.INTER_AREA if spec.resize_short < min(h, w) else cv2.INTER_LINEAR
+            image = cv2.resize(image, (nw, nh), interpolation=interp)
+        top, left = (nh - spec.size) // 2, (nw - spec.size) // 2
+        image = image[top : top + spec.size, left : left + spec.size]
+    if image.ndim == 2:
+        image = image[:, :, None]
+    return np.ascontiguousarray(image)
+
+
+def _resized(h: int, w: int, spec: Preprocessing) -> tuple[int, int]:
+    """The size `prepare` resizes an [h, w] image to before its centre crop."""
+    scale = spec.resize_short / min(h, w)
+    nh, nw = max(spec.size, round(h * scale)), max(spec.size, round(w * scale))
+    if nh * nw > max_pixels():  # a very thin image: its short side scaled up
+        raise InvalidImage(
+            f"image of {w}x{h} pixels would be resized to {nw}x{nh} before its centre crop; "
+            f"the limit is {max_pixels() / 1e6:g} MP (max_image_pixels)"
+        )
+    return nh, nw
+
+
+def kept_region(h: int, w: int, spec: Preprocessing) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right): the part of an [h, w] image that `prepare`'s centre crop
+    keeps, in the image's own pixels (rounded), for models that crop and resize themselves."""
+    if (h, w) == (spec.size, spec.size):
+        return 0, 0, h, w  # `prepare` leaves it as it is
+    nh, nw = _resized(h, w, spec)
+    top, left = (nh - spec.size) // 2, (nw - spec.size) // 2
+    y0, x0 = round(top * h / nh), round(left * w / nw)
+    y1, x1 = round((top + spec.size) * h / nh), round((left + spec.size) * w / nw)
+    return y0, x0, max(y1, y0 + 1), max(x1, x0 + 1)
+
+
+def color_groups(
+    images: Sequence[np.ndarray], spec: Preprocessing
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The images colour-converted but not resized, grouped by shape: (their indices, uint8
+    [n, H, W, C]) per shape. An [N, H, W, C] array of the spec's channels is one group as it is."""
+    channels = spec.shape[2]
+    if isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[3] == channels:
+        return [(np.arange(len(images)), np.ascontiguousarray(images, np.uint8))]
+    converted = [
+        _to_color(image, spec.color).reshape(*image.shape[:2], channels) for image in images
+    ]
+    rows: dict[tuple[int, ...], list[int]] = {}
+    for i, image in enumerate(converted):
+        rows.setdefault(image.shape, []).append(i)
+    return [(np.array(r), np.stack([converted[i] for i in r])) for r in rows.values()]
+
+
+def prepare_batch(images: Sequence[np.ndarray], spec: Preprocessing) -> np.ndarray:
+    """`prepare` for each image: uint8 [N, size, size, C]. An [N, H, W, C] array already of
+    that shape is passed through as it is (no per-image work)."""
+    if isinstance(images, np.ndarray) and images.shape[1:] == spec.shape:
+        return np.ascontiguousarray(images, np.uint8)
+    return np.stack([prepare(image, spec) for image in images])
+
+
+def mirrored(images: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
+    """Decoded images flipped left-right: an [N, H, W, C] array, or [H, W(, C)] images."""
+    if isinstance(images, np.ndarray):
+        if images.ndim != 4:
+            raise ValueError(f"mirrored takes [N, H, W, C] arrays, not {list(images.shape)}")
+        return images[:, :, ::-1]
+    return [image[:, ::-1] for image in images]
+
+
+def with_mirrors(images: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
+    """The images, then the same images mirrored (2N; an array stays one array)."""
+    if isinstance(images, np.ndarray):
+        return np.concatenate([images, mirrored(images)])
+    return [*images, *mirrored(images)]
+
+
+def pixel_count(images: Sequence[np.ndarray]) -> int:
+    """Pixels (values) in decoded images: an [N, H, W, C] array or a list of images."""
+    if isinstance(images, np.ndarray):
+        return images.size
+    return sum(image.size for image in images)
+
+
+async def off_loop(images: Sequence[np.ndarray], work: Callable[..., T], *args: object) -> T:
+    """`work(*args)` on `images`: in a thread when they are large, so that the event loop
+    answers other calls meanwhile; at once when small (a thread hop costs more)."""
+    if pixel_count(images) < INLINE_PIXELS:
+        return work(*args)
+    return await asyncio.to_thread(work, *args)
+
+
+def _to_color(image: np.ndarray, color: str) -> np.ndarray:
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if color == "gray":
+        return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    return image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)

@@ -1,0 +1,1 @@
+"""The model registry: published versions, their rollout to Triton, ModelSync serving them."""

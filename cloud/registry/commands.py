@@ -1,0 +1,151 @@
+"""`edgecascade models publish | activate | list`: the cloud model registry from the shell."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgecascade.cloud.registry.rollout import DEFAULT_KEEP, CloudTarget, Rollout, roll_out
+from edgecascade.cloud.registry.store import NotFound, Registry
+from edgecascade.cloud.triton.control import ModelControl, TritonControlError
+
+console = Console()
+
+RegistryOption = Annotated[
+    Path | None, typer.Option(help="registry folder (default: <artifacts root>/registry)")
+]
+TritonOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="HOST:PORT (gRPC) of a Triton in explicit model-control mode: the cloud version is "
+        "loaded and ready there before the new version becomes current (repeat for a cluster)"
+    ),
+]
+RepositoryOption = Annotated[
+    list[Path] | None,
+    typer.Option(help="that Triton's model repository (one per --triton, in the same order)"),
+]
+KeepOption = Annotated[
+    int,
+    typer.Option(help="with --triton: serve the cloud versions of the last N current versions"),
+]
+
+
+def publish(
+    family: Annotated[str, typer.Option(help="family to publish")],
+    source: Annotated[
+        Path | None, typer.Option(help="family folder (default: the one `models build` wrote)")
+    ] = None,
+    registry: RegistryOption = None,
+    triton: TritonOption = None,
+    repository: RepositoryOption = None,
+    keep: KeepOption = DEFAULT_KEEP,
+) -> None:
+    """Publish a built (retrained, re-quantized or re-calibrated) family as its next version."""
+    store = Registry(registry)
+    targets = _targets(triton, repository)
+    with _errors():
+        publication = store.publish(family, source, activate=not targets)
+    manifest = publication.manifest
+    if not publication.created:
+        current = store.current_version(family)
+        hint = "" if current == manifest.version else f" (current: v{current}; see models activate)"
+        console.print(f"{family}: nothing changed since v{manifest.version}, no new version{hint}")
+        return
+    console.print(
+        f"published [bold]{family} v{manifest.version}[/]: edge {manifest.edge.key}, "
+        f"cloud {manifest.cloud.key} ({', '.join(publication.changes)})"
+    )
+    if not targets:
+        console.print(f"{family} v{manifest.version} is current (no --triton: nothing loaded)")
+        return
+    _report(_roll_out(store, targets, family, manifest.version, keep))
+
+
+def activate(
+    family: Annotated[str, typer.Option(help="family")],
+    version: Annotated[int, typer.Option(help="published version to make current")],
+    registry: RegistryOption = None,
+    triton: TritonOption = None,
+    repository: RepositoryOption = None,
+    keep: KeepOption = DEFAULT_KEEP,
+) -> None:
+    """Make a published version current again (a rollback), its cloud model loaded first."""
+    store = Registry(registry)
+    targets = _targets(triton, repository)
+    if not targets:
+        with _errors():
+            manifest = store.activate(family, version)
+        console.print(f"{family} v{manifest.version} is current (no --triton: nothing loaded)")
+        return
+    _report(_roll_out(store, targets, family, version, keep))
+
+
+def list_models(
+    family: Annotated[str | None, typer.Option(help="only this family")] = None,
+    registry: RegistryOption = None,
+) -> None:
+    """Published family versions; `*` marks each family's current one."""
+    store = Registry(registry)
+    with _errors():
+        manifests = store.history(family) if family else store.manifests()
+    if not manifests:
+        console.print(f"nothing published in {store.root}")
+        return
+    current = store.current_versions()
+    table = Table(title=f"registry {store.root}", box=None, pad_edge=False)
+    for column in ("family", "ver", "edge", "cloud", "threshold", "created", "cur"):
+        table.add_column(column, no_wrap=True)
+    for m in manifests:
+        table.add_row(
+            m.family,
+            str(m.version),
+            m.edge.key,
+            m.cloud.key,
+            f"{m.policy.threshold:.4f}",
+            m.created[:16].replace("T", " "),
+            "[bold green]*[/]" if current.get(m.family) == m.version else "",
+        )
+    console.print(table)
+
+
+def _targets(triton: list[str] | None, repository: list[Path] | None) -> list[CloudTarget]:
+    if len(triton or []) != len(repository or []):
+        raise typer.BadParameter("give one --repository per --triton, in the same order")
+    return [CloudTarget(ModelControl(t), r) for t, r in zip(triton or [], repository or [])]
+
+
+def _roll_out(
+    store: Registry, targets: list[CloudTarget], family: str, version: int, keep: int
+) -> Rollout:
+    where = f"{len(targets)} Triton servers" if len(targets) > 1 else "Triton"
+    with _errors(), console.status(f"loading the cloud model of {family} v{version} in {where}"):
+        return roll_out(store, targets, family, version, keep=keep)
+
+
+def _report(rollout: Rollout) -> None:
+    m = rollout.manifest
+    console.print(
+        f"cloud {m.cloud.key} ready in every Triton after {rollout.ready_s:.1f}s; "
+        f"[bold]{m.family} v{m.version}[/] is current"
+    )
+    for url, versions in rollout.serving.items():
+        console.print(f"Triton {url} serves {m.cloud.name} versions {versions}")
+    if rollout.unloaded:
+        console.print(f"unloaded {m.cloud.name} versions {rollout.unloaded}")
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Registry and Triton failures end the command with their message and exit code 1."""
+    try:
+        yield
+    except (NotFound, ValueError, TritonControlError) as exc:  # CorruptBlob is a ValueError
+        console.print(f"[red]error[/]: {exc}")
+        raise typer.Exit(1) from exc

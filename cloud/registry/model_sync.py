@@ -1,0 +1,157 @@
+"""The ModelSync gRPC service (grpc.aio): edges read manifests, watch for new current versions
+and download artifacts from the registry. Serve it with `add_model_sync(server, registry)`.
+
+One background task polls the registry's current pointers while anyone watches, so any
+process may publish (`edgecascade models publish`) and every watcher hears of it within one
+poll interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+
+from edgecascade.cloud.registry.store import CorruptBlob, NotFound, Registry
+from edgecascade.v1 import model_sync_pb2 as pb
+from edgecascade.v1 import model_sync_pb2_grpc as pb_grpc
+
+CHUNK_BYTES = 256 * 1024
+POLL_INTERVAL_S = 0.2
+
+
+class ModelSyncService(pb_grpc.ModelSyncServicer):
+    def __init__(self, registry: Registry, poll_interval_s: float = POLL_INTERVAL_S) -> None:
+        self.registry = registry
+        self.poll_interval_s = poll_interval_s
+        self._current: dict[str, int] = {}
+        self._changed = asyncio.Event()
+        self._watchers = 0
+        self._poller: asyncio.Task[None] | None = None
+        self._verified: dict[str, tuple[int, int, int]] = {}  # sha -> (inode, size, mtime_ns)
+
+    async def GetManifest(
+        self, request: pb.GetManifestRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ManifestResponse:
+        try:
+            return self._response(request.family, request.version)
+        except NotFound as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    async def WatchManifests(
+        self, request: pb.WatchManifestsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ManifestResponse]:
+        family, last = request.family, request.after_version
+        try:
+            self.registry.check_family(family)
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        self._refresh()
+        if family not in self._current:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"family {family!r} has no published version (known: {sorted(self._current)})",
+            )
+        self._watchers += 1
+        if self._poller is None:
+            self._poller = asyncio.create_task(self._poll())
+        try:
+            while True:
+                changed = self._changed
+                version = self._current.get(family, last)
+                if version != last:
+                    try:
+                        response = self._response(family, version)
+                    except ValueError as exc:  # a manifest that leads outside the registry
+                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                    yield response
+                    last = version
+                await changed.wait()
+        finally:
+            self._watchers -= 1
+            if not self._watchers and self._poller is not None:
+                self._poller.cancel()
+                self._poller = None
+
+    async def FetchArtifact(
+        self, request: pb.FetchArtifactRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ArtifactChunk]:
+        try:
+            path = await self._verified_blob(request.sha256)
+        except ValueError as exc:
+            code = grpc.StatusCode.DATA_LOSS if isinstance(exc, CorruptBlob) else None
+            await context.abort(code or grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except NotFound as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        blob = await asyncio.to_thread(open, path, "rb")
+        try:
+            size = os.fstat(blob.fileno()).st_size
+            if request.offset > size:
+                await context.abort(
+                    grpc.StatusCode.OUT_OF_RANGE,
+                    f"offset {request.offset} is past the end of artifact {request.sha256} "
+                    f"({size} bytes)",
+                )
+            offset = request.offset
+            blob.seek(offset)
+            while True:  # at least one chunk, so a caller at the end still learns the size
+                data = await asyncio.to_thread(blob.read, CHUNK_BYTES)
+                yield pb.ArtifactChunk(offset=offset, data=data, total_size=size)
+                offset += len(data)
+                if offset >= size:
+                    return
+        finally:
+            blob.close()
+
+    def _response(self, family: str, version: int) -> pb.ManifestResponse:
+        path = self.registry.manifest_file(family, version)
+        text = path.read_text()
+        number = int(path.parent.name)
+        return pb.ManifestResponse(
+            family=family,
+            version=number,
+            manifest_json=text,
+            manifest_sha256=hashlib.sha256(text.encode()).hexdigest(),
+            current=self.registry.current_version(family) == number,
+        )
+
+    def _refresh(self) -> None:
+        """Read the current pointers; wake every watcher when one moved."""
+        current = self.registry.current_versions()
+        if current != self._current:
+            self._current = current
+            self._changed.set()
+            self._changed = asyncio.Event()
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval_s)
+            self._refresh()
+
+    async def _verified_blob(self, sha256: str) -> Path:
+        """The blob's path; hashed again only when the file changed since it last verified."""
+        path = self.registry.blob_path(sha256)
+        try:
+            stat = self.registry.inside(path).stat()
+        except FileNotFoundError:
+            raise NotFound(f"no artifact with sha256 {sha256} in the registry") from None
+        stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if self._verified.get(sha256) != stamp:
+            await asyncio.to_thread(self.registry.verify_blob, sha256)
+            self._verified[sha256] = stamp
+        return path
+
+
+def add_model_sync(
+    server: grpc.aio.Server, registry: Registry, poll_interval_s: float = POLL_INTERVAL_S
+) -> ModelSyncService:
+    """Serve ModelSync for `registry` on `server` (before it starts); return the servicer."""
+    service = ModelSyncService(registry, poll_interval_s)
+    pb_grpc.add_ModelSyncServicer_to_server(service, server)
+    return service

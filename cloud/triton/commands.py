@@ -1,0 +1,95 @@
+"""`edgecascade cloud ...`: write the Triton model repository, serve it with a local Triton."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from edgecascade.cloud.common.manifest import Manifest
+from edgecascade.cloud.common.paths import artifacts_root, manifest_path, triton_repository
+from edgecascade.cloud.triton.repository import write_repository
+from edgecascade.cloud.triton.server import TritonServer
+
+app = typer.Typer(help="The cloud tier: Triton model repository and server.", no_args_is_help=True)
+console = Console()
+
+FamilyOption = Annotated[
+    list[str] | None,
+    typer.Option("--family", help="family to include (repeatable); default: every built family"),
+]
+
+
+def load_manifests(families: list[str] | None) -> list[Manifest]:
+    """Manifests of `families`, or of every family with a manifest under the artifacts root."""
+    names = families or sorted(p.parent.name for p in artifacts_root().glob("*/manifest.json"))
+    if not names:
+        raise typer.BadParameter(f"no built family under {artifacts_root()}")
+    missing = [n for n in names if not manifest_path(n).exists()]
+    if missing:
+        raise typer.BadParameter(
+            f"not built: {', '.join(missing)} (no manifest under {artifacts_root()})"
+        )
+    return [Manifest.load(manifest_path(n)) for n in names]
+
+
+@app.command("repository")
+def repository_command(
+    family: FamilyOption = None,
+    gpu: Annotated[bool, typer.Option(help="production variant: onnxruntime on KIND_GPU")] = False,
+    out: Annotated[Path | None, typer.Option(help="repository folder")] = None,
+) -> None:
+    """Write the Triton model repository for the families' cloud models."""
+    repository = out or triton_repository().with_name("triton-gpu" if gpu else "triton")
+    for model_dir in write_repository(load_manifests(family), repository, gpu=gpu):
+        console.print(f"wrote [bold]{model_dir}[/]")
+
+
+@app.command("serve")
+def serve_command(
+    family: FamilyOption = None,
+    grpc_port: Annotated[int | None, typer.Option(help="default: a free port")] = None,
+    http_port: Annotated[int | None, typer.Option(help="default: a free port")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="default: a free port")] = None,
+    repository: Annotated[
+        Path | None, typer.Option(help="model repository to write and serve")
+    ] = None,
+    log_file: Annotated[
+        Path | None, typer.Option(help="Triton log (default: in a temp dir)")
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option(help="seconds to wait for the models to be ready")
+    ] = 300.0,
+) -> None:
+    """Serve the families' cloud models with the local Triton until Ctrl-C or SIGTERM."""
+    repository = repository or triton_repository()
+    write_repository(load_manifests(family), repository)
+    server = TritonServer(
+        repository,
+        grpc_port=grpc_port,
+        http_port=http_port,
+        metrics_port=metrics_port,
+        log_path=log_file,
+    )
+    with console.status("starting Triton"):
+        server.start(timeout)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        console.print(f"Triton ready (pid {server.pid}), repository {repository}")
+        console.print(f"  gRPC     [bold]{server.grpc_url}[/]")
+        console.print(f"  HTTP     http://{server.http_url}")
+        console.print(f"  metrics  {server.metrics_url}")
+        console.print(f"  log      {server.log_path}")
+        while not stop.wait(0.5):
+            if not server.is_running():
+                console.print(f"[red]Triton exited[/]:\n{server.log_tail()}")
+                raise typer.Exit(1)
+        console.print("stopping Triton")
+    finally:
+        server.stop()

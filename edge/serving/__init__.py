@@ -1,0 +1,1 @@
+"""The edge agent: OpenVINO runtime, the Cascade and KServe gRPC services, metrics, updates."""

@@ -1,0 +1,312 @@
+"""KServe v2 on the edge agent: Triton's `inference.GRPCInferenceService`, so an unmodified
+`tritonclient.grpc` client calls an edge agent exactly as it calls Triton.
+
+One model, named after the family (e.g. "fashion"), version = the manifest's. Inputs (send one):
+  image   BYTES [N]           encoded JPEG/PNG, one element per image
+  pixels  UINT8 [N, H, W, C]  raw pixels, C in {1, 3} (RGB); [H, W, C] or [H, W] for one image
+Outputs: probabilities FP32 [N, K] (the answering tier's), top1 INT32 [N], edge_confidence
+FP32 [N]; `probabilities` honours Triton's classification extension (class_count=k gives
+BYTES [N, k] "score:index:label"). Response parameters: tier (per image, comma-separated),
+edge_confidence (the lowest in the batch), degraded, degraded_reason (comma-separated),
+edge_model, cloud_model.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import time
+from collections.abc import AsyncIterator, Sequence
+from importlib.metadata import version as package_version
+
+import grpc
+import numpy as np
+from tritonclient.grpc import model_config_pb2 as mc
+from tritonclient.grpc import service_pb2 as kpb
+from tritonclient.grpc import service_pb2_grpc as kpb_grpc
+from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
+
+from edgecascade.cloud.common.errors import InternalFailure, NotFound
+from edgecascade.cloud.common.manifest import Manifest
+from edgecascade.cloud.common.preprocessing import InvalidImage, decode_image, raw_image, raw_images
+from edgecascade.edge.serving.agent import EdgeAgent
+from edgecascade.edge.serving.rpc import RequestError, deadline, ordered
+from edgecascade.router.cascade.cascade import Answers
+
+IMAGE, PIXELS = "image", "pixels"
+OUTPUTS = ("probabilities", "top1", "edge_confidence")
+DATATYPES = {
+    np.dtype(np.float32): "FP32",
+    np.dtype(np.int32): "INT32",
+    np.dtype(np.object_): "BYTES",
+}
+
+
+class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, agent: EdgeAgent):
+        self.agent = agent
+        self.model = agent.settings.family
+
+    @property
+    def version(self) -> str:
+        """The family manifest version being served (it changes when a new pair is swapped in)."""
+        return str(self.agent.manifest.version)
+
+    def _check_model(self, name: str, version: str) -> None:
+        if name != self.model:
+            raise NotFound(f"unknown model {name!r}: this edge agent serves {self.model!r}")
+        if version not in ("", self.version):
+            raise NotFound(
+                f"model {name!r} has no version {version!r}: this edge agent serves version "
+                f"{self.version}"
+            )
+
+    async def ServerLive(self, request, context) -> kpb.ServerLiveResponse:
+        return kpb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request, context) -> kpb.ServerReadyResponse:
+        return kpb.ServerReadyResponse(ready=True)  # the model is compiled before the server starts
+
+    async def ModelReady(self, request: kpb.ModelReadyRequest, context) -> kpb.ModelReadyResponse:
+        try:
+            self._check_model(request.name, request.version)
+        except NotFound:
+            return kpb.ModelReadyResponse(ready=False)
+        return kpb.ModelReadyResponse(ready=True)
+
+    async def ServerMetadata(self, request, context) -> kpb.ServerMetadataResponse:
+        return kpb.ServerMetadataResponse(
+            name="edgecascade",
+            version=package_version("edgecascade"),
+            extensions=["classification", "parameters"],
+        )
+
+    async def ModelMetadata(
+        self, request: kpb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ):
+        try:
+            self._check_model(request.name, request.version)
+        except NotFound as e:
+            await context.abort(e.code, str(e))
+        tensor = kpb.ModelMetadataResponse.TensorMetadata
+        return kpb.ModelMetadataResponse(
+            name=self.model,
+            versions=[self.version],
+            platform="edgecascade",
+            inputs=[
+                tensor(name=IMAGE, datatype="BYTES", shape=[-1]),
+                tensor(name=PIXELS, datatype="UINT8", shape=[-1, -1, -1, -1]),
+            ],
+            outputs=[
+                tensor(
+                    name="probabilities",
+                    datatype="FP32",
+                    shape=[-1, len(self.agent.manifest.labels)],
+                ),
+                tensor(name="top1", datatype="INT32", shape=[-1]),
+                tensor(name="edge_confidence", datatype="FP32", shape=[-1]),
+            ],
+        )
+
+    async def ModelConfig(self, request: kpb.ModelConfigRequest, context: grpc.aio.ServicerContext):
+        try:
+            self._check_model(request.name, request.version)
+        except NotFound as e:
+            await context.abort(e.code, str(e))
+        return kpb.ModelConfigResponse(
+            config=mc.ModelConfig(
+                name=self.model,
+                platform="edgecascade",
+                max_batch_size=self.agent.settings.max_batch,
+                input=[
+                    mc.ModelInput(name=IMAGE, data_type=mc.TYPE_STRING, dims=[1], optional=True),
+                    mc.ModelInput(
+                        name=PIXELS, data_type=mc.TYPE_UINT8, dims=[-1, -1, -1], optional=True
+                    ),
+                ],
+                output=[
+                    mc.ModelOutput(
+                        name="probabilities",
+                        data_type=mc.TYPE_FP32,
+                        dims=[len(self.agent.manifest.labels)],
+                    ),
+                    mc.ModelOutput(name="top1", data_type=mc.TYPE_INT32, dims=[1]),
+                    mc.ModelOutput(name="edge_confidence", data_type=mc.TYPE_FP32, dims=[1]),
+                ],
+                parameters={
+                    k: mc.ModelParameter(string_value=v)
+                    for k, v in pair_parameters(self.agent.manifest).items()
+                },
+            )
+        )
+
+    async def ModelInfer(self, request: kpb.ModelInferRequest, context: grpc.aio.ServicerContext):
+        try:
+            return await self._infer(request, deadline(context))
+        except RequestError as e:
+            await context.abort(e.code, str(e))
+
+    async def ModelStreamInfer(
+        self, requests: AsyncIterator[kpb.ModelInferRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[kpb.ModelStreamInferResponse]:
+        """In order, up to stream_window at once; a failed request gets `error_message`."""
+        async for response in ordered(
+            requests, self._stream_item, self.agent.settings.stream_window
+        ):
+            yield response
+
+    async def _stream_item(self, request: kpb.ModelInferRequest) -> kpb.ModelStreamInferResponse:
+        try:
+            return kpb.ModelStreamInferResponse(infer_response=await self._infer(request, None))
+        except RequestError as e:
+            message = f"{e.code.name}: {e}"
+        except Exception as e:  # a bug: this request's error, the stream goes on
+            failure = InternalFailure.logged("ModelStreamInfer", e)
+            message = f"{failure.code.name}: {failure}"
+        return kpb.ModelStreamInferResponse(
+            error_message=message,
+            infer_response=kpb.ModelInferResponse(
+                model_name=request.model_name, model_version=request.model_version, id=request.id
+            ),
+        )
+
+    async def _infer(
+        self, request: kpb.ModelInferRequest, deadline: float | None
+    ) -> kpb.ModelInferResponse:
+        """Raises NotFound (unknown model), InvalidImage or Overloaded."""
+        received_at = time.perf_counter()
+        self._check_model(request.model_name, request.model_version)
+
+        def decode() -> Sequence[np.ndarray]:
+            requested_outputs(request)
+            return images_of(request, self.agent.settings.max_batch)
+
+        answers = await self.agent.answer(decode, received_at=received_at, deadline=deadline)
+        return self._response(request, answers)
+
+    def _response(self, request: kpb.ModelInferRequest, answers: Answers) -> kpb.ModelInferResponse:
+        probabilities = answers.probabilities.astype(np.float32)
+        tensors = {
+            "probabilities": probabilities,
+            "top1": probabilities.argmax(axis=1).astype(np.int32),
+            "edge_confidence": answers.edge_confidence.astype(np.float32),
+        }
+        pair = answers.pair  # a request runs on one pair (EdgeAgent.answer)
+        response = kpb.ModelInferResponse(
+            model_name=self.model, model_version=str(pair.version), id=request.id
+        )
+        for name, class_count in requested_outputs(request).items():
+            tensor = tensors[name]
+            if class_count:
+                tensor = classification(probabilities, class_count, pair.labels)
+            response.outputs.add(name=name, datatype=DATATYPES[tensor.dtype], shape=tensor.shape)
+            response.raw_output_contents.append(
+                serialize_byte_tensor(tensor).item() if tensor.dtype == object else tensor.tobytes()
+            )
+        parameters = {
+            "tier": ",".join(answers.tiers),
+            "edge_confidence": float(tensors["edge_confidence"].min()),
+            "degraded": bool(answers.degraded),
+            "degraded_reason": answers.degraded_reason if answers.degraded else "",
+            **pair_parameters(pair),
+        }
+        for key, value in parameters.items():
+            field = {str: "string_param", float: "double_param", bool: "bool_param"}[type(value)]
+            setattr(response.parameters[key], field, value)
+        return response
+
+
+def pair_parameters(pair: Manifest) -> dict[str, str]:
+    return {"edge_model": pair.edge.key, "cloud_model": pair.cloud.key}
+
+
+def classification(probabilities: np.ndarray, k: int, labels: list[str]) -> np.ndarray:
+    """Triton's classification extension: BYTES [N, k] of "score:index:label", best first."""
+    top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    return np.array(
+        [
+            [f"{row[i]:f}:{i}:{labels[i]}".encode() for i in order]
+            for row, order in zip(probabilities, top)
+        ],
+        dtype=object,
+    )
+
+
+def requested_outputs(request: kpb.ModelInferRequest) -> dict[str, int]:
+    """Output name -> classification class count (0: the plain tensor); all when none asked."""
+    if not request.outputs:
+        return dict.fromkeys(OUTPUTS, 0)
+    wanted = {}
+    for output in request.outputs:
+        if output.name not in OUTPUTS:
+            raise InvalidImage(f"unknown output {output.name!r}: this model has {list(OUTPUTS)}")
+        class_count = (
+            output.parameters["classification"].int64_param
+            if ("classification" in output.parameters)
+            else 0
+        )
+        if class_count and output.name != "probabilities":
+            raise InvalidImage(f"classification applies to 'probabilities', not {output.name!r}")
+        wanted[output.name] = max(0, int(class_count))
+    return wanted
+
+
+def images_of(request: kpb.ModelInferRequest, max_batch: int) -> Sequence[np.ndarray]:
+    """The decoded images of a ModelInferRequest (raw pixels: one [N, H, W, C] array);
+    InvalidImage says what is wrong with it."""
+    names = [tensor.name for tensor in request.inputs]
+    if len(names) != 1 or names[0] not in (IMAGE, PIXELS):
+        raise InvalidImage(
+            f"got inputs {names}: send exactly one of {IMAGE!r} (BYTES [N], encoded JPEG/PNG) "
+            f"or {PIXELS!r} (UINT8 [N, H, W, C])"
+        )
+    tensor = request.inputs[0]
+    raw = request.raw_input_contents[0] if request.raw_input_contents else None
+    shape = [int(d) for d in tensor.shape]
+    expected = {IMAGE: "BYTES", PIXELS: "UINT8"}[tensor.name]
+    if tensor.datatype != expected:
+        raise InvalidImage(f"input {tensor.name!r} must be {expected}, got {tensor.datatype}")
+    if any(d < 0 for d in shape):
+        raise InvalidImage(f"input {tensor.name!r} has a negative dimension in {shape}")
+    images = _encoded(tensor, raw, shape) if tensor.name == IMAGE else _pixels(tensor, raw, shape)
+    if not 1 <= len(images) <= max_batch:
+        raise InvalidImage(f"batch of {len(images)} images: send 1 to {max_batch} (max_batch)")
+    return images
+
+
+def _encoded(
+    tensor: kpb.ModelInferRequest.InferInputTensor, raw: bytes | None, shape: list[int]
+) -> list[np.ndarray]:
+    if raw is not None:
+        try:
+            elements = list(deserialize_bytes_tensor(raw))
+        except struct.error as e:  # truncated or malformed length prefixes
+            raise InvalidImage(f"input {IMAGE!r} is not a well-formed BYTES tensor: {e}") from None
+    else:
+        elements = list(tensor.contents.bytes_contents)
+    if len(elements) != math.prod(shape):
+        raise InvalidImage(
+            f"input {IMAGE!r} of shape {shape} needs {math.prod(shape)} elements, "
+            f"got {len(elements)}"
+        )
+    return [decode_image(bytes(element)) for element in elements]
+
+
+def _pixels(
+    tensor: kpb.ModelInferRequest.InferInputTensor, raw: bytes | None, shape: list[int]
+) -> np.ndarray | list[np.ndarray]:
+    """[N, H, W, C] as one array (a view of the request's bytes), or one [H, W(, C)] image."""
+    if raw is None:
+        values = np.asarray(tensor.contents.uint_contents, np.uint32)
+        if values.size and values.max() > 255:
+            raise InvalidImage(f"input {PIXELS!r} holds values above 255")
+        raw = values.astype(np.uint8).tobytes()
+    if len(shape) == 4:
+        if len(raw) != math.prod(shape):  # Python ints: [2**32, 2**32] is not 0 bytes
+            raise InvalidImage(
+                f"input {PIXELS!r} of shape {shape} needs {math.prod(shape)} bytes, got {len(raw)}"
+            )
+        return raw_images(shape, raw)
+    if len(shape) in (2, 3):
+        return [raw_image(shape, raw)]
+    raise InvalidImage(f"input {PIXELS!r} has shape {shape}: expected [N, H, W, C] or [H, W, C]")

@@ -1,0 +1,101 @@
+"""What the agent's gRPC services share: request errors as status codes, in-order streams."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TypeVar
+
+import grpc
+
+from edgecascade.cloud.common.errors import InternalFailure, RequestError
+
+__all__ = ["InternalErrors", "RequestError", "deadline", "ordered"]
+
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+
+
+def deadline(context: grpc.aio.ServicerContext) -> float | None:
+    """The call's gRPC deadline as a time.perf_counter() value (None: the caller set none)."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.perf_counter() + remaining
+
+
+async def ordered(
+    requests: AsyncIterator[Request],
+    handle: Callable[[Request], Awaitable[Response]],
+    window: int,
+) -> AsyncIterator[Response]:
+    """Answer a stream's requests concurrently (up to `window` at once), in arrival order."""
+    pending: asyncio.Queue[asyncio.Task | None] = asyncio.Queue(window)
+
+    async def read() -> None:
+        async for request in requests:
+            await pending.put(asyncio.create_task(handle(request)))
+        await pending.put(None)
+
+    reader = asyncio.create_task(read())
+    try:
+        while (task := await pending.get()) is not None:
+            yield await task
+        await reader
+    finally:
+        reader.cancel()
+        while not pending.empty():
+            if task := pending.get_nowait():
+                task.cancel()
+
+
+class InternalErrors(grpc.aio.ServerInterceptor):
+    """A RequestError a handler lets out is answered with its status; a bug (any other
+    exception) is answered INTERNAL with a log line, never grpc's UNKNOWN with Python's text."""
+
+    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        if handler.unary_unary:
+            return handler._replace(unary_unary=_guard_unary(method, handler.unary_unary))
+        if handler.stream_unary:
+            return handler._replace(stream_unary=_guard_unary(method, handler.stream_unary))
+        if inspect.isasyncgenfunction(handler.unary_stream):
+            return handler._replace(unary_stream=_guard_stream(method, handler.unary_stream))
+        if inspect.isasyncgenfunction(handler.stream_stream):
+            return handler._replace(stream_stream=_guard_stream(method, handler.stream_stream))
+        return handler  # streams written with context.write (grpc's health Watch)
+
+
+@asynccontextmanager
+async def _answered(method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    """A RequestError becomes its status; any other exception INTERNAL, logged."""
+    try:
+        yield
+    except RequestError as e:
+        await context.abort(e.code, str(e))
+    except (grpc.aio.AbortError, asyncio.CancelledError):
+        raise
+    except Exception as e:
+        failure = InternalFailure.logged(method, e)
+        await context.abort(failure.code, str(failure))
+
+
+def _guard_unary(method: str, behaviour: Callable) -> Callable:
+    async def guarded(request, context):  # type: ignore[no-untyped-def]
+        async with _answered(method, context):
+            return await behaviour(request, context)
+
+    return guarded
+
+
+def _guard_stream(method: str, behaviour: Callable) -> Callable:
+    async def guarded(request, context):  # type: ignore[no-untyped-def]
+        async with _answered(method, context):
+            async for response in behaviour(request, context):
+                yield response
+
+    return guarded

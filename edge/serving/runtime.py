@@ -1,0 +1,229 @@
+"""The edge model on OpenVINO: compiled once, fed through an AsyncInferQueue from asyncio.
+Frames of another size than the model's can be cropped and resized inside OpenVINO
+(PrePostProcessor) by a variant compiled for their shape."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections import OrderedDict, deque
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import openvino as ov
+from openvino.preprocess import PrePostProcessor, ResizeAlgorithm
+
+from edgecascade.cloud.common.manifest import Preprocessing
+from edgecascade.cloud.common.preprocessing import kept_region, off_loop, prepare_batch
+
+log = logging.getLogger(__name__)
+Device = str  # "CPU", "GPU", "AUTO", "AUTO:GPU,CPU", ...
+PerformanceHint = Literal["LATENCY", "THROUGHPUT"]
+Shape = tuple[int, ...]
+FOLD_VARIANTS = 8  # compiled crop-and-resize variants kept, one per frame shape (LRU)
+FOLD_COMPILES_QUEUED = 2  # variants compiling or waiting to (one at a time); more: cv2 meanwhile
+
+
+class _Requests:
+    """One compiled model's infer requests: up to `parallelism` run at once, and parts that
+    arrive while all are busy go to the device together, up to `max_batch` images."""
+
+    def __init__(self, compiled: ov.CompiledModel, max_batch: int):
+        self.max_batch = max_batch
+        self._queue = ov.AsyncInferQueue(compiled)
+        # through a weak reference: a bound method would make a cycle through the queue that
+        # Python's collector cannot see into, and keep every evicted variant alive
+        self._queue.set_callback(partial(_request_done, weakref.ref(self)))
+        self._idle = len(self._queue)
+        self._waiting: deque[tuple[np.ndarray, asyncio.Future]] = deque()
+
+    @property
+    def parallelism(self) -> int:
+        return len(self._queue)
+
+    async def infer_batch(self, images: np.ndarray) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        futures = []
+        for start in range(0, len(images), self.max_batch):
+            future = loop.create_future()
+            self._waiting.append((images[start : start + self.max_batch], future))
+            futures.append(future)
+        self._start(loop)
+        parts = [await future for future in futures]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        while self._waiting and self._idle:
+            parts = [self._waiting.popleft()]
+            size = len(parts[0][0])
+            while self._waiting and size + len(self._waiting[0][0]) <= self.max_batch:
+                parts.append(self._waiting.popleft())
+                size += len(parts[-1][0])
+            self._idle -= 1
+            images = parts[0][0] if len(parts) == 1 else np.concatenate([p for p, _ in parts])
+            sizes = [len(p) for p, _ in parts]
+            self._queue.start_async({0: images}, (loop, sizes, [future for _, future in parts]))
+
+    def _done(
+        self, request: ov.InferRequest, userdata: tuple[asyncio.AbstractEventLoop, list, list]
+    ):
+        loop, sizes, futures = userdata
+        logits = request.get_output_tensor(0).data.copy()
+        loop.call_soon_threadsafe(self._finish, loop, sizes, futures, logits)
+
+    def _finish(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sizes: list[int],
+        futures: list[asyncio.Future],
+        logits: np.ndarray,
+    ) -> None:
+        self._idle += 1
+        for future, part in zip(futures, np.split(logits, np.cumsum(sizes)[:-1])):
+            if not future.cancelled():
+                future.set_result(part)
+        self._start(loop)
+
+
+def _request_done(
+    requests: weakref.ref[_Requests], request: ov.InferRequest, userdata: tuple
+) -> None:
+    """An infer request's callback: the awaiting caller holds the _Requests while it runs."""
+    if (alive := requests()) is not None:
+        alive._done(request, userdata)
+
+
+class EdgeModel:
+    """An OpenVINO compiled model whose requests overlap: `await infer_batch(images)` never
+    blocks the event loop; up to `parallelism` requests run at once on the device, and images
+    that arrive while all are busy are batched into the next free one (dynamic batch models).
+
+    With `fold` (the model's Preprocessing), images of any size are welcome: the first batch
+    of a new shape is prepared with cv2 while a variant that crops and resizes frames of that
+    shape inside the model compiles in a thread; later batches of that shape go through it."""
+
+    def __init__(
+        self,
+        model_xml: Path,
+        device: Device = "CPU",
+        hint: PerformanceHint = "LATENCY",
+        max_batch: int = 16,
+        fold: Preprocessing | None = None,
+    ):
+        self._core = ov.Core()
+        self._model_xml = model_xml
+        self._config = {"PERFORMANCE_HINT": hint}
+        model = self._core.read_model(model_xml)
+        self.compiled = self._core.compile_model(model, device, self._config)
+        self.requested_device = device
+        self.execution_devices: list[str] = list(self.compiled.get_property("EXECUTION_DEVICES"))
+        partial_shape = model.input(0).get_partial_shape()
+        self.input_shape: Shape = tuple(d.get_length() for d in list(partial_shape)[1:])
+        self.max_batch = max_batch if partial_shape[0].is_dynamic else 1
+        self._requests = _Requests(self.compiled, self.max_batch)
+        self.fold = fold
+        self.fold_compiles = 0
+        self._folded: OrderedDict[Shape, _Requests | None] = OrderedDict()  # None: cannot fold
+        self._compiling: dict[Shape, asyncio.Future] = {}
+        self._compiler = ThreadPoolExecutor(1, thread_name_prefix="fold-compile")
+
+    @property
+    def parallelism(self) -> int:
+        return self._requests.parallelism
+
+    @property
+    def streams(self) -> int:
+        return int(self.compiled.get_property("NUM_STREAMS"))
+
+    @property
+    def folded_shapes(self) -> list[Shape]:
+        """Frame shapes with a compiled crop-and-resize variant, least recently used first."""
+        return [shape for shape, requests in self._folded.items() if requests]
+
+    def describe(self) -> str:
+        folding = f", folds {self.fold.color} crop/resize" if self.fold else ""
+        return (
+            f"{self.requested_device} -> {','.join(self.execution_devices)} "
+            f"({self.streams} streams, {self.parallelism} infer requests, "
+            f"batches of up to {self.max_batch}{folding})"
+        )
+
+    async def infer(self, image: np.ndarray) -> np.ndarray:
+        """Logits [classes] ([members, classes] for an ensemble) for one uint8 [H, W, C] image."""
+        return (await self.infer_batch(image[None]))[0]
+
+    async def infer_batch(self, images: np.ndarray) -> np.ndarray:
+        """Logits [N, classes] ([N, members, classes]) for uint8 [N, H, W, C] images, in parts
+        of at most `max_batch`. While every infer request is busy, parts wait and then go to the
+        device together, up to `max_batch` images in one request. Images not at the model's size
+        need `fold`, and the model's channels (colour conversion is the caller's)."""
+        shape = images.shape[1:]
+        if shape == self.input_shape:
+            return await self._requests.infer_batch(images)
+        if self.fold is None or shape[-1:] != self.input_shape[-1:]:
+            raise ValueError(
+                f"images of shape {list(shape)}: the edge model takes {list(self.input_shape)}"
+                + ("" if self.fold else " (frames of other sizes need folding on)")
+            )
+        requests = self._folded_requests(shape, self.fold)
+        if requests is None:
+            prepared = await off_loop(images, prepare_batch, images, self.fold)
+            return await self._requests.infer_batch(prepared)
+        return await requests.infer_batch(images)
+
+    async def fold_ready(self, shape: Shape) -> bool:
+        """Compile (or await) the variant for frames of `shape` [H, W, C]; whether there is one."""
+        if self.fold is None:
+            return False
+        while shape not in self._folded:
+            self._folded_requests(shape, self.fold)
+            # its own compilation, or (while too many are queued) any other one
+            pending = self._compiling.get(shape) or next(iter(self._compiling.values()), None)
+            if pending is None:
+                break
+            await asyncio.wait([pending])
+        return self._folded.get(shape) is not None
+
+    def _folded_requests(self, shape: Shape, spec: Preprocessing) -> _Requests | None:
+        """The variant for `shape` if compiled; else None, and its compilation starts unless
+        FOLD_COMPILES_QUEUED others are under way (a later frame of that shape asks again)."""
+        if shape in self._folded:
+            self._folded.move_to_end(shape)
+            return self._folded[shape]
+        if shape not in self._compiling and len(self._compiling) < FOLD_COMPILES_QUEUED:
+            loop = asyncio.get_running_loop()
+            task = loop.run_in_executor(self._compiler, self._compile_folded, shape, spec)
+            self._compiling[shape] = task
+            task.add_done_callback(partial(self._compiled, shape))
+        return None
+
+    def _compiled(self, shape: Shape, task: asyncio.Future) -> None:
+        del self._compiling[shape]
+        if task.cancelled():
+            return
+        if task.exception():
+            log.warning("cannot fold preprocessing for frames of %s: %s", shape, task.exception())
+        self._folded[shape] = None if task.exception() else task.result()
+        while len(self._folded) > FOLD_VARIANTS:
+            self._folded.popitem(last=False)  # its last reference: compiled model, threads freed
+
+    def _compile_folded(self, shape: Shape, spec: Preprocessing) -> _Requests:
+        """The model behind a PrePostProcessor that takes uint8 [N, H, W, C] frames, keeps the
+        region `prepare` keeps and resizes it (linear) to the model's size."""
+        h, w, c = shape
+        top, left, bottom, right = kept_region(h, w, spec)
+        ppp = PrePostProcessor(self._core.read_model(self._model_xml))
+        ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC")).set_shape(
+            [-1 if self.max_batch > 1 else 1, h, w, c]
+        )
+        ppp.input().preprocess().crop([0, top, left, 0], [2**31 - 1, bottom, right, c]).resize(
+            ResizeAlgorithm.RESIZE_LINEAR
+        )
+        ppp.input().model().set_layout(ov.Layout("NHWC"))
+        compiled = self._core.compile_model(ppp.build(), self.requested_device, self._config)
+        self.fold_compiles += 1
+        return _Requests(compiled, self.max_batch)

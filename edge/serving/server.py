@@ -1,0 +1,200 @@
+"""The edge agent's gRPC server: the edgecascade.v1.Cascade API and KServe v2 over the cascade,
+with grpc.health.v1, server reflection, Prometheus metrics, limits and a graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from tritonclient.grpc import service_pb2 as kpb
+from tritonclient.grpc import service_pb2_grpc as kpb_grpc
+
+from edgecascade.cloud.common.manifest import Manifest
+from edgecascade.cloud.common.paths import family_dir
+from edgecascade.cloud.common.preprocessing import InvalidImage, decode_image, raw_image
+from edgecascade.cloud.common.transport import Transport
+from edgecascade.edge.serving import updater
+from edgecascade.edge.serving.agent import EdgeAgent, EdgeSettings
+from edgecascade.edge.serving.kserve import KServeService
+from edgecascade.edge.serving.rpc import InternalErrors, RequestError, deadline, ordered
+from edgecascade.router.cascade.cascade import Answer
+from edgecascade.v1 import cascade_pb2 as pb
+from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+TIERS = {"edge": pb.EDGE, "cloud": pb.CLOUD}
+SERVICES = (
+    pb.DESCRIPTOR.services_by_name["Cascade"].full_name,
+    kpb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+)
+
+
+def decode_request(request: pb.ClassifyRequest) -> np.ndarray:
+    kind = request.WhichOneof("input")
+    if kind == "encoded_image":
+        return decode_image(request.encoded_image)
+    if kind == "raw_image":
+        return raw_image(request.raw_image.shape, request.raw_image.data)
+    raise InvalidImage("request has no input: set encoded_image (JPEG/PNG) or raw_image")
+
+
+def versions(pair: Manifest) -> pb.ModelVersions:
+    return pb.ModelVersions(family=pair.family, edge=pair.edge.key, cloud=pair.cloud.key)
+
+
+class CascadeService(pb_grpc.CascadeServicer):
+    def __init__(self, agent: EdgeAgent):
+        self.agent = agent
+
+    async def _answer(
+        self, request: pb.ClassifyRequest, deadline: float | None
+    ) -> pb.ClassifyResponse:
+        """Raises InvalidImage or Overloaded (edge.rpc.RequestError). `deadline` is the gRPC one;
+        the request's own `deadline_ms` budget applies too."""
+        received_at = time.perf_counter()
+        if request.deadline_ms > 0:
+            budget_end = received_at + request.deadline_ms / 1e3
+            deadline = budget_end if deadline is None else min(deadline, budget_end)
+        request_id = request.request_id or uuid.uuid4().hex
+        answers = await self.agent.answer(
+            lambda: [decode_request(request)], received_at=received_at, deadline=deadline
+        )
+        answer = answers[0]
+        return self._response(request_id, answer, request.top_k, received_at)
+
+    def _response(
+        self, request_id: str, answer: Answer, top_k: int, received_at: float
+    ) -> pb.ClassifyResponse:
+        labels = answer.pair.labels
+        k = min(top_k or self.agent.settings.default_top_k, len(labels))
+        return pb.ClassifyResponse(
+            request_id=request_id,
+            top_k=[pb.Prediction(class_id=i, name=labels[i], score=s) for i, s in answer.top_k(k)],
+            tier=TIERS[answer.tier],
+            edge_confidence=answer.edge_confidence,
+            edge_class_id=answer.edge_class_id,
+            versions=versions(answer.pair),
+            timings=pb.Timings(
+                edge_ms=answer.edge_ms,
+                cloud_ms=answer.cloud_ms,
+                total_ms=(time.perf_counter() - received_at) * 1e3,
+            ),
+            degraded=answer.degraded,
+            degraded_reason=answer.degraded_reason or "",
+        )
+
+    async def Classify(
+        self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ClassifyResponse:
+        try:
+            return await self._answer(request, deadline(context))
+        except RequestError as e:
+            await context.abort(e.code, str(e))
+
+    async def ClassifyStream(
+        self, requests: AsyncIterator[pb.ClassifyRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ClassifyResponse]:
+        """Frames are answered concurrently (up to stream_window at once), in order."""
+        async for response in ordered(requests, self._frame, self.agent.settings.stream_window):
+            yield response
+
+    async def _frame(self, request: pb.ClassifyRequest) -> pb.ClassifyResponse:
+        try:
+            return await self._answer(request, None)
+        except RequestError as e:
+            return pb.ClassifyResponse(
+                request_id=request.request_id,
+                versions=versions(self.agent.manifest),
+                error=pb.Error(code=e.code.value[0], message=str(e)),
+            )
+
+    async def GetStatus(
+        self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetStatusResponse:
+        agent, counters = self.agent, self.agent.counters
+        return pb.GetStatusResponse(
+            versions=versions(agent.manifest),
+            manifest_version=agent.manifest.version,
+            previous_version=agent.previous.manifest.version if agent.previous else 0,
+            update_error=agent.update_error,
+            version_mismatch=agent.cascade.mismatch or "",
+            device=agent.model.describe(),
+            policy=agent.cascade.policy.label,
+            threshold=agent.cascade.policy.threshold,
+            cloud_url=agent.settings.cloud_url or "",
+            cloud_ready=bool(agent.cloud and await agent.cloud.ready()),
+            requests=counters.requests,
+            escalations=counters.escalations,
+            degraded=counters.degraded,
+            errors=counters.errors,
+            bytes_to_cloud=counters.bytes_to_cloud,
+            breaker=agent.cascade.breaker.state,
+            cloud_latency_ewma_ms=(agent.cascade.latency.ewma_s or 0.0) * 1e3,
+            cloud_latency_p95_ms=(agent.cascade.latency.p95_s or 0.0) * 1e3,
+        )
+
+
+async def serve(settings: EdgeSettings, stop: asyncio.Event | None = None) -> None:
+    """Run the agent until `stop` is set (or forever). Then health turns NOT_SERVING, new calls
+    are refused and calls in flight get `grace_s` to finish."""
+    folder = family_dir(settings.family, settings.artifacts)
+    if settings.sync_url and not (folder / "manifest.json").exists():
+        folder = await updater.fetch_current(settings, settings.sync_url)
+    agent = await EdgeAgent.load(settings, folder)
+    transport = Transport(
+        max_message_bytes=settings.max_message_bytes, server_interceptors=(InternalErrors(),)
+    )
+    server = transport.server()
+    pb_grpc.add_CascadeServicer_to_server(CascadeService(agent), server)
+    kpb_grpc.add_GRPCInferenceServiceServicer_to_server(KServeService(agent), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for service in ("", *SERVICES):  # the model is compiled: serving from the first call
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    address = f"{settings.host}:{settings.port}"
+    port = transport.listen(server, address)
+    await server.start()
+    metrics_http = (
+        agent.metrics.serve_http(settings.host, settings.metrics_port)[0]
+        if settings.metrics_port
+        else None
+    )
+    log.info(
+        "edge agent %s serving %s on %s:%d (Cascade, KServe v2, health, reflection), model on %s, "
+        "cloud %s, metrics %s",
+        agent.manifest.family,
+        agent.manifest.edge.key,
+        settings.host,
+        port,
+        agent.model.describe(),
+        settings.cloud_url or "disabled",
+        f"http://{settings.host}:{settings.metrics_port}/metrics" if metrics_http else "off",
+    )
+    following = updater.start(agent, settings.sync_url) if settings.sync_url else None
+    try:
+        await (stop or asyncio.Event()).wait()
+    finally:
+        if following:
+            following.cancel()
+        log.info(
+            "draining: %d requests in flight, %.1fs grace", agent.limit.current, settings.grace_s
+        )
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(grace=settings.grace_s)
+        if metrics_http:
+            metrics_http.shutdown()
+            metrics_http.server_close()
+        if agent.cloud:
+            await agent.cloud.close()
+        log.info("stopped")

@@ -1,0 +1,1 @@
+"""Developer tools: the demo, benchmarks, the frame runner, fleet status, a child agent."""

@@ -1,0 +1,291 @@
+"""`edgecascade bench edge`: the edge agent over gRPC against OpenVINO's own benchmark_app on
+the same IR (the ceiling), side by side in one run, INT8 and FP32."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from edgecascade.cloud.common.manifest import Manifest
+from edgecascade.cloud.common.paths import edge_model_file, family_dir, manifest_path
+from edgecascade.cloud.common.preprocessing import decode_image, prepare
+from edgecascade.cloud.common.transport import PLAINTEXT
+from edgecascade.edge.tools.demo import percentiles
+from edgecascade.edge.tools.process import EdgeProcess
+from edgecascade.edge.tools.samples import labelled_frames
+from edgecascade.v1 import cascade_pb2 as pb
+from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
+
+console = Console()
+PRECISIONS = ("int8", "fp32")
+# KServe ModelInfer runners: raw `pixels` [N, H, W, C], N images per request.
+KSERVE_BATCHES = {"agent_kserve_batch": 16, "agent_kserve_batch64": 64}
+AGENT_RUNNERS = ("agent_unary", "agent_stream", *KSERVE_BATCHES)
+BENCHMARK_APP = "import sys; from openvino.tools.benchmark.main import main; sys.exit(main())"
+_UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def _latency_ms(output: str, label: str) -> float:
+    match = re.search(rf"{label}:\s+([\d.]+)\s+(us|ms|s)\b", output)
+    if not match:
+        raise RuntimeError(f"benchmark_app printed no {label!r} latency:\n{output[-2000:]}")
+    return float(match[1]) * _UNITS_MS[match[2]]
+
+
+def benchmark_app(model_xml: Path, shape: list[int], hint: str, seconds: float) -> dict:
+    """OpenVINO's benchmark_app at batch 1: images/s and latency p50 (one run) and p99 (a
+    second run: it reports one percentile per run); the throughput is the mean of both."""
+    runs = {}
+    for percentile in (50, 99):
+        command = [
+            sys.executable, "-c", BENCHMARK_APP, "-m", str(model_xml), "-d", "CPU",
+            "-hint", hint.lower(), "-shape", str([1, *shape]).replace(" ", ""),
+            "-t", str(max(1, round(seconds / 2))), "-latency_percentile", str(percentile),
+        ]  # fmt: skip
+        done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            raise RuntimeError(f"benchmark_app failed ({done.returncode}):\n{done.stdout[-2000:]}")
+        throughput = re.search(r"Throughput:\s+([\d.]+)\s+FPS", done.stdout)
+        if not throughput:
+            raise RuntimeError(f"benchmark_app printed no throughput:\n{done.stdout[-2000:]}")
+        label = "Median" if percentile == 50 else "99 percentile"
+        runs[percentile] = (float(throughput[1]), _latency_ms(done.stdout, label))
+    return {
+        "images_per_s": round((runs[50][0] + runs[99][0]) / 2, 1),
+        "latency_ms": {"p50": round(runs[50][1], 3), "p99": round(runs[99][1], 3)},
+    }
+
+
+def bench_images(manifest: Manifest, count: int = 64) -> np.ndarray:
+    """Real test images (repeated up to `count`), already at the model's input size."""
+    spec = manifest.edge.preprocessing
+    frames = labelled_frames(manifest.family, count)
+    images = [prepare(decode_image(frames[i % len(frames)].encoded), spec) for i in range(count)]
+    return np.stack(images)
+
+
+def bench_requests(images: np.ndarray) -> list[pb.ClassifyRequest]:
+    """Raw pixels: no PNG decode in the agent, as benchmark_app has none."""
+    return [
+        pb.ClassifyRequest(raw_image=pb.RawImage(shape=list(i.shape), data=i.tobytes()), top_k=1)
+        for i in images
+    ]
+
+
+def _result(latencies_s: list[float], elapsed_s: float) -> dict:
+    return {
+        "images_per_s": round(len(latencies_s) / elapsed_s, 1),
+        "latency_ms": {
+            k: v for k, v in percentiles([t * 1e3 for t in latencies_s]).items() if k != "p95"
+        },
+        "n": len(latencies_s),
+    }
+
+
+async def unary_load(
+    address: str, requests: list[pb.ClassifyRequest], clients: int, seconds: float
+) -> dict:
+    """`clients` concurrent callers, each one Classify at a time, for `seconds`."""
+    latencies: list[float] = []
+    async with PLAINTEXT.aio_channel(address) as channel:
+        stub = pb_grpc.CascadeStub(channel)
+        await stub.Classify(requests[0])  # connected and warm
+        end = time.perf_counter() + seconds
+
+        async def client(offset: int) -> None:
+            i = offset
+            while (start := time.perf_counter()) < end:
+                await stub.Classify(requests[i % len(requests)])
+                latencies.append(time.perf_counter() - start)
+                i += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client(c) for c in range(clients)))
+        return _result(latencies, time.perf_counter() - started)
+
+
+async def stream_load(
+    address: str, requests: list[pb.ClassifyRequest], streams: int, window: int, seconds: float
+) -> dict:
+    """`streams` ClassifyStreams, each with up to `window` frames awaiting an answer."""
+    latencies: list[float] = []
+    async with PLAINTEXT.aio_channel(address) as channel:
+        stub = pb_grpc.CascadeStub(channel)
+        end = time.perf_counter() + seconds
+
+        async def one_stream(offset: int) -> None:
+            room = asyncio.Semaphore(window)
+            sent: dict[str, float] = {}
+
+            async def frames() -> AsyncIterator[pb.ClassifyRequest]:
+                i = offset
+                while time.perf_counter() < end:
+                    await room.acquire()
+                    request = pb.ClassifyRequest()
+                    request.CopyFrom(requests[i % len(requests)])
+                    request.request_id = str(i)
+                    sent[request.request_id] = time.perf_counter()
+                    yield request
+                    i += 1
+
+            async for response in stub.ClassifyStream(frames()):
+                latencies.append(time.perf_counter() - sent.pop(response.request_id))
+                room.release()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one_stream(s * 1000003) for s in range(streams)))
+        return _result(latencies, time.perf_counter() - started)
+
+
+async def kserve_batch_load(
+    address: str, model: str, images: np.ndarray, batch: int, clients: int, seconds: float
+) -> dict:
+    """`clients` concurrent tritonclient callers of the agent's KServe ModelInfer, `batch`
+    images per request; latency is per request, throughput per image."""
+    from tritonclient.grpc import InferInput, InferRequestedOutput
+
+    inputs = []
+    for start in range(0, len(images) - batch + 1, batch):
+        tensor = InferInput("pixels", [batch, *images.shape[1:]], "UINT8")
+        tensor.set_data_from_numpy(images[start : start + batch])
+        inputs.append(tensor)
+    outputs = [InferRequestedOutput("top1")]
+    latencies: list[float] = []
+    client = PLAINTEXT.triton_aio(address)
+    try:
+        await client.infer(model, [inputs[0]], outputs=outputs)  # connected and warm
+        end = time.perf_counter() + seconds
+
+        async def caller(offset: int) -> None:
+            i = offset
+            while (start := time.perf_counter()) < end:
+                await client.infer(model, [inputs[i % len(inputs)]], outputs=outputs)
+                latencies.append(time.perf_counter() - start)
+                i += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(caller(c) for c in range(clients)))
+        result = _result(latencies, time.perf_counter() - started)
+    finally:
+        await client.close()
+    return result | {"images_per_s": round(result["images_per_s"] * batch, 1), "batch": batch}
+
+
+def _status(address: str) -> pb.GetStatusResponse:
+    with PLAINTEXT.channel(address) as channel:
+        return pb_grpc.CascadeStub(channel).GetStatus(pb.GetStatusRequest(), timeout=5.0)
+
+
+def bench_precision(
+    manifest: Manifest,
+    precision: str,
+    seconds: float,
+    clients: int,
+    streams: int,
+    window: int,
+    logs: Path,
+) -> dict:
+    """benchmark_app, then the agent (unary and streaming) on the same IR."""
+    model_xml = edge_model_file(family_dir(manifest.family), precision)
+    shape = manifest.edge.input_shape
+    row = {"model": str(model_xml.relative_to(family_dir(manifest.family)))}
+    with console.status(f"{manifest.family} {precision}: benchmark_app"):
+        row["benchmark_app"] = benchmark_app(model_xml, shape, "THROUGHPUT", seconds)
+    images = bench_images(manifest)
+    requests = bench_requests(images)
+    extra = ["--precision", precision, "--hint", "THROUGHPUT", "--threshold", "0",
+             "--max-batch", str(max(KSERVE_BATCHES.values()))]  # fmt: skip
+    with EdgeProcess(
+        manifest.family, None, logs / f"bench-{manifest.family}-{precision}.log", *extra
+    ) as agent:
+        with console.status(f"{manifest.family} {precision}: agent, unary x{clients}"):
+            row["agent_unary"] = asyncio.run(unary_load(agent.address, requests, clients, seconds))
+        with console.status(f"{manifest.family} {precision}: agent, {streams} streams"):
+            row["agent_stream"] = asyncio.run(
+                stream_load(agent.address, requests, streams, window, seconds)
+            )
+        for runner, batch in KSERVE_BATCHES.items():
+            with console.status(f"{manifest.family} {precision}: agent, KServe x{batch}"):
+                row[runner] = asyncio.run(
+                    kserve_batch_load(agent.address, manifest.family, images, batch,
+                                      max(1, clients // 4), seconds)
+                )  # fmt: skip
+        status = _status(agent.address)
+    row["device"] = status.device
+    row["escalations"] = status.escalations
+    ceiling = row["benchmark_app"]["images_per_s"]
+    for mode in AGENT_RUNNERS:
+        row[mode]["ratio"] = round(row[mode]["images_per_s"] / ceiling, 3)
+    return row
+
+
+def run_bench(
+    family: str,
+    report_path: Path,
+    seconds: float = 5.0,
+    clients: int = 16,
+    streams: int = 2,
+    window: int = 8,
+    precisions: tuple[str, ...] = PRECISIONS,
+) -> dict:
+    """Benchmark every precision of a family's edge model; write and print the report."""
+    if not manifest_path(family).exists():
+        raise FileNotFoundError(
+            f"family {family!r} is not built: run `edgecascade models build --family {family}`"
+        )
+    manifest = Manifest.load(manifest_path(family))
+    logs = report_path.parent / "logs"
+    report = {
+        "family": family,
+        "edge_model": manifest.edge.key,
+        "cpus": os.cpu_count(),
+        "seconds": seconds,
+        "unary_clients": clients,
+        "streams": streams,
+        "stream_window": window,
+        "kserve_batches": KSERVE_BATCHES,
+        "input": "raw uint8 pixels at the model's input size",
+        # A mirroring policy runs the edge model on each image and its mirror; benchmark_app
+        # runs it once per image. Both run every member of an ensemble edge model.
+        "edge_inferences_per_image": 2 if manifest.policy.mirror else 1,
+        "edge_members": int(manifest.edge.metrics.get("members", 1)),
+        "results": {p: bench_precision(manifest, p, seconds, clients, streams, window, logs)
+                    for p in precisions},
+    }  # fmt: skip
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    console.print(bench_table(report))
+    console.print(f"report: {report_path}")
+    return report
+
+
+def bench_table(report: dict) -> Table:
+    views = report["edge_inferences_per_image"]
+    table = Table(
+        title=f"edge bench: {report['family']} ({report['cpus']} CPUs), the agent runs the model "
+        f"{views}x per image"
+        + (" (mirroring policy)" if views == 2 else "")
+        + (f", an ensemble of {report['edge_members']}" if report["edge_members"] > 1 else "")
+    )
+    for column in ("precision", "runner", "images/s", "p50 ms", "p99 ms", "vs benchmark_app"):
+        table.add_column(column, justify="left" if column in ("precision", "runner") else "right")
+    for precision, row in report["results"].items():
+        for runner in ("benchmark_app", *AGENT_RUNNERS):
+            r = row[runner]
+            ratio = f"{r['ratio']:.0%}" if "ratio" in r else "ceiling"
+            table.add_row(
+                precision, runner, f"{r['images_per_s']:,.0f}", f"{r['latency_ms']['p50']:.3f}",
+                f"{r['latency_ms']['p99']:.3f}", ratio,
+            )  # fmt: skip
+    return table

@@ -1,0 +1,194 @@
+"""The end-to-end demo: Triton + an edge agent, a camera-like stream, a report."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from edgecascade.cloud.common.manifest import Manifest
+from edgecascade.cloud.common.paths import artifacts_root, family_dir, manifest_path
+from edgecascade.cloud.common.preprocessing import decode_image, prepare
+from edgecascade.cloud.common.transport import PLAINTEXT
+from edgecascade.cloud.triton.repository import write_model
+from edgecascade.cloud.triton.server import TritonServer
+from edgecascade.edge.tools.process import EdgeProcess
+from edgecascade.edge.tools.samples import Frame, labelled_frames
+from edgecascade.router.cascade.cloud_client import CloudClient
+from edgecascade.v1 import cascade_pb2 as pb
+from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
+
+console = Console()
+
+
+@dataclass
+class StreamResult:
+    responses: list[pb.ClassifyResponse] = field(default_factory=list)
+    round_trip_ms: list[float] = field(default_factory=list)
+
+
+def stream(
+    address: str, frames: list[Frame], fps: float, progress: Progress, window: int = 1
+) -> StreamResult:
+    """Send the frames through ClassifyStream, paced at `fps` (0: as fast as answered), with
+    at most `window` frames awaiting an answer, as a camera with a small buffer would."""
+    result = StreamResult()
+    sent_at: dict[str, float] = {}
+    in_flight = threading.Semaphore(window)
+    task = progress.add_task("frames", total=len(frames))
+
+    def requests() -> Iterator[pb.ClassifyRequest]:
+        start = time.perf_counter()
+        for i, frame in enumerate(frames):
+            if fps > 0 and (wait := start + i / fps - time.perf_counter()) > 0:
+                time.sleep(wait)
+            in_flight.acquire()
+            sent_at[str(i)] = time.perf_counter()
+            yield pb.ClassifyRequest(request_id=str(i), encoded_image=frame.encoded, top_k=1)
+
+    with PLAINTEXT.channel(address) as channel:
+        for response in pb_grpc.CascadeStub(channel).ClassifyStream(requests()):
+            result.round_trip_ms.append((time.perf_counter() - sent_at[response.request_id]) * 1e3)
+            in_flight.release()
+            result.responses.append(response)
+            progress.advance(task)
+    return result
+
+
+async def cloud_only_predictions(url: str, manifest: Manifest, frames: list[Frame]) -> np.ndarray:
+    """The cloud model's top-1 on every frame, straight from Triton (the cloud-only baseline)."""
+    client = CloudClient(url, manifest.cloud)
+    try:
+        images = np.stack(
+            [prepare(decode_image(f.encoded), manifest.cloud.preprocessing) for f in frames]
+        )
+        batches = [
+            await client.infer_batch(images[i : i + 64], timeout_s=30.0)
+            for i in range(0, len(images), 64)
+        ]
+    finally:
+        await client.close()
+    return np.concatenate(batches).argmax(-1)
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": 0.0, "p95": 0.0, "p99": 0.0}
+    p50, p95, p99 = np.percentile(values, [50, 95, 99])
+    return {"p50": round(float(p50), 3), "p95": round(float(p95), 3), "p99": round(float(p99), 3)}
+
+
+def build_report(
+    manifest: Manifest,
+    frames: list[Frame],
+    result: StreamResult,
+    cloud_top1: np.ndarray,
+    status: pb.GetStatusResponse,
+    in_flight: int,
+) -> dict:
+    labels = np.array([f.label for f in frames])
+    answered = [r for r in result.responses if not r.HasField("error")]
+    top1 = np.array([r.top_k[0].class_id for r in answered])
+    edge_top1 = np.array([r.edge_class_id for r in answered])
+    escalated = [r for r in answered if r.tier == pb.CLOUD]
+    return {
+        "family": manifest.family,
+        "n": len(frames),
+        "errors": len(result.responses) - len(answered),
+        "accuracy": {
+            "edge_only": round(float((edge_top1 == labels).mean()), 4),
+            "cloud_only": round(float((cloud_top1 == labels).mean()), 4),
+            "cascade": round(float((top1 == labels).mean()), 4),
+        },
+        "escalation_rate": round(len(escalated) / len(answered), 4),
+        "degraded": sum(r.degraded for r in answered),
+        "latency_ms": {
+            "edge": percentiles([r.timings.edge_ms for r in answered]),
+            "cloud": percentiles([r.timings.cloud_ms for r in escalated]),
+            "end_to_end": percentiles(result.round_trip_ms),
+        },
+        "bytes_to_cloud": status.bytes_to_cloud,
+        "versions": {"edge": status.versions.edge, "cloud": status.versions.cloud},
+        "threshold": round(float(status.threshold), 6),
+        "device": status.device,
+        "in_flight": in_flight,
+    }
+
+
+def summary_table(report: dict) -> Table:
+    table = Table(title=f"edgecascade demo: {report['family']}, {report['n']} frames")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for tier, acc in report["accuracy"].items():
+        table.add_row(f"accuracy {tier}", f"{acc:.2%}")
+    table.add_row(
+        "escalation rate", f"{report['escalation_rate']:.1%} at threshold {report['threshold']:.3f}"
+    )
+    for hop, p in report["latency_ms"].items():
+        table.add_row(
+            f"latency {hop} (ms)", f"p50 {p['p50']:.2f}  p95 {p['p95']:.2f}  p99 {p['p99']:.2f}"
+        )
+    table.add_row("bytes to cloud", f"{report['bytes_to_cloud']:,}")
+    table.add_row(
+        "versions", f"edge {report['versions']['edge']}  cloud {report['versions']['cloud']}"
+    )
+    table.add_row("degraded / errors", f"{report['degraded']} / {report['errors']}")
+    return table
+
+
+def run_demo(
+    family: str,
+    limit: int | None,
+    threshold: float | None,
+    report_path: Path,
+    fps: float = 0.0,
+    in_flight: int = 1,
+) -> dict:
+    """Start Triton and an edge agent, stream the family's test frames, write the report."""
+    folder = family_dir(family)
+    if not manifest_path(family).exists():
+        raise FileNotFoundError(
+            f"family {family!r} is not built: run `edgecascade models build --family {family}`"
+        )
+    manifest = Manifest.load(manifest_path(family))
+    frames = labelled_frames(family, limit)
+    logs = report_path.parent / "logs"
+    with ExitStack() as stack:
+        repository = artifacts_root() / "triton"
+        write_model(manifest, folder, repository)
+        with console.status("starting Triton"):
+            triton = stack.enter_context(TritonServer(repository, log_path=logs / "triton.log"))
+        extra = ["--threshold", str(threshold)] if threshold is not None else []
+        with console.status("starting the edge agent"):
+            edge = stack.enter_context(
+                EdgeProcess(family, triton.grpc_url, logs / "edge.log", *extra)
+            )
+        console.print(f"Triton at {triton.grpc_url}, edge agent at {edge.address}")
+        columns = (
+            TextColumn("streaming"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=console) as progress:
+            result = stream(edge.address, frames, fps, progress, in_flight)
+        with PLAINTEXT.channel(edge.address) as channel:
+            status = pb_grpc.CascadeStub(channel).GetStatus(pb.GetStatusRequest())
+        with console.status("cloud-only baseline"):
+            cloud_top1 = asyncio.run(cloud_only_predictions(triton.grpc_url, manifest, frames))
+    report = build_report(manifest, frames, result, cloud_top1, status, in_flight)
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    console.print(summary_table(report))
+    console.print(f"report: {report_path}")
+    return report

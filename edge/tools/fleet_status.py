@@ -1,0 +1,89 @@
+"""`edgecascade status`: what each edge agent serves and how it is doing."""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from rich.table import Table
+
+from edgecascade.cloud.common.transport import PLAINTEXT
+from edgecascade.v1 import cascade_pb2 as pb
+from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
+
+
+def agent_status(address: str, timeout_s: float = 3.0) -> dict:
+    """Health and GetStatus of one agent; {"address", "health": "UNREACHABLE", "error"} when
+    it cannot be asked."""
+    with PLAINTEXT.channel(address) as channel:
+        try:
+            health = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout_s
+            )
+            status = pb_grpc.CascadeStub(channel).GetStatus(
+                pb.GetStatusRequest(), timeout=timeout_s
+            )
+        except grpc.RpcError as e:
+            return {"address": address, "health": "UNREACHABLE", "error": e.code().name}
+    return {
+        "address": address,
+        "health": health_pb2.HealthCheckResponse.ServingStatus.Name(health.status),
+        "family": status.versions.family,
+        "manifest_version": status.manifest_version,
+        "previous_version": status.previous_version,
+        "edge": status.versions.edge,
+        "cloud": status.versions.cloud,
+        "device": status.device,
+        "policy": f"{status.policy} < {status.threshold:.4f}",
+        "breaker": status.breaker,
+        "cloud_latency_ms": {
+            "ewma": status.cloud_latency_ewma_ms,
+            "p95": status.cloud_latency_p95_ms,
+        },
+        "requests": status.requests,
+        "escalations": status.escalations,
+        "degraded": status.degraded,
+        "errors": status.errors,
+        "version_mismatch": status.version_mismatch,
+        "update_error": status.update_error,
+    }
+
+
+def status_table(rows: list[dict]) -> Table:
+    table = Table(title="edge agents")
+    for column in (
+        "agent",
+        "health",
+        "family",
+        "version",
+        "edge / cloud",
+        "escalate when",
+        "breaker",
+        "cloud ms ewma / p95",
+        "requests",
+        "escalated",
+        "degraded",
+        "notes",
+    ):
+        table.add_column(column)
+    for r in rows:
+        if r["health"] == "UNREACHABLE":
+            table.add_row(r["address"], "[red]UNREACHABLE", *[""] * 9, r["error"])
+            continue
+        latency = r["cloud_latency_ms"]
+        notes = "; ".join(n for n in (r["version_mismatch"], r["update_error"]) if n)
+        previous = f" (prev {r['previous_version']})" if r["previous_version"] else ""
+        table.add_row(
+            r["address"],
+            r["health"],
+            r["family"],
+            f"{r['manifest_version']}{previous}",
+            f"{r['edge']} / {r['cloud']}",
+            r["policy"],
+            r["breaker"],
+            f"{latency['ewma']:.1f} / {latency['p95']:.1f}",
+            str(r["requests"]),
+            str(r["escalations"]),
+            str(r["degraded"]),
+            notes,
+        )
+    return table

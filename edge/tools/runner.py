@@ -1,0 +1,167 @@
+"""`edge run`: frames from a source, through an edge agent's ClassifyStream, out as JSON
+lines (and optionally to a gRPC ResultSink)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TextIO
+
+from edgecascade.cloud.common.transport import PLAINTEXT
+from edgecascade.edge.sources.sources import FrameBuffer, FrameReader, SourceFrame, open_source
+from edgecascade.v1 import cascade_pb2 as pb
+from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
+from edgecascade.v1 import sink_pb2 as sink_pb
+from edgecascade.v1 import sink_pb2_grpc as sink_grpc
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunStats:
+    source: str
+    frames_read: int = 0
+    answered: int = 0
+    errors: int = 0
+    dropped: int = 0
+    reconnects: int = 0
+    sink_received: int | None = None
+
+
+def frame_request(frame: SourceFrame, top_k: int) -> pb.ClassifyRequest:
+    """Raw RGB pixels: no encoding on the way to the agent."""
+    raw = pb.RawImage(shape=list(frame.image.shape), data=frame.image.tobytes())
+    return pb.ClassifyRequest(request_id=str(frame.index), raw_image=raw, top_k=top_k)
+
+
+def frame_record(result: sink_pb.FrameResult, round_trip_ms: float) -> dict:
+    """One JSON line: where the frame came from and what the cascade said about it."""
+    r = result.response
+    record: dict = {
+        "frame": result.frame_index,
+        "position_ms": result.position_ms if result.HasField("position_ms") else None,
+        "captured_at": round(result.captured_at, 6),
+        "dropped": result.dropped,
+    }
+    if r.HasField("error"):
+        return record | {"error": {"code": r.error.code, "message": r.error.message}}
+    top_k = [{"class_id": p.class_id, "name": p.name, "score": round(p.score, 6)} for p in r.top_k]
+    return record | {
+        "top1": top_k[0] if top_k else None,
+        "top_k": top_k,
+        "tier": pb.Tier.Name(r.tier).lower(),
+        "edge_confidence": round(r.edge_confidence, 6),
+        "versions": {
+            "family": r.versions.family,
+            "edge": r.versions.edge,
+            "cloud": r.versions.cloud,
+        },
+        "timings_ms": {
+            "edge": round(r.timings.edge_ms, 3),
+            "cloud": round(r.timings.cloud_ms, 3),
+            "agent": round(r.timings.total_ms, 3),
+            "round_trip": round(round_trip_ms, 3),
+        },
+        "degraded_reason": r.degraded_reason or None,
+    }
+
+
+class _SinkPublisher:
+    """Streams FrameResults to a ResultSink from a background call; `close` returns the ack."""
+
+    def __init__(self, address: str):
+        self._channel = PLAINTEXT.channel(address)
+        self._queue: queue.Queue[sink_pb.FrameResult | None] = queue.Queue()
+        stub = sink_grpc.ResultSinkStub(self._channel)
+        self._call = stub.Publish.future(iter(self._queue.get, None))
+
+    def publish(self, result: sink_pb.FrameResult) -> None:
+        self._queue.put(result)
+
+    def close(self, timeout_s: float = 10.0) -> int:
+        self._queue.put(None)
+        try:
+            return self._call.result(timeout=timeout_s).received
+        finally:
+            self._channel.close()
+
+
+def run(
+    source_spec: str,
+    agent_address: str,
+    out: TextIO,
+    *,
+    sink: str | None = None,
+    max_fps: float | None = None,
+    buffer_size: int = 2,
+    window: int = 2,
+    top_k: int = 5,
+    reconnect_timeout_s: float | None = 30.0,
+    stop: threading.Event | None = None,
+) -> RunStats:
+    """Read `source_spec` until it ends (or `stop` is set) and write one JSON line per frame.
+
+    At most `window` frames await an answer; behind them a buffer of `buffer_size` frames
+    drops its oldest when the agent falls behind a live (or `max_fps`-paced) source, so
+    latency stays bounded. Files and folders read unpaced wait instead: every frame counts."""
+    source = open_source(source_spec)
+    buffer = FrameBuffer(buffer_size, drop_oldest=source.live or bool(max_fps))
+    reader = FrameReader(source, buffer, max_fps, reconnect_timeout_s)
+    stats = RunStats(str(source))
+    in_flight = threading.Semaphore(window)
+    pending: dict[str, tuple[SourceFrame, float]] = {}
+    publisher = _SinkPublisher(sink) if sink else None
+    failure: list[Exception] = []  # the reader's, raised here rather than in gRPC's thread
+
+    def requests() -> Iterator[pb.ClassifyRequest]:
+        while True:
+            in_flight.acquire()
+            try:
+                frame = buffer.get()
+            except Exception as e:  # noqa: BLE001 - re-raised below, outside gRPC's thread
+                failure.append(e)
+                return
+            if frame is None:
+                return
+            pending[str(frame.index)] = (frame, time.perf_counter())
+            yield frame_request(frame, top_k)
+
+    if stop is not None:
+        threading.Thread(target=lambda: (stop.wait(), reader.stop()), daemon=True).start()
+    reader.start()
+    try:
+        with PLAINTEXT.channel(agent_address) as channel:
+            responses = pb_grpc.CascadeStub(channel).ClassifyStream(requests())
+            for response in responses:
+                frame, sent_at = pending.pop(response.request_id)
+                round_trip_ms = (time.perf_counter() - sent_at) * 1e3
+                in_flight.release()
+                result = sink_pb.FrameResult(
+                    source=source_spec,
+                    frame_index=frame.index,
+                    position_ms=frame.position_ms,
+                    captured_at=frame.captured_at,
+                    dropped=buffer.dropped,
+                    response=response,
+                )
+                out.write(json.dumps(frame_record(result, round_trip_ms)) + "\n")
+                out.flush()
+                stats.errors += response.HasField("error")
+                stats.answered += not response.HasField("error")
+                if publisher:
+                    publisher.publish(result)
+        if failure:
+            raise failure[0]
+    finally:
+        reader.stop()
+        reader.join(timeout=5.0)
+        stats.frames_read, stats.dropped = reader.frames_read, buffer.dropped
+        stats.reconnects = reader.reconnects
+        if publisher:
+            stats.sink_received = publisher.close()
+    return stats

@@ -1,0 +1,237 @@
+"""Requests through the cascade: edge model, policy, and the cloud when it is worth it; a batch
+of images takes one edge inference and at most one cloud call."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from edgecascade.cloud.common.manifest import Manifest
+from edgecascade.cloud.common.preprocessing import (
+    color_groups,
+    off_loop,
+    prepare_batch,
+    with_mirrors,
+)
+from edgecascade.router.cascade.breaker import CircuitBreaker
+from edgecascade.router.cascade.cloud_client import CloudClient, CloudError
+from edgecascade.router.cascade.latency import LatencyTracker
+from edgecascade.router.policy.policies import ScorePolicy, member_logits, softmax
+
+# uint8 [N, H, W, C] prepared images -> logits [N, classes] ([N, members, classes] for an
+# ensemble), in one inference. An edge model that folds preprocessing takes colour-converted
+# frames of one shape at any size instead.
+EdgeInfer = Callable[[np.ndarray], Awaitable[np.ndarray]]
+
+# Below this much time left there is no point in starting a cloud call.
+MIN_CLOUD_BUDGET_S = 0.002
+
+
+@dataclass(frozen=True)
+class Answer:
+    pair: Manifest  # the model pair that produced this answer (versions, labels)
+    probabilities: np.ndarray
+    tier: Literal["edge", "cloud"]
+    edge_confidence: float
+    edge_class_id: int
+    edge_ms: float
+    cloud_ms: float
+    degraded_reason: str | None
+    bytes_to_cloud: int
+
+    @property
+    def degraded(self) -> bool:
+        return self.degraded_reason is not None
+
+    def top_k(self, k: int) -> list[tuple[int, float]]:
+        order = np.argsort(-self.probabilities, kind="stable")[:k]
+        return [(int(i), float(self.probabilities[i])) for i in order]
+
+
+@dataclass(frozen=True)
+class Answers:
+    """A batch's answers as arrays, row i for image i (`answers[i]` is image i's Answer). The
+    escalated images went to the cloud in one call, so they share its outcome: the cloud
+    answered them all (`degraded_reason` None) or none, and they come back degraded."""
+
+    pair: Manifest
+    probabilities: np.ndarray  # [N, K], the answering tier's
+    edge_confidence: np.ndarray  # [N]
+    edge_class_id: np.ndarray  # [N]
+    escalated: np.ndarray  # bool [N]: the policy sent these towards the cloud
+    edge_ms: float
+    cloud_ms: float  # from the edge answer to the escalation's end; 0 when none escalated
+    degraded_reason: str | None  # why the escalated images were answered at the edge
+    bytes_per_escalation: int  # bytes sent to the cloud per escalated image (0: no call made)
+
+    def __len__(self) -> int:
+        return len(self.probabilities)
+
+    @property
+    def escalations(self) -> int:
+        return int(self.escalated.sum())
+
+    @property
+    def degraded(self) -> int:
+        """How many images came back degraded."""
+        return self.escalations if self.degraded_reason else 0
+
+    @property
+    def tiers(self) -> list[str]:
+        cloud = self.escalated if self.degraded_reason is None else np.zeros(len(self), bool)
+        return np.where(cloud, "cloud", "edge").tolist()
+
+    def __getitem__(self, i: int) -> Answer:
+        escalated = bool(self.escalated[i])
+        return Answer(
+            self.pair,
+            self.probabilities[i],
+            "cloud" if escalated and self.degraded_reason is None else "edge",
+            float(self.edge_confidence[i]),
+            int(self.edge_class_id[i]),
+            self.edge_ms,
+            self.cloud_ms if escalated else 0.0,
+            self.degraded_reason if escalated else None,
+            self.bytes_per_escalation if escalated else 0,
+        )
+
+
+class Cascade:
+    """Answers at the edge when the policy trusts the edge model, else asks the cloud.
+
+    A cloud failure never fails the request: the edge answer comes back degraded. The cloud is
+    called only when its expected latency fits the time left and the breaker lets it through,
+    and never when the cloud does not hold the version the manifest pairs with the edge model
+    (`mismatch` says why; escalations then come back degraded with `version-mismatch`).
+    `edge_folds`: the edge model crops and resizes itself; it gets colour-converted frames, one
+    inference per frame shape in the batch."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        edge_infer: EdgeInfer,
+        policy: ScorePolicy,
+        cloud: CloudClient | None,
+        cloud_timeout_s: float = 1.0,
+        latency: LatencyTracker | None = None,
+        breaker: CircuitBreaker | None = None,
+        edge_folds: bool = False,
+    ):
+        self.manifest = manifest
+        self.policy = policy
+        self.latency = latency or LatencyTracker()
+        self.breaker = breaker or CircuitBreaker()
+        self._edge_infer = edge_infer
+        self._edge_folds = edge_folds
+        self._cloud = cloud
+        self._cloud_timeout_s = cloud_timeout_s
+        self.mismatch: str | None = None
+
+    async def classify(
+        self, image: np.ndarray, *, received_at: float, deadline: float | None = None
+    ) -> Answer:
+        """`image` is decoded (uint8 [H, W] or [H, W, C]); times are time.perf_counter()."""
+        answers = await self.classify_batch([image], received_at=received_at, deadline=deadline)
+        return answers[0]
+
+    async def classify_batch(
+        self,
+        images: Sequence[np.ndarray],
+        *,
+        received_at: float,
+        deadline: float | None = None,
+    ) -> Answers:
+        """`images` are decoded (uint8 [H, W] or [H, W, C] each, or one [N, H, W, C] array): one
+        edge inference for them all, one cloud call for those the policy escalates."""
+        logits, mirrored = await self._edge_logits(images)
+        confidence = self.policy.confidence(self.policy.views(logits, mirrored))
+        probabilities = softmax(logits[:, 0])
+        edge_class_id = probabilities.argmax(axis=-1)
+        edge_done = time.perf_counter()
+        escalated = np.asarray(self.policy.escalate(confidence))
+        reason, sent, cloud_ms = None, 0, 0.0
+        if escalated.any():
+            chosen = [images[i] for i in np.flatnonzero(escalated)]
+            reason, sent, cloud_probabilities = await self._ask_cloud(chosen, deadline)
+            if cloud_probabilities is not None:
+                probabilities[escalated] = cloud_probabilities
+            cloud_ms = (time.perf_counter() - edge_done) * 1e3
+        return Answers(
+            self.manifest,
+            probabilities,
+            confidence,
+            edge_class_id,
+            escalated,
+            edge_ms=(edge_done - received_at) * 1e3,
+            cloud_ms=cloud_ms,
+            degraded_reason=reason,
+            bytes_per_escalation=sent,
+        )
+
+    async def _edge_logits(
+        self, images: Sequence[np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Edge logits [N, members, K] of the images and, for a mirroring policy, of their
+        mirrors: one inference of the N (or 2N) views."""
+        n = len(images)
+        logits = await self._infer(with_mirrors(images) if self.policy.mirror else images)
+        logits = member_logits(logits)
+        return logits[:n], logits[n:] if self.policy.mirror else None
+
+    async def _infer(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        spec = self.manifest.edge.preprocessing
+        if not self._edge_folds:
+            batch = await off_loop(images, prepare_batch, images, spec)
+            return np.asarray(await self._edge_infer(batch), np.float64)
+        groups = await off_loop(images, color_groups, images, spec)
+        parts = await asyncio.gather(*(self._edge_infer(batch) for _, batch in groups))
+        logits = np.empty((len(images), *parts[0].shape[1:]))
+        for (rows, _), part in zip(groups, parts):
+            logits[rows] = part
+        return logits
+
+    async def _ask_cloud(
+        self, images: list[np.ndarray], deadline: float | None
+    ) -> tuple[str | None, int, np.ndarray | None]:
+        """One cloud call for `images`: (None, bytes sent per image, probabilities [n, K]), or
+        (the degraded reason, bytes sent per image, None) when the cloud is not or cannot be
+        asked."""
+        timeout = self._cloud_timeout_s
+        if deadline is not None:
+            timeout = min(timeout, deadline - time.perf_counter())
+        if self._cloud is None:
+            return "cloud-unavailable", 0, None
+        if self.mismatch:
+            return "version-mismatch", 0, None
+        if timeout < MIN_CLOUD_BUDGET_S or not self.latency.fits(timeout):
+            return "deadline", 0, None
+        if not self.breaker.allow():
+            return "cloud-unavailable", 0, None
+        batch = await off_loop(images, prepare_batch, images, self.manifest.cloud.preprocessing)
+        per_image = batch[0].nbytes
+        sent = time.perf_counter()
+        try:
+            logits = await self._cloud.infer_batch(batch, timeout)
+        except CloudError as e:
+            self._cloud_failed(e.reason, timeout, time.perf_counter() - sent)
+            return e.reason, per_image, None
+        self.latency.record(time.perf_counter() - sent)
+        self.breaker.success()
+        return None, per_image, softmax(np.asarray(logits, np.float64))
+
+    def _cloud_failed(self, reason: str, timeout_s: float, elapsed_s: float) -> None:
+        """A timeout is a latency sample too; one cut short by the caller's own budget says
+        nothing about the cloud's health, so only the others count towards the breaker."""
+        if reason == "version-mismatch":  # the cloud is up, without our version: no outage
+            self.mismatch = "the cloud does not serve the paired version"
+            return
+        if reason == "cloud-timeout":
+            self.latency.record(elapsed_s)
+            if timeout_s < self._cloud_timeout_s:
+                return
+        self.breaker.failure()

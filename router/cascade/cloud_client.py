@@ -1,0 +1,113 @@
+"""The client to the cloud tier: KServe v2 over gRPC (tritonclient's asyncio API)."""
+
+from __future__ import annotations
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from edgecascade.cloud.common.manifest import (
+    INPUT_NAME,
+    LABELS_PARAMETER,
+    OUTPUT_NAME,
+    Manifest,
+    ModelSpec,
+)
+from edgecascade.cloud.common.transport import FAST_RECONNECT, PLAINTEXT, retry_options
+
+# An inference whose server went away (UNAVAILABLE: connection lost, or a gateway with no
+# endpoint left for it) is sent once more, within the caller's deadline; through a gateway it
+# lands on another Triton. Inference is idempotent.
+CLOUD_CHANNEL_OPTIONS = [
+    *FAST_RECONNECT,
+    *retry_options("inference.GRPCInferenceService", "ModelInfer"),
+]
+
+
+class CloudError(Exception):
+    """The cloud could not answer; `reason` is the degraded reason reported to clients."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def _reason(status: str | None) -> str:
+    if status == "StatusCode.DEADLINE_EXCEEDED":
+        return "cloud-timeout"
+    if status in ("StatusCode.UNAVAILABLE", "StatusCode.CANCELLED"):
+        return "cloud-unavailable"
+    if status == "StatusCode.NOT_FOUND":  # Triton: unknown model or version
+        return "version-mismatch"
+    return "cloud-error"
+
+
+class CloudClient:
+    """Calls one cloud model version (the one the manifest pins) on a Triton endpoint.
+
+    Create it inside the event loop that will use it (gRPC asyncio channels are bound to it).
+    """
+
+    def __init__(self, url: str, spec: ModelSpec):
+        self.url = url
+        self.spec = spec
+        self._client = PLAINTEXT.triton_aio(url, options=CLOUD_CHANNEL_OPTIONS)
+
+    async def infer(self, image: np.ndarray, timeout_s: float) -> np.ndarray:
+        """Logits [classes] for one uint8 [H, W, C] image, or CloudError within `timeout_s`."""
+        return (await self.infer_batch(image[None], timeout_s))[0]
+
+    async def infer_batch(self, batch: np.ndarray, timeout_s: float) -> np.ndarray:
+        """Logits [N, classes] for uint8 [N, H, W, C] images, or CloudError."""
+        tensor = grpcclient.InferInput(INPUT_NAME, list(batch.shape), "UINT8")
+        tensor.set_data_from_numpy(batch)
+        try:
+            result = await self._client.infer(
+                self.spec.name,
+                [tensor],
+                model_version=str(self.spec.version),
+                outputs=[grpcclient.InferRequestedOutput(OUTPUT_NAME)],
+                client_timeout=timeout_s,
+            )
+        except InferenceServerException as e:
+            raise CloudError(_reason(e.status()), e.message() or str(e)) from e
+        logits = result.as_numpy(OUTPUT_NAME)
+        if logits is None:
+            raise CloudError("cloud-error", f"response has no {OUTPUT_NAME!r} output")
+        if len(logits) != len(batch):
+            raise CloudError("cloud-error", f"{len(logits)} rows of logits for {len(batch)} images")
+        return logits
+
+    async def ready(self, timeout_s: float = 1.0) -> bool:
+        """Whether the pinned model version is ready to serve."""
+        try:
+            return await self._client.is_model_ready(
+                self.spec.name, str(self.spec.version), client_timeout=timeout_s
+            )
+        except InferenceServerException:
+            return False
+
+    async def pairing_problem(self, manifest: Manifest, timeout_s: float = 2.0) -> str | None:
+        """Why the cloud cannot answer for `manifest`'s pair, or None when it can or when the
+        cloud cannot be reached (an outage, for the breaker, not a mismatch)."""
+        try:
+            if not await self._client.is_server_ready(client_timeout=timeout_s):
+                return None
+            if not await self.ready(timeout_s):
+                return f"Triton has no ready version {self.spec.version} of {self.spec.name}"
+            config = (
+                await self._client.get_model_config(self.spec.name, client_timeout=timeout_s)
+            ).config
+        except InferenceServerException:
+            return None
+        served = config.parameters.get(LABELS_PARAMETER)
+        if served is not None and served.string_value != manifest.labels_sha256:
+            return (
+                f"{self.spec.name} serves label map {served.string_value[:12]}…, "
+                f"the manifest pairs {manifest.labels_sha256[:12]}…"
+            )
+        return None
+
+    async def close(self) -> None:
+        await self._client.close()

@@ -1,0 +1,1 @@
+"""The separately deployed router gateway: HAProxy in front of Triton, ModelSync beside it."""

@@ -1,0 +1,123 @@
+"""The router gateway: KServe v2 gRPC in front of one or more Triton endpoints.
+
+Edges call it exactly as they would call Triton. HAProxy carries the requests (`haproxy.py`:
+per-request balancing over HTTP/2, retry on another endpoint when one is gone); this process runs
+it, answers its health agent with each endpoint's Triton readiness, and serves ModelSync when it
+has a registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from edgecascade.cloud.common.ports import free_port, port_is_free
+from edgecascade.cloud.common.transport import FAST_RECONNECT, PLAINTEXT, PortInUse
+from edgecascade.cloud.registry.model_sync import add_model_sync
+from edgecascade.cloud.registry.store import Registry
+from edgecascade.router.gateway.haproxy import GatewayConfig, HAProxy
+
+log = logging.getLogger(__name__)
+
+AGENT_TIMEOUT_S = 0.8  # within HAProxy's check timeout (CHECK_TIMEOUT_S)
+
+
+class HealthAgent:
+    """HAProxy's agent check: HAProxy sends an endpoint's server name, the agent asks that
+    Triton ServerReady and answers `up` or `down` (connect failures are HAProxy's own check)."""
+
+    def __init__(self, upstreams: Sequence[str], timeout_s: float):
+        self.timeout_s = timeout_s
+        self._channels = {
+            GatewayConfig.server_name(i): PLAINTEXT.aio_channel(url, options=FAST_RECONNECT)
+            for i, url in enumerate(upstreams)
+        }
+        self._ready: dict[str, bool] = {}
+        self._urls = dict(zip(self._channels, upstreams))
+
+    async def ready(self, name: str) -> bool:
+        """Whether the endpoint HAProxy calls `name` is ready; logs every change."""
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channels[name])
+        try:
+            reply = await stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=self.timeout_s)
+            ready = reply.ready
+        except grpc.aio.AioRpcError:
+            ready = False
+        if self._ready.get(name) != ready:
+            log.warning("Triton %s is %s", self._urls[name], "ready" if ready else "NOT ready")
+            self._ready[name] = ready
+        return ready
+
+    async def answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            name = (await reader.readline()).decode(errors="replace").strip()
+            if name in self._channels:
+                writer.write(b"up\n" if await self.ready(name) else b"down\n")
+                await writer.drain()
+        except ConnectionError:
+            log.debug("HAProxy left before the agent answered")  # its check timed out
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        await asyncio.gather(*(channel.close() for channel in self._channels.values()))
+
+
+async def serve(
+    urls: Sequence[str],
+    host: str = "127.0.0.1",
+    port: int = 8001,
+    probe_interval_s: float = 0.5,
+    stop: asyncio.Event | None = None,
+    registry: Path | None = None,
+    grace_s: float = 5.0,
+    metrics_port: int | None = None,
+) -> None:
+    """Run the gateway until `stop` is set (or forever, or until HAProxy exits); in-flight
+    calls get `grace_s`. With `registry`, edges can also sync their models here (ModelSync);
+    with `metrics_port`, Prometheus scrapes http://host:metrics_port/metrics."""
+    if port and not port_is_free(port, host):
+        raise PortInUse(f"cannot listen on {host}:{port}: the port is in use")
+    agent = HealthAgent(urls, timeout_s=AGENT_TIMEOUT_S)
+    agent_server = await asyncio.start_server(agent.answer, "127.0.0.1", 0)
+    sync_server = None
+    sync_url = None
+    if registry is not None:
+        sync_server = PLAINTEXT.server()
+        add_model_sync(sync_server, Registry(registry))
+        sync_url = f"127.0.0.1:{PLAINTEXT.listen(sync_server, '127.0.0.1:0')}"
+        await sync_server.start()
+    config = GatewayConfig(
+        upstreams=urls,
+        listen=f"{host}:{port or free_port(host)}",
+        agent_port=agent_server.sockets[0].getsockname()[1],
+        check_interval_s=probe_interval_s,
+        model_sync=sync_url,
+        metrics=None if metrics_port is None else f"{host}:{metrics_port}",
+        grace_s=grace_s,
+    )
+    with tempfile.TemporaryDirectory(prefix="edgecascade-gateway-") as tmp:
+        config_path = Path(tmp) / "haproxy.cfg"
+        config_path.write_text(config.render())
+        haproxy = HAProxy(config_path)
+        try:
+            await haproxy.start()
+            log.info("router gateway on %s -> %s", config.listen, ", ".join(urls))
+            stopped = asyncio.ensure_future((stop or asyncio.Event()).wait())
+            exited = asyncio.ensure_future(haproxy.exited())
+            await asyncio.wait([stopped, exited], return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if exited.done():
+                raise RuntimeError(f"HAProxy exited with status {exited.result()} (see above)")
+        finally:
+            await haproxy.stop(grace_s)
+            agent_server.close()
+            if sync_server is not None:
+                await sync_server.stop(grace=grace_s)
+            await agent.close()

@@ -1,0 +1,46 @@
+"""Run the router gateway as a child process (for benchmarks and tests)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from edgecascade.cloud.common.launcher import ServiceProcess, edgecascade_command
+from edgecascade.cloud.common.ports import free_port
+from edgecascade.cloud.common.transport import PLAINTEXT
+
+
+class GatewayProcess(ServiceProcess):
+    """`edgecascade router serve` on a free loopback port, ready once it is live (its
+    endpoints may or may not be ready); with `registry` it also serves ModelSync."""
+
+    name = "gateway"
+
+    def __init__(
+        self,
+        upstreams: Sequence[str],
+        log_path: Path,
+        probe_interval_s: float = 0.5,
+        registry: Path | None = None,
+        metrics_port: int | None = None,
+    ):
+        self.port = free_port()
+        self.url = f"127.0.0.1:{self.port}"
+        super().__init__(
+            edgecascade_command(
+                "router",
+                "serve",
+                "--port",
+                str(self.port),
+                "--probe-interval",
+                str(probe_interval_s),
+                *(arg for url in upstreams for arg in ("--upstream", url)),
+                *(["--registry", str(registry)] if registry else []),
+                *(["--metrics-port", str(metrics_port)] if metrics_port else []),
+            ),
+            log_path,
+        )
+
+    def ready(self) -> bool:
+        with PLAINTEXT.triton(self.url) as client:
+            return client.is_server_live(client_timeout=1.0)

@@ -1,0 +1,1 @@
+"""Escalation policies: the kinds, their offline fitting (calibration) and evaluation."""

@@ -1,0 +1,342 @@
+"""Pick a family's escalation policy and threshold on its calibration split (never the test split).
+
+A target is one of:
+- an absolute cascade accuracy (`0.925`),
+- a drop from cloud-only accuracy (`cloud-0.3pt`: at most 0.3 points below the cloud model),
+- an escalation budget (`max_escalation=0.3`: escalate at most 30% of inputs).
+
+The least escalation that meets an accuracy target wins (the most escalation a budget allows).
+With `assurance` above 0.5 the target must hold for a normal-approximation lower bound of the
+cascade accuracy (upper bound of the escalation rate) at that one-sided confidence, which guards
+against a calibration split that flatters the edge model. With a `window` of m inputs the bound is
+for what m new inputs will measure (a prediction bound: the calibration split's sampling noise
+plus theirs), not for the long-run average: a target judged on a 10k test split, or on any
+10k frames of a camera, needs that margin too."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import NormalDist
+
+import numpy as np
+
+from edgecascade.cloud.common.manifest import Manifest
+from edgecascade.router.policy.policies import (
+    POLICIES,
+    MaxProbabilityPolicy,
+    ScorePolicy,
+    member_logits,
+)
+from edgecascade.router.policy.temperature import expected_calibration_error, fit_temperature
+
+DEFAULT_ASSURANCE = 0.95
+DEFAULT_WINDOW = 10_000  # new inputs over which a calibrated target must hold
+_CLOUD_DROP = re.compile(r"cloud-(\d+(?:\.\d+)?)pt")
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a threshold is calibrated for: exactly one field is set (see the module docstring)."""
+
+    accuracy: float | None = None
+    max_drop: float | None = None
+    max_escalation: float | None = None
+
+    def __post_init__(self) -> None:
+        if sum(v is not None for v in (self.accuracy, self.max_drop, self.max_escalation)) != 1:
+            raise ValueError("a target sets exactly one of accuracy, max_drop, max_escalation")
+        for value in (self.accuracy, self.max_drop, self.max_escalation):
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"target {value} is not a fraction in [0, 1]")
+
+    @classmethod
+    def parse_accuracy(cls, text: str) -> Target:
+        """`0.925` (absolute accuracy) or `cloud-0.3pt` (points below cloud-only accuracy)."""
+        if match := _CLOUD_DROP.fullmatch(text.strip()):
+            return cls(max_drop=float(match.group(1)) / 100)
+        try:
+            return cls(accuracy=float(text))
+        except ValueError:
+            raise ValueError(
+                f"accuracy target {text!r}: give a fraction like 0.925 or a drop like cloud-0.3pt"
+            ) from None
+
+    def __str__(self) -> str:
+        if self.accuracy is not None:
+            return f"cascade accuracy >= {self.accuracy:.2%}"
+        if self.max_drop is not None:
+            return f"within {self.max_drop * 100:g} pt of cloud-only accuracy"
+        return f"at most {self.max_escalation:.1%} escalated"
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    threshold: float
+    escalation_rate: float
+    cascade_accuracy: float
+    edge_accuracy: float
+    cloud_accuracy: float
+
+
+@dataclass(frozen=True)
+class Split:
+    """Edge logits and which of the edge and cloud answers are right, for one data split.
+
+    `edge_logits` are [N, members, K] (an ensemble edge model; [N, K] is taken as one member)
+    and member 0 answers; `mirrored_logits` are alike on the images flipped left-right, where
+    the family's models were trained with flips (None otherwise)."""
+
+    edge_logits: np.ndarray
+    labels: np.ndarray
+    cloud_correct: np.ndarray
+    mirrored_logits: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("edge_logits", "mirrored_logits"):
+            logits = getattr(self, name)
+            if logits is not None and logits.ndim == 2:
+                object.__setattr__(self, name, member_logits(logits))
+
+    @classmethod
+    def load(cls, path: Path) -> Split:
+        """An .npz with `edge_logits`, `cloud_logits`, `labels` and optionally
+        `edge_logits_mirrored` (as `models build` writes)."""
+        data = np.load(path)
+        labels = data["labels"]
+        mirrored = data.get("edge_logits_mirrored")
+        return cls(
+            edge_logits=data["edge_logits"].astype(np.float64),
+            labels=labels,
+            cloud_correct=data["cloud_logits"].argmax(-1) == labels,
+            mirrored_logits=None if mirrored is None else mirrored.astype(np.float64),
+        )
+
+    @property
+    def members(self) -> int:
+        return self.edge_logits.shape[1]
+
+    @property
+    def answer_logits(self) -> np.ndarray:
+        """[N, K]: member 0's, whose answers the edge gives."""
+        return self.edge_logits[:, 0]
+
+    @property
+    def edge_correct(self) -> np.ndarray:
+        return self.answer_logits.argmax(-1) == self.labels
+
+    def confidence(self, policy: ScorePolicy) -> np.ndarray:
+        """`policy`'s score of every input."""
+        if policy.mirror and self.mirrored_logits is None:
+            raise ValueError(f"{policy.label} needs mirrored edge logits, which this split lacks")
+        return policy.confidence(policy.views(self.edge_logits, self.mirrored_logits))
+
+    def operating_point(self, policy: ScorePolicy) -> OperatingPoint:
+        """Escalation rate and cascade accuracy of `policy` on this split."""
+        return operating_point(
+            self.confidence(policy), policy.threshold, self.edge_correct, self.cloud_correct
+        )
+
+    def curve(self, policy: ScorePolicy) -> np.ndarray:
+        """Cascade accuracy of `policy`'s ranking when k = 0..N inputs escalate."""
+        return cascade_curve(self.confidence(policy), self.edge_correct, self.cloud_correct)[1]
+
+
+def operating_point(
+    confidence: np.ndarray, threshold: float, edge_correct: np.ndarray, cloud_correct: np.ndarray
+) -> OperatingPoint:
+    """Where escalating iff confidence < threshold lands."""
+    escalate = confidence < threshold
+    return OperatingPoint(
+        threshold=threshold,
+        escalation_rate=float(escalate.mean()),
+        cascade_accuracy=float(np.where(escalate, cloud_correct, edge_correct).mean()),
+        edge_accuracy=float(edge_correct.mean()),
+        cloud_accuracy=float(cloud_correct.mean()),
+    )
+
+
+def cascade_curve(confidence: np.ndarray, edge_correct: np.ndarray, cloud_correct: np.ndarray):
+    """Cascade accuracy when the k least confident inputs escalate, for k = 0..N.
+
+    Returns (sorted confidences, accuracy[k]) with accuracy of length N + 1."""
+    order = np.argsort(confidence, kind="stable")
+    gain = cloud_correct[order].astype(np.int64) - edge_correct[order].astype(np.int64)
+    correct = edge_correct.sum() + np.concatenate([[0], np.cumsum(gain)])
+    return confidence[order], correct / len(confidence)
+
+
+def _escalations(
+    confidence: np.ndarray,
+    edge_correct: np.ndarray,
+    cloud_correct: np.ndarray,
+    target: Target,
+    z: float,
+    window: int | None,
+) -> int:
+    """How many of the least confident inputs to escalate to meet `target` (see the module
+    docstring for `z` and `window`)."""
+    n = len(confidence)
+    _, accuracy = cascade_curve(confidence, edge_correct, cloud_correct)
+    margin = z * np.sqrt(1 / n + (1 / window if window else 0.0))  # per unit of spread
+    if target.max_escalation is not None:
+        rate = np.arange(n + 1) / n
+        allowed = rate + margin * np.sqrt(rate * (1 - rate)) <= target.max_escalation + 1e-12
+        return int(np.flatnonzero(allowed)[-1])
+    if target.accuracy is not None:
+        lower = accuracy - margin * np.sqrt(accuracy * (1 - accuracy))
+        ok = lower >= target.accuracy - 1e-12
+    else:
+        # cascade - cloud = mean over inputs kept at the edge of (edge_ok - cloud_ok).
+        disagree = (edge_correct != cloud_correct)[np.argsort(confidence, kind="stable")]
+        kept_disagreements = disagree.sum() - np.concatenate([[0], np.cumsum(disagree)])
+        delta = accuracy - cloud_correct.mean()
+        spread = np.sqrt(np.maximum(kept_disagreements / n - delta**2, 0.0))
+        ok = delta - margin * spread >= -target.max_drop - 1e-12
+    if not ok.any():
+        raise ValueError(
+            f"{target} is out of reach on this split at this assurance: the cascade reaches "
+            f"at most {accuracy.max():.2%} (cloud-only {cloud_correct.mean():.2%}, {n} inputs)"
+        )
+    return int(np.argmax(ok))
+
+
+def pick_threshold(
+    confidence: np.ndarray,
+    edge_correct: np.ndarray,
+    cloud_correct: np.ndarray,
+    target: Target,
+    assurance: float = 0.5,
+    window: int | None = None,
+) -> OperatingPoint:
+    """The threshold (escalate iff confidence < threshold) that meets `target` on this split,
+    at `assurance` over the next `window` inputs (None: on average)."""
+    if not 0.5 <= assurance < 1.0:
+        raise ValueError(f"assurance must be in [0.5, 1), got {assurance}")
+    if window is not None and window < 1:
+        raise ValueError(f"window must be a positive number of inputs, got {window}")
+    z = NormalDist().inv_cdf(assurance)
+    k = _escalations(confidence, edge_correct, cloud_correct, target, z, window)
+    ranked = np.sort(confidence)
+    # Put the threshold between the k-th and (k+1)-th lowest score.
+    if k == 0:
+        threshold = float(ranked[0])
+    elif k == len(ranked):
+        threshold = float(np.nextafter(ranked[-1], np.inf))
+    else:
+        threshold = float((ranked[k - 1] + ranked[k]) / 2)
+    return operating_point(confidence, min(threshold, 1.0), edge_correct, cloud_correct)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    policy: ScorePolicy
+    point: OperatingPoint
+    target: Target
+    assurance: float
+    window: int | None
+    ece_before: float
+    ece_after: float
+
+
+def ranking_quality(split: Split, policy: ScorePolicy) -> float:
+    """Mean cascade accuracy over every escalation rate from 0 to 100%: how well the policy's
+    score orders inputs from worth escalating to not, whatever the threshold."""
+    return float(split.curve(policy).mean())
+
+
+def candidate_policies(
+    split: Split, temperature: float, kind: str | None, mirror: bool | None, ensemble: bool | None
+) -> list[ScorePolicy]:
+    """Policies of `kind` (None: every kind) at `temperature`, looking once or more as the
+    split allows: `mirror`/`ensemble` None gives both with and without."""
+    looks = {}
+    for name, wanted, possible in (
+        ("mirror", mirror, split.mirrored_logits is not None),
+        ("ensemble", ensemble, split.members > 1),
+    ):
+        if wanted and not possible:
+            raise ValueError(f"this split has no edge logits to calibrate a {name} policy on")
+        looks[name] = [wanted] if wanted is not None else [False, True][: 1 + possible]
+    return [
+        POLICIES[name](0.0, temperature, mirror=flipped, ensemble=pooled)
+        for name in ([kind] if kind else POLICIES)
+        for flipped in looks["mirror"]
+        for pooled in looks["ensemble"]
+    ]
+
+
+def calibrate(
+    split: Split,
+    target: Target,
+    kind: str | None = None,
+    assurance: float = DEFAULT_ASSURANCE,
+    mirror: bool | None = None,
+    ensemble: bool | None = None,
+    window: int | None = DEFAULT_WINDOW,
+) -> Calibration:
+    """Fit the temperature, then pick the threshold of policy `kind` for `target` (default: of
+    the policy with the best `ranking_quality` on this split). `mirror` and `ensemble` None try
+    the policies with and without the mirrored view and the ensemble's other members (with
+    only where the split has their logits). The target holds at `assurance` over `window` new
+    inputs (see `pick_threshold`)."""
+    temperature = fit_temperature(split.answer_logits, split.labels)
+    candidates = candidate_policies(split, temperature, kind, mirror, ensemble)
+    scorer = max(candidates, key=lambda policy: ranking_quality(split, policy))
+    point = pick_threshold(
+        split.confidence(scorer),
+        split.edge_correct,
+        split.cloud_correct,
+        target,
+        assurance,
+        window,
+    )
+    policy = type(scorer)(point.threshold, temperature, scorer.mirror, scorer.ensemble)
+    return Calibration(
+        policy=policy,
+        point=point,
+        target=target,
+        assurance=assurance,
+        window=window,
+        ece_before=expected_calibration_error(
+            MaxProbabilityPolicy(0.0).probabilities(split.answer_logits), split.labels
+        ),
+        ece_after=expected_calibration_error(
+            policy.probabilities(split.answer_logits), split.labels
+        ),
+    )
+
+
+def calibrate_manifest(
+    manifest_file: Path,
+    target: Target = Target(max_drop=0.003),
+    kind: str | None = None,
+    assurance: float = DEFAULT_ASSURANCE,
+    mirror: bool | None = None,
+    ensemble: bool | None = None,
+    window: int | None = DEFAULT_WINDOW,
+) -> Calibration | None:
+    """Calibrate on the `calibration.npz` next to the manifest and store the policy (kind,
+    threshold, temperature, views) in it; None (manifest untouched) without a calibration split."""
+    data_file = manifest_file.parent / "calibration.npz"
+    if not data_file.exists():
+        return None
+    split = Split.load(data_file)
+    result = calibrate(split, target, kind, assurance, mirror, ensemble, window)
+    manifest = Manifest.load(manifest_file)
+    manifest.policy.kind = result.policy.name
+    manifest.policy.threshold = result.policy.threshold
+    manifest.policy.temperature = result.policy.temperature
+    manifest.policy.mirror = result.policy.mirror
+    manifest.policy.ensemble = result.policy.ensemble
+    manifest.notes["threshold"] = (
+        f"{result.policy.label} threshold {result.policy.threshold:.4f} at temperature "
+        f"{result.policy.temperature:.4f}, picked on the calibration split ({len(split.labels)} "
+        f"images) for {result.target} at {result.assurance:.0%} assurance"
+        + (f" over {result.window} new inputs: " if result.window else ": ")
+        + f"{result.point.escalation_rate:.1%} escalated, cascade "
+        f"{result.point.cascade_accuracy:.2%} vs cloud-only {result.point.cloud_accuracy:.2%}"
+    )
+    manifest.save(manifest_file)
+    return result

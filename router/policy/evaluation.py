@@ -1,0 +1,279 @@
+"""Accuracy against escalation rate on a family's test split: our temperature-scaled policies
+next to KubeEdge Sedna's joint-inference filters, and the operating point `calibrate` chose.
+
+The test split only reports: the temperature is fit on the calibration split and the
+operating point is the manifest's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgecascade.cloud.common.manifest import Manifest
+from edgecascade.router.policy.calibration import Split, candidate_policies, cascade_curve
+from edgecascade.router.policy.policies import (
+    EntropyPolicy,
+    MaxProbabilityPolicy,
+    policy_from_manifest,
+)
+from edgecascade.router.policy.temperature import expected_calibration_error, fit_temperature
+
+# Sedna's hard-example filters score raw (uncalibrated) softmax outputs: ThresholdFilter
+# (hard when the top-1 probability < threshold) and CrossEntropyFilter (hard when
+# 1 + sum(p log p) / log K < threshold); both default to threshold 0.5.
+BASELINES = {"sedna_threshold": MaxProbabilityPolicy, "sedna_cross_entropy": EntropyPolicy}
+SEDNA_DEFAULT_THRESHOLD = 0.5
+
+GOAL_MAX_DROP = 0.003
+GOAL_MAX_ESCALATION = 0.30
+CURVE_STEP = 0.0025  # escalation-rate spacing of the curves stored in the report
+BOOTSTRAP_RESAMPLES = 1000  # paired bootstrap of the test split for the policy comparisons
+
+
+def _scores(split: Split, temperature: float) -> dict[str, np.ndarray]:
+    """Every input's score, per policy (by label) and baseline."""
+    ours = candidate_policies(split, temperature, kind=None, mirror=None, ensemble=None)
+    scores = {policy.label: split.confidence(policy) for policy in ours}
+    return scores | {name: split.confidence(cls(0.0)) for name, cls in BASELINES.items()}
+
+
+def _bootstrap_curves(
+    split: Split, scores: dict[str, np.ndarray], ks: np.ndarray, resamples: int, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Cascade accuracy at k escalations on `resamples` resamples (with replacement) of the
+    split, the same resamples for every score: {name: [resamples, len(ks)]}."""
+    n = len(split.labels)
+    rng = np.random.default_rng(seed)
+    counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(resamples)])
+    gain = split.cloud_correct.astype(np.int64) - split.edge_correct
+    base = counts @ split.edge_correct.astype(np.int64)
+    out = {}
+    for name, score in scores.items():
+        order = np.argsort(score, kind="stable")
+        taken, gained = counts[:, order].cumsum(1), (counts[:, order] * gain[order]).cumsum(1)
+        rows = np.empty((resamples, len(ks)))
+        for b in range(resamples):
+            # The k least confident of the resample: whole copies up to position j, then part.
+            j = np.searchsorted(taken[b], ks)
+            before = np.where(j > 0, taken[b][j - 1], 0)
+            partial = (ks - before) * gain[order][np.minimum(j, n - 1)]
+            rows[b] = base[b] + np.where(j > 0, gained[b][j - 1], 0) + partial
+        out[name] = rows / n
+    return out
+
+
+def _significance(ours: np.ndarray, baseline: np.ndarray, rates: np.ndarray, upto: float) -> dict:
+    """Where the paired bootstrap's 95% interval of (ours - baseline) excludes 0, and in how many
+    resamples ours is at least as accurate at every rate (how often that criterion could hold
+    on a split of this size)."""
+    gap = ours - baseline
+    low, high = np.percentile(gap, [2.5, 97.5], axis=0)
+    goal = rates <= upto
+    return {
+        "interval_pt": {
+            "low": (low * 100).round(3).tolist(),
+            "high": (high * 100).round(3).tolist(),
+        },
+        "significantly_less_accurate_at_rates": rates[high < 0].round(4).tolist(),
+        "fraction_significantly_more_accurate": round(float((low > 0).mean()), 4),
+        "fraction_significantly_more_accurate_up_to_goal_escalation": round(
+            float((low[goal] > 0).mean()), 4
+        ),
+        "share_of_resamples_at_least_as_accurate_at_every_rate": round(
+            float((gap >= -1e-12).all(axis=1).mean()), 4
+        ),
+    }
+
+
+def _versus(ours: np.ndarray, baseline: np.ndarray, upto: int) -> dict:
+    """How `ours` compares with `baseline` at every escalation count k (and k <= upto)."""
+    n = len(ours) - 1
+    diff = ours - baseline
+    worst = int(np.argmin(diff))
+    return {
+        "at_least_as_accurate_everywhere": bool((diff >= 0).all()),
+        "fraction_of_rates_at_least_as_accurate": round(float((diff >= 0).mean()), 4),
+        "fraction_up_to_goal_escalation": round(float((diff[: upto + 1] >= 0).mean()), 4),
+        "worst_deficit_pt": round(float(diff[worst]) * 100, 3),
+        "worst_deficit_at_escalation": round(worst / n, 4),
+        "best_surplus_pt": round(float(diff.max()) * 100, 3),
+        "mean_difference_up_to_goal_escalation_pt": round(float(diff[: upto + 1].mean()) * 100, 4),
+    }
+
+
+def _point(split: Split, policy) -> dict:
+    p = split.operating_point(policy)
+    return {"escalation_rate": p.escalation_rate, "accuracy": p.cascade_accuracy}
+
+
+def evaluate_family(family_folder: Path) -> dict:
+    """The report `edgecascade router evaluate` writes (see README, Router)."""
+    manifest = Manifest.load(family_folder / "manifest.json")
+    calibration = Split.load(family_folder / "calibration.npz")
+    test = Split.load(family_folder / "test_predictions.npz")
+    temperature = fit_temperature(calibration.answer_logits, calibration.labels)
+    n = len(test.labels)
+    cloud = float(test.cloud_correct.mean())
+    scores = _scores(test, temperature)
+    curves = {
+        name: cascade_curve(score, test.edge_correct, test.cloud_correct)[1]
+        for name, score in scores.items()
+    }
+    grid = np.unique(np.round(np.arange(0, 1 + CURVE_STEP / 2, CURVE_STEP) * n).astype(int))
+    resampled = _bootstrap_curves(test, scores, grid, BOOTSTRAP_RESAMPLES)
+    upto = int(np.floor(GOAL_MAX_ESCALATION * n))
+    chosen = policy_from_manifest(manifest.policy)
+    test_point = _point(test, chosen)
+    goal_accuracy = cloud - GOAL_MAX_DROP
+
+    def ece(split: Split, t: float) -> float:
+        return round(
+            expected_calibration_error(
+                MaxProbabilityPolicy(0, t).probabilities(split.answer_logits), split.labels
+            ),
+            5,
+        )
+
+    return {
+        "family": manifest.family,
+        "models": {"edge": manifest.edge.key, "cloud": manifest.cloud.key},
+        "inputs": {"calibration": len(calibration.labels), "test": n},
+        "temperature": temperature,
+        "ece_15_bins": {
+            split_name: {"before": ece(split, 1.0), "after": ece(split, temperature)}
+            for split_name, split in (("calibration", calibration), ("test", test))
+        },
+        "accuracy": {"edge_only": float(test.edge_correct.mean()), "cloud_only": cloud},
+        "curves": {
+            name: {
+                "escalation_rate": (grid / n).round(4).tolist(),
+                "accuracy": curve[grid].round(5).tolist(),
+            }
+            for name, curve in curves.items()
+        },
+        "least_escalation_meeting_accuracy_goal": {
+            name: round(int(np.argmax(curve >= goal_accuracy - 1e-12)) / n, 4)
+            for name, curve in curves.items()
+        },
+        "sedna_defaults": {
+            name: {"threshold": SEDNA_DEFAULT_THRESHOLD}
+            | _point(test, cls(SEDNA_DEFAULT_THRESHOLD))
+            for name, cls in BASELINES.items()
+        },
+        "operating_point": {
+            "policy": manifest.policy.model_dump(),
+            "label": chosen.label,
+            "how": manifest.notes.get("threshold", ""),
+            "calibration": _point(calibration, chosen),
+            "test": test_point,
+        },
+        "goal": {
+            "accuracy_at_least": goal_accuracy,
+            "escalation_at_most": GOAL_MAX_ESCALATION,
+            "met_at_operating_point": bool(
+                test_point["accuracy"] >= goal_accuracy - 1e-12
+                and test_point["escalation_rate"] <= GOAL_MAX_ESCALATION
+            ),
+            "accuracy_drop_pt": round((cloud - test_point["accuracy"]) * 100, 3),
+            "calibrated_policy_vs_baselines": {
+                name: _versus(curves[chosen.label], curves[name], upto) for name in BASELINES
+            },
+            "every_policy_vs_baselines": {
+                ours: {name: _versus(curves[ours], curves[name], upto) for name in BASELINES}
+                for ours in curves
+                if ours not in BASELINES
+            },
+            "calibrated_policy_vs_baselines_bootstrap": {
+                "resamples": BOOTSTRAP_RESAMPLES,
+                "rates": "every curve rate (CURVE_STEP apart)",
+            }
+            | {
+                name: _significance(
+                    resampled[chosen.label], resampled[name], grid / n, GOAL_MAX_ESCALATION
+                )
+                for name in BASELINES
+            },
+        },
+    }
+
+
+def plot_report(report: dict, png: Path) -> None:
+    """Accuracy against escalation rate, full range and zoomed on the goal region."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cloud = report["accuracy"]["cloud_only"]
+    goal = report["goal"]
+    point = report["operating_point"]
+    curves = report["curves"]
+    chosen = point["label"]
+    ours = curves[chosen]
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5))
+    # Baselines first (dashed, wide) so that our policies stay visible on top of them; the zoom
+    # shows the baselines, the calibrated policy and the same kind with one view only.
+    names = sorted(curves, key=lambda name: name not in BASELINES)
+    colors = dict(zip(names, plt.get_cmap("tab20").colors))
+    zoomed = [name for name in names if name in {*BASELINES, chosen, point["policy"]["kind"]}]
+    for ax, xmax, shown in zip(axes[:2], (1.0, 0.4), (names, zoomed)):
+        for name in shown:
+            style, width = ("--", 2.2) if name in BASELINES else ("-", 1.2 + (name == chosen))
+            curve = curves[name]
+            ax.plot(
+                curve["escalation_rate"],
+                curve["accuracy"],
+                style,
+                lw=width,
+                color=colors[name],
+                label=name,
+            )
+        ax.axhline(cloud, color="k", lw=0.8, label=f"cloud only {cloud:.2%}")
+        ax.axhline(goal["accuracy_at_least"], color="k", ls=":", lw=0.8, label="cloud - 0.3 pt")
+        ax.axvline(goal["escalation_at_most"], color="grey", ls=":", lw=0.8)
+        ax.plot(
+            point["test"]["escalation_rate"],
+            point["test"]["accuracy"],
+            "k*",
+            ms=12,
+            label=f"calibrated {point['label']} (test)",
+        )
+        for name, sedna in report["sedna_defaults"].items():
+            ax.plot(
+                sedna["escalation_rate"],
+                sedna["accuracy"],
+                "o",
+                mfc="none",
+                label=f"{name} @ {sedna['threshold']}",
+            )
+        ax.set_xlim(0, xmax)
+        ax.set_xlabel("escalation rate (test split)")
+        ax.set_ylabel("cascade accuracy")
+        ax.grid(alpha=0.3)
+    edge = report["accuracy"]["edge_only"]
+    axes[1].set_ylim(edge - 0.002, cloud + 0.003)
+    rates = np.asarray(ours["escalation_rate"])
+    bootstrap = goal["calibrated_policy_vs_baselines_bootstrap"]
+    for name in BASELINES:
+        gap = (np.asarray(ours["accuracy"]) - np.asarray(curves[name]["accuracy"])) * 100
+        (line,) = axes[2].plot(rates, gap, lw=1.2, label=f"{point['label']} - {name}")
+        band = bootstrap[name]["interval_pt"]
+        axes[2].fill_between(rates, band["low"], band["high"], color=line.get_color(), alpha=0.15)
+    axes[2].axhline(0, color="k", lw=0.8)
+    axes[2].axvline(goal["escalation_at_most"], color="grey", ls=":", lw=0.8)
+    axes[2].set_xlim(0, 0.4)
+    axes[2].set_xlabel("escalation rate (test split)")
+    axes[2].set_ylabel("accuracy difference (points)")
+    axes[2].set_title("calibrated policy minus baselines (band: paired bootstrap 95%)", fontsize=10)
+    axes[2].grid(alpha=0.3)
+    axes[2].legend(fontsize=8)
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(
+        f"{report['family']}: cascade accuracy vs escalation rate "
+        f"(T = {report['temperature']:.3f} fit on calibration)"
+    )
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,152 @@
+"""Escalation policies: a confidence score from temperature-scaled edge logits, against a threshold.
+
+A score says how much the edge model backs its answer (the top-1 class of the image as given);
+the edge answers when the score is at least the threshold and escalates below it. Scores lie in
+[0, 1], higher meaning more confident, so a threshold of 0 never escalates.
+
+Two ways to look again, both off by default and both paid in edge compute:
+- `ensemble`: the edge model is an ensemble (one graph whose output is [N, members, K] logits)
+  and the score averages every member's probabilities; member 0 answers.
+- `mirror`: the edge model also sees the image flipped left-right, in the same inference (for
+  models trained with flips), and the score averages both views' probabilities.
+Either way the score is the averaged probability of the answer, which stays member 0's on the
+image as given: an answer the other views do not back scores lower."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from edgecascade.cloud.common.manifest import RoutingPolicy
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of [..., K] logits, numerically stable."""
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def member_logits(logits: np.ndarray) -> np.ndarray:
+    """[N, members, K] edge logits from an ensemble's [N, members, K] or one model's [N, K]."""
+    return logits.reshape(len(logits), -1, logits.shape[-1])
+
+
+@dataclass(frozen=True)
+class ScorePolicy:
+    """Escalate when `score(...)` of softmax(logits / temperature) is below `threshold`."""
+
+    threshold: float
+    temperature: float = 1.0
+    mirror: bool = False
+    ensemble: bool = False
+    name: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+
+    @property
+    def label(self) -> str:
+        """The policy's name, with `+ensemble` and `+mirror` for the views it scores."""
+        return self.name + "+ensemble" * self.ensemble + "+mirror" * self.mirror
+
+    @property
+    def multiview(self) -> bool:
+        return self.mirror or self.ensemble
+
+    def views(self, logits: np.ndarray, mirrored: np.ndarray | None = None) -> np.ndarray:
+        """What `confidence` takes, from the edge model's logits of the images ([N, K], or
+        [N, members, K] for an ensemble) and of their mirrors (alike; needed with `mirror`):
+        [N, K] for a one-view policy, else [N, V, K] with view 0 member 0 on the image as given."""
+        members = member_logits(logits)
+        chosen = members if self.ensemble else members[:, :1]
+        if self.mirror:
+            if mirrored is None:
+                raise ValueError(f"{self.label} needs the edge logits of the mirrored images")
+            flipped = member_logits(mirrored)[:, : chosen.shape[1]]
+            chosen = np.concatenate([chosen, flipped], axis=1)
+        return chosen if self.multiview else chosen[:, 0]
+
+    @staticmethod
+    def score(probabilities: np.ndarray, answer: np.ndarray) -> np.ndarray:
+        """Confidence per row of [..., K] probabilities in the `answer` class ids [...]."""
+        raise NotImplementedError
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """softmax(logits / temperature) of [..., K] edge logits."""
+        return softmax(np.asarray(logits, np.float64) / self.temperature)
+
+    def confidence(self, logits: np.ndarray) -> np.ndarray:
+        """The policy's score of edge logits: [..., K], or [..., V, K] (the views of each input,
+        view 0 the one that answers, as `views` lays them out) when it looks more than once."""
+        probabilities = self.probabilities(logits)
+        if self.multiview:
+            if probabilities.ndim < 2:
+                raise ValueError(f"{self.label} takes [..., views, K] logits, not {logits.shape}")
+            answer = probabilities[..., 0, :].argmax(axis=-1)
+            probabilities = probabilities.mean(axis=-2)
+        else:
+            answer = probabilities.argmax(axis=-1)
+        return self.score(probabilities, answer)
+
+    def escalate(self, confidence: float | np.ndarray) -> bool | np.ndarray:
+        return confidence < self.threshold
+
+
+def _answer_probability(probabilities: np.ndarray, answer: np.ndarray) -> np.ndarray:
+    return np.take_along_axis(probabilities, np.asarray(answer)[..., None], axis=-1)[..., 0]
+
+
+class MaxProbabilityPolicy(ScorePolicy):
+    """Probability of the answer (the top-1 probability, unless views disagree)."""
+
+    name: ClassVar[str] = "max_prob"
+
+    @staticmethod
+    def score(probabilities: np.ndarray, answer: np.ndarray) -> np.ndarray:
+        return _answer_probability(probabilities, answer)
+
+
+class MarginPolicy(ScorePolicy):
+    """Probability of the answer minus the highest other (top-1 minus top-2); 0 when another
+    class comes out ahead (the views disagree)."""
+
+    name: ClassVar[str] = "margin"
+
+    @staticmethod
+    def score(probabilities: np.ndarray, answer: np.ndarray) -> np.ndarray:
+        mine = _answer_probability(probabilities, answer)
+        others = probabilities.copy()
+        np.put_along_axis(others, np.asarray(answer)[..., None], -np.inf, axis=-1)
+        return np.maximum(mine - others.max(axis=-1), 0.0)
+
+
+class EntropyPolicy(ScorePolicy):
+    """1 - entropy / log K: 1 for a one-hot answer, 0 for a uniform one (KubeEdge Sedna's
+    cross-entropy filter score, 1 + sum(p log p) / log K)."""
+
+    name: ClassVar[str] = "entropy"
+
+    @staticmethod
+    def score(probabilities: np.ndarray, answer: np.ndarray) -> np.ndarray:
+        p = np.asarray(probabilities)
+        plogp = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+        return 1.0 + plogp.sum(axis=-1) / np.log(p.shape[-1])
+
+
+POLICIES: dict[str, type[ScorePolicy]] = {
+    cls.name: cls for cls in (MaxProbabilityPolicy, MarginPolicy, EntropyPolicy)
+}
+
+
+def policy_from_manifest(policy: RoutingPolicy, threshold: float | None = None) -> ScorePolicy:
+    """The policy a manifest names, optionally with its threshold overridden."""
+    return POLICIES[policy.kind](
+        policy.threshold if threshold is None else threshold,
+        policy.temperature,
+        policy.mirror,
+        policy.ensemble,
+    )

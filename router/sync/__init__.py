@@ -1,0 +1,1 @@
+"""The ModelSync client: resumable, verified downloads of published model versions."""
