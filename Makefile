@@ -8,7 +8,7 @@ FAMILY ?= fashion
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export EDGECASCADE_ARTIFACTS := $(abspath $(ARTIFACTS))
 
-.PHONY: demo test bootstrap data haproxy models proto lint clean
+.PHONY: demo test bootstrap data haproxy models proto lint typecheck clean
 
 demo: bootstrap data $(ARTIFACTS)/$(FAMILY)/manifest.json
 	$(BIN)/edgecascade demo --family $(FAMILY)
@@ -49,5 +49,13 @@ proto: bootstrap
 lint: bootstrap
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
+# mypy --strict on the installed names: a link tree edgecascade/{edge,router,cloud,v1}.
+TYPECHECK := build/typecheck
+typecheck: bootstrap
+	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/edgecascade
+	for f in __init__.py __main__.py v1; do ln -s $(CURDIR)/proto/edgecascade/$$f $(TYPECHECK)/edgecascade/$$f; done
+	for d in edge router cloud; do ln -s $(CURDIR)/$$d $(TYPECHECK)/edgecascade/$$d; done
+	cd $(TYPECHECK) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p edgecascade
+
 clean:
-	rm -rf $(ARTIFACTS) reports .pytest_cache
+	rm -rf $(ARTIFACTS) reports .pytest_cache build
