@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperCommand
 
 from edgecascade.cloud.common.serving import run_until_signalled
 
@@ -57,10 +58,27 @@ def serve_command(
     )
 
 
+class ListsPolicyKinds(TyperCommand):
+    """A command whose help text says `{kinds}` where the registered policy kinds go, filled in
+    each time the help is shown: kinds come from the registry, never from the text."""
+
+    _help: str | None
+
+    @property
+    def help(self) -> str | None:
+        from edgecascade.router.policy.policies import POLICIES
+
+        return None if self._help is None else self._help.format(kinds=", ".join(POLICIES))
+
+    @help.setter
+    def help(self, text: str | None) -> None:
+        self._help = text
+
+
 FamilyArg = Annotated[str, typer.Option(help="family under the artifacts root")]
 
 
-@app.command("calibrate")
+@app.command("calibrate", cls=ListsPolicyKinds)
 def calibrate_command(
     family: FamilyArg = "fashion",
     target_accuracy: Annotated[
@@ -74,7 +92,7 @@ def calibrate_command(
         float | None, typer.Option(help="escalate at most this fraction of inputs instead")
     ] = None,
     policy: Annotated[
-        str | None, typer.Option(help="max_prob, margin or entropy; default: the best one")
+        str | None, typer.Option(help="a policy kind (listed above); default: the best one")
     ] = None,
     assurance: Annotated[
         float, typer.Option(help="one-sided confidence that the target holds; 0.5 = point estimate")
@@ -104,17 +122,20 @@ def calibrate_command(
     ] = None,
 ) -> None:
     """Fit the temperature and pick the policy threshold on the calibration split; store both
-    in the family's manifest."""
+    in the family's manifest. Policy kinds: {kinds}."""
     from rich import print as rprint
 
     from edgecascade.cloud.common.paths import manifest_path
     from edgecascade.router.policy.calibration import DEFAULT_WINDOW, Target, calibrate_manifest
-    from edgecascade.router.policy.policies import POLICIES
+    from edgecascade.router.policy.policies import UnknownPolicy, policy_class
 
     if target_accuracy is not None and max_escalation is not None:
         raise typer.BadParameter("give --target-accuracy or --max-escalation, not both")
-    if policy is not None and policy not in POLICIES:
-        raise typer.BadParameter(f"--policy {policy!r}: choose one of {', '.join(POLICIES)}")
+    if policy is not None:
+        try:
+            policy_class(policy)
+        except UnknownPolicy as e:
+            raise typer.BadParameter(f"--policy: {e}") from None
     manifest_file = manifest_path(family)
     if not manifest_file.exists():
         raise typer.BadParameter(f"{manifest_file} not found: run `edgecascade models build`")
@@ -141,14 +162,15 @@ def calibrate_command(
     )
 
 
-@app.command("evaluate")
+@app.command("evaluate", cls=ListsPolicyKinds)
 def evaluate_command(
     family: FamilyArg = "fashion",
     report: Annotated[
         Path | None, typer.Option(help="JSON report; the PNG goes next to it")
     ] = None,
 ) -> None:
-    """Accuracy vs escalation rate on the test split for each policy and the Sedna baselines."""
+    """Accuracy vs escalation rate on the test split for each policy kind ({kinds}) and the
+    Sedna baselines."""
     import json
 
     from rich import print as rprint

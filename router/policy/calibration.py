@@ -28,6 +28,7 @@ from edgecascade.router.policy.policies import (
     MaxProbabilityPolicy,
     ScorePolicy,
     member_logits,
+    policy_class,
 )
 from edgecascade.router.policy.temperature import expected_calibration_error, fit_temperature
 
@@ -260,8 +261,8 @@ def candidate_policies(
             raise ValueError(f"this split has no edge logits to calibrate a {name} policy on")
         looks[name] = [wanted] if wanted is not None else [False, True][: 1 + possible]
     return [
-        POLICIES[name](0.0, temperature, mirror=flipped, ensemble=pooled)
-        for name in ([kind] if kind else POLICIES)
+        cls(0.0, temperature, mirror=flipped, ensemble=pooled)
+        for cls in ([policy_class(kind)] if kind else POLICIES.values())
         for flipped in looks["mirror"]
         for pooled in looks["ensemble"]
     ]

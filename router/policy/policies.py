@@ -10,16 +10,19 @@ Two ways to look again, both off by default and both paid in edge compute:
 - `mirror`: the edge model also sees the image flipped left-right, in the same inference (for
   models trained with flips), and the score averages both views' probabilities.
 Either way the score is the averaged probability of the answer, which stays member 0's on the
-image as given: an answer the other views do not back scores lower."""
+image as given: an answer the other views do not back scores lower.
+
+Each kind registers itself with `@register_policy` under its `name`: manifests, calibration and
+the CLI's help know the kinds from `POLICIES` alone."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import numpy as np
 
-from edgecascade.cloud.common.manifest import RoutingPolicy
+from edgecascade.cloud.common.manifest import RoutingPolicy, plain_name
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -96,10 +99,44 @@ class ScorePolicy:
         return confidence < self.threshold
 
 
+P = TypeVar("P", bound=type[ScorePolicy])
+
+POLICIES: dict[str, type[ScorePolicy]] = {}
+"""Every registered policy kind by name, in registration order."""
+
+
+class UnknownPolicy(ValueError):
+    """A policy kind that no registered policy has (a manifest's, or a command's option)."""
+
+
+def register_policy(cls: P) -> P:
+    """Class decorator: register a ScorePolicy subclass as the kind its `name` says. A name
+    already taken, or one that is not a plain name, is refused (ValueError)."""
+    name = plain_name("policy kind", getattr(cls, "name", ""))
+    if name in POLICIES:
+        raise ValueError(
+            f"policy kind {name!r} of {cls.__qualname__} is already registered "
+            f"by {POLICIES[name].__module__}.{POLICIES[name].__qualname__}"
+        )
+    POLICIES[name] = cls
+    return cls
+
+
+def policy_class(kind: str) -> type[ScorePolicy]:
+    """The registered policy of `kind`; UnknownPolicy, listing the known kinds, if none."""
+    try:
+        return POLICIES[kind]
+    except KeyError:
+        raise UnknownPolicy(
+            f"unknown escalation policy kind {kind!r}; known kinds: {', '.join(POLICIES)}"
+        ) from None
+
+
 def _answer_probability(probabilities: np.ndarray, answer: np.ndarray) -> np.ndarray:
     return np.take_along_axis(probabilities, np.asarray(answer)[..., None], axis=-1)[..., 0]
 
 
+@register_policy
 class MaxProbabilityPolicy(ScorePolicy):
     """Probability of the answer (the top-1 probability, unless views disagree)."""
 
@@ -110,6 +147,7 @@ class MaxProbabilityPolicy(ScorePolicy):
         return _answer_probability(probabilities, answer)
 
 
+@register_policy
 class MarginPolicy(ScorePolicy):
     """Probability of the answer minus the highest other (top-1 minus top-2); 0 when another
     class comes out ahead (the views disagree)."""
@@ -124,6 +162,7 @@ class MarginPolicy(ScorePolicy):
         return np.maximum(mine - others.max(axis=-1), 0.0)
 
 
+@register_policy
 class EntropyPolicy(ScorePolicy):
     """1 - entropy / log K: 1 for a one-hot answer, 0 for a uniform one (KubeEdge Sedna's
     cross-entropy filter score, 1 + sum(p log p) / log K)."""
@@ -137,14 +176,10 @@ class EntropyPolicy(ScorePolicy):
         return 1.0 + plogp.sum(axis=-1) / np.log(p.shape[-1])
 
 
-POLICIES: dict[str, type[ScorePolicy]] = {
-    cls.name: cls for cls in (MaxProbabilityPolicy, MarginPolicy, EntropyPolicy)
-}
-
-
 def policy_from_manifest(policy: RoutingPolicy, threshold: float | None = None) -> ScorePolicy:
-    """The policy a manifest names, optionally with its threshold overridden."""
-    return POLICIES[policy.kind](
+    """The policy a manifest names, optionally with its threshold overridden; UnknownPolicy
+    when no registered policy has its kind."""
+    return policy_class(policy.kind)(
         policy.threshold if threshold is None else threshold,
         policy.temperature,
         policy.mirror,
