@@ -1,14 +1,19 @@
-"""Shared integration fixtures: the fashion family and a session-wide Triton serving it."""
+"""Shared integration fixtures: the fashion family, its test frames, a session-wide Triton
+serving it, and a channel to the module's `agent`."""
 
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.cloud.common.paths import family_dir, manifest_path
+from edgecascade.cloud.common.transport import PLAINTEXT
 from edgecascade.cloud.triton.repository import write_model
 from edgecascade.cloud.triton.server import TritonServer
+from edgecascade.edge.tools.samples import Frame, labelled_frames
+from tests.helpers import Agent
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +52,16 @@ def triton(fashion_repository: Path) -> Iterator[TritonServer]:
     log = fashion_repository.parent / "triton.log"
     with TritonServer(fashion_repository, log_path=log) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def frames(fashion_manifest: Manifest) -> list[Frame]:
+    """The first 300 fashion test images, encoded as a camera would send them."""
+    return labelled_frames("fashion", 300)
+
+
+@pytest.fixture(scope="module")
+def channel(agent: Agent) -> Iterator[grpc.Channel]:
+    """A channel to the test module's own `agent` fixture."""
+    with PLAINTEXT.channel(agent.address) as channel:
+        yield channel

@@ -8,9 +8,9 @@ from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.cloud.common.transport import PLAINTEXT
 from edgecascade.cloud.triton.server import TritonServer
 from edgecascade.edge.tools.process import EdgeProcess
-from edgecascade.edge.tools.samples import labelled_frames
 from edgecascade.v1 import cascade_pb2 as pb
 from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
+from tests.helpers import classify
 
 pytestmark = pytest.mark.integration
 
@@ -27,15 +27,6 @@ def edge(triton: TritonServer, tmp_path_factory) -> EdgeProcess:
 def stub(edge: EdgeProcess):
     with PLAINTEXT.channel(edge.address) as channel:
         yield pb_grpc.CascadeStub(channel)
-
-
-@pytest.fixture(scope="module")
-def frames():
-    return labelled_frames("fashion", 300)
-
-
-def classify(stub, frame, **kw) -> pb.ClassifyResponse:
-    return stub.Classify(pb.ClassifyRequest(encoded_image=frame.encoded, **kw), timeout=10)
 
 
 def test_confident_inputs_stay_at_the_edge_unsure_ones_go_to_the_cloud(

@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
-from edgecascade.cloud.common.transport import PLAINTEXT
 from edgecascade.edge.tools.samples import labelled_frames
 from edgecascade.v1 import cascade_pb2 as pb
 from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
-from tests.integration.test_edge_serving import Agent, start_agent
+from tests.helpers import start_agent
 from tests.unit.test_image_limits import png_declaring
 from tests.unit.test_kserve_requests import request
 
@@ -45,12 +44,6 @@ def agent(tmp_path_factory):
     agent = start_agent(tmp_path_factory.mktemp("edge-bad-images"), None)
     yield agent
     agent.process.stop()
-
-
-@pytest.fixture(scope="module")
-def channel(agent: Agent):
-    with PLAINTEXT.channel(agent.address) as channel:
-        yield channel
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,7 @@ import os
 import re
 import subprocess
 import threading
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import cv2
 import grpc
@@ -21,45 +19,17 @@ from tritonclient.utils import InferenceServerException
 
 from edgecascade.cloud.common.launcher import edgecascade_command
 from edgecascade.cloud.common.manifest import Manifest
-from edgecascade.cloud.common.ports import free_port
 from edgecascade.cloud.common.transport import PLAINTEXT
 from edgecascade.cloud.triton.server import TritonServer
-from edgecascade.edge.tools.process import EdgeProcess
-from edgecascade.edge.tools.samples import labelled_frames
 from edgecascade.v1 import cascade_pb2 as pb
 from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
+from tests.helpers import Agent, classify, start_agent
 
 pytestmark = pytest.mark.integration
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 TIERS = {pb.EDGE: "edge", pb.CLOUD: "cloud"}
-
-
-@dataclass
-class Agent:
-    process: EdgeProcess
-    metrics_url: str
-
-    @property
-    def address(self) -> str:
-        return self.process.address
-
-    def metric(self, sample: str) -> float:
-        """The value of one exposed sample, e.g. 'nv_inference_count{model="fashion"}'."""
-        text = urllib.request.urlopen(self.metrics_url, timeout=5).read().decode()
-        for line in text.splitlines():
-            if line.startswith(sample + " "):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
-
-
-def start_agent(tmp_path, cloud_url: str | None, *extra: str) -> Agent:
-    port = free_port()
-    process = EdgeProcess(
-        "fashion", cloud_url, tmp_path / "edge.log", "--metrics-port", str(port), *extra
-    )
-    return Agent(process.start(), f"http://127.0.0.1:{port}/metrics")
 
 
 @pytest.fixture(scope="module")
@@ -74,17 +44,6 @@ def triton_client(agent: Agent):
     client = PLAINTEXT.triton(agent.address)
     yield client
     client.close()
-
-
-@pytest.fixture(scope="module")
-def channel(agent: Agent):
-    with PLAINTEXT.channel(agent.address) as channel:
-        yield channel
-
-
-@pytest.fixture(scope="module")
-def frames():
-    return labelled_frames("fashion", 120)
 
 
 def image_input(*encoded: bytes) -> tc.InferInput:
@@ -249,34 +208,40 @@ def test_health_reflection_and_metrics_answer(
         "grpc.reflection.v1alpha.ServerReflection",
     } <= services
 
-    version = fashion_manifest.version
-    success = f'nv_inference_request_success{{model="fashion",version="{version}"}}'
-    count = f'nv_inference_count{{model="fashion",version="{version}"}}'
-    invalid = (
-        f'nv_inference_request_failure{{model="fashion",reason="INVALID_ARGUMENT",'
-        f'version="{version}"}}'
-    )
-    total = 'edgecascade_latency_seconds_count{hop="total"}'
-    escalations = "edgecascade_escalations_total"
-    before = {name: agent.metric(name) for name in (success, count, invalid, total, escalations)}
+    model = {"model": "fashion", "version": str(fashion_manifest.version)}
+    samples = {
+        "success": ("nv_inference_request_success", model),
+        "count": ("nv_inference_count", model),
+        "invalid": ("nv_inference_request_failure", {**model, "reason": "INVALID_ARGUMENT"}),
+        "total": ("edgecascade_latency_seconds_count", {"hop": "total"}),
+        "escalations": ("edgecascade_escalations_total", {}),
+    }
+
+    def scrape() -> dict[str, float]:
+        return {key: agent.metric(name, **labels) for key, (name, labels) in samples.items()}
+
+    before = scrape()
     triton_client.infer("fashion", [image_input(frames[0].encoded, frames[1].encoded)])
-    responses = [
-        pb_grpc.CascadeStub(channel).Classify(
-            pb.ClassifyRequest(encoded_image=f.encoded), timeout=10
-        )
-        for f in frames[2:42]
-    ]
+    responses = [classify(pb_grpc.CascadeStub(channel), f) for f in frames[2:42]]
     escalated = sum(r.tier == pb.CLOUD or r.degraded for r in responses)
     with pytest.raises(InferenceServerException):
         triton_client.infer("fashion", [image_input(b"junk")])
-    moved = {name: agent.metric(name) - value for name, value in before.items()}
+    moved = {key: value - before[key] for key, value in scrape().items()}
     assert escalated >= 1
-    assert moved == {success: 41, count: 42, invalid: 1, total: 41, escalations: escalated}
-    info = (
-        f'edgecascade_model_info{{cloud="{fashion_manifest.cloud.key}",edge="{fashion_manifest.edge.key}",'
-        f'family="fashion",version="{version}"}}'
-    )
-    assert agent.metric(info) == 1.0
+    assert moved == {
+        "success": 41,
+        "count": 42,
+        "invalid": 1,
+        "total": 41,
+        "escalations": escalated,
+    }
+    info = {
+        "cloud": fashion_manifest.cloud.key,
+        "edge": fashion_manifest.edge.key,
+        "family": "fashion",
+        "version": str(fashion_manifest.version),
+    }
+    assert agent.metric("edgecascade_model_info", **info) == 1.0
 
 
 def test_overload_is_refused_at_once_and_the_agent_stays_healthy(triton, frames, tmp_path):
@@ -322,8 +287,8 @@ def test_overload_is_refused_at_once_and_the_agent_stays_healthy(triton, frames,
                         )
                         outcomes.append("rejected")
             assert "ok" in outcomes and "rejected" in outcomes, outcomes
-            labels = 'model="fashion",reason="REJECTED",version="1"'
-            assert agent.metric(f"nv_inference_request_failure{{{labels}}}") == outcomes.count(
+            rejected = {"model": "fashion", "reason": "REJECTED", "version": "1"}
+            assert agent.metric("nv_inference_request_failure", **rejected) == outcomes.count(
                 "rejected"
             )
 

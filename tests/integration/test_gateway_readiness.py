@@ -2,9 +2,7 @@
 another is ready, and takes it back when it is: two small KServe servers stand in for Triton,
 which cannot be made live-but-not-ready on demand."""
 
-import re
 import time
-import urllib.request
 
 import grpc
 import pytest
@@ -14,6 +12,7 @@ from edgecascade.cloud.common.launcher import wait_until
 from edgecascade.cloud.common.ports import free_port
 from edgecascade.cloud.common.transport import PLAINTEXT
 from edgecascade.router.gateway.process import GatewayProcess
+from tests.helpers import metric
 
 pytestmark = pytest.mark.integration
 
@@ -53,17 +52,11 @@ def served_by(stub, n: int) -> set[str]:
     }
 
 
-def _label_order(item: tuple[str, str]) -> int:
-    return ["proxy", "server", "state", "code"].index(item[0])
-
-
-def metric(port: int, name: str, **labels: str) -> float:
-    """One sample of the gateway's Prometheus metrics."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items(), key=_label_order))
-    match = re.search(rf"^{name}\{{{wanted}\}} (\S+)$", text, re.M)
-    assert match, f"no {name}{{{wanted}}} in the metrics"
-    return float(match.group(1))
+def haproxy_metric(port: int, name: str, **labels: str) -> float:
+    """One sample of the gateway's Prometheus metrics, which must be there."""
+    value = metric(f"http://127.0.0.1:{port}/metrics", name, **labels)
+    assert value is not None, f"no {name}{labels} in the metrics"
+    return value
 
 
 def test_an_endpoint_that_is_not_ready_gets_no_requests_until_it_is(tmp_path):
@@ -81,13 +74,13 @@ def test_an_endpoint_that_is_not_ready_gets_no_requests_until_it_is(tmp_path):
             b.ready = False
             time.sleep(0.5)  # a few agent checks
             answered = {"proxy": "triton", "server": "triton0", "code": "2xx"}
-            before = metric(metrics, "haproxy_server_http_responses_total", **answered)
+            before = haproxy_metric(metrics, "haproxy_server_http_responses_total", **answered)
             assert served_by(stub, 40) == {"a"}
             # Prometheus sees the same: b is down, a up and answered those 40.
             up = {"proxy": "triton", "state": "UP"}
-            assert metric(metrics, "haproxy_server_status", server="triton1", **up) == 0
-            assert metric(metrics, "haproxy_server_status", server="triton0", **up) == 1
-            after = metric(metrics, "haproxy_server_http_responses_total", **answered)
+            assert haproxy_metric(metrics, "haproxy_server_status", server="triton1", **up) == 0
+            assert haproxy_metric(metrics, "haproxy_server_status", server="triton0", **up) == 1
+            after = haproxy_metric(metrics, "haproxy_server_http_responses_total", **answered)
             assert after - before == 40
             a.ready = False  # none ready (both loading models, say): both live ones serve
             assert wait_until(lambda: served_by(stub, 20) == {"a", "b"}, timeout_s=5)

@@ -23,15 +23,11 @@ from edgecascade.v1 import cascade_pb2 as pb
 from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
 from edgecascade.v1 import model_sync_pb2 as ms
 from edgecascade.v1 import model_sync_pb2_grpc as ms_grpc
+from tests.helpers import classify
 
 pytestmark = pytest.mark.integration
 
 ALWAYS_ESCALATE = ("--threshold", "1.0")
-
-
-@pytest.fixture(scope="module")
-def frames():
-    return labelled_frames("fashion", 200)
 
 
 def cloud_inferences(triton: TritonServer, manifest: Manifest) -> int:
@@ -43,10 +39,6 @@ def cloud_inferences(triton: TritonServer, manifest: Manifest) -> int:
 
 def cascade_stub(channel: grpc.Channel) -> pb_grpc.CascadeStub:
     return pb_grpc.CascadeStub(channel)
-
-
-def classify(stub, frame, **kw) -> pb.ClassifyResponse:
-    return stub.Classify(pb.ClassifyRequest(encoded_image=frame.encoded, **kw), timeout=10)
 
 
 def test_too_short_a_budget_is_answered_at_the_edge_without_calling_the_cloud(
