@@ -1,21 +1,28 @@
 """One place where every gRPC server, channel and tritonclient client of the project is built.
 
-Address, credentials (plaintext today), interceptors, message limits, keepalive and per-call
-metadata are decided here once, so that TLS, tokens or tracing land in this module only.
+Address, credentials (plaintext, TLS or mutual TLS), interceptors, message limits, keepalive and
+per-call metadata are decided here once, so that TLS, tokens or tracing land in this module only.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import threading
 from collections.abc import Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
 import grpc.aio
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+log = logging.getLogger(__name__)
 
 # Images can be large: Triton's own message limits.
 MAX_MESSAGE_BYTES = 2**31 - 1
@@ -33,6 +40,131 @@ FAST_RECONNECT: ChannelOptions = (
 
 class PortInUse(OSError):
     """The address a server was told to listen on is taken by another program."""
+
+
+class TlsError(ValueError):
+    """TLS settings that cannot work: a file missing or unreadable, a key that is not the
+    certificate's; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Tls:
+    """TLS for one side of a connection.
+
+    A server needs `cert` and `key`; with `require_client_cert` it asks every client for a
+    certificate signed by `ca` (mutual TLS). A client verifies the server against `ca` (the
+    system's roots when None), shows `cert`/`key` when given (for mutual TLS) and checks the
+    server's certificate for `server_name` instead of the address's host when given.
+    A server rereads its files when they change, so renewed certificates need no restart.
+    """
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    require_client_cert: bool = False
+    server_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise TlsError("TLS needs a certificate and its key together (one was given)")
+        if self.require_client_cert and self.ca is None:
+            raise TlsError("requiring client certificates needs the CA that signs them")
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        """Client credentials, read from the files now."""
+        pair = self._pair()
+        return grpc.ssl_channel_credentials(
+            root_certificates=_read(self.ca, "CA") if self.ca else None,
+            private_key=pair[0] if pair else None,
+            certificate_chain=pair[1] if pair else None,
+        )
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        """Server credentials that reread the files on a new connection once they changed."""
+        if self.cert is None:
+            raise TlsError("a TLS server needs a certificate and its key")
+        fetcher = _ReloadingCertificates(self)
+        return grpc.dynamic_ssl_server_credentials(
+            fetcher.initial, fetcher, require_client_authentication=self.require_client_cert
+        )
+
+    def files(self) -> tuple[Path, ...]:
+        return tuple(p for p in (self.ca, self.cert, self.key) if p is not None)
+
+    def _pair(self) -> tuple[bytes, bytes] | None:
+        """(key, certificate chain) as PEM, checked to belong together."""
+        if self.cert is None or self.key is None:
+            return None
+        key, chain = _read(self.key, "key"), _read(self.cert, "certificate")
+        try:
+            cert_public = x509.load_pem_x509_certificate(chain).public_key()
+            key_public = serialization.load_pem_private_key(key, password=None).public_key()
+        except (ValueError, TypeError) as e:
+            raise TlsError(f"TLS certificate {self.cert} or key {self.key} is not PEM ({e})") from e
+        if _spki(cert_public) != _spki(key_public):
+            raise TlsError(f"TLS key {self.key} is not the key of certificate {self.cert}")
+        return key, chain
+
+    def _server_configuration(self) -> grpc.ServerCertificateConfiguration:
+        pair = self._pair()
+        assert pair is not None  # server_credentials checked that cert and key are given
+        return grpc.ssl_server_certificate_configuration(
+            [pair], root_certificates=_read(self.ca, "CA") if self.ca else None
+        )
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise TlsError(f"TLS {what} {path} cannot be read: {e.strerror}") from e
+
+
+def _spki(public_key: Any) -> bytes:
+    return bytes(
+        public_key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+
+
+class _ReloadingCertificates:
+    """gRPC's certificate-configuration fetcher, called before every new connection's
+    handshake: a new configuration once a file changed (mtime, size or inode), else None.
+
+    A change that does not load (a key replaced before its certificate) keeps the current
+    configuration and is retried on the next connection, logged once per change.
+    """
+
+    def __init__(self, tls: Tls):
+        self._tls = tls
+        self._lock = threading.Lock()
+        self._stamp = self._stamps()
+        self._failed: tuple[tuple[int, int, int], ...] | None = None
+        self.initial = tls._server_configuration()
+
+    def _stamps(self) -> tuple[tuple[int, int, int], ...]:
+        stats = [path.stat() for path in self._tls.files()]
+        return tuple((s.st_mtime_ns, s.st_size, s.st_ino) for s in stats)
+
+    def __call__(self) -> grpc.ServerCertificateConfiguration | None:
+        with self._lock:
+            try:
+                stamp = self._stamps()
+            except OSError:
+                return None  # a file is being replaced: keep the current configuration
+            if stamp == self._stamp:
+                return None
+            try:
+                configuration = self._tls._server_configuration()
+            except TlsError as e:
+                if stamp != self._failed:
+                    log.warning("keeping the current TLS certificate: %s", e)
+                    self._failed = stamp
+                return None
+            self._stamp = stamp
+            log.info("TLS certificate %s reloaded", self._tls.cert)
+            return configuration
 
 
 def message_options(max_message_bytes: int) -> list[tuple[str, Any]]:
@@ -67,18 +199,23 @@ class Transport:
     """How this process speaks gRPC, on the server and the client side.
 
     `metadata` is sent with every call of every channel built here (for example a token);
-    `keepalive_time_ms` pings idle connections so that dead peers are noticed.
+    `keepalive_time_ms` pings idle connections so that dead peers are noticed; `tls` secures
+    the ports `listen` opens and the channels and clients built here (plaintext when None). A
+    process that serves and calls with different certificates uses one Transport per side.
     """
 
     max_message_bytes: int = MAX_MESSAGE_BYTES
     keepalive_time_ms: int | None = None
     metadata: tuple[tuple[str, str], ...] = ()
     server_interceptors: tuple[grpc.aio.ServerInterceptor, ...] = field(default=())
+    tls: Tls | None = None
 
     def _options(self, extra: ChannelOptions) -> list[tuple[str, Any]]:
         options = message_options(self.max_message_bytes)
         if self.keepalive_time_ms is not None:
             options.append(("grpc.keepalive_time_ms", self.keepalive_time_ms))
+        if self.tls is not None and self.tls.server_name is not None:
+            options.append(("grpc.ssl_target_name_override", self.tls.server_name))
         return [*options, *extra]
 
     def server(self, options: ChannelOptions = ()) -> grpc.aio.Server:
@@ -97,18 +234,27 @@ class Transport:
         )
 
     def listen(self, server: grpc.Server | grpc.aio.Server, address: str) -> int:
-        """Listen on `address` (HOST:PORT, port 0 = any); the port bound, or PortInUse."""
+        """Listen on `address` (HOST:PORT, port 0 = any), with TLS when set; the port bound,
+        or PortInUse (TlsError when the certificate files do not load)."""
         try:
-            port = server.add_insecure_port(address)
+            if self.tls is None:
+                port = server.add_insecure_port(address)
+            else:
+                port = server.add_secure_port(address, self.tls.server_credentials())
         except RuntimeError as e:  # grpcio >= 1.56 raises where older ones returned 0
             raise PortInUse(f"cannot listen on {address}: the port is in use ({e})") from e
         if port == 0:
             raise PortInUse(f"cannot listen on {address}: the port is in use")
-        return port
+        return int(port)
 
     def channel(self, address: str, options: ChannelOptions = ()) -> grpc.Channel:
         """A blocking channel to `address`."""
-        channel = grpc.insecure_channel(address, options=self._options(options))
+        if self.tls is None:
+            channel = grpc.insecure_channel(address, options=self._options(options))
+        else:
+            channel = grpc.secure_channel(
+                address, self.tls.channel_credentials(), options=self._options(options)
+            )
         if self.metadata:
             channel = grpc.intercept_channel(channel, _SyncMetadata(self.metadata))
         return channel
@@ -116,17 +262,33 @@ class Transport:
     def aio_channel(self, address: str, options: ChannelOptions = ()) -> grpc.aio.Channel:
         """An asyncio channel to `address` (bound to the running event loop)."""
         interceptors = [_AioMetadata(self.metadata)] if self.metadata else None
-        return grpc.aio.insecure_channel(
-            address, options=self._options(options), interceptors=interceptors
+        if self.tls is None:
+            return grpc.aio.insecure_channel(
+                address, options=self._options(options), interceptors=interceptors
+            )
+        return grpc.aio.secure_channel(
+            address,
+            self.tls.channel_credentials(),
+            options=self._options(options),
+            interceptors=interceptors,
         )
+
+    def _triton_credentials(self) -> grpc.ChannelCredentials | None:
+        """tritonclient's `creds`: the same as its ssl/root_certificates/private_key/
+        certificate_chain arguments, read and checked once here."""
+        return None if self.tls is None else self.tls.channel_credentials()
 
     def triton(self, url: str, options: ChannelOptions = ()) -> grpcclient.InferenceServerClient:
         """A blocking tritonclient client to a KServe v2 server (Triton, gateway or agent)."""
-        return grpcclient.InferenceServerClient(url, channel_args=self._options(options))
+        return grpcclient.InferenceServerClient(
+            url, creds=self._triton_credentials(), channel_args=self._options(options)
+        )
 
     def triton_aio(self, url: str, options: ChannelOptions = ()) -> aioclient.InferenceServerClient:
         """An asyncio tritonclient client (create it inside the loop that uses it)."""
-        return aioclient.InferenceServerClient(url, channel_args=self._options(options))
+        return aioclient.InferenceServerClient(
+            url, creds=self._triton_credentials(), channel_args=self._options(options)
+        )
 
     @property
     def headers(self) -> dict[str, str]:
@@ -139,10 +301,10 @@ def _with_metadata(details: Any, metadata: tuple[tuple[str, str], ...]) -> Any:
 
 
 class _SyncMetadata(
-    grpc.UnaryUnaryClientInterceptor,
-    grpc.UnaryStreamClientInterceptor,
-    grpc.StreamUnaryClientInterceptor,
-    grpc.StreamStreamClientInterceptor,
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]  # grpc ships no type stubs
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]  # grpc ships no type stubs
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]  # grpc ships no type stubs
+    grpc.StreamStreamClientInterceptor,  # type: ignore[misc]  # grpc ships no type stubs
 ):
     def __init__(self, metadata: tuple[tuple[str, str], ...]):
         self.metadata = metadata
@@ -161,10 +323,10 @@ class _SyncMetadata(
 
 
 class _AioMetadata(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
+    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]  # grpc ships no type stubs
+    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[misc]  # grpc ships no type stubs
+    grpc.aio.StreamUnaryClientInterceptor,  # type: ignore[misc]  # grpc ships no type stubs
+    grpc.aio.StreamStreamClientInterceptor,  # type: ignore[misc]  # grpc ships no type stubs
 ):
     def __init__(self, metadata: tuple[tuple[str, str], ...]):
         self.metadata = metadata

@@ -1,0 +1,76 @@
+"""`edgecascade certs ...`: a development CA and the certificates for agents, gateways, Triton
+and clients."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgecascade.cloud.common import certs
+from edgecascade.cloud.common.paths import artifacts_root
+
+app = typer.Typer(
+    help="Development certificates: a local CA and the certificates it signs.",
+    no_args_is_help=True,
+)
+
+Folder = Annotated[
+    Path | None,
+    typer.Option("--dir", help="the CA's folder (default: <artifacts>/certs)"),
+]
+
+
+def _folder(folder: Path | None) -> Path:
+    return folder if folder is not None else artifacts_root() / "certs"
+
+
+def _fail(command: str, error: Exception) -> typer.Exit:
+    typer.echo(f"edgecascade certs {command}: {error}", err=True)
+    return typer.Exit(2)
+
+
+@app.command("init")
+def init_command(
+    folder: Folder = None,
+    name: Annotated[str, typer.Option(help="the CA's common name")] = (
+        "edgecascade development CA"
+    ),
+    days: Annotated[int, typer.Option(min=1, help="validity in days")] = 3650,
+    force: Annotated[bool, typer.Option(help="replace an existing CA")] = False,
+) -> None:
+    """Create the CA (ca.pem, ca.key) that signs every development certificate."""
+    try:
+        ca = certs.init(_folder(folder), name=name, days=days, force=force)
+    except (certs.CertificateError, OSError) as e:
+        raise _fail("init", e) from None
+    typer.echo(f"CA {ca.cert} (key {ca.key}, keep it private)")
+
+
+@app.command("issue")
+def issue_command(
+    name: Annotated[str, typer.Argument(help="common name; <name>.pem and <name>.key are written")],
+    folder: Folder = None,
+    host: Annotated[
+        list[str] | None,
+        typer.Option(help="DNS name or IP address a server is reached by (repeatable)"),
+    ] = None,
+    client: Annotated[
+        bool, typer.Option("--client", help="a client certificate (mutual TLS) for `name`")
+    ] = False,
+    days: Annotated[int, typer.Option(min=1, help="validity in days")] = 825,
+) -> None:
+    """Issue a server certificate (default hosts: localhost, 127.0.0.1, ::1) or, with
+    --client, a client certificate, signed by the CA."""
+    try:
+        issued = certs.issue(
+            _folder(folder),
+            name,
+            hosts=host or certs.LOOPBACK_HOSTS,
+            kind="client" if client else "server",
+            days=days,
+        )
+    except (certs.CertificateError, OSError) as e:
+        raise _fail("issue", e) from None
+    typer.echo(f"{'client' if client else 'server'} certificate {issued.cert} (key {issued.key})")
