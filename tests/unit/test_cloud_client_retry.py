@@ -12,6 +12,8 @@ from edgecascade.cloud.common.manifest import OUTPUT_NAME, ModelSpec, Preprocess
 from edgecascade.router.cascade.cloud_client import CloudClient, CloudError
 from tests.kserve_server import start_kserve
 
+pytestmark = pytest.mark.integration  # loopback gRPC servers
+
 LOGITS = np.arange(10, dtype=np.float32)[None]
 SPEC = ModelSpec(
     name="m",

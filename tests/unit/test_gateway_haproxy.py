@@ -68,6 +68,7 @@ async def ask(port: int, line: bytes) -> bytes:
     return answer
 
 
+@pytest.mark.integration  # a loopback KServe server
 def test_the_agent_answers_with_each_endpoints_readiness():
     async def main() -> None:
         ready = {"now": True}

@@ -9,6 +9,8 @@ from edgecascade.cloud.common.errors import NotFound
 from edgecascade.cloud.common.transport import PLAINTEXT, Transport
 from edgecascade.edge.serving.rpc import InternalErrors
 
+pytestmark = pytest.mark.integration  # loopback gRPC servers
+
 
 async def _call(method: str, streaming: bool = False) -> tuple[grpc.StatusCode, str]:
     async def key_error(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
