@@ -10,6 +10,7 @@ import typer
 
 from edgecascade.cloud.common.serving import log_to_stderr, run_until_signalled
 from edgecascade.edge.serving.server import serve
+from edgecascade.edge.sources.base import describe_kinds, source_kinds
 
 app = typer.Typer(help="The edge agent: OpenVINO next to the camera.", no_args_is_help=True)
 
@@ -112,9 +113,14 @@ def serve_command(
 
 @app.command("run")
 def run_command(
-    source: Annotated[
-        str, typer.Option(help="camera index, video file, rtsp:// or http:// URL, or image folder")
-    ],
+    source: Annotated[str, typer.Option(help=f"what to read; by kind: {describe_kinds()}")],
+    kind: Annotated[
+        str | None,
+        typer.Option(
+            help=f"read --source as this kind ({', '.join(k.name for k in source_kinds())}); "
+            "default: the first kind above that claims it"
+        ),
+    ] = None,
     agent: Annotated[
         str | None, typer.Option(help="edge agent host:port; none: start one for --family")
     ] = None,
@@ -163,6 +169,7 @@ def run_command(
             source,
             agent,
             out,
+            kind=kind,
             sink=sink,
             max_fps=max_fps,
             buffer_size=buffer,

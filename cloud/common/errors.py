@@ -1,4 +1,5 @@
-"""The project's exceptions that are a caller's to fix or retry, each with its gRPC status.
+"""The project's exceptions that are a caller's to fix or retry: each RequestError with its
+gRPC status, and UserError for a command run with a mistake in it.
 
 Anything else raised inside a handler is a bug: answered INTERNAL and logged, never mistaken
 for the caller's fault.
@@ -11,6 +12,11 @@ import logging
 import grpc
 
 log = logging.getLogger(__name__)
+
+
+class UserError(Exception):
+    """A mistake of whoever runs a command (an unknown family, a missing file, a malformed
+    address, a device without a driver): the CLI prints `error: <message>` and exits 2."""
 
 
 class RequestError(Exception):

@@ -1,1 +1,2 @@
-"""Frame sources: camera, video file, URL and folder, read as one stream of frames."""
+"""Frame sources: one module per kind (camera, file, URL, folder), found by edge.sources.base,
+read on a thread by edge.sources.reader."""

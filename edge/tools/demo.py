@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -24,6 +25,7 @@ from edgecascade.cloud.triton.repository import write_model
 from edgecascade.cloud.triton.server import TritonServer
 from edgecascade.edge.tools.process import EdgeProcess
 from edgecascade.edge.tools.samples import Frame, labelled_frames
+from edgecascade.edge.tools.stream import classify_stream
 from edgecascade.router.cascade.cloud_client import CloudClient
 from edgecascade.v1 import cascade_pb2 as pb
 from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
@@ -37,35 +39,41 @@ class StreamResult:
     round_trip_ms: list[float] = field(default_factory=list)
 
 
+def paced(frames: list[Frame], fps: float) -> Iterator[tuple[int, Frame]]:
+    """The frames with their index, each no earlier than a camera at `fps` would have it."""
+    start = time.perf_counter()
+    for i, frame in enumerate(frames):
+        if fps > 0 and (wait := start + i / fps - time.perf_counter()) > 0:
+            time.sleep(wait)
+        yield i, frame
+
+
 def stream(
     address: str, frames: list[Frame], fps: float, progress: Progress, window: int = 1
 ) -> StreamResult:
     """Send the frames through ClassifyStream, paced at `fps` (0: as fast as answered), with
     at most `window` frames awaiting an answer, as a camera with a small buffer would."""
     result = StreamResult()
-    sent_at: dict[str, float] = {}
-    in_flight = threading.Semaphore(window)
     task = progress.add_task("frames", total=len(frames))
-
-    def requests() -> Iterator[pb.ClassifyRequest]:
-        start = time.perf_counter()
-        for i, frame in enumerate(frames):
-            if fps > 0 and (wait := start + i / fps - time.perf_counter()) > 0:
-                time.sleep(wait)
-            in_flight.acquire()
-            sent_at[str(i)] = time.perf_counter()
-            yield pb.ClassifyRequest(request_id=str(i), encoded_image=frame.encoded, top_k=1)
-
     with PLAINTEXT.channel(address) as channel:
-        for response in pb_grpc.CascadeStub(channel).ClassifyStream(requests()):
-            result.round_trip_ms.append((time.perf_counter() - sent_at[response.request_id]) * 1e3)
-            in_flight.release()
-            result.responses.append(response)
+        answers = classify_stream(
+            pb_grpc.CascadeStub(channel).ClassifyStream,
+            paced(frames, fps),
+            lambda item: pb.ClassifyRequest(
+                request_id=str(item[0]), encoded_image=item[1].encoded, top_k=1
+            ),
+            window,
+        )
+        for answer in answers:
+            result.round_trip_ms.append(answer.round_trip_ms)
+            result.responses.append(answer.response)
             progress.advance(task)
     return result
 
 
-async def cloud_only_predictions(url: str, manifest: Manifest, frames: list[Frame]) -> np.ndarray:
+async def cloud_only_predictions(
+    url: str, manifest: Manifest, frames: list[Frame]
+) -> npt.NDArray[np.intp]:
     """The cloud model's top-1 on every frame, straight from Triton (the cloud-only baseline)."""
     client = CloudClient(url, manifest.cloud)
     try:
@@ -78,7 +86,8 @@ async def cloud_only_predictions(url: str, manifest: Manifest, frames: list[Fram
         ]
     finally:
         await client.close()
-    return np.concatenate(batches).argmax(-1)
+    top1: npt.NDArray[np.intp] = np.concatenate(batches).argmax(-1)
+    return top1
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -92,10 +101,10 @@ def build_report(
     manifest: Manifest,
     frames: list[Frame],
     result: StreamResult,
-    cloud_top1: np.ndarray,
+    cloud_top1: npt.NDArray[np.intp],
     status: pb.GetStatusResponse,
     in_flight: int,
-) -> dict:
+) -> dict[str, Any]:
     labels = np.array([f.label for f in frames])
     answered = [r for r in result.responses if not r.HasField("error")]
     top1 = np.array([r.top_k[0].class_id for r in answered])
@@ -125,7 +134,7 @@ def build_report(
     }
 
 
-def summary_table(report: dict) -> Table:
+def summary_table(report: dict[str, Any]) -> Table:
     table = Table(title=f"edgecascade demo: {report['family']}, {report['n']} frames")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -153,7 +162,7 @@ def run_demo(
     report_path: Path,
     fps: float = 0.0,
     in_flight: int = 1,
-) -> dict:
+) -> dict[str, Any]:
     """Start Triton and an edge agent, stream the family's test frames, write the report."""
     folder = family_dir(family)
     if not manifest_path(family).exists():

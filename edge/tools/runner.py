@@ -7,13 +7,16 @@ import json
 import logging
 import queue
 import threading
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Any, TextIO
 
+import grpc
+
+from edgecascade.cloud.common.errors import UserError
 from edgecascade.cloud.common.transport import PLAINTEXT
-from edgecascade.edge.sources.sources import FrameBuffer, FrameReader, SourceFrame, open_source
+from edgecascade.edge.sources.base import SourceFrame, open_source
+from edgecascade.edge.sources.reader import FrameBuffer, FrameReader
+from edgecascade.edge.tools.stream import classify_stream
 from edgecascade.v1 import cascade_pb2 as pb
 from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
 from edgecascade.v1 import sink_pb2 as sink_pb
@@ -39,10 +42,10 @@ def frame_request(frame: SourceFrame, top_k: int) -> pb.ClassifyRequest:
     return pb.ClassifyRequest(request_id=str(frame.index), raw_image=raw, top_k=top_k)
 
 
-def frame_record(result: sink_pb.FrameResult, round_trip_ms: float) -> dict:
+def frame_record(result: sink_pb.FrameResult, round_trip_ms: float) -> dict[str, Any]:
     """One JSON line: where the frame came from and what the cascade said about it."""
     r = result.response
-    record: dict = {
+    record: dict[str, Any] = {
         "frame": result.frame_index,
         "position_ms": result.position_ms if result.HasField("position_ms") else None,
         "captured_at": round(result.captured_at, 6),
@@ -86,7 +89,8 @@ class _SinkPublisher:
     def close(self, timeout_s: float = 10.0) -> int:
         self._queue.put(None)
         try:
-            return self._call.result(timeout=timeout_s).received
+            ack: sink_pb.PublishAck = self._call.result(timeout=timeout_s)
+            return ack.received
         finally:
             self._channel.close()
 
@@ -96,6 +100,7 @@ def run(
     agent_address: str,
     out: TextIO,
     *,
+    kind: str | None = None,
     sink: str | None = None,
     max_fps: float | None = None,
     buffer_size: int = 2,
@@ -104,43 +109,37 @@ def run(
     reconnect_timeout_s: float | None = 30.0,
     stop: threading.Event | None = None,
 ) -> RunStats:
-    """Read `source_spec` until it ends (or `stop` is set) and write one JSON line per frame.
+    """Read `source_spec` (as `kind`, default: the kind that claims it) until it ends (or
+    `stop` is set) and write one JSON line per frame. An agent that cannot be reached, or a
+    source that never comes (back), is a UserError.
 
     At most `window` frames await an answer; behind them a buffer of `buffer_size` frames
     drops its oldest when the agent falls behind a live (or `max_fps`-paced) source, so
     latency stays bounded. Files and folders read unpaced wait instead: every frame counts."""
-    source = open_source(source_spec)
+    source = open_source(source_spec, kind)
     buffer = FrameBuffer(buffer_size, drop_oldest=source.live or bool(max_fps))
     reader = FrameReader(source, buffer, max_fps, reconnect_timeout_s)
     stats = RunStats(str(source))
-    in_flight = threading.Semaphore(window)
-    pending: dict[str, tuple[SourceFrame, float]] = {}
     publisher = _SinkPublisher(sink) if sink else None
-    failure: list[Exception] = []  # the reader's, raised here rather than in gRPC's thread
-
-    def requests() -> Iterator[pb.ClassifyRequest]:
-        while True:
-            in_flight.acquire()
-            try:
-                frame = buffer.get()
-            except Exception as e:  # noqa: BLE001 - re-raised below, outside gRPC's thread
-                failure.append(e)
-                return
-            if frame is None:
-                return
-            pending[str(frame.index)] = (frame, time.perf_counter())
-            yield frame_request(frame, top_k)
 
     if stop is not None:
-        threading.Thread(target=lambda: (stop.wait(), reader.stop()), daemon=True).start()
+
+        def stop_reading() -> None:
+            stop.wait()
+            reader.stop()
+
+        threading.Thread(target=stop_reading, daemon=True).start()
     reader.start()
     try:
         with PLAINTEXT.channel(agent_address) as channel:
-            responses = pb_grpc.CascadeStub(channel).ClassifyStream(requests())
-            for response in responses:
-                frame, sent_at = pending.pop(response.request_id)
-                round_trip_ms = (time.perf_counter() - sent_at) * 1e3
-                in_flight.release()
+            answers = classify_stream(
+                pb_grpc.CascadeStub(channel).ClassifyStream,
+                iter(buffer.get, None),
+                lambda frame: frame_request(frame, top_k),
+                window,
+            )
+            for answer in answers:
+                frame, response = answer.item, answer.response
                 result = sink_pb.FrameResult(
                     source=source_spec,
                     frame_index=frame.index,
@@ -149,14 +148,16 @@ def run(
                     dropped=buffer.dropped,
                     response=response,
                 )
-                out.write(json.dumps(frame_record(result, round_trip_ms)) + "\n")
+                out.write(json.dumps(frame_record(result, answer.round_trip_ms)) + "\n")
                 out.flush()
                 stats.errors += response.HasField("error")
                 stats.answered += not response.HasField("error")
                 if publisher:
                     publisher.publish(result)
-        if failure:
-            raise failure[0]
+    except grpc.RpcError as e:
+        if e.code() != grpc.StatusCode.UNAVAILABLE:
+            raise
+        raise UserError(f"edge agent {agent_address} is unreachable: {e.details()}") from None
     finally:
         reader.stop()
         reader.join(timeout=5.0)

@@ -1,4 +1,5 @@
-"""Frame sources on real images: drop-oldest under a slow consumer, reconnect with back-off."""
+"""Frame sources on real images: drop-oldest under a slow consumer, reconnect with back-off;
+the registry of source kinds."""
 
 import threading
 import time
@@ -9,13 +10,15 @@ import numpy as np
 import pytest
 
 from edgecascade.cloud.build import datasets
-from edgecascade.edge.sources.sources import (
-    FrameBuffer,
-    FrameReader,
+from edgecascade.cloud.common.errors import UserError
+from edgecascade.edge.sources.base import (
     SourceFrame,
     SourceUnavailable,
     open_source,
+    register,
+    source_kinds,
 )
+from edgecascade.edge.sources.reader import FrameBuffer, FrameReader
 
 
 def frame(i: int) -> SourceFrame:
@@ -103,3 +106,28 @@ def test_a_source_that_never_comes_back_fails_after_the_reconnect_timeout(tmp_pa
     with pytest.raises(SourceUnavailable, match="missing.avi"):
         buffer.get()
     assert 0.4 < time.monotonic() - started < 5
+
+
+def test_the_registry_lists_the_four_built_in_kinds_in_the_order_they_are_tried():
+    assert [kind.name for kind in source_kinds()] == ["camera", "url", "folder", "file"]
+    assert all(kind.description for kind in source_kinds())
+
+
+def test_a_source_string_goes_to_the_first_kind_that_claims_it_unless_a_kind_is_named(tmp_path):
+    assert str(open_source("0")) == "camera 0" and open_source("0").live
+    assert open_source("rtsp://cam/1").live
+    assert str(open_source(str(tmp_path))) == f"folder {tmp_path}"
+    assert not open_source(str(tmp_path / "clip.avi")).live
+    named = open_source("0", kind="folder")
+    assert str(named) == "folder 0" and not named.live
+
+
+def test_an_unknown_kind_is_one_user_error_that_lists_the_known_ones():
+    with pytest.raises(UserError) as error:
+        open_source("0", kind="nosuch")
+    assert str(error.value) == ("unknown source kind 'nosuch'; known: camera, url, folder, file")
+
+
+def test_a_kind_is_registered_once():
+    with pytest.raises(ValueError, match="'camera' is registered twice"):
+        register("camera", "again", claims=str.isdigit)(lambda spec: open_source(spec))
