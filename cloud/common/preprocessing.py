@@ -8,10 +8,11 @@ import struct
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TypeVar
+from typing import Any, TypeAlias, TypeVar, cast, overload
 
 import cv2
 import numpy as np
+from numpy.typing import NDArray
 
 from edgecascade.cloud.common.errors import InvalidInput
 from edgecascade.cloud.common.manifest import Preprocessing
@@ -22,6 +23,11 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # JPEG start-of-frame markers (C4 is DHT, C8 reserved, CC is DAC)
 JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
+
+Image: TypeAlias = NDArray[np.uint8]
+"""Decoded pixels: uint8 [H, W] (gray) or [H, W, C] (C is 1 or 3, RGB)."""
+Images: TypeAlias = NDArray[np.uint8] | Sequence[NDArray[np.uint8]]
+"""Decoded images: one uint8 [N, H, W, C] array, or a sequence of `Image`s."""
 
 T = TypeVar("T")
 INLINE_PIXELS = 1 << 20  # images with fewer pixels in all are prepared on the event loop
@@ -140,14 +146,17 @@ def _check_pixels(height: int, width: int, what: str = "image") -> None:
         )
 
 
-def decode_image(data: bytes) -> np.ndarray:
+def decode_image(data: bytes) -> Image:
     """Decode JPEG/PNG bytes into uint8 RGB [H, W, 3] or gray [H, W]. The header's size is
     checked against `max_pixels()` first; corrupt or truncated headers are refused."""
     if not data:
         raise InvalidImage("empty image: send JPEG or PNG bytes")
     size = image_size(data)
     try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        # cv2's stubs say "not None", but imdecode returns None for bytes it cannot decode
+        image: cv2.typing.MatLike | None = cv2.imdecode(
+            np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED
+        )
     except cv2.error as e:
         raise InvalidImage(f"cannot decode {len(data)} bytes as an image: {e.err}") from None
     if image is None or image.shape[:2] != size:
@@ -155,22 +164,29 @@ def decode_image(data: bytes) -> np.ndarray:
             f"cannot decode {len(data)} bytes as an image (starts with {data[:8].hex()}): "
             "send JPEG or PNG"
         )
-    if image.dtype != np.uint8:
-        image = cv2.convertScaleAbs(image, alpha=255.0 / np.iinfo(image.dtype).max)
+    if image.dtype != np.uint8:  # 16-bit: PNG and JPEG decode to unsigned integers
+        depth = np.iinfo(cast("np.dtype[np.unsignedinteger[Any]]", image.dtype))
+        image = cv2.convertScaleAbs(image, alpha=255.0 / depth.max)
     if image.ndim == 3:
         code = cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB
         image = cv2.cvtColor(image, code)
-    return image
+    return _uint8(image)
 
 
-def raw_image(shape: list[int] | tuple[int, ...], data: bytes) -> np.ndarray:
+def _uint8(image: cv2.typing.MatLike) -> Image:
+    """A cv2 result on uint8 pixels, which is uint8 again (cv2's stubs type every result as
+    any numeric matrix)."""
+    return cast(Image, image)
+
+
+def raw_image(shape: Sequence[int], data: bytes) -> Image:
     """A uint8 pixel array [H, W] or [H, W, C] (C is 1 or 3, RGB) from its shape and bytes."""
     shape = tuple(int(d) for d in shape)
     _check_image_shape(shape)
     return _pixels(shape, data, "raw image")
 
 
-def raw_images(shape: list[int] | tuple[int, ...], data: bytes) -> np.ndarray:
+def raw_images(shape: Sequence[int], data: bytes) -> NDArray[np.uint8]:
     """N images of one shape, uint8 [N, H, W, C] (C is 1 or 3, RGB), from their shape and bytes
     (no copy: a read-only view of `data`)."""
     shape = tuple(int(d) for d in shape)
@@ -187,7 +203,7 @@ def _check_image_shape(shape: tuple[int, ...]) -> None:
         raise InvalidImage(f"raw image has {shape[2]} channels; expected 1 (gray) or 3 (RGB)")
 
 
-def _pixels(shape: tuple[int, ...], data: bytes, what: str) -> np.ndarray:
+def _pixels(shape: tuple[int, ...], data: bytes, what: str) -> NDArray[np.uint8]:
     expected = math.prod(shape)  # Python ints: no wrap-around
     if len(data) != expected:
         raise InvalidImage(
@@ -196,7 +212,7 @@ def _pixels(shape: tuple[int, ...], data: bytes, what: str) -> np.ndarray:
     return np.frombuffer(data, np.uint8).reshape(shape)
 
 
-def prepare(image: np.ndarray, spec: Preprocessing) -> np.ndarray:
+def prepare(image: Image, spec: Preprocessing) -> Image:
     """Colour-convert, resize the short side, centre-crop: uint8 [size, size, C]."""
     image = _to_color(image, spec.color)
     h, w = image.shape[:2]
@@ -204,7 +220,7 @@ def prepare(image: np.ndarray, spec: Preprocessing) -> np.ndarray:
         nh, nw = _resized(h, w, spec)
         if (nh, nw) != (h, w):
             interp = cv2.INTER_AREA if spec.resize_short < min(h, w) else cv2.INTER_LINEAR
-            image = cv2.resize(image, (nw, nh), interpolation=interp)
+            image = _uint8(cv2.resize(image, (nw, nh), interpolation=interp))
         top, left = (nh - spec.size) // 2, (nw - spec.size) // 2
         image = image[top : top + spec.size, left : left + spec.size]
     if image.ndim == 2:
@@ -236,9 +252,7 @@ def kept_region(h: int, w: int, spec: Preprocessing) -> tuple[int, int, int, int
     return y0, x0, max(y1, y0 + 1), max(x1, x0 + 1)
 
 
-def color_groups(
-    images: Sequence[np.ndarray], spec: Preprocessing
-) -> list[tuple[np.ndarray, np.ndarray]]:
+def color_groups(images: Images, spec: Preprocessing) -> list[tuple[NDArray[np.intp], Image]]:
     """The images colour-converted but not resized, grouped by shape: (their indices, uint8
     [n, H, W, C]) per shape. An [N, H, W, C] array of the spec's channels is one group as it is."""
     channels = spec.shape[2]
@@ -253,7 +267,7 @@ def color_groups(
     return [(np.array(r), np.stack([converted[i] for i in r])) for r in rows.values()]
 
 
-def prepare_batch(images: Sequence[np.ndarray], spec: Preprocessing) -> np.ndarray:
+def prepare_batch(images: Images, spec: Preprocessing) -> NDArray[np.uint8]:
     """`prepare` for each image: uint8 [N, size, size, C]. An [N, H, W, C] array already of
     that shape is passed through as it is (no per-image work)."""
     if isinstance(images, np.ndarray) and images.shape[1:] == spec.shape:
@@ -261,7 +275,11 @@ def prepare_batch(images: Sequence[np.ndarray], spec: Preprocessing) -> np.ndarr
     return np.stack([prepare(image, spec) for image in images])
 
 
-def mirrored(images: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
+@overload
+def mirrored(images: NDArray[np.uint8]) -> NDArray[np.uint8]: ...
+@overload
+def mirrored(images: Sequence[Image]) -> list[Image]: ...
+def mirrored(images: Images) -> Images:
     """Decoded images flipped left-right: an [N, H, W, C] array, or [H, W(, C)] images."""
     if isinstance(images, np.ndarray):
         if images.ndim != 4:
@@ -270,21 +288,25 @@ def mirrored(images: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
     return [image[:, ::-1] for image in images]
 
 
-def with_mirrors(images: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
+@overload
+def with_mirrors(images: NDArray[np.uint8]) -> NDArray[np.uint8]: ...
+@overload
+def with_mirrors(images: Sequence[Image]) -> list[Image]: ...
+def with_mirrors(images: Images) -> Images:
     """The images, then the same images mirrored (2N; an array stays one array)."""
     if isinstance(images, np.ndarray):
         return np.concatenate([images, mirrored(images)])
     return [*images, *mirrored(images)]
 
 
-def pixel_count(images: Sequence[np.ndarray]) -> int:
+def pixel_count(images: Images) -> int:
     """Pixels (values) in decoded images: an [N, H, W, C] array or a list of images."""
     if isinstance(images, np.ndarray):
         return images.size
     return sum(image.size for image in images)
 
 
-async def off_loop(images: Sequence[np.ndarray], work: Callable[..., T], *args: object) -> T:
+async def off_loop(images: Images, work: Callable[..., T], *args: object) -> T:
     """`work(*args)` on `images`: in a thread when they are large, so that the event loop
     answers other calls meanwhile; at once when small (a thread hop costs more)."""
     if pixel_count(images) < INLINE_PIXELS:
@@ -292,9 +314,9 @@ async def off_loop(images: Sequence[np.ndarray], work: Callable[..., T], *args: 
     return await asyncio.to_thread(work, *args)
 
 
-def _to_color(image: np.ndarray, color: str) -> np.ndarray:
+def _to_color(image: Image, color: str) -> Image:
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
     if color == "gray":
-        return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    return image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+        return image if image.ndim == 2 else _uint8(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY))
+    return image if image.ndim == 3 else _uint8(cv2.cvtColor(image, cv2.COLOR_GRAY2RGB))

@@ -16,11 +16,13 @@ from __future__ import annotations
 import math
 import struct
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from importlib.metadata import version as package_version
+from typing import Any
 
 import grpc
 import numpy as np
+from numpy.typing import NDArray
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
@@ -28,9 +30,16 @@ from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
 from edgecascade.cloud.common.errors import InternalFailure, NotFound
 from edgecascade.cloud.common.manifest import Manifest
-from edgecascade.cloud.common.preprocessing import InvalidImage, decode_image, raw_image, raw_images
+from edgecascade.cloud.common.preprocessing import (
+    Image,
+    Images,
+    InvalidImage,
+    decode_image,
+    raw_image,
+    raw_images,
+)
 from edgecascade.edge.serving.agent import EdgeAgent
-from edgecascade.edge.serving.rpc import RequestError, deadline, ordered
+from edgecascade.edge.serving.rpc import RequestError, abort, deadline, ordered
 from edgecascade.router.cascade.cascade import Answers
 
 IMAGE, PIXELS = "image", "pixels"
@@ -43,7 +52,7 @@ DATATYPES = {
 
 
 class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, agent: EdgeAgent):
+    def __init__(self, agent: EdgeAgent) -> None:
         self.agent = agent
         self.model = agent.settings.family
 
@@ -61,20 +70,28 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
                 f"{self.version}"
             )
 
-    async def ServerLive(self, request, context) -> kpb.ServerLiveResponse:
+    async def ServerLive(
+        self, request: kpb.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> kpb.ServerLiveResponse:
         return kpb.ServerLiveResponse(live=True)
 
-    async def ServerReady(self, request, context) -> kpb.ServerReadyResponse:
+    async def ServerReady(
+        self, request: kpb.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> kpb.ServerReadyResponse:
         return kpb.ServerReadyResponse(ready=True)  # the model is compiled before the server starts
 
-    async def ModelReady(self, request: kpb.ModelReadyRequest, context) -> kpb.ModelReadyResponse:
+    async def ModelReady(
+        self, request: kpb.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> kpb.ModelReadyResponse:
         try:
             self._check_model(request.name, request.version)
         except NotFound:
             return kpb.ModelReadyResponse(ready=False)
         return kpb.ModelReadyResponse(ready=True)
 
-    async def ServerMetadata(self, request, context) -> kpb.ServerMetadataResponse:
+    async def ServerMetadata(
+        self, request: kpb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> kpb.ServerMetadataResponse:
         return kpb.ServerMetadataResponse(
             name="edgecascade",
             version=package_version("edgecascade"),
@@ -83,11 +100,11 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(
         self, request: kpb.ModelMetadataRequest, context: grpc.aio.ServicerContext
-    ):
+    ) -> kpb.ModelMetadataResponse:
         try:
             self._check_model(request.name, request.version)
         except NotFound as e:
-            await context.abort(e.code, str(e))
+            await abort(context, e.code, str(e))
         tensor = kpb.ModelMetadataResponse.TensorMetadata
         return kpb.ModelMetadataResponse(
             name=self.model,
@@ -108,11 +125,13 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
             ],
         )
 
-    async def ModelConfig(self, request: kpb.ModelConfigRequest, context: grpc.aio.ServicerContext):
+    async def ModelConfig(
+        self, request: kpb.ModelConfigRequest, context: grpc.aio.ServicerContext
+    ) -> kpb.ModelConfigResponse:
         try:
             self._check_model(request.name, request.version)
         except NotFound as e:
-            await context.abort(e.code, str(e))
+            await abort(context, e.code, str(e))
         return kpb.ModelConfigResponse(
             config=mc.ModelConfig(
                 name=self.model,
@@ -140,11 +159,13 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
             )
         )
 
-    async def ModelInfer(self, request: kpb.ModelInferRequest, context: grpc.aio.ServicerContext):
+    async def ModelInfer(
+        self, request: kpb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> kpb.ModelInferResponse:
         try:
             return await self._infer(request, deadline(context))
         except RequestError as e:
-            await context.abort(e.code, str(e))
+            await abort(context, e.code, str(e))
 
     async def ModelStreamInfer(
         self, requests: AsyncIterator[kpb.ModelInferRequest], context: grpc.aio.ServicerContext
@@ -177,7 +198,7 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
         received_at = time.perf_counter()
         self._check_model(request.model_name, request.model_version)
 
-        def decode() -> Sequence[np.ndarray]:
+        def decode() -> Images:
             requested_outputs(request)
             return images_of(request, self.agent.settings.max_batch)
 
@@ -186,7 +207,7 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
 
     def _response(self, request: kpb.ModelInferRequest, answers: Answers) -> kpb.ModelInferResponse:
         probabilities = answers.probabilities.astype(np.float32)
-        tensors = {
+        tensors: dict[str, NDArray[Any]] = {  # of each output's dtype
             "probabilities": probabilities,
             "top1": probabilities.argmax(axis=1).astype(np.int32),
             "edge_confidence": answers.edge_confidence.astype(np.float32),
@@ -220,7 +241,9 @@ def pair_parameters(pair: Manifest) -> dict[str, str]:
     return {"edge_model": pair.edge.key, "cloud_model": pair.cloud.key}
 
 
-def classification(probabilities: np.ndarray, k: int, labels: list[str]) -> np.ndarray:
+def classification(
+    probabilities: NDArray[np.float32], k: int, labels: list[str]
+) -> NDArray[np.object_]:
     """Triton's classification extension: BYTES [N, k] of "score:index:label", best first."""
     top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
     return np.array(
@@ -236,7 +259,7 @@ def requested_outputs(request: kpb.ModelInferRequest) -> dict[str, int]:
     """Output name -> classification class count (0: the plain tensor); all when none asked."""
     if not request.outputs:
         return dict.fromkeys(OUTPUTS, 0)
-    wanted = {}
+    wanted: dict[str, int] = {}
     for output in request.outputs:
         if output.name not in OUTPUTS:
             raise InvalidImage(f"unknown output {output.name!r}: this model has {list(OUTPUTS)}")
@@ -251,7 +274,7 @@ def requested_outputs(request: kpb.ModelInferRequest) -> dict[str, int]:
     return wanted
 
 
-def images_of(request: kpb.ModelInferRequest, max_batch: int) -> Sequence[np.ndarray]:
+def images_of(request: kpb.ModelInferRequest, max_batch: int) -> Images:
     """The decoded images of a ModelInferRequest (raw pixels: one [N, H, W, C] array);
     InvalidImage says what is wrong with it."""
     names = [tensor.name for tensor in request.inputs]
@@ -276,7 +299,7 @@ def images_of(request: kpb.ModelInferRequest, max_batch: int) -> Sequence[np.nda
 
 def _encoded(
     tensor: kpb.ModelInferRequest.InferInputTensor, raw: bytes | None, shape: list[int]
-) -> list[np.ndarray]:
+) -> list[Image]:
     if raw is not None:
         try:
             elements = list(deserialize_bytes_tensor(raw))
@@ -294,7 +317,7 @@ def _encoded(
 
 def _pixels(
     tensor: kpb.ModelInferRequest.InferInputTensor, raw: bytes | None, shape: list[int]
-) -> np.ndarray | list[np.ndarray]:
+) -> NDArray[np.uint8] | list[Image]:
     """[N, H, W, C] as one array (a view of the request's bytes), or one [H, W(, C)] image."""
     if raw is None:
         values = np.asarray(tensor.contents.uint_contents, np.uint32)

@@ -5,18 +5,21 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from typing import Any, NoReturn, TypeAlias, TypeVar
 
 import grpc
 
 from edgecascade.cloud.common.errors import InternalFailure, RequestError
 
-__all__ = ["InternalErrors", "RequestError", "deadline", "ordered"]
+__all__ = ["InternalErrors", "RequestError", "abort", "deadline", "ordered"]
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
+# a servicer method, as grpc calls it: (request or request iterator, context) -> response(s)
+UnaryBehaviour: TypeAlias = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+StreamBehaviour: TypeAlias = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
 
 
 def deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -25,13 +28,20 @@ def deadline(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else time.perf_counter() + remaining
 
 
+async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, details: str) -> NoReturn:
+    """`context.abort(code, details)`, which always raises (grpc.aio.AbortError): typed so,
+    since grpc ships no type information."""
+    await context.abort(code, details)
+    raise AssertionError("grpc.aio.ServicerContext.abort returned")  # it never does
+
+
 async def ordered(
     requests: AsyncIterator[Request],
-    handle: Callable[[Request], Awaitable[Response]],
+    handle: Callable[[Request], Coroutine[Any, Any, Response]],
     window: int,
 ) -> AsyncIterator[Response]:
     """Answer a stream's requests concurrently (up to `window` at once), in arrival order."""
-    pending: asyncio.Queue[asyncio.Task | None] = asyncio.Queue(window)
+    pending: asyncio.Queue[asyncio.Task[Response] | None] = asyncio.Queue(window)
 
     async def read() -> None:
         async for request in requests:
@@ -54,7 +64,11 @@ class InternalErrors(grpc.aio.ServerInterceptor):
     """A RequestError a handler lets out is answered with its status; a bug (any other
     exception) is answered INTERNAL with a log line, never grpc's UNKNOWN with Python's text."""
 
-    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
@@ -84,16 +98,16 @@ async def _answered(method: str, context: grpc.aio.ServicerContext) -> AsyncIter
         await context.abort(failure.code, str(failure))
 
 
-def _guard_unary(method: str, behaviour: Callable) -> Callable:
-    async def guarded(request, context):  # type: ignore[no-untyped-def]
+def _guard_unary(method: str, behaviour: UnaryBehaviour) -> UnaryBehaviour:
+    async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
         async with _answered(method, context):
             return await behaviour(request, context)
 
     return guarded
 
 
-def _guard_stream(method: str, behaviour: Callable) -> Callable:
-    async def guarded(request, context):  # type: ignore[no-untyped-def]
+def _guard_stream(method: str, behaviour: StreamBehaviour) -> StreamBehaviour:
+    async def guarded(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         async with _answered(method, context):
             async for response in behaviour(request, context):
                 yield response

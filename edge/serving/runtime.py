@@ -11,10 +11,11 @@ from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeAlias
 
 import numpy as np
 import openvino as ov
+from numpy.typing import NDArray
 from openvino.preprocess import PrePostProcessor, ResizeAlgorithm
 
 from edgecascade.cloud.common.manifest import Preprocessing
@@ -24,6 +25,11 @@ log = logging.getLogger(__name__)
 Device = str  # "CPU", "GPU", "AUTO", "AUTO:GPU,CPU", ...
 PerformanceHint = Literal["LATENCY", "THROUGHPUT"]
 Shape = tuple[int, ...]
+Frames: TypeAlias = NDArray[np.uint8]  # uint8 [N, H, W, C]
+Logits: TypeAlias = NDArray[np.float32]  # [N, classes] ([N, members, classes]: an ensemble)
+Parts: TypeAlias = list[asyncio.Future[Logits]]  # the callers awaiting one request's images
+# an infer request's userdata: the loop, each part's number of images, and their callers
+Userdata: TypeAlias = tuple[asyncio.AbstractEventLoop, list[int], Parts]
 FOLD_VARIANTS = 8  # compiled crop-and-resize variants kept, one per frame shape (LRU)
 FOLD_COMPILES_QUEUED = 2  # variants compiling or waiting to (one at a time); more: cv2 meanwhile
 
@@ -32,24 +38,24 @@ class _Requests:
     """One compiled model's infer requests: up to `parallelism` run at once, and parts that
     arrive while all are busy go to the device together, up to `max_batch` images."""
 
-    def __init__(self, compiled: ov.CompiledModel, max_batch: int):
+    def __init__(self, compiled: ov.CompiledModel, max_batch: int) -> None:
         self.max_batch = max_batch
         self._queue = ov.AsyncInferQueue(compiled)
         # through a weak reference: a bound method would make a cycle through the queue that
         # Python's collector cannot see into, and keep every evicted variant alive
         self._queue.set_callback(partial(_request_done, weakref.ref(self)))
         self._idle = len(self._queue)
-        self._waiting: deque[tuple[np.ndarray, asyncio.Future]] = deque()
+        self._waiting: deque[tuple[Frames, asyncio.Future[Logits]]] = deque()
 
     @property
     def parallelism(self) -> int:
         return len(self._queue)
 
-    async def infer_batch(self, images: np.ndarray) -> np.ndarray:
+    async def infer_batch(self, images: Frames) -> Logits:
         loop = asyncio.get_running_loop()
-        futures = []
+        futures: Parts = []
         for start in range(0, len(images), self.max_batch):
-            future = loop.create_future()
+            future: asyncio.Future[Logits] = loop.create_future()
             self._waiting.append((images[start : start + self.max_batch], future))
             futures.append(future)
         self._start(loop)
@@ -68,19 +74,17 @@ class _Requests:
             sizes = [len(p) for p, _ in parts]
             self._queue.start_async({0: images}, (loop, sizes, [future for _, future in parts]))
 
-    def _done(
-        self, request: ov.InferRequest, userdata: tuple[asyncio.AbstractEventLoop, list, list]
-    ):
+    def _done(self, request: ov.InferRequest, userdata: Userdata) -> None:
         loop, sizes, futures = userdata
-        logits = request.get_output_tensor(0).data.copy()
+        logits: Logits = request.get_output_tensor(0).data.copy()
         loop.call_soon_threadsafe(self._finish, loop, sizes, futures, logits)
 
     def _finish(
         self,
         loop: asyncio.AbstractEventLoop,
         sizes: list[int],
-        futures: list[asyncio.Future],
-        logits: np.ndarray,
+        futures: Parts,
+        logits: Logits,
     ) -> None:
         self._idle += 1
         for future, part in zip(futures, np.split(logits, np.cumsum(sizes)[:-1])):
@@ -90,7 +94,7 @@ class _Requests:
 
 
 def _request_done(
-    requests: weakref.ref[_Requests], request: ov.InferRequest, userdata: tuple
+    requests: weakref.ref[_Requests], request: ov.InferRequest, userdata: Userdata
 ) -> None:
     """An infer request's callback: the awaiting caller holds the _Requests while it runs."""
     if (alive := requests()) is not None:
@@ -113,7 +117,7 @@ class EdgeModel:
         hint: PerformanceHint = "LATENCY",
         max_batch: int = 16,
         fold: Preprocessing | None = None,
-    ):
+    ) -> None:
         self._core = ov.Core()
         self._model_xml = model_xml
         self._config = {"PERFORMANCE_HINT": hint}
@@ -128,7 +132,7 @@ class EdgeModel:
         self.fold = fold
         self.fold_compiles = 0
         self._folded: OrderedDict[Shape, _Requests | None] = OrderedDict()  # None: cannot fold
-        self._compiling: dict[Shape, asyncio.Future] = {}
+        self._compiling: dict[Shape, asyncio.Future[_Requests]] = {}
         self._compiler = ThreadPoolExecutor(1, thread_name_prefix="fold-compile")
 
     @property
@@ -152,11 +156,12 @@ class EdgeModel:
             f"batches of up to {self.max_batch}{folding})"
         )
 
-    async def infer(self, image: np.ndarray) -> np.ndarray:
+    async def infer(self, image: NDArray[np.uint8]) -> Logits:
         """Logits [classes] ([members, classes] for an ensemble) for one uint8 [H, W, C] image."""
-        return (await self.infer_batch(image[None]))[0]
+        logits: Logits = (await self.infer_batch(image[None]))[0]
+        return logits
 
-    async def infer_batch(self, images: np.ndarray) -> np.ndarray:
+    async def infer_batch(self, images: Frames) -> Logits:
         """Logits [N, classes] ([N, members, classes]) for uint8 [N, H, W, C] images, in parts
         of at most `max_batch`. While every infer request is busy, parts wait and then go to the
         device together, up to `max_batch` images in one request. Images not at the model's size
@@ -201,7 +206,7 @@ class EdgeModel:
             task.add_done_callback(partial(self._compiled, shape))
         return None
 
-    def _compiled(self, shape: Shape, task: asyncio.Future) -> None:
+    def _compiled(self, shape: Shape, task: asyncio.Future[_Requests]) -> None:
         del self._compiling[shape]
         if task.cancelled():
             return

@@ -10,7 +10,6 @@ import uuid
 from collections.abc import AsyncIterator
 
 import grpc
-import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from tritonclient.grpc import service_pb2 as kpb
@@ -18,12 +17,12 @@ from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
 from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.cloud.common.paths import family_dir
-from edgecascade.cloud.common.preprocessing import InvalidImage, decode_image, raw_image
+from edgecascade.cloud.common.preprocessing import Image, InvalidImage, decode_image, raw_image
 from edgecascade.cloud.common.transport import Transport
 from edgecascade.edge.serving import updater
 from edgecascade.edge.serving.agent import EdgeAgent, EdgeSettings
 from edgecascade.edge.serving.kserve import KServeService
-from edgecascade.edge.serving.rpc import InternalErrors, RequestError, deadline, ordered
+from edgecascade.edge.serving.rpc import InternalErrors, RequestError, abort, deadline, ordered
 from edgecascade.router.cascade.cascade import Answer
 from edgecascade.v1 import cascade_pb2 as pb
 from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
@@ -37,7 +36,7 @@ SERVICES = (
 )
 
 
-def decode_request(request: pb.ClassifyRequest) -> np.ndarray:
+def decode_request(request: pb.ClassifyRequest) -> Image:
     kind = request.WhichOneof("input")
     if kind == "encoded_image":
         return decode_image(request.encoded_image)
@@ -51,7 +50,7 @@ def versions(pair: Manifest) -> pb.ModelVersions:
 
 
 class CascadeService(pb_grpc.CascadeServicer):
-    def __init__(self, agent: EdgeAgent):
+    def __init__(self, agent: EdgeAgent) -> None:
         self.agent = agent
 
     async def _answer(
@@ -89,6 +88,7 @@ class CascadeService(pb_grpc.CascadeServicer):
             ),
             degraded=answer.degraded,
             degraded_reason=answer.degraded_reason or "",
+            degraded_reason_code=answer.degraded_reason_code,
         )
 
     async def Classify(
@@ -97,7 +97,7 @@ class CascadeService(pb_grpc.CascadeServicer):
         try:
             return await self._answer(request, deadline(context))
         except RequestError as e:
-            await context.abort(e.code, str(e))
+            await abort(context, e.code, str(e))
 
     async def ClassifyStream(
         self, requests: AsyncIterator[pb.ClassifyRequest], context: grpc.aio.ServicerContext
