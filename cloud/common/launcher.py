@@ -1,17 +1,31 @@
-"""A server of this project run as a child process, for the demo, benchmarks and tests."""
+"""The one way this project starts a child process (Triton, HAProxy, an edge agent, a gateway).
+
+A child runs in a process group of its own (Ctrl-C in a terminal reaches only us; we stop it),
+gets SIGKILL when the thread that started it exits (PR_SET_PDEATHSIG), writes its output to a
+log file (or, without one, to our own stdout and stderr), and counts as started once its ready
+check holds. `stop` sends a polite signal (SIGTERM, or what the child prefers) and, after a
+grace period, SIGKILL to the whole group, so that grandchildren (Triton's python backend stubs)
+go too. Children of this project are started through the `edgecascade` entry point.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import ctypes
+import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
 
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)  # loaded here: no dlopen in the forked child
+POLL_S = 0.1  # how often a starting child's ready check runs
 
 
 def edgecascade_command(*args: str) -> list[str]:
@@ -24,61 +38,164 @@ def die_with_parent() -> None:
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-class ServiceProcess:
-    """Starts `args`, logging to `log_path`, and waits until `ready()` is true; stops with
-    SIGTERM, then SIGKILL. `ready` may raise while the server is coming up."""
+class ChildFailed(RuntimeError):
+    """A child exited or did not become ready while starting; the message ends with its log
+    tail."""
 
-    name = "service"
 
-    def __init__(self, args: Sequence[str], log_path: Path):
+class ChildProcess:
+    """`args` as a child process; override `ready` (it may raise while the child comes up).
+
+    `log_path` None: the child writes to our stdout and stderr. `stop_signal` asks the child to
+    stop; `grace_s` is how long it gets before the group is killed.
+    """
+
+    name = "child"
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        log_path: Path | None,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        stop_signal: signal.Signals = signal.SIGTERM,
+        grace_s: float = 10.0,
+    ) -> None:
         self.args = list(args)
         self.log_path = log_path
-        self._process: subprocess.Popen | None = None
+        self.env = None if env is None else dict(env)
+        self.cwd = cwd
+        self.stop_signal = stop_signal
+        self.grace_s = grace_s
+        self._process: subprocess.Popen[bytes] | None = None
+        self._stopped_with: int | None = None  # the exit status of a child that was stopped
 
     def ready(self) -> bool:
-        raise NotImplementedError
+        """Whether the child serves; the default: it is running."""
+        return True
 
-    def start(self, timeout_s: float = 60.0) -> ServiceProcess:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self._process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT)
+    @property
+    def pid(self) -> int | None:
+        """The child's pid (and process group id) while it runs."""
+        process = self._process
+        return process.pid if process is not None and process.poll() is None else None
+
+    @property
+    def returncode(self) -> int | None:
+        """The child's exit status once it has exited (-N: killed by signal N)."""
+        return self._stopped_with if self._process is None else self._process.poll()
+
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def launch(self) -> None:
+        """Start the child without waiting for it to be ready; call from the thread the child
+        should live as long as (see `die_with_parent`)."""
+        if self.is_running():
+            raise ChildFailed(f"{self.name} already running (pid {self.pid})")
+        log: IO[bytes] | None = None
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            log = open(self.log_path, "ab")  # noqa: SIM115 - the child holds it, we close ours
+        try:
+            self._process = subprocess.Popen(
+                self.args,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=None if log is None else subprocess.STDOUT,
+                env=self.env,
+                cwd=self.cwd,
+                start_new_session=True,
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - only a prctl call
+            )
+        finally:
+            if log is not None:
+                log.close()
+        atexit.register(self.stop)
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Poll `ready` until it holds; ChildFailed (and the child stopped) when the child exits
+        or `timeout_s` passes first."""
         deadline = time.monotonic() + timeout_s
         while True:
-            if self._process.poll() is not None:
-                raise RuntimeError(
-                    f"{self.name} exited ({self._process.returncode}):\n{self.log_tail()}"
-                )
+            code = self.returncode
+            if code is not None:
+                self.stop()
+                raise ChildFailed(f"{self.name} exited with status {code}{self._tail()}")
             try:
                 if self.ready():
-                    return self
+                    return
             except Exception:  # noqa: BLE001 - not up yet
                 pass
             if time.monotonic() > deadline:
                 self.stop()
-                raise TimeoutError(f"{self.name} not ready in {timeout_s:.0f}s:\n{self.log_tail()}")
-            time.sleep(0.1)
+                raise ChildFailed(f"{self.name} not ready after {timeout_s:g}s{self._tail()}")
+            time.sleep(POLL_S)
 
-    @property
-    def returncode(self) -> int | None:
-        return None if self._process is None else self._process.poll()
+    def start(self, timeout_s: float = 60.0) -> Self:
+        """Launch the child and wait until it is ready."""
+        self.launch()
+        self.wait_ready(timeout_s)
+        return self
 
-    def stop(self, grace_s: float = 10.0) -> None:
-        if self._process is None or self._process.poll() is not None:
+    def wait(self, timeout_s: float | None = None) -> int:
+        """Wait for the child to exit (subprocess.TimeoutExpired after `timeout_s`); its status."""
+        process = self._process
+        if process is None:
+            if self._stopped_with is None:
+                raise ChildFailed(f"{self.name} was never started")
+            return self._stopped_with
+        return process.wait(timeout_s)
+
+    async def exited(self) -> int:
+        """Wait, without blocking the event loop, for the child to exit; its status."""
+        return await asyncio.to_thread(self.wait)
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """`stop_signal` to the child, then SIGKILL to its whole group after `grace_s` (default:
+        the child's `grace_s`); idempotent."""
+        atexit.unregister(self.stop)
+        process, self._process = self._process, None
+        if process is None:
             return
-        self._process.terminate()
+        if process.poll() is None:
+            process.send_signal(self.stop_signal)
+            try:
+                process.wait(self.grace_s if grace_s is None else grace_s)
+            except subprocess.TimeoutExpired:
+                pass
         try:
-            self._process.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+            os.killpg(process.pid, signal.SIGKILL)  # what is left of the group
+        except ProcessLookupError:
+            pass  # the group is gone already
+        self._stopped_with = process.wait()
 
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+    async def stop_async(self, grace_s: float | None = None) -> None:
+        """`stop` without blocking the event loop."""
+        await asyncio.to_thread(self.stop, grace_s)
 
-    def __enter__(self):
+    def log_tail(self, lines: int = 40) -> str:
+        """The last `lines` lines of the log ("" without a log file)."""
+        if self.log_path is None:
+            return ""
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def _tail(self) -> str:
+        return "" if self.log_path is None else f" (log {self.log_path}):\n{self.log_tail()}"
+
+    def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
 

@@ -105,7 +105,7 @@ async def serve(
     with tempfile.TemporaryDirectory(prefix="edgecascade-gateway-") as tmp:
         config_path = Path(tmp) / "haproxy.cfg"
         config_path.write_text(config.render())
-        haproxy = HAProxy(config_path)
+        haproxy = HAProxy(config_path, config.listen)
         try:
             await haproxy.start()
             log.info("router gateway on %s -> %s", config.listen, ", ".join(urls))

@@ -22,12 +22,13 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgecascade.cloud.common.launcher import die_with_parent
+from edgecascade.cloud.common.launcher import ChildProcess
 
 KSERVE = "/inference.GRPCInferenceService/"
 MODEL_SYNC = "/edgecascade.v1.ModelSync/"
@@ -189,36 +190,43 @@ def check_config(path: Path) -> None:
 
 
 class HAProxy:
-    """HAProxy in the foreground as a child of this process (it dies with it; its warnings,
-    such as endpoints going down, land on our stderr); `stop` lets in-flight requests finish
-    (soft stop) for up to the grace period."""
+    """HAProxy in the foreground as a child of this process (it dies with it; without a log
+    file its warnings, such as endpoints going down, land on our stderr), ready once `listen`
+    (host:port) accepts connections; `stop` lets in-flight requests finish (soft stop, SIGUSR1)
+    for up to the grace period, then kills it. Start it from the event loop's thread, which
+    lives as long as the gateway."""
 
-    def __init__(self, config_path: Path):
+    def __init__(self, config_path: Path, listen: str, log_path: Path | None = None) -> None:
         self.config_path = config_path
-        self.process: asyncio.subprocess.Process | None = None
+        self.process = _HAProxyProcess(config_path, listen, log_path)
 
-    async def start(self) -> None:
+    async def start(self, timeout_s: float = 10.0) -> None:
+        """Check the configuration, launch HAProxy and wait (off the loop) until it listens."""
         check_config(self.config_path)
-        # Started from the event loop's thread, which lives as long as the gateway.
-        self.process = await asyncio.create_subprocess_exec(
-            haproxy_binary(),
-            "-db",
-            "-f",
-            str(self.config_path),
-            stdin=subprocess.DEVNULL,
-            preexec_fn=die_with_parent,  # noqa: PLW1509 - only a prctl call
-        )
+        self.process.launch()
+        await asyncio.to_thread(self.process.wait_ready, timeout_s)
 
     async def exited(self) -> int:
         """Wait for HAProxy to exit on its own; its exit status."""
-        return await self.process.wait()
+        return await self.process.exited()
 
     async def stop(self, grace_s: float) -> None:
-        if self.process is None or self.process.returncode is not None:
-            return
-        self.process.send_signal(signal.SIGUSR1)  # stop listening, finish what is in flight
-        try:
-            await asyncio.wait_for(self.process.wait(), grace_s + 1.0)
-        except TimeoutError:
-            self.process.kill()
-            await self.process.wait()
+        # HAProxy's own hard-stop-after (the same grace) comes first.
+        await self.process.stop_async(grace_s + 1.0)
+
+
+class _HAProxyProcess(ChildProcess):
+    name = "HAProxy"
+
+    def __init__(self, config_path: Path, listen: str, log_path: Path | None) -> None:
+        super().__init__(
+            [haproxy_binary(), "-db", "-f", str(config_path)],
+            log_path,
+            stop_signal=signal.SIGUSR1,  # stop listening, finish what is in flight
+        )
+        host, port = listen.rsplit(":", 1)
+        self._listen = (host.strip("[]"), int(port))
+
+    def ready(self) -> bool:
+        with socket.create_connection(self._listen, timeout=CHECK_TIMEOUT_S):
+            return True

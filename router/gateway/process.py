@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from edgecascade.cloud.common.launcher import ServiceProcess, edgecascade_command
+from edgecascade.cloud.common.launcher import ChildProcess, edgecascade_command
 from edgecascade.cloud.common.ports import free_port
 from edgecascade.cloud.common.transport import PLAINTEXT
 
 
-class GatewayProcess(ServiceProcess):
+class GatewayProcess(ChildProcess):
     """`edgecascade router serve` on a free loopback port, ready once it is live (its
     endpoints may or may not be ready); with `registry` it also serves ModelSync."""
 
@@ -23,7 +23,7 @@ class GatewayProcess(ServiceProcess):
         probe_interval_s: float = 0.5,
         registry: Path | None = None,
         metrics_port: int | None = None,
-    ):
+    ) -> None:
         self.port = free_port()
         self.url = f"127.0.0.1:{self.port}"
         super().__init__(
@@ -43,4 +43,4 @@ class GatewayProcess(ServiceProcess):
 
     def ready(self) -> bool:
         with PLAINTEXT.triton(self.url) as client:
-            return client.is_server_live(client_timeout=1.0)
+            return bool(client.is_server_live(client_timeout=1.0))

@@ -126,5 +126,5 @@ def test_failed_start_raises_with_the_log_tail(tmp_path: Path) -> None:
     (broken / "config.pbtxt").write_text('backend: "no_such_backend"\nmax_batch_size: 1\n')
     server = TritonServer(tmp_path / "repo", log_path=tmp_path / "triton.log")
     with pytest.raises(TritonServerError, match="no_such_backend"):
-        server.start(timeout=60)
+        server.start(timeout_s=60)
     assert not server.is_running()
