@@ -14,6 +14,7 @@ from prometheus_client.registry import Collector
 
 from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.router.cascade.cascade import Answers
+from edgecascade.router.cascade.degraded import DegradedReason
 
 # Triton's per-model counters, under Triton's exact names: prometheus_client would add `_total`
 # to a counter's name, so they are collected here and exposed untyped.
@@ -66,6 +67,8 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        for reason in DegradedReason:
+            self._degraded.labels(reason.value)  # every reason exposed from the start, at 0
         self._latency = Histogram(
             "edgecascade_latency_seconds",
             "Time per hop: edge (decode+preprocess+edge model), "
@@ -106,8 +109,9 @@ class Metrics:
             observe_cloud = self._latency.labels("cloud").observe
             for _ in range(escalations):
                 observe_cloud(answers.cloud_ms / 1e3)
-        if answers.degraded:
-            self._degraded.labels(answers.degraded_reason).inc(answers.degraded)
+        reason = answers.degraded_reason
+        if reason is not None and escalations:
+            self._degraded.labels(reason.value).inc(escalations)
 
     def failed(self, reason: str) -> None:
         """One request refused: REJECTED (overload), INVALID_ARGUMENT or OTHER."""

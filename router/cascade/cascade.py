@@ -7,9 +7,10 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+from numpy.typing import NDArray
 
 from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.cloud.common.preprocessing import (
@@ -20,13 +21,15 @@ from edgecascade.cloud.common.preprocessing import (
 )
 from edgecascade.router.cascade.breaker import CircuitBreaker
 from edgecascade.router.cascade.cloud_client import CloudClient, CloudError
+from edgecascade.router.cascade.degraded import DegradedReason
 from edgecascade.router.cascade.latency import LatencyTracker
 from edgecascade.router.policy.policies import ScorePolicy, member_logits, softmax
+from edgecascade.v1 import cascade_pb2 as pb
 
 # uint8 [N, H, W, C] prepared images -> logits [N, classes] ([N, members, classes] for an
 # ensemble), in one inference. An edge model that folds preprocessing takes colour-converted
 # frames of one shape at any size instead.
-EdgeInfer = Callable[[np.ndarray], Awaitable[np.ndarray]]
+EdgeInfer = Callable[[NDArray[Any]], Awaitable[NDArray[Any]]]
 
 # Below this much time left there is no point in starting a cloud call.
 MIN_CLOUD_BUDGET_S = 0.002
@@ -35,18 +38,24 @@ MIN_CLOUD_BUDGET_S = 0.002
 @dataclass(frozen=True)
 class Answer:
     pair: Manifest  # the model pair that produced this answer (versions, labels)
-    probabilities: np.ndarray
+    probabilities: NDArray[Any]
     tier: Literal["edge", "cloud"]
     edge_confidence: float
     edge_class_id: int
     edge_ms: float
     cloud_ms: float
-    degraded_reason: str | None
+    degraded_reason: DegradedReason | None
     bytes_to_cloud: int
 
     @property
     def degraded(self) -> bool:
         return self.degraded_reason is not None
+
+    @property
+    def degraded_reason_code(self) -> pb.DegradedReason:
+        """`degraded_reason` on the wire: DEGRADED_REASON_UNSPECIFIED when not degraded."""
+        reason = self.degraded_reason
+        return pb.DEGRADED_REASON_UNSPECIFIED if reason is None else reason.code
 
     def top_k(self, k: int) -> list[tuple[int, float]]:
         order = np.argsort(-self.probabilities, kind="stable")[:k]
@@ -60,13 +69,13 @@ class Answers:
     answered them all (`degraded_reason` None) or none, and they come back degraded."""
 
     pair: Manifest
-    probabilities: np.ndarray  # [N, K], the answering tier's
-    edge_confidence: np.ndarray  # [N]
-    edge_class_id: np.ndarray  # [N]
-    escalated: np.ndarray  # bool [N]: the policy sent these towards the cloud
+    probabilities: NDArray[Any]  # [N, K], the answering tier's
+    edge_confidence: NDArray[Any]  # [N]
+    edge_class_id: NDArray[Any]  # [N]
+    escalated: NDArray[Any]  # bool [N]: the policy sent these towards the cloud
     edge_ms: float
     cloud_ms: float  # from the edge answer to the escalation's end; 0 when none escalated
-    degraded_reason: str | None  # why the escalated images were answered at the edge
+    degraded_reason: DegradedReason | None  # why the escalated images were answered at the edge
     bytes_per_escalation: int  # bytes sent to the cloud per escalated image (0: no call made)
 
     def __len__(self) -> int:
@@ -84,7 +93,7 @@ class Answers:
     @property
     def tiers(self) -> list[str]:
         cloud = self.escalated if self.degraded_reason is None else np.zeros(len(self), bool)
-        return np.where(cloud, "cloud", "edge").tolist()
+        return [str(tier) for tier in np.where(cloud, "cloud", "edge")]
 
     def __getitem__(self, i: int) -> Answer:
         escalated = bool(self.escalated[i])
@@ -107,7 +116,7 @@ class Cascade:
     A cloud failure never fails the request: the edge answer comes back degraded. The cloud is
     called only when its expected latency fits the time left and the breaker lets it through,
     and never when the cloud does not hold the version the manifest pairs with the edge model
-    (`mismatch` says why; escalations then come back degraded with `version-mismatch`).
+    (`mismatch` says why; escalations then come back degraded with VERSION_MISMATCH).
     `edge_folds`: the edge model crops and resizes itself; it gets colour-converted frames, one
     inference per frame shape in the batch."""
 
@@ -133,7 +142,7 @@ class Cascade:
         self.mismatch: str | None = None
 
     async def classify(
-        self, image: np.ndarray, *, received_at: float, deadline: float | None = None
+        self, image: NDArray[Any], *, received_at: float, deadline: float | None = None
     ) -> Answer:
         """`image` is decoded (uint8 [H, W] or [H, W, C]); times are time.perf_counter()."""
         answers = await self.classify_batch([image], received_at=received_at, deadline=deadline)
@@ -141,7 +150,7 @@ class Cascade:
 
     async def classify_batch(
         self,
-        images: Sequence[np.ndarray],
+        images: Sequence[NDArray[Any]],
         *,
         received_at: float,
         deadline: float | None = None,
@@ -174,8 +183,8 @@ class Cascade:
         )
 
     async def _edge_logits(
-        self, images: Sequence[np.ndarray]
-    ) -> tuple[np.ndarray, np.ndarray | None]:
+        self, images: Sequence[NDArray[Any]]
+    ) -> tuple[NDArray[Any], NDArray[Any] | None]:
         """Edge logits [N, members, K] of the images and, for a mirroring policy, of their
         mirrors: one inference of the N (or 2N) views."""
         n = len(images)
@@ -183,7 +192,7 @@ class Cascade:
         logits = member_logits(logits)
         return logits[:n], logits[n:] if self.policy.mirror else None
 
-    async def _infer(self, images: Sequence[np.ndarray]) -> np.ndarray:
+    async def _infer(self, images: Sequence[NDArray[Any]]) -> NDArray[Any]:
         spec = self.manifest.edge.preprocessing
         if not self._edge_folds:
             batch = await off_loop(images, prepare_batch, images, spec)
@@ -196,8 +205,8 @@ class Cascade:
         return logits
 
     async def _ask_cloud(
-        self, images: list[np.ndarray], deadline: float | None
-    ) -> tuple[str | None, int, np.ndarray | None]:
+        self, images: list[NDArray[Any]], deadline: float | None
+    ) -> tuple[DegradedReason | None, int, NDArray[Any] | None]:
         """One cloud call for `images`: (None, bytes sent per image, probabilities [n, K]), or
         (the degraded reason, bytes sent per image, None) when the cloud is not or cannot be
         asked."""
@@ -205,13 +214,13 @@ class Cascade:
         if deadline is not None:
             timeout = min(timeout, deadline - time.perf_counter())
         if self._cloud is None:
-            return "cloud-unavailable", 0, None
+            return DegradedReason.CLOUD_UNAVAILABLE, 0, None
         if self.mismatch:
-            return "version-mismatch", 0, None
+            return DegradedReason.VERSION_MISMATCH, 0, None
         if timeout < MIN_CLOUD_BUDGET_S or not self.latency.fits(timeout):
-            return "deadline", 0, None
+            return DegradedReason.DEADLINE, 0, None
         if not self.breaker.allow():
-            return "cloud-unavailable", 0, None
+            return DegradedReason.CLOUD_UNAVAILABLE, 0, None
         batch = await off_loop(images, prepare_batch, images, self.manifest.cloud.preprocessing)
         per_image = batch[0].nbytes
         sent = time.perf_counter()
@@ -224,13 +233,13 @@ class Cascade:
         self.breaker.success()
         return None, per_image, softmax(np.asarray(logits, np.float64))
 
-    def _cloud_failed(self, reason: str, timeout_s: float, elapsed_s: float) -> None:
+    def _cloud_failed(self, reason: DegradedReason, timeout_s: float, elapsed_s: float) -> None:
         """A timeout is a latency sample too; one cut short by the caller's own budget says
         nothing about the cloud's health, so only the others count towards the breaker."""
-        if reason == "version-mismatch":  # the cloud is up, without our version: no outage
+        if reason is DegradedReason.VERSION_MISMATCH:  # the cloud is up without our version
             self.mismatch = "the cloud does not serve the paired version"
             return
-        if reason == "cloud-timeout":
+        if reason is DegradedReason.CLOUD_TIMEOUT:
             self.latency.record(elapsed_s)
             if timeout_s < self._cloud_timeout_s:
                 return

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Any
+
 import tritonclient.grpc as grpcclient
+from numpy.typing import NDArray
 from tritonclient.utils import InferenceServerException
 
 from edgecascade.cloud.common.manifest import (
@@ -14,6 +16,7 @@ from edgecascade.cloud.common.manifest import (
     ModelSpec,
 )
 from edgecascade.cloud.common.transport import FAST_RECONNECT, PLAINTEXT, retry_options
+from edgecascade.router.cascade.degraded import DegradedReason
 
 # An inference whose server went away (UNAVAILABLE: connection lost, or a gateway with no
 # endpoint left for it) is sent once more, within the caller's deadline; through a gateway it
@@ -27,20 +30,20 @@ CLOUD_CHANNEL_OPTIONS = [
 class CloudError(Exception):
     """The cloud could not answer; `reason` is the degraded reason reported to clients."""
 
-    def __init__(self, reason: str, detail: str):
+    def __init__(self, reason: DegradedReason, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
 
 
-def _reason(status: str | None) -> str:
+def _reason(status: str | None) -> DegradedReason:
     if status == "StatusCode.DEADLINE_EXCEEDED":
-        return "cloud-timeout"
+        return DegradedReason.CLOUD_TIMEOUT
     if status in ("StatusCode.UNAVAILABLE", "StatusCode.CANCELLED"):
-        return "cloud-unavailable"
+        return DegradedReason.CLOUD_UNAVAILABLE
     if status == "StatusCode.NOT_FOUND":  # Triton: unknown model or version
-        return "version-mismatch"
-    return "cloud-error"
+        return DegradedReason.VERSION_MISMATCH
+    return DegradedReason.CLOUD_ERROR
 
 
 class CloudClient:
@@ -54,11 +57,12 @@ class CloudClient:
         self.spec = spec
         self._client = PLAINTEXT.triton_aio(url, options=CLOUD_CHANNEL_OPTIONS)
 
-    async def infer(self, image: np.ndarray, timeout_s: float) -> np.ndarray:
+    async def infer(self, image: NDArray[Any], timeout_s: float) -> NDArray[Any]:
         """Logits [classes] for one uint8 [H, W, C] image, or CloudError within `timeout_s`."""
-        return (await self.infer_batch(image[None], timeout_s))[0]
+        logits: NDArray[Any] = (await self.infer_batch(image[None], timeout_s))[0]
+        return logits
 
-    async def infer_batch(self, batch: np.ndarray, timeout_s: float) -> np.ndarray:
+    async def infer_batch(self, batch: NDArray[Any], timeout_s: float) -> NDArray[Any]:
         """Logits [N, classes] for uint8 [N, H, W, C] images, or CloudError."""
         tensor = grpcclient.InferInput(INPUT_NAME, list(batch.shape), "UINT8")
         tensor.set_data_from_numpy(batch)
@@ -72,18 +76,22 @@ class CloudClient:
             )
         except InferenceServerException as e:
             raise CloudError(_reason(e.status()), e.message() or str(e)) from e
-        logits = result.as_numpy(OUTPUT_NAME)
+        logits: NDArray[Any] | None = result.as_numpy(OUTPUT_NAME)
         if logits is None:
-            raise CloudError("cloud-error", f"response has no {OUTPUT_NAME!r} output")
+            raise CloudError(DegradedReason.CLOUD_ERROR, f"response has no {OUTPUT_NAME!r} output")
         if len(logits) != len(batch):
-            raise CloudError("cloud-error", f"{len(logits)} rows of logits for {len(batch)} images")
+            raise CloudError(
+                DegradedReason.CLOUD_ERROR, f"{len(logits)} rows of logits for {len(batch)} images"
+            )
         return logits
 
     async def ready(self, timeout_s: float = 1.0) -> bool:
         """Whether the pinned model version is ready to serve."""
         try:
-            return await self._client.is_model_ready(
-                self.spec.name, str(self.spec.version), client_timeout=timeout_s
+            return bool(
+                await self._client.is_model_ready(
+                    self.spec.name, str(self.spec.version), client_timeout=timeout_s
+                )
             )
         except InferenceServerException:
             return False

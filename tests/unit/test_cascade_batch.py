@@ -9,6 +9,7 @@ import pytest
 from edgecascade.router.cascade.breaker import CircuitBreaker
 from edgecascade.router.cascade.cascade import Cascade
 from edgecascade.router.cascade.cloud_client import CloudError
+from edgecascade.router.cascade.degraded import DegradedReason
 from edgecascade.router.cascade.latency import LatencyTracker
 from edgecascade.router.policy.policies import MaxProbabilityPolicy
 from tests.unit.test_cascade_routing import CLOUD, CONFIDENT, UNSURE, FakeCloud, manifest
@@ -50,7 +51,7 @@ def test_one_edge_inference_and_one_cloud_call_with_only_the_unsure_images():
 
 
 def test_a_cloud_failure_degrades_only_the_escalated_images_and_counts_once():
-    cloud = FakeCloud(CloudError("cloud-unavailable", "down"))
+    cloud = FakeCloud(CloudError(DegradedReason.CLOUD_UNAVAILABLE, "down"))
     c = build(cloud, [], breaker=CircuitBreaker(failures=2, cooldown_s=60))
     answers = classify_batch(c, images())
     assert [answers[i].degraded_reason for i in range(4)] == [

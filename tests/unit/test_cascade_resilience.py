@@ -8,6 +8,7 @@ import numpy as np
 from edgecascade.router.cascade.breaker import CircuitBreaker
 from edgecascade.router.cascade.cascade import Cascade
 from edgecascade.router.cascade.cloud_client import CloudError
+from edgecascade.router.cascade.degraded import DegradedReason
 from edgecascade.router.cascade.latency import LatencyTracker
 from edgecascade.router.policy.policies import MaxProbabilityPolicy
 from tests.unit.test_cascade_routing import UNSURE, FakeCloud, manifest
@@ -47,7 +48,7 @@ def test_successful_calls_feed_the_latency_tracker():
 
 
 def test_repeated_failures_open_the_breaker_and_stop_cloud_calls():
-    cloud = FakeCloud(CloudError("cloud-unavailable", "down"))
+    cloud = FakeCloud(CloudError(DegradedReason.CLOUD_UNAVAILABLE, "down"))
     c = build(cloud, breaker=CircuitBreaker(failures=3, cooldown_s=60))
     reasons = [classify(c).degraded_reason for _ in range(6)]
     assert reasons == ["cloud-unavailable"] * 6
@@ -55,7 +56,7 @@ def test_repeated_failures_open_the_breaker_and_stop_cloud_calls():
 
 
 def test_a_half_open_probe_that_succeeds_closes_the_breaker():
-    cloud = FakeCloud(CloudError("cloud-error", "500"))
+    cloud = FakeCloud(CloudError(DegradedReason.CLOUD_ERROR, "500"))
     c = build(cloud, breaker=CircuitBreaker(failures=2, cooldown_s=0.0))
     classify(c), classify(c)
     assert c.breaker.state == "half-open"
@@ -64,7 +65,7 @@ def test_a_half_open_probe_that_succeeds_closes_the_breaker():
 
 
 def test_a_timeout_cut_short_by_the_callers_budget_does_not_count_against_the_cloud():
-    cloud = FakeCloud(CloudError("cloud-timeout", "slow"))
+    cloud = FakeCloud(CloudError(DegradedReason.CLOUD_TIMEOUT, "slow"))
     c = build(cloud, breaker=CircuitBreaker(failures=1, cooldown_s=60))
     assert classify(c, deadline_s=0.3).degraded_reason == "cloud-timeout"
     assert c.breaker.state == "closed" and c.latency.ewma_s is not None

@@ -15,6 +15,7 @@ from edgecascade.cloud.common.manifest import (
 )
 from edgecascade.router.cascade.cascade import Cascade
 from edgecascade.router.cascade.cloud_client import CloudError
+from edgecascade.router.cascade.degraded import DegradedReason
 from edgecascade.router.policy.policies import MaxProbabilityPolicy
 
 LABELS = ["a", "b", "c"]
@@ -87,7 +88,10 @@ def test_unsure_input_goes_to_the_cloud_in_the_cloud_spec():
     assert cloud.shapes == [(1, 16, 16, 1)] and answer.bytes_to_cloud == 256
 
 
-@pytest.mark.parametrize("reason", ["cloud-unavailable", "cloud-timeout", "cloud-error"])
+@pytest.mark.parametrize(
+    "reason",
+    [DegradedReason.CLOUD_UNAVAILABLE, DegradedReason.CLOUD_TIMEOUT, DegradedReason.CLOUD_ERROR],
+)
 def test_cloud_failure_returns_the_edge_answer_degraded(reason):
     answer = run(cascade(UNSURE, FakeCloud(CloudError(reason, "boom"))))
     assert answer.tier == "edge" and answer.degraded_reason == reason

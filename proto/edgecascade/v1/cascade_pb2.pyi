@@ -12,9 +12,24 @@ class Tier(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TIER_UNSPECIFIED: _ClassVar[Tier]
     EDGE: _ClassVar[Tier]
     CLOUD: _ClassVar[Tier]
+
+class DegradedReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DEGRADED_REASON_UNSPECIFIED: _ClassVar[DegradedReason]
+    CLOUD_UNAVAILABLE: _ClassVar[DegradedReason]
+    CLOUD_TIMEOUT: _ClassVar[DegradedReason]
+    CLOUD_ERROR: _ClassVar[DegradedReason]
+    DEADLINE: _ClassVar[DegradedReason]
+    VERSION_MISMATCH: _ClassVar[DegradedReason]
 TIER_UNSPECIFIED: Tier
 EDGE: Tier
 CLOUD: Tier
+DEGRADED_REASON_UNSPECIFIED: DegradedReason
+CLOUD_UNAVAILABLE: DegradedReason
+CLOUD_TIMEOUT: DegradedReason
+CLOUD_ERROR: DegradedReason
+DEADLINE: DegradedReason
+VERSION_MISMATCH: DegradedReason
 
 class RawImage(_message.Message):
     __slots__ = ("shape", "data")
@@ -77,7 +92,7 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ClassifyResponse(_message.Message):
-    __slots__ = ("request_id", "top_k", "tier", "edge_confidence", "edge_class_id", "versions", "timings", "degraded", "degraded_reason", "error")
+    __slots__ = ("request_id", "top_k", "tier", "edge_confidence", "edge_class_id", "versions", "timings", "degraded", "degraded_reason", "error", "degraded_reason_code")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +103,7 @@ class ClassifyResponse(_message.Message):
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_REASON_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_REASON_CODE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     top_k: _containers.RepeatedCompositeFieldContainer[Prediction]
     tier: Tier
@@ -98,7 +114,8 @@ class ClassifyResponse(_message.Message):
     degraded: bool
     degraded_reason: str
     error: Error
-    def __init__(self, request_id: _Optional[str] = ..., top_k: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., tier: _Optional[_Union[Tier, str]] = ..., edge_confidence: _Optional[float] = ..., edge_class_id: _Optional[int] = ..., versions: _Optional[_Union[ModelVersions, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., degraded: _Optional[bool] = ..., degraded_reason: _Optional[str] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    degraded_reason_code: DegradedReason
+    def __init__(self, request_id: _Optional[str] = ..., top_k: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., tier: _Optional[_Union[Tier, str]] = ..., edge_confidence: _Optional[float] = ..., edge_class_id: _Optional[int] = ..., versions: _Optional[_Union[ModelVersions, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., degraded: _Optional[bool] = ..., degraded_reason: _Optional[str] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., degraded_reason_code: _Optional[_Union[DegradedReason, str]] = ...) -> None: ...
 
 class GetStatusRequest(_message.Message):
     __slots__ = ()
