@@ -29,6 +29,7 @@ import cv2
 import nncf
 import numpy as np
 import openvino as ov
+from numpy.typing import NDArray
 
 from edgecascade.cloud.build.datasets import LabelledImages, fashion, imagenet_smoke
 from edgecascade.cloud.build.families import FAMILIES, WEIGHTS_DIR, Family
@@ -41,7 +42,13 @@ from edgecascade.cloud.common.manifest import (
     sha256_file,
 )
 from edgecascade.cloud.common.paths import edge_model_file, family_dir
-from edgecascade.cloud.common.preprocessing import decode_image, mirrored, prepare
+from edgecascade.cloud.common.preprocessing import (
+    Image,
+    decode_image,
+    from_cv2,
+    mirrored,
+    prepare,
+)
 
 Progress = Callable[[str], None]
 
@@ -190,7 +197,7 @@ class _Data:
 
     edge: LabelledImages
     cloud: LabelledImages
-    calibration: np.ndarray
+    calibration: NDArray[np.uint8]  # [N, H, W, C]
     notes: dict[str, str]
 
 
@@ -233,7 +240,7 @@ def _data(family: Family) -> _Data:
     )
 
 
-def _random_crop(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _random_crop(image: Image, rng: np.random.Generator) -> Image:
     """A random crop of 35-100% of the area with aspect 3/4-4/3, flipped half the time."""
     h, w = image.shape[:2]
     area = rng.uniform(0.35, 1.0) * h * w
@@ -241,7 +248,7 @@ def _random_crop(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     ch, cw = min(h, round((area / aspect) ** 0.5)), min(w, round((area * aspect) ** 0.5))
     top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
     crop = image[top : top + ch, left : left + cw]
-    return cv2.flip(crop, 1) if rng.random() < 0.5 else np.ascontiguousarray(crop)
+    return from_cv2(cv2.flip(crop, 1)) if rng.random() < 0.5 else np.ascontiguousarray(crop)
 
 
 def _ir_files(xml: str) -> list[str]:
@@ -252,20 +259,21 @@ def _hashes(out: Path, *rels: str) -> dict[str, str]:
     return {rel: sha256_file(out / rel) for rel in rels}
 
 
-def _logits(model: ov.CompiledModel, images: np.ndarray) -> np.ndarray:
+def _logits(model: ov.CompiledModel, images: NDArray[np.uint8]) -> NDArray[np.float32]:
     """Batched inference: float32 logits [N, classes] ([N, members, classes] for an ensemble)."""
-    return np.concatenate(
-        [model(images[i : i + BATCH])[0] for i in range(0, len(images), BATCH)]
-    ).astype(np.float32)
+    parts: list[NDArray[np.float32]] = [
+        model(images[i : i + BATCH])[0] for i in range(0, len(images), BATCH)
+    ]
+    return np.concatenate(parts).astype(np.float32)
 
 
-def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+def _accuracy(logits: NDArray[np.float32], labels: NDArray[np.int64]) -> float:
     """Top-1 accuracy; of member 0, the one that answers, for an ensemble."""
     answers = logits[:, 0] if logits.ndim == 3 else logits
     return float((answers.argmax(-1) == labels).mean())
 
 
-def _latency_ms(core: ov.Core, out: Path, image: np.ndarray) -> dict[str, float]:
+def _latency_ms(core: ov.Core, out: Path, image: NDArray[np.uint8]) -> dict[str, float]:
     """Single-image p50 latency of the FP32 and INT8 edge models, measured interleaved."""
     requests = {}
     for key, rel, config in [("fp32", EDGE_FP32, F32), ("int8", EDGE_INT8, {})]:

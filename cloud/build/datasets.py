@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from numpy.typing import NDArray
 
 FASHION_DIR_DEFAULT = "/usr/share/datasets/fashion-mnist"
 FASHION_LABELS = [
@@ -32,8 +33,8 @@ Split = Literal["train", "calibration", "test"]
 class LabelledImages:
     """uint8 images [N, H, W] or [N, H, W, C] with int64 labels [N]."""
 
-    images: np.ndarray
-    labels: np.ndarray
+    images: NDArray[np.uint8]
+    labels: NDArray[np.int64]
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -52,7 +53,7 @@ def fashion_dir() -> Path:
     return path
 
 
-def _read_idx(path: Path) -> np.ndarray:
+def _read_idx(path: Path) -> NDArray[np.uint8]:
     with gzip.open(path, "rb") as f:
         data = f.read()
     ndim = data[3]

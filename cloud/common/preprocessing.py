@@ -170,12 +170,12 @@ def decode_image(data: bytes) -> Image:
     if image.ndim == 3:
         code = cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB
         image = cv2.cvtColor(image, code)
-    return _uint8(image)
+    return from_cv2(image)
 
 
-def _uint8(image: cv2.typing.MatLike) -> Image:
-    """A cv2 result on uint8 pixels, which is uint8 again (cv2's stubs type every result as
-    any numeric matrix)."""
+def from_cv2(image: cv2.typing.MatLike) -> Image:
+    """A cv2 result on uint8 pixels, which is uint8 again, typed as such (cv2's stubs type every
+    result as any numeric matrix)."""
     return cast(Image, image)
 
 
@@ -220,7 +220,7 @@ def prepare(image: Image, spec: Preprocessing) -> Image:
         nh, nw = _resized(h, w, spec)
         if (nh, nw) != (h, w):
             interp = cv2.INTER_AREA if spec.resize_short < min(h, w) else cv2.INTER_LINEAR
-            image = _uint8(cv2.resize(image, (nw, nh), interpolation=interp))
+            image = from_cv2(cv2.resize(image, (nw, nh), interpolation=interp))
         top, left = (nh - spec.size) // 2, (nw - spec.size) // 2
         image = image[top : top + spec.size, left : left + spec.size]
     if image.ndim == 2:
@@ -318,5 +318,5 @@ def _to_color(image: Image, color: str) -> Image:
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
     if color == "gray":
-        return image if image.ndim == 2 else _uint8(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY))
-    return image if image.ndim == 3 else _uint8(cv2.cvtColor(image, cv2.COLOR_GRAY2RGB))
+        return image if image.ndim == 2 else from_cv2(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY))
+    return image if image.ndim == 3 else from_cv2(cv2.cvtColor(image, cv2.COLOR_GRAY2RGB))

@@ -1,9 +1,10 @@
-"""Train the Fashion-MNIST edge and cloud CNNs and export them to ONNX (needs the "build" extra).
+r"""Train the Fashion-MNIST edge and cloud CNNs and export them to ONNX (needs the "build" extra).
 
 Reproducible: fixed seed, deterministic kernels, 2 threads. Trains on the train split only;
 reports accuracy on the calibration split (the test split is never touched here).
 
-    python -m edgecascade.cloud.build.families.fashion_train [--tier edge|cloud|both] [--epochs 5] [--members 3]
+    python -m edgecascade.cloud.build.families.fashion_train \
+        [--tier edge|cloud|both] [--epochs 5] [--members 3]
 
 The edge model is an ensemble of `--members` copies of the edge CNN, trained alike from seeds
 seed, seed + 1, ...: one graph whose output is [N, members, K] logits. Member 0 answers; the
@@ -86,7 +87,7 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> fl
     return correct / len(labels)
 
 
-def train(tier: str, epochs: int, seed: int, batch_size: int = 128) -> nn.Module:
+def train(tier: str, epochs: int, seed: int, batch_size: int = 128) -> Uint8Nhwc:
     """Train one tier, reporting calibration-split accuracy per epoch; return the uint8 model."""
     torch.manual_seed(seed)
     model = Uint8Nhwc(NETS[tier](), PIXEL_MEAN, PIXEL_STD)

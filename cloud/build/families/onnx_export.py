@@ -24,7 +24,8 @@ class Uint8Nhwc(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = image.permute(0, 3, 1, 2).to(torch.float32)
-        return self.net((x - self.offset) / self.scale)
+        logits: torch.Tensor = self.net((x - self.offset) / self.scale)
+        return logits
 
 
 def export_onnx(model: nn.Module, path: Path, size: int, channels: int) -> Path:
