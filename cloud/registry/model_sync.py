@@ -13,6 +13,7 @@ import hashlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import NoReturn
 
 import grpc
 
@@ -22,6 +23,15 @@ from edgecascade.v1 import model_sync_pb2_grpc as pb_grpc
 
 CHUNK_BYTES = 256 * 1024
 POLL_INTERVAL_S = 0.2
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext, code: grpc.StatusCode, details: str
+) -> NoReturn:
+    """`context.abort(code, details)`, which always raises (grpc.aio.AbortError): typed so,
+    since grpc ships no type information."""
+    await context.abort(code, details)
+    raise AssertionError("grpc.aio.ServicerContext.abort returned")  # it never does
 
 
 class ModelSyncService(pb_grpc.ModelSyncServicer):
@@ -40,9 +50,9 @@ class ModelSyncService(pb_grpc.ModelSyncServicer):
         try:
             return self._response(request.family, request.version)
         except NotFound as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            await _abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
         except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
     async def WatchManifests(
         self, request: pb.WatchManifestsRequest, context: grpc.aio.ServicerContext
@@ -51,10 +61,11 @@ class ModelSyncService(pb_grpc.ModelSyncServicer):
         try:
             self.registry.check_family(family)
         except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         self._refresh()
         if family not in self._current:
-            await context.abort(
+            await _abort(
+                context,
                 grpc.StatusCode.NOT_FOUND,
                 f"family {family!r} has no published version (known: {sorted(self._current)})",
             )
@@ -69,7 +80,7 @@ class ModelSyncService(pb_grpc.ModelSyncServicer):
                     try:
                         response = self._response(family, version)
                     except ValueError as exc:  # a manifest that leads outside the registry
-                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                        await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
                     yield response
                     last = version
                 await changed.wait()
@@ -86,14 +97,15 @@ class ModelSyncService(pb_grpc.ModelSyncServicer):
             path = await self._verified_blob(request.sha256)
         except ValueError as exc:
             code = grpc.StatusCode.DATA_LOSS if isinstance(exc, CorruptBlob) else None
-            await context.abort(code or grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await _abort(context, code or grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except NotFound as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            await _abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
         blob = await asyncio.to_thread(open, path, "rb")
         try:
             size = os.fstat(blob.fileno()).st_size
             if request.offset > size:
-                await context.abort(
+                await _abort(
+                    context,
                     grpc.StatusCode.OUT_OF_RANGE,
                     f"offset {request.offset} is past the end of artifact {request.sha256} "
                     f"({size} bytes)",

@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from edgecascade.cloud.common.manifest import Manifest, ModelSpec, artifact_path, sha256_file
 from edgecascade.cloud.common.paths import family_dir, registry_root
@@ -273,7 +274,7 @@ def _files(manifest: Manifest) -> dict[str, str]:
     return {**manifest.edge.files, **manifest.cloud.files}
 
 
-def _model_key(spec: ModelSpec) -> dict:
+def _model_key(spec: ModelSpec) -> dict[str, Any]:
     """What makes a model a different model (not its version number or measured metrics)."""
     return spec.model_dump(exclude={"version", "metrics"})
 

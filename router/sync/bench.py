@@ -12,6 +12,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +25,7 @@ from edgecascade.v1 import model_sync_pb2 as pb
 from edgecascade.v1 import model_sync_pb2_grpc as pb_grpc
 
 
-def run_bench(report: Path, size_mib: int = 64, repeats: int = 5) -> dict:
+def run_bench(report: Path, size_mib: int = 64, repeats: int = 5) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="edgecascade-bench-sync-") as tmp:
         result = asyncio.run(_bench(Path(tmp), size_mib, repeats))
     report.parent.mkdir(parents=True, exist_ok=True)
@@ -32,7 +33,7 @@ def run_bench(report: Path, size_mib: int = 64, repeats: int = 5) -> dict:
     return result
 
 
-async def _bench(tmp: Path, size_mib: int, repeats: int) -> dict:
+async def _bench(tmp: Path, size_mib: int, repeats: int) -> dict[str, Any]:
     source = _family(tmp / "build", size_mib)
     registry = Registry(tmp / "registry")
     manifest = registry.publish("bench", source).manifest

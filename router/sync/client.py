@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 
 import grpc
@@ -153,7 +153,7 @@ async def watch_manifests(
     family: str,
     after_version: int = 0,
     on_invalid: Callable[[InvalidManifest], None] | None = None,
-) -> AsyncIterator[Manifest]:
+) -> AsyncGenerator[Manifest, None]:
     """The family's current manifest whenever it changes (not `after_version`), for ever.
 
     A dropped stream is opened again (backoff up to MAX_BACKOFF_S), after the last version seen.
