@@ -12,9 +12,16 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import triton_python_backend_utils as pb_utils
+
+if TYPE_CHECKING:  # imported in initialize, once site_packages is on sys.path
+    import numpy as np
+    from numpy.typing import NDArray
+
+    Images = NDArray[np.uint8]  # [N, H, W, C]
+    Logits = NDArray[np.float32]  # [N, classes]
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
@@ -51,7 +58,8 @@ class TritonPythonModel:
         """One OpenVINO inference over all requests' images, split back per request."""
         np = self.np
         responses: list[Any] = [None] * len(requests)
-        images, owners = [], []
+        images: list[Images] = []
+        owners: list[int] = []
         for i, request in enumerate(requests):
             try:
                 images.append(pb_utils.get_input_tensor_by_name(request, INPUT_NAME).as_numpy())
@@ -73,8 +81,12 @@ class TritonPythonModel:
     def finalize(self) -> None:
         self.infer_request = None
 
-    def _infer(self, batch: Any) -> Any:
-        return self.infer_request.infer({INPUT_NAME: batch})[self.output].astype(self.np.float32)
+    def _infer(self, batch: Images) -> Logits:
+        """float32 logits [N, classes] for uint8 [N, H, W, C] images."""
+        logits: Logits = self.infer_request.infer({INPUT_NAME: batch})[self.output].astype(
+            self.np.float32
+        )
+        return logits
 
 
 def _error(exc: Exception) -> Any:
