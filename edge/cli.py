@@ -6,17 +6,31 @@ import json
 import signal
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
+from edgecascade.cloud.common.serving import user_errors
 from edgecascade.cloud.registry import commands as registry_commands
 from edgecascade.cloud.triton import commands as cloud_commands
 from edgecascade.edge import commands as edge_commands
+from edgecascade.edge.tools.families import built_family, known_family
 from edgecascade.router import commands as router_commands
 
+
+class Commands(TyperGroup):
+    """The top-level group: every command runs inside `user_errors`, so a user's mistake is
+    one `error: ...` line and exit code 2 (with the entry point and with typer's CliRunner)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        with user_errors():
+            return super().main(*args, **kwargs)
+
+
 app = typer.Typer(
+    cls=Commands,
     help="Edge-to-cloud inference cascade: OpenVINO at the edge, Triton in the cloud.",
     no_args_is_help=True,
 )
@@ -63,7 +77,8 @@ def models_build(
     from edgecascade.cloud.common.paths import manifest_path
     from edgecascade.router.policy.calibration import calibrate_manifest
 
-    for name in family or list(FAMILIES):
+    names = [known_family(name) for name in family or FAMILIES]
+    for name in names:
         with console.status(f"building {name}"):
             manifest = build_family(name)
         calibrated = calibrate_manifest(manifest_path(name))
@@ -150,6 +165,7 @@ def bench_preprocessing(
     """Crop and resize in cv2 vs folded into the edge model, interleaved, on real photos."""
     from edgecascade.edge.tools.bench_preprocessing import run_bench
 
+    built_family(family)
     path = report or Path("reports") / f"bench-preprocessing-{family}.json"
     console.print_json(data=run_bench(family, path, rounds))
 

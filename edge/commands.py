@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from edgecascade.cloud.common.serving import log_to_stderr, run_until_signalled
+from edgecascade.cloud.common.errors import UserError
+from edgecascade.cloud.common.serving import check_address, log_to_stderr, run_until_signalled
 from edgecascade.edge.serving.server import serve
 from edgecascade.edge.sources.base import describe_kinds, source_kinds
 
@@ -81,6 +82,7 @@ def serve_command(
     """Serve the Cascade and KServe v2 gRPC APIs until SIGINT/SIGTERM. Settings come from
     --config (TOML), then EDGECASCADE_<SETTING> environment variables, then these options."""
     from edgecascade.edge.serving.config import ConfigError, load_settings
+    from edgecascade.edge.tools.families import built_family
 
     try:
         settings = load_settings(
@@ -106,8 +108,12 @@ def serve_command(
             fold_preprocessing=fold_preprocessing,
         )
     except ConfigError as e:
-        typer.echo(f"edgecascade edge serve: {e}", err=True)
-        raise typer.Exit(2) from None
+        raise UserError(str(e)) from None
+    for name, address in (("cloud_url", settings.cloud_url), ("sync_url", settings.sync_url)):
+        if address:
+            check_address(name, address)
+    if settings.sync_url is None:  # else a family not built here is fetched from ModelSync
+        built_family(settings.family, settings.artifacts)
     run_until_signalled(lambda stop: serve(settings, stop))
 
 
@@ -153,9 +159,15 @@ def run_command(
 
     from rich.console import Console
 
+    from edgecascade.edge.tools.families import built_family
     from edgecascade.edge.tools.process import EdgeProcess
     from edgecascade.edge.tools.runner import run
 
+    for option, address in (("--agent", agent), ("--cloud-url", cloud_url), ("--sink", sink)):
+        if address is not None:
+            check_address(option, address)
+    if agent is None:
+        built_family(family)
     log_to_stderr()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,25 +1,56 @@
-"""Run a grpc.aio server coroutine from a command until SIGINT or SIGTERM."""
+"""What every command shares: logging to stderr, running a grpc.aio server coroutine until
+SIGINT or SIGTERM, checking the addresses it is given, and turning the user's mistakes into
+one line on stderr and exit code 2."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 
+from edgecascade.cloud.common.errors import UserError
 from edgecascade.cloud.common.transport import PortInUse
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+USAGE_EXIT_CODE = 2
+# a DNS name or IPv4 address, or an IPv6 address in brackets
+_HOST = re.compile(r"[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]")
 
 
 def log_to_stderr() -> None:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
 
 
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """A UserError (or a PortInUse) raised inside is `error: <message>` on stderr and exit
+    code 2, without a traceback. The CLI's entry point runs every command inside it."""
+    try:
+        yield
+    except (UserError, PortInUse) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(USAGE_EXIT_CODE) from None
+
+
+def check_address(what: str, address: str) -> str:
+    """`address` if it is HOST:PORT (port 1-65535); else a UserError that names `what`."""
+    host, colon, port = address.rpartition(":")
+    if not (colon and _HOST.fullmatch(host) and port.isascii() and port.isdigit()):
+        raise UserError(
+            f"{what} {address!r} is not HOST:PORT (e.g. 127.0.0.1:8001 or [::1]:8001, "
+            "without a scheme or a path)"
+        )
+    if not 0 < int(port) < 65536:
+        raise UserError(f"{what} {address!r}: port {port} is not between 1 and 65535")
+    return address
+
+
 def run_until_signalled(serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Log to stderr and run `serve(stop)`; SIGINT or SIGTERM sets `stop`. A port in use is
-    one line on stderr and exit code 2."""
+    """Log to stderr and run `serve(stop)`; SIGINT or SIGTERM sets `stop`."""
     log_to_stderr()
 
     async def main() -> None:
@@ -29,8 +60,4 @@ def run_until_signalled(serve: Callable[[asyncio.Event], Awaitable[None]]) -> No
             loop.add_signal_handler(sig, stop.set)
         await serve(stop)
 
-    try:
-        asyncio.run(main())
-    except PortInUse as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    asyncio.run(main())

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import weakref
 from collections import OrderedDict, deque
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -18,6 +19,7 @@ import openvino as ov
 from numpy.typing import NDArray
 from openvino.preprocess import PrePostProcessor, ResizeAlgorithm
 
+from edgecascade.cloud.common.errors import UserError
 from edgecascade.cloud.common.manifest import Preprocessing
 from edgecascade.cloud.common.preprocessing import kept_region, off_loop, prepare_batch
 
@@ -32,6 +34,23 @@ Parts: TypeAlias = list[asyncio.Future[Logits]]  # the callers awaiting one requ
 Userdata: TypeAlias = tuple[asyncio.AbstractEventLoop, list[int], Parts]
 FOLD_VARIANTS = 8  # compiled crop-and-resize variants kept, one per frame shape (LRU)
 FOLD_COMPILES_QUEUED = 2  # variants compiling or waiting to (one at a time); more: cv2 meanwhile
+
+
+# devices that pick among, or combine, the devices listed after their colon
+VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO", "BATCH")
+
+
+def check_device(device: Device, available: Sequence[str]) -> None:
+    """A UserError when `device` names a device OpenVINO has no plugin or driver for here:
+    `available` is Core.available_devices (["CPU", "GPU.0", ...]), where "GPU" is any GPU.n."""
+    kind, _, listed = device.partition(":")
+    names = listed.split(",") if kind in VIRTUAL_DEVICES else [device]
+    for name in (n.lstrip("-").partition("(")[0] for n in names if n):
+        if name not in available and all(a.partition(".")[0] != name for a in available):
+            raise UserError(
+                f"OpenVINO device {device!r}: no {name} (or no driver for it) on this machine; "
+                f"available: {', '.join(available)}"
+            )
 
 
 class _Requests:
@@ -122,6 +141,7 @@ class EdgeModel:
         self._model_xml = model_xml
         self._config = {"PERFORMANCE_HINT": hint}
         model = self._core.read_model(model_xml)
+        check_device(device, self._core.available_devices)
         self.compiled = self._core.compile_model(model, device, self._config)
         self.requested_device = device
         self.execution_devices: list[str] = list(self.compiled.get_property("EXECUTION_DEVICES"))

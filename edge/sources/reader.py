@@ -126,7 +126,12 @@ class FrameReader(threading.Thread):
             before_sleep=_log_retry,
             reraise=True,
         )
-        return retrying(self.source.open)
+        try:
+            return retrying(self.source.open)
+        except SourceUnavailable as e:
+            if self._stopping.is_set():
+                raise
+            raise SourceUnavailable(f"{e} (gave up after {self.reconnect_timeout_s:g} s)") from None
 
     def _sleep(self, seconds: float) -> None:
         self._stopping.wait(seconds)

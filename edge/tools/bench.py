@@ -18,10 +18,11 @@ from rich.console import Console
 from rich.table import Table
 
 from edgecascade.cloud.common.manifest import Manifest
-from edgecascade.cloud.common.paths import edge_model_file, family_dir, manifest_path
+from edgecascade.cloud.common.paths import edge_model_file, family_dir
 from edgecascade.cloud.common.preprocessing import decode_image, prepare
 from edgecascade.cloud.common.transport import PLAINTEXT
 from edgecascade.edge.tools.demo import percentiles
+from edgecascade.edge.tools.families import built_family
 from edgecascade.edge.tools.process import EdgeProcess
 from edgecascade.edge.tools.samples import labelled_frames
 from edgecascade.v1 import cascade_pb2 as pb
@@ -240,11 +241,7 @@ def run_bench(
     precisions: tuple[str, ...] = PRECISIONS,
 ) -> dict:
     """Benchmark every precision of a family's edge model; write and print the report."""
-    if not manifest_path(family).exists():
-        raise FileNotFoundError(
-            f"family {family!r} is not built: run `edgecascade models build --family {family}`"
-        )
-    manifest = Manifest.load(manifest_path(family))
+    manifest = Manifest.load(built_family(family))
     logs = report_path.parent / "logs"
     report = {
         "family": family,

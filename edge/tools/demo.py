@@ -18,11 +18,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from edgecascade.cloud.common.manifest import Manifest
-from edgecascade.cloud.common.paths import artifacts_root, family_dir, manifest_path
+from edgecascade.cloud.common.paths import artifacts_root, family_dir
 from edgecascade.cloud.common.preprocessing import decode_image, prepare
 from edgecascade.cloud.common.transport import PLAINTEXT
 from edgecascade.cloud.triton.repository import write_model
 from edgecascade.cloud.triton.server import TritonServer
+from edgecascade.edge.tools.families import built_family
 from edgecascade.edge.tools.process import EdgeProcess
 from edgecascade.edge.tools.samples import Frame, labelled_frames
 from edgecascade.edge.tools.stream import classify_stream
@@ -165,11 +166,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """Start Triton and an edge agent, stream the family's test frames, write the report."""
     folder = family_dir(family)
-    if not manifest_path(family).exists():
-        raise FileNotFoundError(
-            f"family {family!r} is not built: run `edgecascade models build --family {family}`"
-        )
-    manifest = Manifest.load(manifest_path(family))
+    manifest = Manifest.load(built_family(family))
     frames = labelled_frames(family, limit)
     logs = report_path.parent / "logs"
     with ExitStack() as stack:
