@@ -22,6 +22,7 @@ from typing import ClassVar, TypeVar
 
 import numpy as np
 
+from edgecascade.cloud.common.errors import UserError
 from edgecascade.cloud.common.manifest import RoutingPolicy, plain_name
 
 
@@ -105,7 +106,7 @@ POLICIES: dict[str, type[ScorePolicy]] = {}
 """Every registered policy kind by name, in registration order."""
 
 
-class UnknownPolicy(ValueError):
+class UnknownPolicy(UserError, ValueError):
     """A policy kind that no registered policy has (a manifest's, or a command's option)."""
 
 
