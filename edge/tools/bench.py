@@ -12,8 +12,10 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 from rich.console import Console
 from rich.table import Table
 
@@ -44,10 +46,10 @@ def _latency_ms(output: str, label: str) -> float:
     return float(match[1]) * _UNITS_MS[match[2]]
 
 
-def benchmark_app(model_xml: Path, shape: list[int], hint: str, seconds: float) -> dict:
+def benchmark_app(model_xml: Path, shape: list[int], hint: str, seconds: float) -> dict[str, Any]:
     """OpenVINO's benchmark_app at batch 1: images/s and latency p50 (one run) and p99 (a
     second run: it reports one percentile per run); the throughput is the mean of both."""
-    runs = {}
+    runs: dict[int, tuple[float, float]] = {}  # percentile -> (images/s, latency ms)
     for percentile in (50, 99):
         command = [
             sys.executable, "-c", BENCHMARK_APP, "-m", str(model_xml), "-d", "CPU",
@@ -68,7 +70,7 @@ def benchmark_app(model_xml: Path, shape: list[int], hint: str, seconds: float) 
     }
 
 
-def bench_images(manifest: Manifest, count: int = 64) -> np.ndarray:
+def bench_images(manifest: Manifest, count: int = 64) -> NDArray[np.uint8]:
     """Real test images (repeated up to `count`), already at the model's input size."""
     spec = manifest.edge.preprocessing
     frames = labelled_frames(manifest.family, count)
@@ -76,7 +78,7 @@ def bench_images(manifest: Manifest, count: int = 64) -> np.ndarray:
     return np.stack(images)
 
 
-def bench_requests(images: np.ndarray) -> list[pb.ClassifyRequest]:
+def bench_requests(images: NDArray[np.uint8]) -> list[pb.ClassifyRequest]:
     """Raw pixels: no PNG decode in the agent, as benchmark_app has none."""
     return [
         pb.ClassifyRequest(raw_image=pb.RawImage(shape=list(i.shape), data=i.tobytes()), top_k=1)
@@ -84,7 +86,7 @@ def bench_requests(images: np.ndarray) -> list[pb.ClassifyRequest]:
     ]
 
 
-def _result(latencies_s: list[float], elapsed_s: float) -> dict:
+def _result(latencies_s: list[float], elapsed_s: float) -> dict[str, Any]:
     return {
         "images_per_s": round(len(latencies_s) / elapsed_s, 1),
         "latency_ms": {
@@ -96,7 +98,7 @@ def _result(latencies_s: list[float], elapsed_s: float) -> dict:
 
 async def unary_load(
     address: str, requests: list[pb.ClassifyRequest], clients: int, seconds: float
-) -> dict:
+) -> dict[str, Any]:
     """`clients` concurrent callers, each one Classify at a time, for `seconds`."""
     latencies: list[float] = []
     async with PLAINTEXT.aio_channel(address) as channel:
@@ -118,7 +120,7 @@ async def unary_load(
 
 async def stream_load(
     address: str, requests: list[pb.ClassifyRequest], streams: int, window: int, seconds: float
-) -> dict:
+) -> dict[str, Any]:
     """`streams` ClassifyStreams, each with up to `window` frames awaiting an answer."""
     latencies: list[float] = []
     async with PLAINTEXT.aio_channel(address) as channel:
@@ -150,8 +152,8 @@ async def stream_load(
 
 
 async def kserve_batch_load(
-    address: str, model: str, images: np.ndarray, batch: int, clients: int, seconds: float
-) -> dict:
+    address: str, model: str, images: NDArray[np.uint8], batch: int, clients: int, seconds: float
+) -> dict[str, Any]:
     """`clients` concurrent tritonclient callers of the agent's KServe ModelInfer, `batch`
     images per request; latency is per request, throughput per image."""
     from tritonclient.grpc import InferInput, InferRequestedOutput
@@ -185,7 +187,10 @@ async def kserve_batch_load(
 
 def _status(address: str) -> pb.GetStatusResponse:
     with PLAINTEXT.channel(address) as channel:
-        return pb_grpc.CascadeStub(channel).GetStatus(pb.GetStatusRequest(), timeout=5.0)
+        status: pb.GetStatusResponse = pb_grpc.CascadeStub(channel).GetStatus(
+            pb.GetStatusRequest(), timeout=5.0
+        )
+        return status
 
 
 def bench_precision(
@@ -196,11 +201,11 @@ def bench_precision(
     streams: int,
     window: int,
     logs: Path,
-) -> dict:
+) -> dict[str, Any]:
     """benchmark_app, then the agent (unary and streaming) on the same IR."""
     model_xml = edge_model_file(family_dir(manifest.family), precision)
     shape = manifest.edge.input_shape
-    row = {"model": str(model_xml.relative_to(family_dir(manifest.family)))}
+    row: dict[str, Any] = {"model": str(model_xml.relative_to(family_dir(manifest.family)))}
     with console.status(f"{manifest.family} {precision}: benchmark_app"):
         row["benchmark_app"] = benchmark_app(model_xml, shape, "THROUGHPUT", seconds)
     images = bench_images(manifest)
@@ -239,11 +244,11 @@ def run_bench(
     streams: int = 2,
     window: int = 8,
     precisions: tuple[str, ...] = PRECISIONS,
-) -> dict:
+) -> dict[str, Any]:
     """Benchmark every precision of a family's edge model; write and print the report."""
     manifest = Manifest.load(built_family(family))
     logs = report_path.parent / "logs"
-    report = {
+    report: dict[str, Any] = {
         "family": family,
         "edge_model": manifest.edge.key,
         "cpus": os.cpu_count(),
@@ -267,7 +272,7 @@ def run_bench(
     return report
 
 
-def bench_table(report: dict) -> Table:
+def bench_table(report: dict[str, Any]) -> Table:
     views = report["edge_inferences_per_image"]
     table = Table(
         title=f"edge bench: {report['family']} ({report['cpus']} CPUs), the agent runs the model "
