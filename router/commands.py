@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperCommand
 
 from edgecascade.cloud.common.serving import run_until_signalled
+from edgecascade.cloud.common.settings import command_options, option_help
+from edgecascade.router.gateway.settings import GatewaySettings, load_gateway_settings
 
 app = typer.Typer(
     help="The router: escalation policy, calibration, the gateway to Triton.", no_args_is_help=True
@@ -20,42 +22,42 @@ def router() -> None:
     """The router: escalation policy, calibration, the gateway to Triton."""
 
 
+def _setting(name: str, *flags: str) -> Any:
+    """The option that sets GatewaySettings field `name` (help and default from the field)."""
+    return typer.Option(*flags, help=option_help(GatewaySettings, name))
+
+
 @app.command("serve")
 def serve_command(
-    upstream: Annotated[
-        list[str],
-        typer.Option(
-            help="Triton host:port (repeat for a cluster); names are re-resolved while "
-            "serving, so give fully qualified ones"
-        ),
-    ],
-    host: str = "127.0.0.1",
-    port: int = 8001,
-    probe_interval: Annotated[
-        float, typer.Option(help="seconds between health checks of each endpoint")
-    ] = 0.5,
-    registry: Annotated[
-        Path | None, typer.Option(help="also serve ModelSync for this model registry folder")
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None, typer.Option(help="TOML file of settings (GatewaySettings fields)")
     ] = None,
-    metrics_port: Annotated[
-        int | None, typer.Option(help="serve Prometheus metrics (HAProxy's) on this port")
+    upstream: Annotated[list[str] | None, _setting("upstream")] = None,
+    host: Annotated[str | None, _setting("host")] = None,
+    port: Annotated[int | None, _setting("port")] = None,
+    probe_interval_s: Annotated[
+        float | None, _setting("probe_interval_s", "--probe-interval")
     ] = None,
+    registry: Annotated[Path | None, _setting("registry")] = None,
+    metrics_port: Annotated[int | None, _setting("metrics_port")] = None,
+    grace_s: Annotated[float | None, _setting("grace_s", "--grace")] = None,
 ) -> None:
     """Serve KServe v2 gRPC in front of Triton endpoints through HAProxy (per-request load
-    balancing, readiness checks, failover)."""
+    balancing, readiness checks, failover). Settings come from --config (TOML), then
+    EDGECASCADE_GATEWAY_<SETTING> environment variables, then these options."""
     from edgecascade.router.gateway.gateway import serve
     from edgecascade.router.gateway.haproxy import haproxy_binary
 
+    options, flags = command_options(ctx)  # the parameters above, by settings field
+    options.pop("config", None)
+    settings = load_gateway_settings(config, options, flags)  # a ConfigError is a UserError
     try:
         haproxy_binary()
     except RuntimeError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-    run_until_signalled(
-        lambda stop: serve(
-            upstream, host, port, probe_interval, stop, registry, metrics_port=metrics_port
-        )
-    )
+    run_until_signalled(lambda stop: serve(settings, stop))
 
 
 class ListsPolicyKinds(TyperCommand):

@@ -101,5 +101,6 @@ def _problem(
     where = origin.get(field, "default")
     if error["type"] == "extra_forbidden":
         return f"{key} ({where}): unknown setting; known: {', '.join(cls.model_fields)}"
-    message = error["ctx"]["error"] if error["type"] == "value_error" else error["msg"]
-    return f"{key} ({where}): {message}, got {error['input']!r}"
+    if error["type"] == "value_error":  # a validator's own message, which names the value
+        return f"{key} ({where}): {error['ctx']['error']}"
+    return f"{key} ({where}): {error['msg']}, got {error['input']!r}"

@@ -22,6 +22,7 @@ from edgecascade.cloud.common.transport import FAST_RECONNECT, PLAINTEXT, PortIn
 from edgecascade.cloud.registry.model_sync import add_model_sync
 from edgecascade.cloud.registry.store import Registry
 from edgecascade.router.gateway.haproxy import GatewayConfig, HAProxy
+from edgecascade.router.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class HealthAgent:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channels[name])
         try:
             reply = await stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=self.timeout_s)
-            ready = reply.ready
+            ready = bool(reply.ready)
         except grpc.aio.AioRpcError:
             ready = False
         if self._ready.get(name) != ready:
@@ -69,38 +70,30 @@ class HealthAgent:
         await asyncio.gather(*(channel.close() for channel in self._channels.values()))
 
 
-async def serve(
-    urls: Sequence[str],
-    host: str = "127.0.0.1",
-    port: int = 8001,
-    probe_interval_s: float = 0.5,
-    stop: asyncio.Event | None = None,
-    registry: Path | None = None,
-    grace_s: float = 5.0,
-    metrics_port: int | None = None,
-) -> None:
+async def serve(settings: GatewaySettings, stop: asyncio.Event | None = None) -> None:
     """Run the gateway until `stop` is set (or forever, or until HAProxy exits); in-flight
-    calls get `grace_s`. With `registry`, edges can also sync their models here (ModelSync);
-    with `metrics_port`, Prometheus scrapes http://host:metrics_port/metrics."""
+    calls get `grace_s`. With a `registry`, edges can also sync their models here (ModelSync);
+    with a `metrics_port`, Prometheus scrapes http://host:metrics_port/metrics."""
+    host, port, urls = settings.host, settings.port, settings.upstream
     if port and not port_is_free(port, host):
         raise PortInUse(f"cannot listen on {host}:{port}: the port is in use")
     agent = HealthAgent(urls, timeout_s=AGENT_TIMEOUT_S)
     agent_server = await asyncio.start_server(agent.answer, "127.0.0.1", 0)
     sync_server = None
     sync_url = None
-    if registry is not None:
+    if settings.registry is not None:
         sync_server = PLAINTEXT.server()
-        add_model_sync(sync_server, Registry(registry))
+        add_model_sync(sync_server, Registry(settings.registry))
         sync_url = f"127.0.0.1:{PLAINTEXT.listen(sync_server, '127.0.0.1:0')}"
         await sync_server.start()
     config = GatewayConfig(
         upstreams=urls,
         listen=f"{host}:{port or free_port(host)}",
         agent_port=agent_server.sockets[0].getsockname()[1],
-        check_interval_s=probe_interval_s,
+        check_interval_s=settings.probe_interval_s,
         model_sync=sync_url,
-        metrics=None if metrics_port is None else f"{host}:{metrics_port}",
-        grace_s=grace_s,
+        metrics=f"{host}:{settings.metrics_port}" if settings.metrics_port else None,
+        grace_s=settings.grace_s,
     )
     with tempfile.TemporaryDirectory(prefix="edgecascade-gateway-") as tmp:
         config_path = Path(tmp) / "haproxy.cfg"
@@ -116,8 +109,8 @@ async def serve(
             if exited.done():
                 raise RuntimeError(f"HAProxy exited with status {exited.result()} (see above)")
         finally:
-            await haproxy.stop(grace_s)
+            await haproxy.stop(settings.grace_s)
             agent_server.close()
             if sync_server is not None:
-                await sync_server.stop(grace=grace_s)
+                await sync_server.stop(grace=settings.grace_s)
             await agent.close()
