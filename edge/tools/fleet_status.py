@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.table import Table
@@ -11,7 +13,7 @@ from edgecascade.v1 import cascade_pb2 as pb
 from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
 
 
-def agent_status(address: str, timeout_s: float = 3.0) -> dict:
+def agent_status(address: str, timeout_s: float = 3.0) -> dict[str, Any]:
     """Health and GetStatus of one agent; {"address", "health": "UNREACHABLE", "error"} when
     it cannot be asked."""
     with PLAINTEXT.channel(address) as channel:
@@ -48,7 +50,7 @@ def agent_status(address: str, timeout_s: float = 3.0) -> dict:
     }
 
 
-def status_table(rows: list[dict]) -> Table:
+def status_table(rows: list[dict[str, Any]]) -> Table:
     table = Table(title="edge agents")
     for column in (
         "agent",
