@@ -9,13 +9,21 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
+from numpy.typing import NDArray
 
 from edgecascade.cloud.common.manifest import Manifest, Preprocessing
 from edgecascade.cloud.common.paths import edge_model_file, family_dir, manifest_path
-from edgecascade.cloud.common.preprocessing import color_groups, decode_image, prepare
+from edgecascade.cloud.common.preprocessing import (
+    Image,
+    color_groups,
+    decode_image,
+    from_cv2,
+    prepare,
+)
 from edgecascade.edge.serving.runtime import EdgeModel
 from edgecascade.edge.tools.demo import percentiles
 from edgecascade.edge.tools.samples import labelled_frames
@@ -23,21 +31,22 @@ from edgecascade.edge.tools.samples import labelled_frames
 CAMERA = (640, 480)  # width, height
 
 
-async def _fold(model: EdgeModel, frame: np.ndarray, spec: Preprocessing) -> np.ndarray:
+async def _fold(model: EdgeModel, frame: Image, spec: Preprocessing) -> NDArray[np.float32]:
     [(_, batch)] = color_groups([frame], spec)
-    return (await model.infer_batch(batch))[0]
+    logits: NDArray[np.float32] = (await model.infer_batch(batch))[0]
+    return logits
 
 
-async def _cv2(model: EdgeModel, frame: np.ndarray, spec: Preprocessing) -> np.ndarray:
+async def _cv2(model: EdgeModel, frame: Image, spec: Preprocessing) -> NDArray[np.float32]:
     return await model.infer(prepare(frame, spec))
 
 
-async def measure(model: EdgeModel, frames: list[np.ndarray], rounds: int) -> dict:
+async def measure(model: EdgeModel, frames: list[Image], rounds: int) -> dict[str, Any]:
     """Per-frame milliseconds (colour conversion and geometry included) and top-1 of both
     paths; each frame goes both ways back to back, in alternating order."""
     spec = model.fold
     assert spec is not None, "the model must fold to compare"
-    compile_ms = []
+    compile_ms: list[float] = []
     for shape in dict.fromkeys(f.shape for f in frames):
         start = time.perf_counter()
         if not await model.fold_ready(shape):
@@ -67,7 +76,7 @@ async def measure(model: EdgeModel, frames: list[np.ndarray], rounds: int) -> di
     }
 
 
-def run_bench(family: str, report_path: Path, rounds: int = 10) -> dict:
+def run_bench(family: str, report_path: Path, rounds: int = 10) -> dict[str, Any]:
     """Both paths on the family's INT8 edge model (CPU, LATENCY hint); write the report."""
     if not manifest_path(family).exists():
         raise FileNotFoundError(
@@ -76,10 +85,10 @@ def run_bench(family: str, report_path: Path, rounds: int = 10) -> dict:
     manifest = Manifest.load(manifest_path(family))
     frames = labelled_frames(family)
     photos = [decode_image(frame.encoded) for frame in frames]
-    camera = [cv2.resize(photo, CAMERA, interpolation=cv2.INTER_AREA) for photo in photos]
+    camera = [from_cv2(cv2.resize(photo, CAMERA, interpolation=cv2.INTER_AREA)) for photo in photos]
     model = EdgeModel(edge_model_file(family_dir(family), "int8"), fold=manifest.edge.preprocessing)
 
-    async def both() -> dict:
+    async def both() -> dict[str, dict[str, Any]]:
         return {
             "photos": await measure(model, photos, rounds),
             "camera_640x480": await measure(model, camera, rounds),
@@ -92,7 +101,7 @@ def run_bench(family: str, report_path: Path, rounds: int = 10) -> dict:
             name: sum(a == b for a, b in zip(answers, labels))
             for name, answers in result.pop("top1").items()
         }
-    report = {
+    report: dict[str, Any] = {
         "family": family,
         "edge_model": manifest.edge.key,
         "device": model.describe(),

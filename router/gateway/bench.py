@@ -15,8 +15,10 @@ import platform
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from edgecascade.cloud.build import datasets
 from edgecascade.cloud.common.manifest import Manifest
@@ -40,7 +42,7 @@ def _stats(seconds: list[float]) -> dict[str, float]:
 
 
 async def _measure(
-    urls: dict[str, str], manifest: Manifest, image: np.ndarray, calls: int, warmup: int
+    urls: dict[str, str], manifest: Manifest, image: NDArray[np.uint8], calls: int, warmup: int
 ) -> dict[str, list[float]]:
     clients = {name: CloudClient(url, manifest.cloud) for name, url in urls.items()}
     times: dict[str, list[float]] = {name: [] for name in clients}
@@ -57,7 +59,7 @@ async def _measure(
     return times
 
 
-def run_bench(report: Path, calls: int = 3000, warmup: int = 200) -> dict:
+def run_bench(report: Path, calls: int = 3000, warmup: int = 200) -> dict[str, Any]:
     """Measure, write the JSON report to `report` and return it."""
     manifest = Manifest.load(manifest_path("fashion"))
     image = prepare(datasets.fashion("test").images[0], manifest.cloud.preprocessing)
@@ -73,7 +75,7 @@ def run_bench(report: Path, calls: int = 3000, warmup: int = 200) -> dict:
             times = asyncio.run(_measure(urls, manifest, image, calls, warmup))
     direct, via = _stats(times["direct"]), _stats(times["gateway"])
     paired = np.asarray(times["gateway"]) - np.asarray(times["direct"])
-    result = {
+    result: dict[str, Any] = {
         "what": "single-image ModelInfer (fashion cloud model), CloudClient, one call in flight, "
         "direct to Triton vs through the router gateway, interleaved",
         "calls_per_path": calls,
