@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgecascade.cloud.build.datasets import fashion
+from edgecascade.cloud.build.datasets import Split, fashion
 from edgecascade.cloud.build.families.onnx_export import Uint8Nhwc, export_onnx
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -72,8 +72,8 @@ def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _as_tensors(split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    data = fashion(split)  # type: ignore[arg-type]
+def _as_tensors(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
+    data = fashion(split)
     return torch.from_numpy(data.images[..., None].copy()), torch.from_numpy(data.labels)
 
 
