@@ -1,4 +1,5 @@
-"""Helpers that several test modules use: a child edge agent, one Classify call, metrics."""
+"""Helpers that several test modules use: a child edge agent, one Classify call, metrics, the
+CLI's output as words."""
 
 from __future__ import annotations
 
@@ -54,3 +55,9 @@ def start_agent(log_dir: Path, cloud_url: str | None, *extra: str) -> Agent:
 def classify(stub: pb_grpc.CascadeStub, frame: Frame, **request: object) -> pb.ClassifyResponse:
     """One Classify call of `frame`'s encoded image, with a 10 s deadline."""
     return stub.Classify(pb.ClassifyRequest(encoded_image=frame.encoded, **request), timeout=10)
+
+
+def words(output: str) -> str:
+    """The CLI's output as single-spaced words, without the boxes rich draws round help and
+    errors (so text that wraps across lines of a box still matches)."""
+    return " ".join(output.replace("\u2502", " ").split())

@@ -9,17 +9,13 @@ from typer.testing import CliRunner
 from edgecascade.cloud.common.settings import ConfigError
 from edgecascade.edge.cli import app
 from edgecascade.router.gateway.settings import GatewaySettings, load_gateway_settings
+from tests.helpers import words
 
 
 def write(tmp_path: Path, text: str) -> Path:
     config = tmp_path / "gateway.toml"
     config.write_text(text)
     return config
-
-
-def words(output: str) -> str:
-    """The CLI's output as single-spaced words, without the boxes rich draws round them."""
-    return " ".join(output.replace("\u2502", " ").split())
 
 
 def test_options_override_the_environment_which_overrides_the_file(

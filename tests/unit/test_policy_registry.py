@@ -17,6 +17,7 @@ from edgecascade.router.policy.policies import (
     policy_from_manifest,
     register_policy,
 )
+from tests.helpers import words
 
 Registry = dict[str, type[ScorePolicy]]
 
@@ -47,11 +48,6 @@ def register_top2() -> type[ScorePolicy]:
             return np.sort(probabilities, axis=-1)[..., -2:].sum(axis=-1)
 
     return TopTwo
-
-
-def words(output: str) -> str:
-    """The CLI's output as single-spaced words, without the boxes rich draws round them."""
-    return " ".join(output.replace("\u2502", " ").split())
 
 
 def help_text(*command: str) -> str:
