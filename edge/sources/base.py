@@ -35,7 +35,8 @@ class SourceFrame:
 class Source(Protocol):
     """Frames from one place. `open` starts (or resumes) reading and raises SourceUnavailable
     when the source is not there; the iterator raises it when the source goes away and ends
-    when the source does. A `live` source runs at its own pace: a slow reader loses frames."""
+    when the source does. A `live` source runs at its own pace: a slow reader loses frames.
+    `str(source)` names it in logs and errors."""
 
     @property
     def live(self) -> bool: ...
@@ -56,6 +57,7 @@ class SourceKind:
 
 
 SOURCE_KINDS: dict[str, SourceKind] = {}
+_PACKAGE = __name__.rpartition(".")[0]  # edgecascade.edge.sources: one module per kind
 _discovered = False
 
 
@@ -77,21 +79,18 @@ def source_kinds() -> list[SourceKind]:
     """Every registered kind, in the order they are tried."""
     global _discovered
     if not _discovered:
+        for module in pkgutil.iter_modules(importlib.import_module(_PACKAGE).__path__):
+            importlib.import_module(f"{_PACKAGE}.{module.name}")
         _discovered = True
-        package = importlib.import_module(__package__ or "")
-        for module in pkgutil.iter_modules(package.__path__):
-            importlib.import_module(f"{package.__name__}.{module.name}")
     return sorted(SOURCE_KINDS.values(), key=lambda kind: (kind.rank, kind.name))
 
 
 def source_kind(name: str) -> SourceKind:
     """The kind called `name`; UserError naming the known kinds when there is none."""
-    kinds = source_kinds()
-    for kind in kinds:
+    for kind in source_kinds():
         if kind.name == name:
             return kind
-    known = ", ".join(kind.name for kind in kinds)
-    raise UserError(f"unknown source kind {name!r}; known: {known}")
+    raise UserError(f"unknown source kind {name!r}; known: {_known()}")
 
 
 def open_source(spec: str, kind: str | None = None) -> Source:
@@ -101,10 +100,13 @@ def open_source(spec: str, kind: str | None = None) -> Source:
     for candidate in source_kinds():
         if candidate.claims(spec):
             return candidate.make(spec)
-    known = ", ".join(kind.name for kind in source_kinds())
-    raise UserError(f"no source kind reads {spec!r}; known: {known}")
+    raise UserError(f"no source kind claims {spec!r}; known: {_known()}")
+
+
+def _known() -> str:
+    return ", ".join(kind.name for kind in source_kinds())
 
 
 def describe_kinds() -> str:
-    """One line per kind, for help texts."""
+    """Each kind and what its --source strings look like, for help texts."""
     return "; ".join(f"{kind.name}: {kind.description}" for kind in source_kinds())

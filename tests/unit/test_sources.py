@@ -18,6 +18,7 @@ from edgecascade.edge.sources.base import (
     register,
     source_kinds,
 )
+from edgecascade.edge.sources.camera import camera
 from edgecascade.edge.sources.reader import FrameBuffer, FrameReader
 
 
@@ -130,4 +131,4 @@ def test_an_unknown_kind_is_one_user_error_that_lists_the_known_ones():
 
 def test_a_kind_is_registered_once():
     with pytest.raises(ValueError, match="'camera' is registered twice"):
-        register("camera", "again", claims=str.isdigit)(lambda spec: open_source(spec))
+        register("camera", "again", claims=str.isdigit)(camera)
