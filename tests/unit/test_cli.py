@@ -1,4 +1,5 @@
-"""The CLI's own options: the version, and the exit code of a fleet with an unreachable agent."""
+"""The CLI's own options: the version, the exit code of a fleet with an unreachable agent, and a
+user's mistake as one error line and exit code 2."""
 
 import socket
 from importlib.metadata import version
@@ -21,3 +22,9 @@ def test_status_of_an_unreachable_agent_exits_non_zero() -> None:
         result = CliRunner().invoke(app, ["status", "--agent", f"127.0.0.1:{port}", "--json"])
     assert result.exit_code == 1
     assert '"health": "UNREACHABLE"' in result.output
+
+
+def test_a_mistake_is_one_error_line_and_exit_code_2_inside_the_cli_runner_too() -> None:
+    result = CliRunner().invoke(app, ["models", "build", "--family", "nosuch"])
+    assert result.exit_code == 2
+    assert result.stderr == "error: unknown family 'nosuch'; known: fashion, imagenet\n"
