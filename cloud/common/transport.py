@@ -261,7 +261,9 @@ class Transport:
 
     def aio_channel(self, address: str, options: ChannelOptions = ()) -> grpc.aio.Channel:
         """An asyncio channel to `address` (bound to the running event loop)."""
-        interceptors = [_AioMetadata(self.metadata)] if self.metadata else None
+        interceptors = (
+            [kind(self.metadata) for kind in _AIO_METADATA_KINDS] if self.metadata else None
+        )
         if self.tls is None:
             return grpc.aio.insecure_channel(
                 address, options=self._options(options), interceptors=interceptors
@@ -322,26 +324,34 @@ class _SyncMetadata(
         return continuation(_with_metadata(details, self.metadata), requests)
 
 
-class _AioMetadata(
-    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]  # grpc ships no type stubs
-    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[misc]  # grpc ships no type stubs
-    grpc.aio.StreamUnaryClientInterceptor,  # type: ignore[misc]  # grpc ships no type stubs
-    grpc.aio.StreamStreamClientInterceptor,  # type: ignore[misc]  # grpc ships no type stubs
-):
+class _AioMetadata:
+    """Adds the transport's metadata to calls of one kind: grpc.aio files an interceptor under
+    the first kind it implements only, so each kind needs its own."""
+
     def __init__(self, metadata: tuple[tuple[str, str], ...]):
         self.metadata = metadata
 
+
+class _AioUnaryUnary(_AioMetadata, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
     async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
         return await continuation(_with_metadata(details, self.metadata), request)
 
+
+class _AioUnaryStream(_AioMetadata, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
     async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
         return await continuation(_with_metadata(details, self.metadata), request)
 
+
+class _AioStreamUnary(_AioMetadata, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
     async def intercept_stream_unary(self, continuation, details, requests):  # type: ignore[no-untyped-def]
         return await continuation(_with_metadata(details, self.metadata), requests)
 
+
+class _AioStreamStream(_AioMetadata, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
     async def intercept_stream_stream(self, continuation, details, requests):  # type: ignore[no-untyped-def]
         return await continuation(_with_metadata(details, self.metadata), requests)
 
+
+_AIO_METADATA_KINDS = (_AioUnaryUnary, _AioUnaryStream, _AioStreamUnary, _AioStreamStream)
 
 PLAINTEXT = Transport()

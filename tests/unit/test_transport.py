@@ -3,6 +3,7 @@
 import ast
 import asyncio
 import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -63,49 +64,87 @@ def test_no_module_builds_grpc_objects_by_hand() -> None:
     assert offenders == [], "build these through cloud.common.transport"
 
 
-async def _echo_metadata(transport: Transport, address: str) -> dict[str, str]:
-    async with transport.aio_channel(address) as channel:
-        reply = await channel.unary_unary("/test.Echo/Metadata")(b"", timeout=5)
+def _parse(reply: bytes) -> dict[str, str]:
     return dict(line.split("=", 1) for line in reply.decode().splitlines() if line)
 
 
+async def _echo_metadata(transport: Transport, address: str) -> list[dict[str, str]]:
+    """The metadata the server saw on a call of each kind (unary and streaming)."""
+    async with transport.aio_channel(address) as channel:
+        replies = [
+            await channel.unary_unary("/test.Echo/Metadata")(b"", timeout=5),
+            *[r async for r in channel.unary_stream("/test.Echo/ServerStream")(b"", timeout=5)],
+            await channel.stream_unary("/test.Echo/ClientStream")(iter([b""]), timeout=5),
+            *[r async for r in channel.stream_stream("/test.Echo/Bidi")(iter([b""]), timeout=5)],
+        ]
+    return [_parse(reply) for reply in replies]
+
+
+def _sync_echo_metadata(transport: Transport, address: str) -> list[dict[str, str]]:
+    with transport.channel(address) as channel:
+        replies = [
+            channel.unary_unary("/test.Echo/Metadata")(b"", timeout=5),
+            *channel.unary_stream("/test.Echo/ServerStream")(b"", timeout=5),
+            channel.stream_unary("/test.Echo/ClientStream")(iter([b""]), timeout=5),
+            *channel.stream_stream("/test.Echo/Bidi")(iter([b""]), timeout=5),
+        ]
+    return [_parse(reply) for reply in replies]
+
+
 async def _metadata_server() -> tuple[grpc.aio.Server, str]:
-    async def handler(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    def seen(context: grpc.aio.ServicerContext) -> bytes:
         return "\n".join(f"{m.key}={m.value}" for m in context.invocation_metadata()).encode()
 
+    async def unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return seen(context)
+
+    async def server_stream(
+        request: bytes, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        yield seen(context)
+
+    async def client_stream(
+        requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> bytes:
+        return seen(context)
+
+    async def bidi(
+        requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        yield seen(context)
+
     server = PLAINTEXT.server()
-    server.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                "test.Echo", {"Metadata": grpc.unary_unary_rpc_method_handler(handler)}
-            ),
-        )
-    )
+    methods = {
+        "Metadata": grpc.unary_unary_rpc_method_handler(unary),
+        "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
+        "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
+        "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Echo", methods),))
     port = PLAINTEXT.listen(server, "127.0.0.1:0")
     await server.start()
     return server, f"127.0.0.1:{port}"
 
 
 def test_channels_send_the_transport_metadata_with_every_call() -> None:
-    async def main() -> tuple[dict, dict, dict]:
+    """On unary and streaming calls alike, asyncio and blocking channels."""
+
+    async def main() -> tuple[list[dict[str, str]], ...]:
         server, address = await _metadata_server()
         try:
             tagged = Transport(metadata=(("x-edgecascade-test", "42"),))
             aio_seen = await _echo_metadata(tagged, address)
             plain_seen = await _echo_metadata(PLAINTEXT, address)
-            with tagged.channel(address) as channel:
-                reply = await asyncio.to_thread(
-                    channel.unary_unary("/test.Echo/Metadata"), b"", timeout=5
-                )
-            sync_seen = dict(line.split("=", 1) for line in reply.decode().splitlines())
+            sync_seen = await asyncio.to_thread(_sync_echo_metadata, tagged, address)
             return aio_seen, plain_seen, sync_seen
         finally:
             await server.stop(None)
 
     aio_seen, plain_seen, sync_seen = asyncio.run(main())
-    assert aio_seen["x-edgecascade-test"] == "42"
-    assert sync_seen["x-edgecascade-test"] == "42"
-    assert "x-edgecascade-test" not in plain_seen
+    assert [seen["x-edgecascade-test"] for seen in aio_seen] == ["42"] * 4
+    assert [seen["x-edgecascade-test"] for seen in sync_seen] == ["42"] * 4
+    assert len(plain_seen) == 4
+    assert all("x-edgecascade-test" not in seen for seen in plain_seen)
 
 
 def test_a_port_held_by_another_program_is_an_error() -> None:
