@@ -21,10 +21,14 @@ from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
+from numpy.typing import NDArray
 
 from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.router.policy.policies import (
     POLICIES,
+    Booleans,
+    Classes,
+    Floats,
     MaxProbabilityPolicy,
     ScorePolicy,
     member_logits,
@@ -89,10 +93,10 @@ class Split:
     and member 0 answers; `mirrored_logits` are alike on the images flipped left-right, where
     the family's models were trained with flips (None otherwise)."""
 
-    edge_logits: np.ndarray
-    labels: np.ndarray
-    cloud_correct: np.ndarray
-    mirrored_logits: np.ndarray | None = None
+    edge_logits: Floats
+    labels: Classes
+    cloud_correct: Booleans
+    mirrored_logits: Floats | None = None
 
     def __post_init__(self) -> None:
         for name in ("edge_logits", "mirrored_logits"):
@@ -119,15 +123,16 @@ class Split:
         return self.edge_logits.shape[1]
 
     @property
-    def answer_logits(self) -> np.ndarray:
+    def answer_logits(self) -> Floats:
         """[N, K]: member 0's, whose answers the edge gives."""
         return self.edge_logits[:, 0]
 
     @property
-    def edge_correct(self) -> np.ndarray:
-        return self.answer_logits.argmax(-1) == self.labels
+    def edge_correct(self) -> Booleans:
+        correct: Booleans = self.answer_logits.argmax(-1) == self.labels
+        return correct
 
-    def confidence(self, policy: ScorePolicy) -> np.ndarray:
+    def confidence(self, policy: ScorePolicy) -> Floats:
         """`policy`'s score of every input."""
         if policy.mirror and self.mirrored_logits is None:
             raise ValueError(f"{policy.label} needs mirrored edge logits, which this split lacks")
@@ -139,13 +144,13 @@ class Split:
             self.confidence(policy), policy.threshold, self.edge_correct, self.cloud_correct
         )
 
-    def curve(self, policy: ScorePolicy) -> np.ndarray:
+    def curve(self, policy: ScorePolicy) -> NDArray[np.float64]:
         """Cascade accuracy of `policy`'s ranking when k = 0..N inputs escalate."""
         return cascade_curve(self.confidence(policy), self.edge_correct, self.cloud_correct)[1]
 
 
 def operating_point(
-    confidence: np.ndarray, threshold: float, edge_correct: np.ndarray, cloud_correct: np.ndarray
+    confidence: Floats, threshold: float, edge_correct: Booleans, cloud_correct: Booleans
 ) -> OperatingPoint:
     """Where escalating iff confidence < threshold lands."""
     escalate = confidence < threshold
@@ -158,7 +163,9 @@ def operating_point(
     )
 
 
-def cascade_curve(confidence: np.ndarray, edge_correct: np.ndarray, cloud_correct: np.ndarray):
+def cascade_curve(
+    confidence: Floats, edge_correct: Booleans, cloud_correct: Booleans
+) -> tuple[Floats, NDArray[np.float64]]:
     """Cascade accuracy when the k least confident inputs escalate, for k = 0..N.
 
     Returns (sorted confidences, accuracy[k]) with accuracy of length N + 1."""
@@ -169,9 +176,9 @@ def cascade_curve(confidence: np.ndarray, edge_correct: np.ndarray, cloud_correc
 
 
 def _escalations(
-    confidence: np.ndarray,
-    edge_correct: np.ndarray,
-    cloud_correct: np.ndarray,
+    confidence: Floats,
+    edge_correct: Booleans,
+    cloud_correct: Booleans,
     target: Target,
     z: float,
     window: int | None,
@@ -189,6 +196,7 @@ def _escalations(
         lower = accuracy - margin * np.sqrt(accuracy * (1 - accuracy))
         ok = lower >= target.accuracy - 1e-12
     else:
+        assert target.max_drop is not None  # a target sets exactly one field
         # cascade - cloud = mean over inputs kept at the edge of (edge_ok - cloud_ok).
         disagree = (edge_correct != cloud_correct)[np.argsort(confidence, kind="stable")]
         kept_disagreements = disagree.sum() - np.concatenate([[0], np.cumsum(disagree)])
@@ -204,9 +212,9 @@ def _escalations(
 
 
 def pick_threshold(
-    confidence: np.ndarray,
-    edge_correct: np.ndarray,
-    cloud_correct: np.ndarray,
+    confidence: Floats,
+    edge_correct: Booleans,
+    cloud_correct: Booleans,
     target: Target,
     assurance: float = 0.5,
     window: int | None = None,

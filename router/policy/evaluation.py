@@ -7,14 +7,19 @@ operating point is the manifest's."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.router.policy.calibration import Split, candidate_policies, cascade_curve
 from edgecascade.router.policy.policies import (
+    Classes,
     EntropyPolicy,
+    Floats,
     MaxProbabilityPolicy,
+    ScorePolicy,
     policy_from_manifest,
 )
 from edgecascade.router.policy.temperature import expected_calibration_error, fit_temperature
@@ -31,7 +36,7 @@ CURVE_STEP = 0.0025  # escalation-rate spacing of the curves stored in the repor
 BOOTSTRAP_RESAMPLES = 1000  # paired bootstrap of the test split for the policy comparisons
 
 
-def _scores(split: Split, temperature: float) -> dict[str, np.ndarray]:
+def _scores(split: Split, temperature: float) -> dict[str, Floats]:
     """Every input's score, per policy (by label) and baseline."""
     ours = candidate_policies(split, temperature, kind=None, mirror=None, ensemble=None)
     scores = {policy.label: split.confidence(policy) for policy in ours}
@@ -39,8 +44,8 @@ def _scores(split: Split, temperature: float) -> dict[str, np.ndarray]:
 
 
 def _bootstrap_curves(
-    split: Split, scores: dict[str, np.ndarray], ks: np.ndarray, resamples: int, seed: int = 0
-) -> dict[str, np.ndarray]:
+    split: Split, scores: dict[str, Floats], ks: Classes, resamples: int, seed: int = 0
+) -> dict[str, NDArray[np.float64]]:
     """Cascade accuracy at k escalations on `resamples` resamples (with replacement) of the
     split, the same resamples for every score: {name: [resamples, len(ks)]}."""
     n = len(split.labels)
@@ -63,7 +68,7 @@ def _bootstrap_curves(
     return out
 
 
-def _significance(ours: np.ndarray, baseline: np.ndarray, rates: np.ndarray, upto: float) -> dict:
+def _significance(ours: Floats, baseline: Floats, rates: Floats, upto: float) -> dict[str, Any]:
     """Where the paired bootstrap's 95% interval of (ours - baseline) excludes 0, and in how many
     resamples ours is at least as accurate at every rate (how often that criterion could hold
     on a split of this size)."""
@@ -86,7 +91,7 @@ def _significance(ours: np.ndarray, baseline: np.ndarray, rates: np.ndarray, upt
     }
 
 
-def _versus(ours: np.ndarray, baseline: np.ndarray, upto: int) -> dict:
+def _versus(ours: Floats, baseline: Floats, upto: int) -> dict[str, Any]:
     """How `ours` compares with `baseline` at every escalation count k (and k <= upto)."""
     n = len(ours) - 1
     diff = ours - baseline
@@ -102,12 +107,12 @@ def _versus(ours: np.ndarray, baseline: np.ndarray, upto: int) -> dict:
     }
 
 
-def _point(split: Split, policy) -> dict:
+def _point(split: Split, policy: ScorePolicy) -> dict[str, float]:
     p = split.operating_point(policy)
     return {"escalation_rate": p.escalation_rate, "accuracy": p.cascade_accuracy}
 
 
-def evaluate_family(family_folder: Path) -> dict:
+def evaluate_family(family_folder: Path) -> dict[str, Any]:
     """The report `edgecascade router evaluate` writes (see README, Router)."""
     manifest = Manifest.load(family_folder / "manifest.json")
     calibration = Split.load(family_folder / "calibration.npz")
@@ -198,7 +203,7 @@ def evaluate_family(family_folder: Path) -> dict:
     }
 
 
-def plot_report(report: dict, png: Path) -> None:
+def plot_report(report: dict[str, Any], png: Path) -> None:
     """Accuracy against escalation rate, full range and zoomed on the goal region."""
     import matplotlib
 
@@ -215,7 +220,7 @@ def plot_report(report: dict, png: Path) -> None:
     # Baselines first (dashed, wide) so that our policies stay visible on top of them; the zoom
     # shows the baselines, the calibrated policy and the same kind with one view only.
     names = sorted(curves, key=lambda name: name not in BASELINES)
-    colors = dict(zip(names, plt.get_cmap("tab20").colors))
+    colors = dict(zip(names, plt.get_cmap("tab20")(range(20))))  # its 20 colours, in order
     zoomed = [name for name in names if name in {*BASELINES, chosen, point["policy"]["kind"]}]
     for ax, xmax, shown in zip(axes[:2], (1.0, 0.4), (names, zoomed)):
         for name in shown:

@@ -18,22 +18,28 @@ the CLI's help know the kinds from `POLICIES` alone."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
+from numpy.typing import NDArray
 
 from edgecascade.cloud.common.errors import UserError
 from edgecascade.cloud.common.manifest import RoutingPolicy, plain_name
 
+Floats = NDArray[np.floating[Any]]  # logits, probabilities and scores, [..., K] or [...]
+Classes = NDArray[np.integer[Any]]  # class ids
+Booleans = NDArray[np.bool_]  # per input: escalated, or answered right
 
-def softmax(logits: np.ndarray) -> np.ndarray:
+
+def softmax(logits: Floats) -> Floats:
     """Row-wise softmax of [..., K] logits, numerically stable."""
     z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+    e: Floats = np.exp(z)
+    total: Floats = e.sum(axis=-1, keepdims=True)
+    return e / total
 
 
-def member_logits(logits: np.ndarray) -> np.ndarray:
+def member_logits(logits: Floats) -> Floats:
     """[N, members, K] edge logits from an ensemble's [N, members, K] or one model's [N, K]."""
     return logits.reshape(len(logits), -1, logits.shape[-1])
 
@@ -61,7 +67,7 @@ class ScorePolicy:
     def multiview(self) -> bool:
         return self.mirror or self.ensemble
 
-    def views(self, logits: np.ndarray, mirrored: np.ndarray | None = None) -> np.ndarray:
+    def views(self, logits: Floats, mirrored: Floats | None = None) -> Floats:
         """What `confidence` takes, from the edge model's logits of the images ([N, K], or
         [N, members, K] for an ensemble) and of their mirrors (alike; needed with `mirror`):
         [N, K] for a one-view policy, else [N, V, K] with view 0 member 0 on the image as given."""
@@ -75,15 +81,15 @@ class ScorePolicy:
         return chosen if self.multiview else chosen[:, 0]
 
     @staticmethod
-    def score(probabilities: np.ndarray, answer: np.ndarray) -> np.ndarray:
+    def score(probabilities: Floats, answer: Classes) -> Floats:
         """Confidence per row of [..., K] probabilities in the `answer` class ids [...]."""
         raise NotImplementedError
 
-    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+    def probabilities(self, logits: Floats) -> NDArray[np.float64]:
         """softmax(logits / temperature) of [..., K] edge logits."""
         return softmax(np.asarray(logits, np.float64) / self.temperature)
 
-    def confidence(self, logits: np.ndarray) -> np.ndarray:
+    def confidence(self, logits: Floats) -> Floats:
         """The policy's score of edge logits: [..., K], or [..., V, K] (the views of each input,
         view 0 the one that answers, as `views` lays them out) when it looks more than once."""
         probabilities = self.probabilities(logits)
@@ -96,7 +102,7 @@ class ScorePolicy:
             answer = probabilities.argmax(axis=-1)
         return self.score(probabilities, answer)
 
-    def escalate(self, confidence: float | np.ndarray) -> bool | np.ndarray:
+    def escalate(self, confidence: float | Floats) -> bool | Booleans:
         return confidence < self.threshold
 
 
@@ -133,7 +139,7 @@ def policy_class(kind: str) -> type[ScorePolicy]:
         ) from None
 
 
-def _answer_probability(probabilities: np.ndarray, answer: np.ndarray) -> np.ndarray:
+def _answer_probability(probabilities: Floats, answer: Classes) -> Floats:
     return np.take_along_axis(probabilities, np.asarray(answer)[..., None], axis=-1)[..., 0]
 
 
@@ -144,7 +150,7 @@ class MaxProbabilityPolicy(ScorePolicy):
     name: ClassVar[str] = "max_prob"
 
     @staticmethod
-    def score(probabilities: np.ndarray, answer: np.ndarray) -> np.ndarray:
+    def score(probabilities: Floats, answer: Classes) -> Floats:
         return _answer_probability(probabilities, answer)
 
 
@@ -156,11 +162,12 @@ class MarginPolicy(ScorePolicy):
     name: ClassVar[str] = "margin"
 
     @staticmethod
-    def score(probabilities: np.ndarray, answer: np.ndarray) -> np.ndarray:
+    def score(probabilities: Floats, answer: Classes) -> Floats:
         mine = _answer_probability(probabilities, answer)
         others = probabilities.copy()
         np.put_along_axis(others, np.asarray(answer)[..., None], -np.inf, axis=-1)
-        return np.maximum(mine - others.max(axis=-1), 0.0)
+        margin: Floats = np.maximum(mine - others.max(axis=-1), 0.0)
+        return margin
 
 
 @register_policy
@@ -171,10 +178,11 @@ class EntropyPolicy(ScorePolicy):
     name: ClassVar[str] = "entropy"
 
     @staticmethod
-    def score(probabilities: np.ndarray, answer: np.ndarray) -> np.ndarray:
+    def score(probabilities: Floats, answer: Classes) -> Floats:
         p = np.asarray(probabilities)
         plogp = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
-        return 1.0 + plogp.sum(axis=-1) / np.log(p.shape[-1])
+        score: Floats = 1.0 + plogp.sum(axis=-1) / np.log(p.shape[-1])
+        return score
 
 
 def policy_from_manifest(policy: RoutingPolicy, threshold: float | None = None) -> ScorePolicy:

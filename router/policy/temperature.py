@@ -6,17 +6,19 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
+from edgecascade.router.policy.policies import Classes, Floats
+
 # The fit searches log T in this range: T from 0.05 to 20.
 LOG_T_BOUNDS = (np.log(0.05), np.log(20.0))
 
 
-def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+def negative_log_likelihood(logits: Floats, labels: Classes, temperature: float) -> float:
     """Mean NLL of the labels under softmax(logits / temperature)."""
     log_p = log_softmax(np.asarray(logits, np.float64) / temperature, axis=-1)
     return float(-log_p[np.arange(len(labels)), labels].mean())
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+def fit_temperature(logits: Floats, labels: Classes) -> float:
     """The temperature minimising the NLL of `labels` (use a calibration split, never test)."""
     result = minimize_scalar(
         lambda log_t: negative_log_likelihood(logits, labels, float(np.exp(log_t))),
@@ -27,9 +29,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp(result.x))
 
 
-def expected_calibration_error(
-    probabilities: np.ndarray, labels: np.ndarray, bins: int = 15
-) -> float:
+def expected_calibration_error(probabilities: Floats, labels: Classes, bins: int = 15) -> float:
     """ECE of the top-1 probability over `bins` equal-width bins on (0, 1]."""
     confidence = probabilities.max(axis=-1)
     correct = probabilities.argmax(axis=-1) == labels
