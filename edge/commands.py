@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from edgecascade.cloud.common.errors import UserError
 from edgecascade.cloud.common.serving import check_address, log_to_stderr, run_until_signalled
 from edgecascade.edge.serving.server import serve
 from edgecascade.edge.sources.base import describe_kinds, source_kinds
@@ -81,38 +80,35 @@ def serve_command(
 ) -> None:
     """Serve the Cascade and KServe v2 gRPC APIs until SIGINT/SIGTERM. Settings come from
     --config (TOML), then EDGECASCADE_<SETTING> environment variables, then these options."""
-    from edgecascade.edge.serving.config import ConfigError, load_settings
+    from edgecascade.edge.serving.config import load_settings
     from edgecascade.edge.tools.families import built_family
 
-    try:
-        settings = load_settings(
-            config,
-            family=family,
-            cloud_url=cloud_url,
-            sync_url=sync_url,
-            device=device,
-            hint=hint,
-            precision=precision,
-            host=host,
-            port=port,
-            threshold=threshold,
-            cloud_timeout_s=cloud_timeout,
-            breaker_failures=breaker_failures,
-            breaker_cooldown_s=breaker_cooldown,
-            artifacts=artifacts,
-            max_in_flight=max_in_flight,
-            max_batch=max_batch,
-            max_message_bytes=max_message_bytes,
-            grace_s=grace,
-            metrics_port=metrics_port,
-            fold_preprocessing=fold_preprocessing,
-        )
-    except ConfigError as e:
-        raise UserError(str(e)) from None
+    settings = load_settings(  # a ConfigError is a UserError
+        config,
+        family=family,
+        cloud_url=cloud_url,
+        sync_url=sync_url,
+        device=device,
+        hint=hint,
+        precision=precision,
+        host=host,
+        port=port,
+        threshold=threshold,
+        cloud_timeout_s=cloud_timeout,
+        breaker_failures=breaker_failures,
+        breaker_cooldown_s=breaker_cooldown,
+        artifacts=artifacts,
+        max_in_flight=max_in_flight,
+        max_batch=max_batch,
+        max_message_bytes=max_message_bytes,
+        grace_s=grace,
+        metrics_port=metrics_port,
+        fold_preprocessing=fold_preprocessing,
+    )
     for name, address in (("cloud_url", settings.cloud_url), ("sync_url", settings.sync_url)):
         if address:
             check_address(name, address)
-    if settings.sync_url is None:  # else a family not built here is fetched from ModelSync
+    if not settings.sync_url:  # else a family not built here is fetched from ModelSync
         built_family(settings.family, settings.artifacts)
     run_until_signalled(lambda stop: serve(settings, stop))
 
