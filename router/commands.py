@@ -41,7 +41,7 @@ def serve_command(
     ] = None,
     registry: Annotated[Path | None, _setting("registry")] = None,
     metrics_port: Annotated[int | None, _setting("metrics_port")] = None,
-    grace_s: Annotated[float | None, _setting("grace_s", "--grace")] = None,
+    grace_s: Annotated[int | None, _setting("grace_s", "--grace")] = None,
 ) -> None:
     """Serve KServe v2 gRPC in front of Triton endpoints through HAProxy (per-request load
     balancing, readiness checks, failover). Settings come from --config (TOML), then

@@ -47,7 +47,9 @@ class GatewaySettings(BaseSettings):
     metrics_port: int = Field(
         0, ge=0, le=65535, description="serve Prometheus metrics (HAProxy's) on this port; 0: off"
     )
-    grace_s: float = Field(5.0, ge=0, description="seconds in-flight calls get on shutdown")
+    grace_s: int = Field(  # whole seconds: HAProxy's hard-stop-after is rendered in seconds
+        5, ge=0, description="seconds in-flight calls get on shutdown"
+    )
 
     @field_validator("upstream", mode="before")
     @classmethod

@@ -23,7 +23,7 @@ def test_options_override_the_environment_which_overrides_the_file(
 ) -> None:
     config = write(
         tmp_path,
-        'upstream = ["triton-a:8001"]\nport = 6000\nprobe_interval_s = 2.0\ngrace_s = 1.5\n'
+        'upstream = ["triton-a:8001"]\nport = 6000\nprobe_interval_s = 2.0\ngrace_s = 2\n'
         'registry = "/srv/registry"\n',
     )
     monkeypatch.setenv("EDGECASCADE_GATEWAY_PORT", "7000")
@@ -32,7 +32,7 @@ def test_options_override_the_environment_which_overrides_the_file(
     settings = load_gateway_settings(config, {"port": 8000, "grace_s": None})
     assert settings.upstream == ["triton-b:8001", "triton-c:9001"]  # env, comma-separated
     assert (settings.port, settings.metrics_port) == (8000, 9101)  # option, env
-    assert (settings.probe_interval_s, settings.grace_s) == (2.0, 1.5)  # file; None ignored
+    assert (settings.probe_interval_s, settings.grace_s) == (2.0, 2)  # file; None ignored
     assert settings.registry == Path("/srv/registry") and settings.host == "127.0.0.1"
     monkeypatch.delenv("EDGECASCADE_GATEWAY_UPSTREAM")
     assert load_gateway_settings(config).upstream == ["triton-a:8001"]
@@ -102,7 +102,7 @@ def test_serve_names_the_flag_that_was_given_and_exits_2() -> None:
         "error: invalid gateway settings: probe_interval_s (option "
         "--probe-interval): Input should be greater than 0, got 0.0",
         "invalid gateway settings: grace_s (option --grace): Input should be greater than or "
-        "equal to 0, got -1.0",
+        "equal to 0, got -1",
     ]
 
 
