@@ -8,11 +8,11 @@ from typing import Annotated
 
 import typer
 
-from edgecascade.cloud.common import certs
+from edgecascade.cloud.common import certs, signing
 from edgecascade.cloud.common.paths import artifacts_root
 
 app = typer.Typer(
-    help="Development certificates: a local CA and the certificates it signs.",
+    help="Development certificates (a local CA and what it signs) and manifest signing keys.",
     no_args_is_help=True,
 )
 
@@ -74,3 +74,17 @@ def issue_command(
     except (certs.CertificateError, OSError) as e:
         raise _fail("issue", e) from None
     typer.echo(f"{'client' if client else 'server'} certificate {issued.cert} (key {issued.key})")
+
+
+@app.command("signing-key")
+def signing_key_command(
+    name: Annotated[str, typer.Argument(help="<name>.ed25519 (private), <name>.ed25519.pub")],
+    folder: Folder = None,
+) -> None:
+    """Make an Ed25519 key that signs manifests; edges trust its .pub file."""
+    try:
+        private, public = signing.generate_key(_folder(folder), name)
+    except (signing.SigningKeyError, OSError) as e:
+        raise _fail("signing-key", e) from None
+    key_id = signing.key_id(signing.load_private_key(private).public_key())
+    typer.echo(f"signing key {key_id}: {private} (keep it private), {public} (for the edges)")

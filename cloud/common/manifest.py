@@ -130,6 +130,13 @@ class RoutingPolicy(BaseModel):
     )
 
 
+class Signature(BaseModel):
+    """An Ed25519 signature of the manifest without this field (see cloud.common.signing)."""
+
+    key_id: str = Field(pattern=r"^[0-9a-f]{16}$", description="which key signed")
+    ed25519: str = Field(description="the 64-byte signature, base64")
+
+
 class Manifest(BaseModel):
     family: str
     version: int = Field(ge=1)
@@ -140,6 +147,8 @@ class Manifest(BaseModel):
     cloud: ModelSpec
     policy: RoutingPolicy
     notes: dict[str, str] = Field(default_factory=dict)
+    # Left out of the JSON while None, so an unsigned manifest is written as before.
+    signature: Signature | None = Field(None, exclude_if=lambda value: value is None)
 
     @field_validator("family")
     @classmethod
