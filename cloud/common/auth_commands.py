@@ -9,7 +9,9 @@ import typer
 
 from edgecascade.cloud.common.auth import SCOPES, AuthError, Callers, Scope
 
-app = typer.Typer(help="Callers and their scopes (bearer tokens, client certificates).")
+app = typer.Typer(
+    help="Callers and their scopes (bearer tokens, client certificates).", no_args_is_help=True
+)
 
 CallerFile = Annotated[
     Path, typer.Option("--file", help="the caller file (created if missing, kept 0600)")
