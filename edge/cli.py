@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
+from edgecascade.cloud.common import auth_commands, certs_commands
 from edgecascade.cloud.common.serving import user_errors
 from edgecascade.cloud.registry import commands as registry_commands
 from edgecascade.cloud.triton import commands as cloud_commands
@@ -37,6 +38,8 @@ app = typer.Typer(
 app.add_typer(edge_commands.app, name="edge")
 app.add_typer(cloud_commands.app, name="cloud")
 app.add_typer(router_commands.app, name="router")
+app.add_typer(certs_commands.app, name="certs")
+app.add_typer(auth_commands.app, name="auth")
 models = typer.Typer(
     help="Model families: build, publish to the registry, list.", no_args_is_help=True
 )
