@@ -139,6 +139,7 @@ def run(main: Coroutine[Any, Any, None]) -> None:
         ("operator", UNLISTED, PERMISSION_DENIED, "open to no caller"),
     ],
 )
+@pytest.mark.integration  # a loopback gRPC server
 def test_each_method_needs_its_scope(
     caller: str, method: str, code: grpc.StatusCode, says: str
 ) -> None:
@@ -167,6 +168,7 @@ def test_each_method_needs_its_scope(
         ("Bearer UnknownTokenUnknownTokenUnknownToken", "not known to this server"),
     ],
 )
+@pytest.mark.integration  # a loopback gRPC server
 def test_missing_malformed_and_unknown_tokens_are_unauthenticated(
     authorization: str | None, says: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -188,6 +190,7 @@ def test_missing_malformed_and_unknown_tokens_are_unauthenticated(
     assert "refused '/edgecascade.v1.Cascade/Classify'" in caplog.text
 
 
+@pytest.mark.integration  # a loopback gRPC server
 def test_two_authorization_entries_are_refused() -> None:
     callers, tokens = with_tokens()
     bearer = ("authorization", f"Bearer {tokens['edge-1']}")
@@ -202,6 +205,7 @@ def test_two_authorization_entries_are_refused() -> None:
     run(main())
 
 
+@pytest.mark.integration  # a loopback gRPC server
 def test_health_is_open_to_everyone() -> None:
     async def main() -> None:
         async with serving(Callers()) as (address, ran):
@@ -241,6 +245,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, certs.Issued]:
     }
 
 
+@pytest.mark.integration  # a loopback gRPC server
 def test_a_client_certificate_identifies_the_caller(pki: dict[str, certs.Issued]) -> None:
     callers, tokens = with_tokens()
     callers = callers.with_certificate("camera-1", "edge-1", ["infer"])

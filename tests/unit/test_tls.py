@@ -16,6 +16,8 @@ from tritonclient.utils import InferenceServerException
 from edgecascade.cloud.common import certs
 from edgecascade.cloud.common.transport import PLAINTEXT, PortInUse, Tls, TlsError, Transport
 
+pytestmark = pytest.mark.integration  # real TLS handshakes with loopback gRPC servers
+
 WHOAMI = "/test.Echo/WhoAmI"
 
 

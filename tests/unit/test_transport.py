@@ -126,6 +126,7 @@ async def _metadata_server() -> tuple[grpc.aio.Server, str]:
     return server, f"127.0.0.1:{port}"
 
 
+@pytest.mark.integration  # a loopback gRPC server
 def test_channels_send_the_transport_metadata_with_every_call() -> None:
     """On unary and streaming calls alike, asyncio and blocking channels."""
 
@@ -147,6 +148,7 @@ def test_channels_send_the_transport_metadata_with_every_call() -> None:
     assert all("x-edgecascade-test" not in seen for seen in plain_seen)
 
 
+@pytest.mark.integration  # a loopback gRPC server
 def test_a_port_held_by_another_program_is_an_error() -> None:
     async def main() -> None:
         with socket.socket() as holder:
@@ -160,6 +162,7 @@ def test_a_port_held_by_another_program_is_an_error() -> None:
     asyncio.run(main())
 
 
+@pytest.mark.integration  # a loopback gRPC server
 def test_a_second_grpc_server_does_not_share_the_port() -> None:
     async def main() -> None:
         first = PLAINTEXT.server()
@@ -174,6 +177,7 @@ def test_a_second_grpc_server_does_not_share_the_port() -> None:
     asyncio.run(main())
 
 
+@pytest.mark.integration  # a loopback gRPC server
 def test_message_limit_applies_to_servers_and_channels() -> None:
     async def main() -> grpc.StatusCode:
         small = Transport(max_message_bytes=1024)
