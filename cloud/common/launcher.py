@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import ctypes
 import os
 import signal
 import subprocess
@@ -23,9 +22,17 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
-_PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True)  # loaded here: no dlopen in the forked child
 POLL_S = 0.1  # how often a starting child's ready check runs
+# The child asks for SIGKILL when its parent goes (PR_SET_PDEATHSIG = 1; it survives the exec),
+# leaves if the parent is gone already, then becomes the program. It runs after the exec, not
+# as a preexec_fn: Python code between fork and exec can deadlock on gRPC's fork handlers.
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None).prctl(1, signal.SIGKILL)\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit(f'{sys.argv[2]}: parent {sys.argv[1]} exited before the child started')\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
 
 
 def edgecascade_command(*args: str) -> list[str]:
@@ -33,9 +40,9 @@ def edgecascade_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "edgecascade", *args]
 
 
-def die_with_parent() -> None:
-    """`preexec_fn` for a child: it gets SIGKILL when the thread that started it exits."""
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+def dying_with_parent(args: Sequence[str]) -> list[str]:
+    """argv that runs `args` so that it gets SIGKILL when the thread that started it exits."""
+    return [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, str(os.getpid()), *args]
 
 
 class ChildFailed(RuntimeError):
@@ -91,7 +98,7 @@ class ChildProcess:
 
     def launch(self) -> None:
         """Start the child without waiting for it to be ready; call from the thread the child
-        should live as long as (see `die_with_parent`)."""
+        should live as long as (see `dying_with_parent`)."""
         if self.is_running():
             raise ChildFailed(f"{self.name} already running (pid {self.pid})")
         log: IO[bytes] | None = None
@@ -100,14 +107,13 @@ class ChildProcess:
             log = open(self.log_path, "ab")  # noqa: SIM115 - the child holds it, we close ours
         try:
             self._process = subprocess.Popen(
-                self.args,
+                dying_with_parent(self.args),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=None if log is None else subprocess.STDOUT,
                 env=self.env,
                 cwd=self.cwd,
                 start_new_session=True,
-                preexec_fn=die_with_parent,  # noqa: PLW1509 - only a prctl call
             )
         finally:
             if log is not None:
