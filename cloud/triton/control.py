@@ -7,6 +7,9 @@ versions that stay keep answering while that happens.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import tritonclient.grpc as grpcclient
 
 from edgecascade.cloud.common.transport import PLAINTEXT
@@ -17,39 +20,37 @@ class TritonControlError(RuntimeError):
 
 
 class ModelControl:
-    """Model control of the Triton server at `url` (host:port of its gRPC endpoint)."""
+    """Model control of the Triton server at `url` (host:port of its gRPC endpoint): a load or
+    an unload may take `timeout_s`, a question `query_timeout_s`."""
 
-    def __init__(self, url: str, timeout_s: float = 300.0) -> None:
+    def __init__(self, url: str, timeout_s: float = 300.0, query_timeout_s: float = 10.0) -> None:
         self.url = url
         self.timeout_s = timeout_s
+        self.query_timeout_s = query_timeout_s
 
     def load(self, name: str) -> None:
         """(Re)load model `name` from the repository; returns once it is loaded."""
-        self._control("load", name)
+        with self._client() as client, self._refused(f"load {name}"):
+            client.load_model(name, client_timeout=self.timeout_s)
 
     def unload(self, name: str) -> None:
         """Unload every version of model `name`."""
-        self._control("unload", name)
-
-    def _control(self, action: str, name: str) -> None:
-        with self._client() as client:
-            try:
-                getattr(client, f"{action}_model")(name, client_timeout=self.timeout_s)
-            except grpcclient.InferenceServerException as exc:
-                raise TritonControlError(
-                    f"Triton at {self.url} could not {action} {name}: {exc}"
-                ) from exc
+        with self._client() as client, self._refused(f"unload {name}"):
+            client.unload_model(name, client_timeout=self.timeout_s)
 
     def ready_versions(self, name: str) -> list[int]:
         """The versions of model `name` that are ready to serve, lowest first."""
-        with self._client() as client:
-            try:
-                index = client.get_model_repository_index().models
-            except grpcclient.InferenceServerException as exc:
-                raise TritonControlError(
-                    f"Triton at {self.url} could not list models: {exc}"
-                ) from exc
-        return sorted(int(m.version) for m in index if m.name == name and m.state == "READY")
+        with self._client() as client, self._refused("list models"):
+            index = client.get_model_repository_index(client_timeout=self.query_timeout_s)
+        return sorted(int(m.version) for m in index.models if m.name == name and m.state == "READY")
 
     def _client(self) -> grpcclient.InferenceServerClient:
         return PLAINTEXT.triton(self.url)
+
+    @contextmanager
+    def _refused(self, what: str) -> Iterator[None]:
+        """Triton's refusal (or a timeout) as a TritonControlError that says what was asked."""
+        try:
+            yield
+        except grpcclient.InferenceServerException as exc:
+            raise TritonControlError(f"Triton at {self.url} could not {what}: {exc}") from exc

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -17,7 +18,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from edgecascade.cloud.common.errors import InternalFailure, RequestError
 from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.cloud.common.paths import artifacts_root, edge_model_file, family_dir
-from edgecascade.cloud.common.preprocessing import MAX_IMAGE_PIXELS, InvalidImage, pixel_limit
+from edgecascade.cloud.common.preprocessing import (
+    MAX_IMAGE_PIXELS,
+    Images,
+    InvalidImage,
+    pixel_limit,
+)
 from edgecascade.edge.serving.limits import InFlightLimit, Overloaded
 from edgecascade.edge.serving.metrics import Metrics
 from edgecascade.edge.serving.runtime import EdgeModel, PerformanceHint
@@ -29,6 +35,11 @@ from edgecascade.router.policy.policies import policy_from_manifest
 
 log = logging.getLogger(__name__)
 WARM_UP_RUNS = 3
+# The failure label (Triton's) of a request refused for one of these; any other: OTHER.
+FAILURE_REASONS: dict[type[Exception], str] = {
+    Overloaded: "REJECTED",
+    InvalidImage: "INVALID_ARGUMENT",
+}
 
 
 class EdgeSettings(BaseSettings):
@@ -98,15 +109,36 @@ class Counters:
 
 @dataclass
 class Deployment:
-    """One model pair ready to serve: a request runs start to end on the deployment it began on."""
+    """One model pair ready to serve: a request runs start to end on the deployment it began on
+    (`serving`). Replaced, it is closed once the requests in flight on it have finished; its
+    compiled models go with the last reference to it."""
 
     manifest: Manifest
     folder: Path
     model: EdgeModel
     cascade: Cascade
     cloud: CloudClient | None
+    in_flight: int = 0
+    _drained: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    def __post_init__(self) -> None:
+        self._drained.set()
+
+    @contextmanager
+    def serving(self) -> Iterator[Cascade]:
+        """The cascade, with this request counted in flight on the deployment while it runs."""
+        self.in_flight += 1
+        self._drained.clear()
+        try:
+            yield self.cascade
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self._drained.set()
 
     async def close(self) -> None:
+        """Wait until no request is in flight on this deployment, then close its cloud client."""
+        await self._drained.wait()
         if self.cloud:
             await self.cloud.close()
 
@@ -114,8 +146,9 @@ class Deployment:
 @dataclass
 class EdgeAgent:
     """The agent's state. `deployment` is swapped atomically (one assignment on the event
-    loop) when a new pair has been verified, compiled and warmed up; `previous` is kept to
-    roll back to."""
+    loop) when a new pair has been verified, compiled and warmed up; the one it replaces is
+    closed once its requests have finished. `previous` is the pair replaced last (the one a
+    rollback returns to, from the edge cache)."""
 
     settings: EdgeSettings
     deployment: Deployment
@@ -123,7 +156,7 @@ class EdgeAgent:
     metrics: Metrics
     breaker: CircuitBreaker
     latency: LatencyTracker
-    previous: Deployment | None = None
+    previous: Manifest | None = None
     update_error: str = ""
     counters: Counters = field(default_factory=Counters)
 
@@ -169,7 +202,8 @@ class EdgeAgent:
             self.update_error = f"{folder.name}: {e}"
             log.error("update to %s failed, still serving %s: %s", folder, self.manifest.version, e)
             raise
-        self.previous, self.deployment = self.deployment, deployment
+        replaced, self.deployment = self.deployment, deployment
+        self.previous = replaced.manifest
         self.update_error = ""
         self.metrics.serving(deployment.manifest)
         log.info(
@@ -179,11 +213,19 @@ class EdgeAgent:
             deployment.manifest.edge.key,
             deployment.manifest.cloud.key,
         )
+        in_flight = replaced.in_flight
+        await replaced.close()
+        log.info(
+            "closed the deployment of v%d (%s) after its last %d requests in flight",
+            replaced.manifest.version,
+            replaced.folder,
+            in_flight,
+        )
         return deployment
 
     async def answer(
         self,
-        decode: Callable[[], Sequence[np.ndarray]],
+        decode: Callable[[], Images],
         *,
         received_at: float,
         deadline: float | None = None,
@@ -193,19 +235,19 @@ class EdgeAgent:
         max_in_flight, InvalidImage for unreadable input (or one above max_image_pixels) and
         InternalFailure for anything else (logged); times are time.perf_counter(). Decoding runs
         in a thread, so a slow image does not hold up other calls."""
-        cascade = self.deployment.cascade  # the whole request runs on one pair
         try:
-            with self.limit.admit(), pixel_limit(self.settings.max_image_pixels):
+            with (
+                self.limit.admit(),
+                pixel_limit(self.settings.max_image_pixels),
+                self.deployment.serving() as cascade,  # the whole request runs on one pair
+            ):
                 images = await asyncio.to_thread(decode)  # the thread sees the pixel limit
                 answers = await cascade.classify_batch(
                     images, received_at=received_at, deadline=deadline
                 )
         except Exception as e:
             self.counters.errors += isinstance(e, InvalidImage)
-            reason = {Overloaded: "REJECTED", InvalidImage: "INVALID_ARGUMENT"}.get(
-                type(e), "OTHER"
-            )
-            self.metrics.failed(reason)
+            self.metrics.failed(FAILURE_REASONS.get(type(e), "OTHER"))
             if isinstance(e, RequestError):
                 raise
             raise InternalFailure.logged("answering a request", e) from e
@@ -232,8 +274,8 @@ async def _deploy(
         shaped = logits.shape[-1:] == (len(manifest.labels),) and logits.ndim <= 2  # [members,] K
         if not shaped or not np.isfinite(logits).all():
             raise ValueError(f"edge model warm-up gave logits of shape {logits.shape}")
-    cloud = CloudClient(settings.cloud_url, manifest.cloud) if settings.cloud_url else None
     policy = policy_from_manifest(manifest.policy, settings.threshold)
+    cloud = CloudClient(settings.cloud_url, manifest.cloud) if settings.cloud_url else None
     cascade = Cascade(
         manifest,
         model.infer_batch,

@@ -123,7 +123,7 @@ class CascadeService(pb_grpc.CascadeServicer):
         return pb.GetStatusResponse(
             versions=versions(agent.manifest),
             manifest_version=agent.manifest.version,
-            previous_version=agent.previous.manifest.version if agent.previous else 0,
+            previous_version=agent.previous.version if agent.previous else 0,
             update_error=agent.update_error,
             version_mismatch=agent.cascade.mismatch or "",
             device=agent.model.describe(),

@@ -81,5 +81,5 @@ async def update(agent: EdgeAgent, stub: sync_grpc.ModelSyncStub, manifest: Mani
     await agent.activate(folder)
 
 
-def start(agent: EdgeAgent, sync_url: str) -> asyncio.Task:
+def start(agent: EdgeAgent, sync_url: str) -> asyncio.Task[None]:
     return asyncio.create_task(follow(agent, sync_url), name="model-sync")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -14,6 +14,8 @@ from numpy.typing import NDArray
 
 from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.cloud.common.preprocessing import (
+    Image,
+    Images,
     color_groups,
     off_loop,
     prepare_batch,
@@ -150,7 +152,7 @@ class Cascade:
 
     async def classify_batch(
         self,
-        images: Sequence[NDArray[Any]],
+        images: Images,
         *,
         received_at: float,
         deadline: float | None = None,
@@ -182,9 +184,7 @@ class Cascade:
             bytes_per_escalation=sent,
         )
 
-    async def _edge_logits(
-        self, images: Sequence[NDArray[Any]]
-    ) -> tuple[NDArray[Any], NDArray[Any] | None]:
+    async def _edge_logits(self, images: Images) -> tuple[NDArray[Any], NDArray[Any] | None]:
         """Edge logits [N, members, K] of the images and, for a mirroring policy, of their
         mirrors: one inference of the N (or 2N) views."""
         n = len(images)
@@ -192,7 +192,7 @@ class Cascade:
         logits = member_logits(logits)
         return logits[:n], logits[n:] if self.policy.mirror else None
 
-    async def _infer(self, images: Sequence[NDArray[Any]]) -> NDArray[Any]:
+    async def _infer(self, images: Images) -> NDArray[Any]:
         spec = self.manifest.edge.preprocessing
         if not self._edge_folds:
             batch = await off_loop(images, prepare_batch, images, spec)
@@ -205,7 +205,7 @@ class Cascade:
         return logits
 
     async def _ask_cloud(
-        self, images: list[NDArray[Any]], deadline: float | None
+        self, images: list[Image], deadline: float | None
     ) -> tuple[DegradedReason | None, int, NDArray[Any] | None]:
         """One cloud call for `images`: (None, bytes sent per image, probabilities [n, K]), or
         (the degraded reason, bytes sent per image, None) when the cloud is not or cannot be

@@ -176,6 +176,8 @@ def test_versions_switch_at_one_point_and_bad_updates_never_serve(fashion_manife
             after = [p for s in streams for p in s.pairs if p[:2] == pair2]
             assert any(p[2] == pb.CLOUD for p in after), "the new pair escalates to cloud v2"
             assert status(edge.address).previous_version == v1.version
+            closed = f"closed the deployment of v{v1.version} "  # once its last request was done
+            assert wait_until(lambda: closed in edge.log_path.read_text(), 10), edge.log_tail()
             fleet = cli_status(edge.address, "127.0.0.1:1")
             assert fleet[0]["health"] == "SERVING" and fleet[0]["family"] == "fashion"
             assert (fleet[0]["manifest_version"], fleet[0]["previous_version"]) == (2, 1)
@@ -220,3 +222,4 @@ def test_versions_switch_at_one_point_and_bad_updates_never_serve(fashion_manife
     assert all(a.tier == pb.EDGE for a in answers)
     escalated = [a for a in answers if a.degraded]
     assert escalated and {a.degraded_reason for a in escalated} == {"version-mismatch"}
+    assert {a.degraded_reason_code for a in escalated} == {pb.VERSION_MISMATCH}

@@ -2,13 +2,14 @@
 (issue 12): EdgeAgent.answer turns it into a RequestError, ModelStreamInfer answers it."""
 
 import asyncio
+from pathlib import Path
 from types import SimpleNamespace
 
 import grpc
 import pytest
 
 from edgecascade.cloud.common.errors import InternalFailure
-from edgecascade.edge.serving.agent import EdgeAgent, EdgeSettings
+from edgecascade.edge.serving.agent import Deployment, EdgeAgent, EdgeSettings
 from edgecascade.edge.serving.kserve import KServeService
 from edgecascade.edge.serving.limits import InFlightLimit
 from tests.unit.test_kserve_requests import PNG, request
@@ -24,7 +25,7 @@ def agent() -> EdgeAgent:
     metrics = SimpleNamespace(failed=failed.append)
     return EdgeAgent(
         EdgeSettings(),
-        SimpleNamespace(cascade=Cascade()),
+        Deployment(None, Path(), None, Cascade(), None),
         InFlightLimit(4),
         metrics,
         breaker=None,
