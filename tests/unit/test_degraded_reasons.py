@@ -6,10 +6,12 @@ import ast
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 
 from edgecascade.edge.serving.metrics import Metrics
 from edgecascade.router.cascade.breaker import CircuitBreaker
@@ -124,5 +126,5 @@ def test_metric_labels_are_the_members_and_count_degraded_inputs() -> None:
     assert set(counted.values()) == {0.0}
 
 
-async def _unsure_edge(batch: np.ndarray) -> np.ndarray:
+async def _unsure_edge(batch: NDArray[Any]) -> NDArray[Any]:
     return np.tile(UNSURE, (len(batch), 1))
