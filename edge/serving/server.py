@@ -195,6 +195,5 @@ async def serve(settings: EdgeSettings, stop: asyncio.Event | None = None) -> No
         if metrics_http:
             metrics_http.shutdown()
             metrics_http.server_close()
-        if agent.cloud:
-            await agent.cloud.close()
+        await agent.deployment.close()
         log.info("stopped")
