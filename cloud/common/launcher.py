@@ -24,8 +24,8 @@ from typing import IO, Self
 
 POLL_S = 0.1  # how often a starting child's ready check runs
 # The child asks for SIGKILL when its parent goes (PR_SET_PDEATHSIG = 1; it survives the exec),
-# leaves if the parent is gone already, then becomes the program. It runs after the exec, not
-# as a preexec_fn: Python code between fork and exec can deadlock on gRPC's fork handlers.
+# leaves if the parent is gone already, then becomes the program. Not a preexec_fn: with one,
+# subprocess runs the at-fork handlers, and gRPC's hung an edge agent's start after gRPC calls.
 _DIE_WITH_PARENT = (
     "import ctypes, os, signal, sys\n"
     "ctypes.CDLL(None).prctl(1, signal.SIGKILL)\n"
