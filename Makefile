@@ -15,6 +15,7 @@ demo: bootstrap data $(ARTIFACTS)/$(FAMILY)/manifest.json
 
 test: bootstrap data haproxy $(ARTIFACTS)/fashion/manifest.json
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(MAKE) --no-print-directory typecheck
 	$(BIN)/python -m pytest
 
 bootstrap: $(VENV)/.installed

@@ -5,6 +5,7 @@ from typing import Any
 
 import pytest
 
+from edgecascade.cloud.common.launcher import ChildProcess
 from edgecascade.cloud.common.transport import Transport
 
 
@@ -20,4 +21,5 @@ def _servers_only_in_integration_tests(
             )
 
         monkeypatch.setattr(Transport, "listen", refuse)
+        monkeypatch.setattr(ChildProcess, "launch", refuse)
     yield

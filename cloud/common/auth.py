@@ -199,7 +199,7 @@ def _shown(value: str, limit: int = 80) -> str:
     return repr(value if len(value) <= limit else value[:limit] + "…")
 
 
-class Authorizer(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no type stubs
+class Authorizer(grpc.aio.ServerInterceptor):
     """Refuse every call whose caller is not known (UNAUTHENTICATED) or lacks the scope its
     method needs (PERMISSION_DENIED), before the handler runs; health stays open.
 

@@ -119,7 +119,9 @@ class ModelSpec(BaseModel):
 class RoutingPolicy(BaseModel):
     """Escalate when the edge model's confidence score (on logits / temperature) < threshold."""
 
-    kind: Literal["max_prob", "margin", "entropy"] = "max_prob"
+    kind: str = Field(
+        "max_prob", description="a policy kind of edgecascade.router.policy's registry"
+    )
     threshold: float = Field(ge=0.0, le=1.0)
     temperature: float = Field(1.0, gt=0.0, description="fit on the calibration split")
     mirror: bool = Field(

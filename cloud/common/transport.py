@@ -303,10 +303,10 @@ def _with_metadata(details: Any, metadata: tuple[tuple[str, str], ...]) -> Any:
 
 
 class _SyncMetadata(
-    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]  # grpc ships no type stubs
-    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]  # grpc ships no type stubs
-    grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]  # grpc ships no type stubs
-    grpc.StreamStreamClientInterceptor,  # type: ignore[misc]  # grpc ships no type stubs
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
 ):
     def __init__(self, metadata: tuple[tuple[str, str], ...]):
         self.metadata = metadata
@@ -332,22 +332,22 @@ class _AioMetadata:
         self.metadata = metadata
 
 
-class _AioUnaryUnary(_AioMetadata, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+class _AioUnaryUnary(_AioMetadata, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
         return await continuation(_with_metadata(details, self.metadata), request)
 
 
-class _AioUnaryStream(_AioMetadata, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+class _AioUnaryStream(_AioMetadata, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
         return await continuation(_with_metadata(details, self.metadata), request)
 
 
-class _AioStreamUnary(_AioMetadata, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
+class _AioStreamUnary(_AioMetadata, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(self, continuation, details, requests):  # type: ignore[no-untyped-def]
         return await continuation(_with_metadata(details, self.metadata), requests)
 
 
-class _AioStreamStream(_AioMetadata, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+class _AioStreamStream(_AioMetadata, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation, details, requests):  # type: ignore[no-untyped-def]
         return await continuation(_with_metadata(details, self.metadata), requests)
 

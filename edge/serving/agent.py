@@ -265,6 +265,7 @@ async def _deploy(
     if manifest.family != settings.family:
         raise ValueError(f"{folder} holds family {manifest.family!r}, not {settings.family!r}")
     await asyncio.to_thread(manifest.verify, folder)
+    policy = policy_from_manifest(manifest.policy, settings.threshold)  # before compiling
     xml = edge_model_file(folder, settings.precision)
     fold = manifest.edge.preprocessing if settings.fold_preprocessing else None
     model = await asyncio.to_thread(EdgeModel, xml, settings.device, settings.hint, fold=fold)
@@ -274,7 +275,6 @@ async def _deploy(
         shaped = logits.shape[-1:] == (len(manifest.labels),) and logits.ndim <= 2  # [members,] K
         if not shaped or not np.isfinite(logits).all():
             raise ValueError(f"edge model warm-up gave logits of shape {logits.shape}")
-    policy = policy_from_manifest(manifest.policy, settings.threshold)
     cloud = CloudClient(settings.cloud_url, manifest.cloud) if settings.cloud_url else None
     cascade = Cascade(
         manifest,

@@ -1,6 +1,7 @@
 """Every CLI command turns the user's mistakes into one `error: ...` line on stderr and exit
 code 2, never a traceback: real `edgecascade` processes, each given one mistake."""
 
+import json
 import os
 import socket
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 from edgecascade.cloud.common.launcher import edgecascade_command
 from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.edge.tools.process import EdgeProcess
+from tests.family_files import copy_family
 
 pytestmark = pytest.mark.integration
 
@@ -122,3 +124,12 @@ def test_an_unknown_source_kind(frames: Path, closed_port: int) -> None:
         "--agent", f"127.0.0.1:{closed_port}",
     )  # fmt: skip
     assert message == "unknown source kind 'nosuch'; known: camera, url, folder, file"
+
+
+def test_a_manifest_with_an_unknown_policy_kind(tmp_path: Path) -> None:
+    folder = copy_family(tmp_path / "fashion")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["policy"]["kind"] = "nosuch"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    message = fails("edge", "serve", "--family", "fashion", "--port", "0", artifacts=tmp_path)
+    assert "nosuch" in message and "max_prob" in message, message

@@ -16,6 +16,8 @@ import pytest
 
 from edgecascade.cloud.common.launcher import ChildFailed, ChildProcess, wait_until
 
+pytestmark = pytest.mark.integration  # real child processes
+
 
 class Script(ChildProcess):
     """`code` run by this interpreter, ready once it has written "ready" to its log."""
