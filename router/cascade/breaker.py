@@ -15,12 +15,14 @@ class CircuitBreaker:
     """closed: calls go through; `failures` failures in a row open it.
     open: no calls for `cooldown_s`, then half-open.
     half-open: one probe goes through; its success closes the breaker, its failure reopens it.
-    A probe that never reports back (cancelled) is replaced after another `cooldown_s`."""
+    A probe that has not reported back (slow, or cancelled) is joined by another after another
+    `cooldown_s`. The default cooldown is short (0.5 s) so that a cloud that recovers is in use
+    again within a second; a probe is one request."""
 
     def __init__(
         self,
         failures: int = 5,
-        cooldown_s: float = 2.0,
+        cooldown_s: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
     ):
         if failures < 1 or cooldown_s < 0:

@@ -35,6 +35,9 @@ EdgeInfer = Callable[[NDArray[Any]], Awaitable[NDArray[Any]]]
 
 # Below this much time left there is no point in starting a cloud call.
 MIN_CLOUD_BUDGET_S = 0.002
+# Kept back from a cloud call's share of the caller's deadline: the time to answer at the edge
+# after the call gives up, so that a caller is answered (degraded) before its deadline passes.
+ANSWER_RESERVE_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,8 @@ class Cascade:
     """Answers at the edge when the policy trusts the edge model, else asks the cloud.
 
     A cloud failure never fails the request: the edge answer comes back degraded. The cloud is
-    called only when its expected latency fits the time left and the breaker lets it through,
+    called only when its expected latency fits the time left (or the call is the latency
+    tracker's probe of a cloud that was too slow) and the breaker lets it through,
     and never when the cloud does not hold the version the manifest pairs with the edge model
     (`mismatch` says why; escalations then come back degraded with VERSION_MISMATCH).
     `edge_folds`: the edge model crops and resizes itself; it gets colour-converted frames, one
@@ -212,12 +216,12 @@ class Cascade:
         asked."""
         timeout = self._cloud_timeout_s
         if deadline is not None:
-            timeout = min(timeout, deadline - time.perf_counter())
-        if self._cloud is None:
+            timeout = min(timeout, deadline - time.perf_counter() - ANSWER_RESERVE_S)
+        if self._cloud is None or self.breaker.state == "open":
             return DegradedReason.CLOUD_UNAVAILABLE, 0, None
         if self.mismatch:
             return DegradedReason.VERSION_MISMATCH, 0, None
-        if timeout < MIN_CLOUD_BUDGET_S or not self.latency.fits(timeout):
+        if timeout < MIN_CLOUD_BUDGET_S or not self.latency.admit(timeout):
             return DegradedReason.DEADLINE, 0, None
         if not self.breaker.allow():
             return DegradedReason.CLOUD_UNAVAILABLE, 0, None
@@ -234,13 +238,14 @@ class Cascade:
         return None, per_image, softmax(np.asarray(logits, np.float64))
 
     def _cloud_failed(self, reason: DegradedReason, timeout_s: float, elapsed_s: float) -> None:
-        """A timeout is a latency sample too; one cut short by the caller's own budget says
-        nothing about the cloud's health, so only the others count towards the breaker."""
+        """A timeout is a latency sample too (until the cloud answers again); one cut short by
+        the caller's own budget says nothing about the cloud's health, so only the others count
+        towards the breaker."""
         if reason is DegradedReason.VERSION_MISMATCH:  # the cloud is up without our version
             self.mismatch = "the cloud does not serve the paired version"
             return
         if reason is DegradedReason.CLOUD_TIMEOUT:
-            self.latency.record(elapsed_s)
+            self.latency.timed_out(elapsed_s)
             if timeout_s < self._cloud_timeout_s:
                 return
         self.breaker.failure()

@@ -67,9 +67,10 @@ def test_a_cloud_failure_degrades_only_the_escalated_images_and_counts_once():
 
 
 def test_no_cloud_call_when_the_expected_latency_does_not_fit_the_deadline():
-    latency = LatencyTracker()
+    latency = LatencyTracker(probe_interval_s=60)
     for _ in range(20):
         latency.record(0.080)
+    assert latency.admit(0.050)  # the probe of the interval has gone
     cloud = FakeCloud()
     answers = classify_batch(build(cloud, [], latency=latency), images(), deadline_s=0.050)
     assert cloud.shapes == [] and answers.degraded_reason == "deadline"

@@ -6,12 +6,20 @@ import time
 import numpy as np
 
 from edgecascade.router.cascade.breaker import CircuitBreaker
-from edgecascade.router.cascade.cascade import Cascade
+from edgecascade.router.cascade.cascade import ANSWER_RESERVE_S, Cascade
 from edgecascade.router.cascade.cloud_client import CloudError
 from edgecascade.router.cascade.degraded import DegradedReason
-from edgecascade.router.cascade.latency import LatencyTracker
+from edgecascade.router.cascade.latency import PROBE_INTERVAL_S, LatencyTracker
 from edgecascade.router.policy.policies import MaxProbabilityPolicy
 from tests.unit.test_cascade_routing import UNSURE, FakeCloud, manifest
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def build(cloud, **kw) -> Cascade:
@@ -29,16 +37,73 @@ def classify(cascade: Cascade, deadline_s: float | None = None):
 
 
 def test_escalates_only_when_the_expected_cloud_latency_fits_the_time_left():
-    latency = LatencyTracker()
+    latency = LatencyTracker(probe_interval_s=60)
     for _ in range(20):
         latency.record(0.080)
     cloud = FakeCloud()
     c = build(cloud, latency=latency)
+    assert classify(c, deadline_s=0.050).tier == "cloud"  # the probe of the interval
+    cloud.timeouts.clear()
     answer = classify(c, deadline_s=0.050)
     assert answer.degraded_reason == "deadline" and answer.tier == "edge" and cloud.timeouts == []
     assert answer.bytes_to_cloud == 0
     assert classify(c, deadline_s=0.500).tier == "cloud"
-    assert 0.08 < cloud.timeouts[0] <= 0.5  # the time left goes on to the cloud call
+    # the time left goes on to the cloud call, less the time kept to answer in
+    assert 0.08 < cloud.timeouts[0] <= 0.5 - ANSWER_RESERVE_S
+
+
+class StalledCloud(FakeCloud):
+    """Every call times out (after `wait` x its timeout) until it recovers."""
+
+    def __init__(self, wait: float = 0.0):
+        super().__init__(CloudError(DegradedReason.CLOUD_TIMEOUT, "stalled"))
+        self.wait = wait
+
+    async def infer_batch(self, batch, timeout_s):
+        if self.error:
+            await asyncio.sleep(self.wait * timeout_s)
+        return await super().infer_batch(batch, timeout_s)
+
+    def recover(self):
+        self.error = None
+
+
+def test_a_stalled_cloud_is_probed_and_used_again_as_soon_as_a_probe_gets_through():
+    """Before: the timeouts stayed in the window as 1 s samples, so no call fitted a 0.3 s
+    budget until they aged out (30 s) and nothing tried the cloud meanwhile."""
+    clock = Clock()
+    cloud = StalledCloud()
+    c = build(cloud, latency=LatencyTracker(clock=clock), breaker=CircuitBreaker(clock=clock))
+    for _ in range(5):  # stream frames: no budget but the full cloud timeout; the breaker opens
+        assert classify(c).degraded_reason == "cloud-timeout"
+    assert c.breaker.state == "open" and c.latency.stalled
+    cloud.recover()
+    calls = len(cloud.timeouts)
+    assert classify(c, deadline_s=0.3).degraded_reason == "cloud-unavailable"
+    assert len(cloud.timeouts) == calls  # held back while open
+    clock.now += 0.5  # the default cooldown: the next request is the breaker's probe
+    assert classify(c, deadline_s=0.3).tier == "cloud"
+    assert c.breaker.state == "closed" and not c.latency.stalled
+    assert c.latency.expected_s() < 0.1  # the timeouts no longer count
+    assert all(classify(c, deadline_s=0.3).tier == "cloud" for _ in range(5))
+
+
+def test_timeouts_within_short_budgets_are_probed_every_interval():
+    """Calls with a 0.3 s budget that time out do not open the breaker, but they make the cloud
+    too slow for the next one: a probe still goes every PROBE_INTERVAL_S."""
+    clock = Clock()
+    cloud = StalledCloud(wait=1.0)
+    latency = LatencyTracker(clock=clock)
+    c = build(cloud, latency=latency, breaker=CircuitBreaker(clock=clock))
+    assert classify(c, deadline_s=0.3).degraded_reason == "cloud-timeout"
+    assert c.breaker.state == "closed" and latency.stalled
+    cloud.timeouts.clear()
+    clock.now += 0.001
+    cloud.recover()
+    assert classify(c, deadline_s=0.3).degraded_reason == "deadline" and cloud.timeouts == []
+    clock.now += PROBE_INTERVAL_S
+    assert classify(c, deadline_s=0.3).tier == "cloud" and not latency.stalled
+    assert classify(c, deadline_s=0.3).tier == "cloud"
 
 
 def test_successful_calls_feed_the_latency_tracker():

@@ -50,3 +50,25 @@ def test_old_samples_are_forgotten_so_a_slow_cloud_is_tried_again():
     assert tracker.fits(0.1) and tracker.expected_s() is None and tracker.ewma_s is None
     tracker.record(0.01)
     assert tracker.ewma_s == pytest.approx(0.01) and tracker.expected_s() == pytest.approx(0.01)
+
+
+def test_timeouts_count_until_the_cloud_answers_again():
+    tracker = LatencyTracker(clock=Clock())
+    for _ in range(50):
+        tracker.record(0.003)
+    for _ in range(10):
+        tracker.timed_out(1.0)
+    assert tracker.stalled and not tracker.fits(0.5) and tracker.p95_s == pytest.approx(1.0)
+    tracker.record(0.004)  # a probe answered: the stall is over, not in 30 s
+    assert not tracker.stalled and tracker.expected_s() < 0.01 and tracker.fits(0.3)
+
+
+def test_a_cloud_too_slow_for_the_budget_is_still_probed_once_per_interval():
+    clock = Clock()
+    tracker = LatencyTracker(probe_interval_s=0.25, clock=clock)
+    tracker.timed_out(1.0)
+    assert tracker.admit(0.3)  # nothing let through yet: a probe
+    assert not tracker.admit(0.3) and not tracker.admit(0.3)
+    clock.now += 0.25
+    assert tracker.admit(0.3) and not tracker.admit(0.3)
+    assert tracker.admit(2.0)  # a budget the cloud fits always goes
