@@ -178,7 +178,8 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
 
     async def _stream_item(self, request: kpb.ModelInferRequest) -> kpb.ModelStreamInferResponse:
         try:
-            return kpb.ModelStreamInferResponse(infer_response=await self._infer(request, None))
+            response = await self._infer(request, None, frame=True)
+            return kpb.ModelStreamInferResponse(infer_response=response)
         except RequestError as e:
             message = f"{e.code.name}: {e}"
         except Exception as e:  # a bug: this request's error, the stream goes on
@@ -192,9 +193,10 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
         )
 
     async def _infer(
-        self, request: kpb.ModelInferRequest, deadline: float | None
+        self, request: kpb.ModelInferRequest, deadline: float | None, *, frame: bool = False
     ) -> kpb.ModelInferResponse:
-        """Raises NotFound (unknown model), InvalidImage or Overloaded."""
+        """Raises NotFound (unknown model), InvalidImage or Overloaded. A stream `frame` waits
+        for room among the requests in flight instead of being refused."""
         received_at = time.perf_counter()
         self._check_model(request.model_name, request.model_version)
 
@@ -202,6 +204,8 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
             requested_outputs(request)
             return images_of(request, self.agent.settings.max_batch)
 
+        if frame:
+            await self.agent.limit.room()
         answers = await self.agent.answer(decode, received_at=received_at, deadline=deadline)
         return self._response(request, answers)
 
@@ -263,14 +267,19 @@ def requested_outputs(request: kpb.ModelInferRequest) -> dict[str, int]:
     for output in request.outputs:
         if output.name not in OUTPUTS:
             raise InvalidImage(f"unknown output {output.name!r}: this model has {list(OUTPUTS)}")
-        class_count = (
-            output.parameters["classification"].int64_param
-            if ("classification" in output.parameters)
-            else 0
-        )
+        class_count = 0
+        if "classification" in output.parameters:
+            parameter = output.parameters["classification"]
+            kind = parameter.WhichOneof("parameter_choice")
+            class_count = getattr(parameter, kind) if kind else -1
+            if kind not in ("int64_param", "uint64_param") or class_count < 0:
+                raise InvalidImage(
+                    f"output {output.name!r}: parameter 'classification' must be an integer "
+                    f"number of classes >= 0, got {kind or 'no value'} {class_count!r}"
+                )
         if class_count and output.name != "probabilities":
             raise InvalidImage(f"classification applies to 'probabilities', not {output.name!r}")
-        wanted[output.name] = max(0, int(class_count))
+        wanted[output.name] = int(class_count)
     return wanted
 
 
@@ -282,6 +291,11 @@ def images_of(request: kpb.ModelInferRequest, max_batch: int) -> Images:
         raise InvalidImage(
             f"got inputs {names}: send exactly one of {IMAGE!r} (BYTES [N], encoded JPEG/PNG) "
             f"or {PIXELS!r} (UINT8 [N, H, W, C])"
+        )
+    if len(request.raw_input_contents) > len(request.inputs):
+        raise InvalidImage(
+            f"{len(request.raw_input_contents)} raw_input_contents for {len(request.inputs)} "
+            "input: send one per input, or none (contents in the tensor)"
         )
     tensor = request.inputs[0]
     raw = request.raw_input_contents[0] if request.raw_input_contents else None

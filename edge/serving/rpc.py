@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -11,9 +12,9 @@ from typing import Any, NoReturn, TypeAlias, TypeVar
 
 import grpc
 
-from edgecascade.cloud.common.errors import InternalFailure, RequestError
+from edgecascade.cloud.common.errors import InternalFailure, InvalidInput, RequestError
 
-__all__ = ["InternalErrors", "RequestError", "abort", "deadline", "ordered"]
+__all__ = ["InternalErrors", "RequestError", "abort", "deadline", "ordered", "request_deadline"]
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
@@ -28,6 +29,20 @@ def deadline(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else time.perf_counter() + remaining
 
 
+def request_deadline(deadline: float | None, received_at: float, budget_ms: float) -> float | None:
+    """The earlier of `deadline` and a request's own budget of `budget_ms` from its arrival
+    (0: none); InvalidInput for a budget that is not a finite number of milliseconds >= 0."""
+    if not math.isfinite(budget_ms) or budget_ms < 0:
+        raise InvalidInput(
+            f"deadline_ms must be a finite number of milliseconds >= 0 (0: no budget of its "
+            f"own), got {budget_ms}"
+        )
+    if budget_ms == 0:
+        return deadline
+    budget_end = received_at + budget_ms / 1e3
+    return budget_end if deadline is None else min(deadline, budget_end)
+
+
 async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, details: str) -> NoReturn:
     """`context.abort(code, details)`, which always raises (grpc.aio.AbortError): typed so,
     since grpc ships no type information."""
@@ -40,18 +55,29 @@ async def ordered(
     handle: Callable[[Request], Coroutine[Any, Any, Response]],
     window: int,
 ) -> AsyncIterator[Response]:
-    """Answer a stream's requests concurrently (up to `window` at once), in arrival order."""
-    pending: asyncio.Queue[asyncio.Task[Response] | None] = asyncio.Queue(window)
+    """Answer a stream's requests concurrently, in arrival order: at most `window` of them are
+    read and not yet answered; the next is read once the oldest is answered (back-pressure)."""
+    pending: asyncio.Queue[asyncio.Task[Response] | None] = asyncio.Queue()
+    slots = asyncio.Semaphore(window)
 
     async def read() -> None:
-        async for request in requests:
+        iterator = aiter(requests)
+        while True:
+            await slots.acquire()  # a slot before reading the next request
+            try:
+                request = await anext(iterator)
+            except StopAsyncIteration:
+                break
             await pending.put(asyncio.create_task(handle(request)))
         await pending.put(None)
 
     reader = asyncio.create_task(read())
     try:
         while (task := await pending.get()) is not None:
-            yield await task
+            try:
+                yield await task
+            finally:
+                slots.release()
         await reader
     finally:
         reader.cancel()

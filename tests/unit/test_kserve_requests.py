@@ -1,5 +1,7 @@
 """Reading KServe v2 ModelInferRequests the way tritonclient writes them (no server)."""
 
+import asyncio
+
 import cv2
 import numpy as np
 import pytest
@@ -20,6 +22,13 @@ def request(name: str, datatype: str, shape: list[int], raw: bytes | None = None
         message.raw_input_contents.append(raw)
     for field, values in contents.items():
         getattr(tensor.contents, field).extend(values)
+    return message
+
+
+def extra_raw_contents() -> kpb.ModelInferRequest:
+    """Issue 12 item 7: a second raw_input_contents (no input of its own) was ignored."""
+    message = request("image", "BYTES", [1], serialize_byte_tensor(np.array([PNG], object)).item())
+    message.raw_input_contents.append(b"junk")
     return message
 
 
@@ -60,6 +69,7 @@ def test_pixels_as_a_batch_or_one_image():
         (request("pixels", "UINT8", [4, 4, 2], b"\0" * 32), "2 channels"),
         (request("pixels", "UINT8", [1], uint_contents=[256]), "above 255"),
         (request("pixels", "UINT8", [1, 1, 1, 1, 1], b"\0"), "expected \\[N, H, W, C\\]"),
+        (extra_raw_contents(), "2 raw_input_contents for 1 input"),
     ],
 )
 def test_malformed_requests_say_what_is_wrong(message, expected):
@@ -78,6 +88,18 @@ def test_requested_outputs_and_classification():
         requested_outputs(message)
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("string_param", "3"), ("double_param", 3.0), ("bool_param", True), ("int64_param", -1)],
+)
+def test_a_classification_count_that_is_not_a_whole_number_is_refused(field, value):
+    """Issue 12 item 7: a string `classification` was taken as no classification."""
+    message = kpb.ModelInferRequest()
+    setattr(message.outputs.add(name="probabilities").parameters["classification"], field, value)
+    with pytest.raises(InvalidImage, match="'classification' must be an integer number"):
+        requested_outputs(message)
+
+
 def test_in_flight_limit_refuses_past_its_maximum_and_frees_slots():
     limit = InFlightLimit(2)
     with limit.admit(), limit.admit():
@@ -88,3 +110,41 @@ def test_in_flight_limit_refuses_past_its_maximum_and_frees_slots():
     assert limit.current == 0
     with limit.admit():
         assert limit.current == 1
+
+
+def test_a_stream_frame_waits_for_room_where_a_unary_call_is_refused():
+    """Issue 12 item 5: frames of streams within their window were refused past max_in_flight."""
+    limit = InFlightLimit(1)
+    admitted: list[str] = []
+
+    async def frame(name: str) -> None:
+        await limit.room()
+        with limit.admit():
+            admitted.append(name)
+            await asyncio.sleep(0.01)
+
+    async def main() -> None:
+        with limit.admit():
+            waiting = [asyncio.create_task(frame(str(i))) for i in range(3)]
+            await asyncio.sleep(0.01)
+            assert admitted == [] and limit.current == 1
+            with pytest.raises(Overloaded), limit.admit():  # a unary call is still refused
+                pass
+        await asyncio.gather(*waiting)
+
+    asyncio.run(main())
+    assert admitted == ["0", "1", "2"] and limit.current == 0
+
+
+def test_a_waiting_frame_that_is_cancelled_passes_its_turn_on():
+    limit = InFlightLimit(1)
+
+    async def main() -> None:
+        with limit.admit():
+            first = asyncio.create_task(limit.room())
+            second = asyncio.create_task(limit.room())
+            await asyncio.sleep(0)
+        first.cancel()  # woken for the freed slot, then cancelled
+        await asyncio.wait_for(second, 1)
+
+    asyncio.run(main())
