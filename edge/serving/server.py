@@ -22,7 +22,14 @@ from edgecascade.cloud.common.transport import Transport
 from edgecascade.edge.serving import updater
 from edgecascade.edge.serving.agent import EdgeAgent, EdgeSettings
 from edgecascade.edge.serving.kserve import KServeService
-from edgecascade.edge.serving.rpc import InternalErrors, RequestError, abort, deadline, ordered
+from edgecascade.edge.serving.rpc import (
+    InternalErrors,
+    RequestError,
+    abort,
+    deadline,
+    ordered,
+    request_deadline,
+)
 from edgecascade.router.cascade.cascade import Answer
 from edgecascade.v1 import cascade_pb2 as pb
 from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
@@ -54,15 +61,16 @@ class CascadeService(pb_grpc.CascadeServicer):
         self.agent = agent
 
     async def _answer(
-        self, request: pb.ClassifyRequest, deadline: float | None
+        self, request: pb.ClassifyRequest, deadline: float | None, *, frame: bool = False
     ) -> pb.ClassifyResponse:
-        """Raises InvalidImage or Overloaded (edge.rpc.RequestError). `deadline` is the gRPC one;
-        the request's own `deadline_ms` budget applies too."""
+        """Raises InvalidInput (a bad budget), InvalidImage or Overloaded (edge.rpc.RequestError).
+        `deadline` is the gRPC one; the request's own `deadline_ms` budget applies too. A stream
+        `frame` waits for room among the requests in flight instead of being refused."""
         received_at = time.perf_counter()
-        if request.deadline_ms > 0:
-            budget_end = received_at + request.deadline_ms / 1e3
-            deadline = budget_end if deadline is None else min(deadline, budget_end)
+        deadline = request_deadline(deadline, received_at, request.deadline_ms)
         request_id = request.request_id or uuid.uuid4().hex
+        if frame:
+            await self.agent.limit.room()
         answers = await self.agent.answer(
             lambda: [decode_request(request)], received_at=received_at, deadline=deadline
         )
@@ -108,7 +116,7 @@ class CascadeService(pb_grpc.CascadeServicer):
 
     async def _frame(self, request: pb.ClassifyRequest) -> pb.ClassifyResponse:
         try:
-            return await self._answer(request, None)
+            return await self._answer(request, None, frame=True)
         except RequestError as e:
             return pb.ClassifyResponse(
                 request_id=request.request_id,
@@ -130,7 +138,13 @@ class CascadeService(pb_grpc.CascadeServicer):
             policy=agent.cascade.policy.label,
             threshold=agent.cascade.policy.threshold,
             cloud_url=agent.settings.cloud_url or "",
-            cloud_ready=bool(agent.cloud and await agent.cloud.ready()),
+            # not while the breaker holds the cloud back or its latest call timed out
+            cloud_ready=bool(
+                agent.cloud
+                and agent.cascade.breaker.state == "closed"
+                and not agent.cascade.latency.stalled
+                and await agent.cloud.ready()
+            ),
             requests=counters.requests,
             escalations=counters.escalations,
             degraded=counters.degraded,
