@@ -52,7 +52,7 @@ def serve_command(
         int | None, typer.Option(help="cloud failures in a row that stop escalation (default 5)")
     ] = None,
     breaker_cooldown: Annotated[
-        float | None, typer.Option(help="seconds before a stopped cloud is probed (default 2)")
+        float | None, typer.Option(help="seconds before a stopped cloud is probed (default 0.5)")
     ] = None,
     artifacts: Annotated[Path | None, typer.Option(help="artifacts folder")] = None,
     max_in_flight: Annotated[

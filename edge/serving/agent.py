@@ -64,7 +64,7 @@ class EdgeSettings(BaseSettings):
         5, ge=1, description="cloud failures in a row that open the breaker"
     )
     breaker_cooldown_s: float = Field(
-        2.0, ge=0, description="how long an open breaker waits to probe"
+        0.5, ge=0, description="how long an open breaker waits to probe"
     )
     threshold: float | None = Field(None, ge=0, le=1, description="overrides the manifest's")
     host: str = "127.0.0.1"
