@@ -50,11 +50,11 @@ proto: bootstrap
 lint: bootstrap
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-# mypy --strict on the installed names: a link tree edgecascade/{edge,router,cloud,v1}.
+# mypy --strict on the installed names: a link tree edgecascade/{edge,router,cloud,v1,client}.
 TYPECHECK := build/typecheck
 typecheck: bootstrap
 	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/edgecascade
-	for f in __init__.py __main__.py v1; do ln -s $(CURDIR)/proto/edgecascade/$$f $(TYPECHECK)/edgecascade/$$f; done
+	for f in __init__.py __main__.py v1 client; do ln -s $(CURDIR)/proto/edgecascade/$$f $(TYPECHECK)/edgecascade/$$f; done
 	for d in edge router cloud; do ln -s $(CURDIR)/$$d $(TYPECHECK)/edgecascade/$$d; done
 	cd $(TYPECHECK) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p edgecascade
 

@@ -1,4 +1,5 @@
-"""The layout tells the architecture: imports follow the data, edge -> router -> cloud."""
+"""The layout tells the architecture: imports follow the data, edge -> router -> cloud; the
+Python client (proto/edgecascade/client) stands on the shared contract alone."""
 
 import ast
 from pathlib import Path
@@ -8,10 +9,22 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 TIERS = ["cloud", "router", "edge"]  # each may import the ones before it, never after
 SHARED = "cloud.common"  # the contract every tier imports; it imports no other part of cloud
+CLIENT = ROOT / "proto" / "edgecascade" / "client"  # edgecascade.client, which edge may import
 
 
 def modules(tier: str) -> list[Path]:
     return sorted((ROOT / tier).rglob("*.py"))
+
+
+def imports_above(allowed: set[str], paths: list[Path]) -> set[str]:
+    """`file: module` for each import by `paths` of a module outside the `allowed` ones (and
+    the packages under them)."""
+    return {
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in paths
+        for name in imported(path)
+        if not any(name == a or name.startswith(f"{a}.") for a in allowed)
+    }
 
 
 def imported(path: Path) -> set[str]:
@@ -27,14 +40,14 @@ def imported(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("tier", TIERS)
 def test_a_tier_imports_only_the_tiers_below_it(tier: str) -> None:
-    allowed = {"v1", *TIERS[: TIERS.index(tier) + 1]}
-    wrong = {
-        f"{path.relative_to(ROOT)}: {name}"
-        for path in modules(tier)
-        for name in imported(path)
-        if name.split(".")[0] not in allowed
-    }
+    allowed = {"v1", *TIERS[: TIERS.index(tier) + 1], *(["client"] if tier == "edge" else [])}
+    wrong = imports_above(allowed, modules(tier))
     assert not wrong, f"{tier} imports upwards (edge -> router -> cloud): {sorted(wrong)}"
+
+
+def test_the_client_imports_only_the_wire_and_the_shared_contract() -> None:
+    wrong = imports_above({"v1", SHARED, "client"}, sorted(CLIENT.rglob("*.py")))
+    assert not wrong, f"the client imports more than wire and shared contract: {sorted(wrong)}"
 
 
 def test_the_shared_contract_imports_no_other_part_of_the_cloud() -> None:

@@ -33,7 +33,10 @@ def test_the_wheel_holds_every_module_and_the_weights(unpacked: Path) -> None:
         f"edgecascade/{tier}/{path.relative_to(ROOT / tier)}"
         for tier in ("edge", "router", "cloud")
         for path in (ROOT / tier).rglob("*.py")
-    } | {f"edgecascade/v1/{p.name}" for p in (ROOT / "proto/edgecascade/v1").glob("*.py")}
+    } | {
+        f"edgecascade/{path.relative_to(ROOT / 'proto/edgecascade')}"
+        for path in (ROOT / "proto/edgecascade").rglob("*.py")
+    }
     assert expected <= inside, sorted(expected - inside)
     assert "edgecascade/cloud/build/families/weights/fashion_edge.onnx" in inside
     assert not any(name.split("/")[0] in {"edge", "router", "cloud"} for name in inside)

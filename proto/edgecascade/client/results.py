@@ -1,0 +1,143 @@
+"""Typed answers: what a ClassifyResponse and a GetStatusResponse say, as dataclasses."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, fields
+from typing import Any
+
+from edgecascade.client.errors import CascadeError
+from edgecascade.v1 import cascade_pb2 as pb
+
+
+class Tier(enum.Enum):
+    """The tier whose model gave the answer."""
+
+    EDGE = "edge"
+    CLOUD = "cloud"
+
+
+class DegradedReason(enum.Enum):
+    """Why an input meant for the cloud was answered at the edge; the values are the agent's
+    metric labels."""
+
+    CLOUD_UNAVAILABLE = "cloud-unavailable"
+    CLOUD_TIMEOUT = "cloud-timeout"
+    CLOUD_ERROR = "cloud-error"
+    DEADLINE = "deadline"
+    VERSION_MISMATCH = "version-mismatch"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    class_id: int
+    name: str
+    score: float
+
+
+@dataclass(frozen=True)
+class ModelVersions:
+    """The model pair behind an answer: the family, "<edge model>:<version>" and
+    "<Triton model>:<version>"."""
+
+    family: str
+    edge: str
+    cloud: str
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Milliseconds inside the agent: decode + edge inference, the cloud round trip (0 when
+    not escalated) and the whole request."""
+
+    edge_ms: float
+    cloud_ms: float
+    total_ms: float
+
+
+@dataclass(frozen=True)
+class ClassifyResult:
+    """One answer. A stream's frame that failed has `error` set and no answer: reading its
+    class, name or score raises that error."""
+
+    request_id: str
+    top_k: tuple[Prediction, ...]  # best first
+    tier: Tier | None  # None for a failed frame
+    edge_confidence: float  # the score the routing policy compared to its threshold
+    edge_class_id: int  # the edge model's top-1, whichever tier answered
+    versions: ModelVersions
+    timings: Timings
+    degraded: bool  # meant for the cloud, answered at the edge
+    degraded_reason: DegradedReason | None  # None when not degraded
+    error: CascadeError | None
+
+    @property
+    def best(self) -> Prediction:
+        if self.error is not None:
+            raise self.error
+        return self.top_k[0]
+
+    @property
+    def class_id(self) -> int:
+        return self.best.class_id
+
+    @property
+    def name(self) -> str:
+        return self.best.name
+
+    @property
+    def score(self) -> float:
+        return self.best.score
+
+
+@dataclass(frozen=True)
+class Status:
+    """What an agent serves and how it has been doing (GetStatus)."""
+
+    versions: ModelVersions
+    device: str
+    policy: str
+    threshold: float
+    cloud_url: str
+    cloud_ready: bool
+    requests: int
+    escalations: int
+    degraded: int
+    errors: int
+    bytes_to_cloud: int
+    breaker: str  # "closed", "open" or "half-open"
+    cloud_latency_ewma_ms: float
+    cloud_latency_p95_ms: float
+    manifest_version: int
+    previous_version: int  # 0: none to roll back to
+    update_error: str  # "" when the last update was applied
+    version_mismatch: str  # "" when the cloud serves the paired version
+
+
+def _versions(versions: pb.ModelVersions) -> ModelVersions:
+    return ModelVersions(versions.family, versions.edge, versions.cloud)
+
+
+def classify_result(response: pb.ClassifyResponse) -> ClassifyResult:
+    reason = response.degraded_reason_code
+    return ClassifyResult(
+        request_id=response.request_id,
+        top_k=tuple(Prediction(p.class_id, p.name, p.score) for p in response.top_k),
+        tier=Tier[pb.Tier.Name(response.tier)] if response.tier else None,
+        edge_confidence=response.edge_confidence,
+        edge_class_id=response.edge_class_id,
+        versions=_versions(response.versions),
+        timings=Timings(
+            response.timings.edge_ms, response.timings.cloud_ms, response.timings.total_ms
+        ),
+        degraded=response.degraded,
+        degraded_reason=DegradedReason[pb.DegradedReason.Name(reason)] if reason else None,
+        error=CascadeError.from_frame(response.error) if response.HasField("error") else None,
+    )
+
+
+def status(response: pb.GetStatusResponse) -> Status:
+    plain: dict[str, Any] = {
+        f.name: getattr(response, f.name) for f in fields(Status) if f.name != "versions"
+    }
+    return Status(versions=_versions(response.versions), **plain)
