@@ -9,10 +9,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from edgecascade.client import CascadeClient, CascadeError, aio
+from edgecascade.client import CascadeClient, CascadeError, Tls, aio
 from edgecascade.cloud.common import certs
 from edgecascade.cloud.common.auth import Authorizer, Callers
-from edgecascade.cloud.common.transport import Tls, Transport
+from edgecascade.cloud.common.transport import Transport
 from edgecascade.v1 import cascade_pb2 as pb
 from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
 

@@ -1,6 +1,6 @@
 """A Python client of the edge agent's Cascade service, shaped like tritonclient's:
 `CascadeClient` here (blocking) and in `edgecascade.client.aio` (asyncio), typed results, one
-exception type.
+exception type; `Tls` (the transport's) names the CA and client certificate files for TLS.
 
     with CascadeClient("127.0.0.1:8001") as client:
         result = client.classify(png_bytes, top_k=3, client_timeout=5)
@@ -19,6 +19,7 @@ from edgecascade.client.results import (
     Tier,
     Timings,
 )
+from edgecascade.cloud.common.transport import Tls
 
 __all__ = [
     "CascadeClient",
@@ -31,4 +32,5 @@ __all__ = [
     "Status",
     "Tier",
     "Timings",
+    "Tls",
 ]
