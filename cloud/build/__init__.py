@@ -1,0 +1,1 @@
+"""Model building: the families, their datasets, compression into edge and cloud artifacts."""
