@@ -49,6 +49,7 @@ from edgecascade.cloud.common.preprocessing import (
     mirrored,
     prepare,
 )
+from edgecascade.cloud.registry.signing_keys import save_build_manifest
 
 Progress = Callable[[str], None]
 
@@ -187,8 +188,7 @@ def _build(family: Family, edge_onnx: Path, cloud_onnx: Path, out: Path, say: Pr
             "policy": "family default threshold; the router calibrates its own",
         },
     )
-    manifest.save(out / "manifest.json")
-    return manifest
+    return save_build_manifest(manifest, out / "manifest.json")
 
 
 @dataclass(frozen=True)

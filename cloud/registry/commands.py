@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from edgecascade.cloud.common import signing
 from edgecascade.cloud.registry.rollout import DEFAULT_KEEP, CloudTarget, Rollout, roll_out
 from edgecascade.cloud.registry.store import NotFound, Registry
 from edgecascade.cloud.triton.control import ModelControl, TritonControlError
@@ -46,12 +47,21 @@ def publish(
     triton: TritonOption = None,
     repository: RepositoryOption = None,
     keep: KeepOption = DEFAULT_KEEP,
+    signing_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="Ed25519 private key that signs the manifest (default: the development key "
+            "<artifacts root>/keys/dev.ed25519, made when missing)"
+        ),
+    ] = None,
 ) -> None:
-    """Publish a built (retrained, re-quantized or re-calibrated) family as its next version."""
+    """Publish a built (retrained, re-quantized or re-calibrated) family as its next version,
+    its manifest signed."""
     store = Registry(registry)
     targets = _targets(triton, repository)
     with _errors():
-        publication = store.publish(family, source, activate=not targets)
+        key = signing.load_private_key(signing_key) if signing_key else None
+        publication = store.publish(family, source, activate=not targets, signing_key=key)
     manifest = publication.manifest
     if not publication.created:
         current = store.current_version(family)

@@ -29,8 +29,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edgecascade.cloud.common import signing
 from edgecascade.cloud.common.manifest import Manifest, ModelSpec, artifact_path, sha256_file
 from edgecascade.cloud.common.paths import family_dir, registry_root
+from edgecascade.cloud.registry.signing_keys import dev_key
 
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 FAMILY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -170,14 +174,22 @@ class Registry:
     # -- writing ------------------------------------------------------------------------------
 
     def publish(
-        self, family: str, source_dir: Path | None = None, *, activate: bool = True
+        self,
+        family: str,
+        source_dir: Path | None = None,
+        *,
+        activate: bool = True,
+        signing_key: Ed25519PrivateKey | None = None,
     ) -> Publication:
-        """Publish the family folder `source_dir` (default: the built one) as a new version.
+        """Publish the family folder `source_dir` (default: the built one) as a new version,
+        its manifest signed by `signing_key` (default: the development key, see
+        `signing_keys`).
 
         Hashes are checked first. Nothing is created when the models, label map and policy
         equal the latest published version's. `activate=False` stages the version without
         making it current (see `edgecascade.cloud.registry.rollout`).
         """
+        key = signing_key or dev_key()
         source_dir = Path(source_dir) if source_dir else family_dir(family)
         if not (source_dir / MANIFEST).is_file():
             raise NotFound(f"no built family in {source_dir} (edgecascade models build)")
@@ -194,7 +206,7 @@ class Registry:
             if not changes:
                 assert latest is not None
                 return Publication(latest, ())
-            manifest = _next_manifest(source, latest)
+            manifest = signing.sign(_next_manifest(source, latest), key)  # its own version
             folder = self._family(family) / str(manifest.version)
             folder.mkdir(parents=True)
             _write_atomic(folder / MANIFEST, manifest.model_dump_json(indent=2) + "\n")
@@ -203,7 +215,8 @@ class Registry:
         return Publication(manifest, changes)
 
     def activate(self, family: str, version: int) -> Manifest:
-        """Make a published version current (also a rollback), once all its blobs verify."""
+        """Make a published version current (also a rollback), once all its blobs verify; its
+        manifest, signature included, is left as published."""
         manifest = self.get(family, version)
         for sha in _files(manifest).values():
             self.verify_blob(sha)

@@ -24,6 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edgecascade.cloud.common.manifest import Manifest
+from edgecascade.cloud.registry.signing_keys import save_build_manifest
 from edgecascade.router.policy.policies import (
     POLICIES,
     Booleans,
@@ -347,5 +348,5 @@ def calibrate_manifest(
         + f"{result.point.escalation_rate:.1%} escalated, cascade "
         f"{result.point.cascade_accuracy:.2%} vs cloud-only {result.point.cloud_accuracy:.2%}"
     )
-    manifest.save(manifest_file)
+    save_build_manifest(manifest, manifest_file)  # signed again: the policy changed
     return result
