@@ -12,8 +12,9 @@ from rich.console import Console
 
 from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.cloud.common.paths import artifacts_root, manifest_path, triton_repository
+from edgecascade.cloud.common.transport import Tls
 from edgecascade.cloud.triton.repository import write_repository
-from edgecascade.cloud.triton.server import TritonServer
+from edgecascade.cloud.triton.server import ADMIN_KEY_HEADER, TritonServer
 
 app = typer.Typer(help="The cloud tier: Triton model repository and server.", no_args_is_help=True)
 console = Console()
@@ -64,17 +65,53 @@ def serve_command(
     timeout: Annotated[
         float, typer.Option(help="seconds to wait for the models to be ready")
     ] = 300.0,
+    tls_cert: Annotated[Path | None, typer.Option(help="serve gRPC over TLS: certificate")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="its private key")] = None,
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option(help="CA of client certificates (and of Triton's own, for its own calls)"),
+    ] = None,
+    require_client_cert: Annotated[
+        bool, typer.Option(help="mutual TLS: refuse clients without a certificate from --tls-ca")
+    ] = False,
+    client_cert: Annotated[
+        Path | None, typer.Option(help="with mutual TLS: the certificate of Triton's own calls")
+    ] = None,
+    client_key: Annotated[Path | None, typer.Option(help="its private key")] = None,
+    admin_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="file holding the key (letters, digits) that model control, shared memory, "
+            f"trace and logging calls must send as the `{ADMIN_KEY_HEADER}` header"
+        ),
+    ] = None,
 ) -> None:
     """Serve the families' cloud models with the local Triton until Ctrl-C or SIGTERM."""
     repository = repository or triton_repository()
+    try:
+        tls = Tls(tls_ca, tls_cert, tls_key, require_client_cert) if tls_cert or tls_key else None
+        own = Tls(tls_ca, client_cert, client_key) if tls else None
+        admin_key = admin_key_file.read_text().strip() if admin_key_file else None
+        if tls is None and (tls_ca or require_client_cert or client_cert or client_key):
+            raise ValueError("TLS options need --tls-cert and --tls-key")
+        if require_client_cert and client_cert is None:
+            raise ValueError("--require-client-cert needs --client-cert/--client-key")
+    except (ValueError, OSError) as e:
+        raise typer.BadParameter(str(e)) from None
     write_repository(load_manifests(family), repository)
-    server = TritonServer(
-        repository,
-        grpc_port=grpc_port,
-        http_port=http_port,
-        metrics_port=metrics_port,
-        log_path=log_file,
-    )
+    try:
+        server = TritonServer(
+            repository,
+            grpc_port=grpc_port,
+            http_port=http_port,
+            metrics_port=metrics_port,
+            log_path=log_file,
+            tls=tls,
+            client_tls=own,
+            admin_key=admin_key,
+        )
+    except ValueError as e:  # a TlsError too
+        raise typer.BadParameter(str(e)) from None
     with console.status("starting Triton"):
         server.start(timeout)
     stop = threading.Event()

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import tritonclient.grpc as grpcclient
 
-from edgecascade.cloud.common.transport import PLAINTEXT
+from edgecascade.cloud.common.transport import PLAINTEXT, Transport
 
 
 class TritonControlError(RuntimeError):
@@ -21,31 +21,42 @@ class TritonControlError(RuntimeError):
 
 class ModelControl:
     """Model control of the Triton server at `url` (host:port of its gRPC endpoint): a load or
-    an unload may take `timeout_s`, a question `query_timeout_s`."""
+    an unload may take `timeout_s`, a question `query_timeout_s`. `transport` carries its TLS
+    and the headers that allow model control: Triton's restricted-protocol key when straight
+    to Triton, an admin bearer token through a gateway."""
 
-    def __init__(self, url: str, timeout_s: float = 300.0, query_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout_s: float = 300.0,
+        query_timeout_s: float = 10.0,
+        transport: Transport = PLAINTEXT,
+    ) -> None:
         self.url = url
         self.timeout_s = timeout_s
         self.query_timeout_s = query_timeout_s
+        self.transport = transport
 
     def load(self, name: str) -> None:
         """(Re)load model `name` from the repository; returns once it is loaded."""
         with self._client() as client, self._refused(f"load {name}"):
-            client.load_model(name, client_timeout=self.timeout_s)
+            client.load_model(name, headers=self.transport.headers, client_timeout=self.timeout_s)
 
     def unload(self, name: str) -> None:
         """Unload every version of model `name`."""
         with self._client() as client, self._refused(f"unload {name}"):
-            client.unload_model(name, client_timeout=self.timeout_s)
+            client.unload_model(name, headers=self.transport.headers, client_timeout=self.timeout_s)
 
     def ready_versions(self, name: str) -> list[int]:
         """The versions of model `name` that are ready to serve, lowest first."""
         with self._client() as client, self._refused("list models"):
-            index = client.get_model_repository_index(client_timeout=self.query_timeout_s)
+            index = client.get_model_repository_index(
+                headers=self.transport.headers, client_timeout=self.query_timeout_s
+            )
         return sorted(int(m.version) for m in index.models if m.name == name and m.state == "READY")
 
     def _client(self) -> grpcclient.InferenceServerClient:
-        return PLAINTEXT.triton(self.url)
+        return self.transport.triton(self.url)
 
     @contextmanager
     def _refused(self, what: str) -> Iterator[None]:

@@ -20,11 +20,17 @@ from typing import Literal, Self
 
 from edgecascade.cloud.common.launcher import ChildFailed, ChildProcess
 from edgecascade.cloud.common.ports import free_port
-from edgecascade.cloud.common.transport import PLAINTEXT
+from edgecascade.cloud.common.transport import Tls, Transport
 from edgecascade.cloud.triton.control import ModelControl
 
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 1.0  # how long one readiness call of the ready check may take
+# Triton's protocols that change what it serves or reads: with an admin key, they answer only
+# calls that carry the key in this header (--grpc-restricted-protocol); the gateway adds it for
+# its admin callers only and strips it from everyone else's.
+ADMIN_KEY_NAME = "edgecascade-admin-key"
+ADMIN_KEY_HEADER = f"triton-grpc-protocol-{ADMIN_KEY_NAME}"  # Triton's prefix on gRPC
+RESTRICTED_PROTOCOLS = ("model-repository", "shared-memory", "trace", "logging")
 
 
 def wheel_root() -> Path:
@@ -45,6 +51,12 @@ class TritonServer(ChildProcess):
     and unloaded with `load_model` / `unload_model` (see `edgecascade.cloud.registry.rollout`).
     It is ready once it and every model it loads are; `stop` gives it 10 s after SIGTERM, then
     kills its process group (the python backend stubs too).
+
+    `tls` serves gRPC over TLS (its `cert`/`key`; with `require_client_cert`, mutual TLS with
+    client certificates signed by its `ca`); its own readiness and control calls then use
+    `client_tls`. `admin_key` restricts RESTRICTED_PROTOCOLS on gRPC and HTTP to calls that
+    send it in ADMIN_KEY_HEADER (its own calls do). Triton takes the key on its command line:
+    local users of the host can read it there, so run Triton where they cannot.
     """
 
     name = "tritonserver"
@@ -60,9 +72,18 @@ class TritonServer(ChildProcess):
         log_verbose: int = 0,
         model_control_mode: Literal["none", "explicit"] = "none",
         load_models: Sequence[str] = (),
+        tls: Tls | None = None,
+        client_tls: Tls | None = None,
+        admin_key: str | None = None,
     ) -> None:
         if load_models and model_control_mode != "explicit":
             raise ValueError("load_models needs model_control_mode='explicit'")
+        if (tls is None) != (client_tls is None):
+            raise ValueError("a TLS Triton needs client_tls for its own calls, and only it")
+        if tls is not None and tls.cert is None:
+            raise ValueError("a TLS Triton needs its certificate and key")
+        if admin_key is not None and not admin_key.isalnum():
+            raise ValueError("the admin key must be letters and digits (it is a header value)")
         self.repository = Path(repository).resolve()
         self.model_control_mode = model_control_mode
         self.load_models = tuple(load_models)
@@ -87,7 +108,17 @@ class TritonServer(ChildProcess):
             f"--log-verbose={log_verbose}",
             f"--model-control-mode={model_control_mode}",
             *(f"--load-model={name}" for name in self.load_models),
+            *_tls_options(tls),
         ]
+        headers: tuple[tuple[str, str], ...] = ()
+        if admin_key is not None:
+            restricted = f"{','.join(RESTRICTED_PROTOCOLS)}:{ADMIN_KEY_NAME}={admin_key}"
+            command += [
+                f"--grpc-restricted-protocol={restricted}",
+                f"--http-restricted-api={restricted}",
+            ]
+            headers = ((ADMIN_KEY_HEADER, admin_key),)
+        self.client = Transport(tls=client_tls, metadata=headers)
         log = Path(log_path).resolve() if log_path else self._runtime / "tritonserver.log"
         super().__init__(command, log, env=_server_env(), cwd=self._runtime)
 
@@ -105,7 +136,7 @@ class TritonServer(ChildProcess):
 
     @property
     def control(self) -> ModelControl:
-        return ModelControl(self.grpc_url)
+        return ModelControl(self.grpc_url, transport=self.client)
 
     def load_model(self, name: str) -> None:
         """(Re)load `name` with the versions its config lists (explicit mode)."""
@@ -134,13 +165,15 @@ class TritonServer(ChildProcess):
         shutil.rmtree(self._runtime / "backends" if keep_log else self._runtime, ignore_errors=True)
 
     def ready(self) -> bool:
-        with PLAINTEXT.triton(self.grpc_url) as client:
+        with self.client.triton(self.grpc_url) as client:
             if not client.is_server_ready(client_timeout=READY_TIMEOUT_S):
                 return False
             if self.model_control_mode == "explicit":
                 names = [(name, "") for name in self.load_models]
             else:
-                index = client.get_model_repository_index(client_timeout=READY_TIMEOUT_S)
+                index = client.get_model_repository_index(
+                    headers=self.client.headers, client_timeout=READY_TIMEOUT_S
+                )
                 names = [(m.name, m.version) for m in index.models]
             return all(
                 client.is_model_ready(name, version, client_timeout=READY_TIMEOUT_S)
@@ -162,6 +195,24 @@ class TritonServer(ChildProcess):
             / f"{sys.version_info.major}.{sys.version_info.minor}"
         )
         shutil.copy2(stub / "triton_python_backend_stub", backends / "python")
+
+
+def _tls_options(tls: Tls | None) -> list[str]:
+    """tritonserver's gRPC TLS options for `tls` (none: plaintext)."""
+    if tls is None:
+        return []
+    assert tls.cert is not None and tls.key is not None  # checked by TritonServer
+    tls.server_credentials()  # the files exist and the key is the certificate's, or TlsError
+    options = [
+        "--grpc-use-ssl=true",
+        f"--grpc-server-cert={Path(tls.cert).resolve()}",
+        f"--grpc-server-key={Path(tls.key).resolve()}",
+    ]
+    if tls.ca is not None:
+        options.append(f"--grpc-root-cert={Path(tls.ca).resolve()}")
+    if tls.require_client_cert:
+        options.append("--grpc-use-ssl-mutual=true")
+    return options
 
 
 def _server_env() -> dict[str, str]:
