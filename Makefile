@@ -8,7 +8,7 @@ FAMILY ?= fashion
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export EDGECASCADE_ARTIFACTS := $(abspath $(ARTIFACTS))
 
-.PHONY: demo test bootstrap data haproxy models proto lint typecheck clean
+.PHONY: demo test reliability bootstrap data haproxy models proto lint typecheck clean
 
 demo: bootstrap data $(ARTIFACTS)/$(FAMILY)/manifest.json
 	$(BIN)/edgecascade demo --family $(FAMILY)
@@ -17,6 +17,13 @@ test: bootstrap data haproxy $(ARTIFACTS)/fashion/manifest.json
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 	$(MAKE) --no-print-directory typecheck
 	$(BIN)/python -m pytest
+
+# The standing reliability suite (tests/reliability): FUZZ_EXAMPLES hypothesis examples per API
+# against a real agent; `make test` runs it with a few. Report: reports/reliability.json.
+FUZZ_EXAMPLES ?= 10000
+reliability: bootstrap data $(ARTIFACTS)/fashion/manifest.json
+	EDGECASCADE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) EDGECASCADE_RELIABILITY_REPORT=reports/reliability.json \
+		$(BIN)/python -m pytest -p no:cacheprovider tests/reliability
 
 bootstrap: $(VENV)/.installed
 

@@ -1,0 +1,43 @@
+"""The reliability suite runs against a real edge agent in front of the integration tests'
+Triton; what it tried and got back goes into one report for the session."""
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from edgecascade.cloud.common.transport import PLAINTEXT
+from edgecascade.edge.tools.process import EdgeProcess
+from edgecascade.v1 import cascade_pb2 as pb
+from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
+from tests.integration.conftest import (  # noqa: F401 (fixtures used by this folder's tests)
+    fashion_manifest,
+    fashion_repository,
+    triton,
+)
+from tests.reliability.report import Report, agent_figures
+from tests.reliability.strategies import encoded
+
+
+@pytest.fixture(scope="session")
+def agent(triton, fashion_manifest, tmp_path_factory) -> Iterator[EdgeProcess]:  # noqa: F811
+    log = tmp_path_factory.mktemp("reliability") / "edge.log"
+    with EdgeProcess("fashion", triton.grpc_url, log) as edge:
+        yield edge
+
+
+@pytest.fixture(scope="session")
+def report(agent: EdgeProcess) -> Iterator[Report]:
+    """The session's report. The agent is warmed up first (valid frames of a dozen sizes, so its
+    cache of compiled frame sizes is full) and then measured."""
+    with PLAINTEXT.channel(agent.address) as channel:
+        stub = pb_grpc.CascadeStub(channel)
+        for size in range(20, 44, 2):
+            image = np.zeros((size, size + 1), np.uint8)
+            stub.Classify(pb.ClassifyRequest(encoded_image=encoded(image, "png")), timeout=30)
+    report = Report()
+    report.figures["agent_before"] = agent_figures(agent)
+    yield report
+    written = report.write()
+    if written:
+        print(f"\nreliability report: {written}")
