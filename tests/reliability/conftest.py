@@ -1,8 +1,11 @@
 """The reliability suite runs against a real edge agent in front of the integration tests'
 Triton; what it tried and got back goes into one report for the session."""
 
+import threading
+import time
 from collections.abc import Iterator
 
+import grpc
 import numpy as np
 import pytest
 
@@ -29,15 +32,46 @@ def agent(triton, fashion_manifest, tmp_path_factory) -> Iterator[EdgeProcess]: 
 @pytest.fixture(scope="session")
 def report(agent: EdgeProcess) -> Iterator[Report]:
     """The session's report. The agent is warmed up first (valid frames of a dozen sizes, so its
-    cache of compiled frame sizes is full) and then measured."""
+    cache of compiled frame sizes is full) and then measured; meanwhile another client sends a
+    valid frame every 50 ms, and how long it waited behind the fuzzed inputs is reported."""
+    frame = encoded(np.zeros((28, 28), np.uint8), "png")
     with PLAINTEXT.channel(agent.address) as channel:
         stub = pb_grpc.CascadeStub(channel)
         for size in range(20, 44, 2):
             image = np.zeros((size, size + 1), np.uint8)
             stub.Classify(pb.ClassifyRequest(encoded_image=encoded(image, "png")), timeout=30)
-    report = Report()
-    report.figures["agent_before"] = agent_figures(agent)
-    yield report
+        report = Report()
+        report.figures["agent_before"] = agent_figures(agent)
+        done = threading.Event()
+        waited: list[float] = []
+        failed: list[str] = []
+
+        def bystander() -> None:
+            while not done.wait(0.05):
+                started = time.perf_counter()
+                try:
+                    stub.Classify(pb.ClassifyRequest(encoded_image=frame), timeout=10)
+                    waited.append((time.perf_counter() - started) * 1e3)
+                except grpc.RpcError as e:
+                    failed.append(e.code().name)
+
+        thread = threading.Thread(target=bystander)
+        thread.start()
+        try:
+            yield report
+        finally:
+            done.set()
+            thread.join(15)
+    report.figures["bystander_ms"] = {
+        "calls": len(waited),
+        "failed": failed,
+        **(
+            {q: round(float(np.percentile(waited, p)), 2) for q, p in (("p50", 50), ("p99", 99))}
+            if waited
+            else {}
+        ),
+        "max": round(max(waited, default=0.0), 2),
+    }
     written = report.write()
     if written:
         print(f"\nreliability report: {written}")
