@@ -42,6 +42,16 @@ def serve_command(
     registry: Annotated[Path | None, _setting("registry")] = None,
     metrics_port: Annotated[int | None, _setting("metrics_port")] = None,
     grace_s: Annotated[int | None, _setting("grace_s", "--grace")] = None,
+    tls_cert: Annotated[Path | None, _setting("tls_cert")] = None,
+    tls_key: Annotated[Path | None, _setting("tls_key")] = None,
+    tls_ca: Annotated[Path | None, _setting("tls_ca")] = None,
+    require_client_cert: Annotated[bool | None, _setting("require_client_cert")] = None,
+    callers: Annotated[Path | None, _setting("callers")] = None,
+    triton_ca: Annotated[Path | None, _setting("triton_ca")] = None,
+    triton_cert: Annotated[Path | None, _setting("triton_cert")] = None,
+    triton_key: Annotated[Path | None, _setting("triton_key")] = None,
+    triton_server_name: Annotated[str | None, _setting("triton_server_name")] = None,
+    triton_admin_key_file: Annotated[Path | None, _setting("triton_admin_key_file")] = None,
 ) -> None:
     """Serve KServe v2 gRPC in front of Triton endpoints through HAProxy (per-request load
     balancing, readiness checks, failover). Settings come from --config (TOML), then

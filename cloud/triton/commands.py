@@ -10,11 +10,12 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from edgecascade.cloud.common.errors import UserError
 from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.cloud.common.paths import artifacts_root, manifest_path, triton_repository
 from edgecascade.cloud.common.transport import Tls
 from edgecascade.cloud.triton.repository import write_repository
-from edgecascade.cloud.triton.server import ADMIN_KEY_HEADER, TritonServer
+from edgecascade.cloud.triton.server import ADMIN_KEY_HEADER, TritonServer, read_admin_key
 
 app = typer.Typer(help="The cloud tier: Triton model repository and server.", no_args_is_help=True)
 console = Console()
@@ -91,12 +92,12 @@ def serve_command(
     try:
         tls = Tls(tls_ca, tls_cert, tls_key, require_client_cert) if tls_cert or tls_key else None
         own = Tls(tls_ca, client_cert, client_key) if tls else None
-        admin_key = admin_key_file.read_text().strip() if admin_key_file else None
+        admin_key = read_admin_key(admin_key_file) if admin_key_file else None
         if tls is None and (tls_ca or require_client_cert or client_cert or client_key):
             raise ValueError("TLS options need --tls-cert and --tls-key")
         if require_client_cert and client_cert is None:
             raise ValueError("--require-client-cert needs --client-cert/--client-key")
-    except (ValueError, OSError) as e:
+    except (ValueError, UserError) as e:
         raise typer.BadParameter(str(e)) from None
     write_repository(load_manifests(family), repository)
     try:

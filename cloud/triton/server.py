@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, Self
 
+from edgecascade.cloud.common.errors import UserError
 from edgecascade.cloud.common.launcher import ChildFailed, ChildProcess
 from edgecascade.cloud.common.ports import free_port
 from edgecascade.cloud.common.transport import Tls, Transport
@@ -31,6 +32,7 @@ READY_TIMEOUT_S = 1.0  # how long one readiness call of the ready check may take
 ADMIN_KEY_NAME = "edgecascade-admin-key"
 ADMIN_KEY_HEADER = f"triton-grpc-protocol-{ADMIN_KEY_NAME}"  # Triton's prefix on gRPC
 RESTRICTED_PROTOCOLS = ("model-repository", "shared-memory", "trace", "logging")
+ADMIN_KEY_RULE = "the admin key must be letters and digits (it travels as a header value)"
 
 
 def wheel_root() -> Path:
@@ -83,7 +85,7 @@ class TritonServer(ChildProcess):
         if tls is not None and tls.cert is None:
             raise ValueError("a TLS Triton needs its certificate and key")
         if admin_key is not None and not admin_key.isalnum():
-            raise ValueError("the admin key must be letters and digits (it is a header value)")
+            raise ValueError(ADMIN_KEY_RULE)
         self.repository = Path(repository).resolve()
         self.model_control_mode = model_control_mode
         self.load_models = tuple(load_models)
@@ -195,6 +197,18 @@ class TritonServer(ChildProcess):
             / f"{sys.version_info.major}.{sys.version_info.minor}"
         )
         shutil.copy2(stub / "triton_python_backend_stub", backends / "python")
+
+
+def read_admin_key(path: Path) -> str:
+    """The admin key in file `path` (surrounding whitespace dropped); UserError saying why
+    it cannot be used."""
+    try:
+        key = Path(path).read_text().strip()
+    except OSError as e:
+        raise UserError(f"admin key file {path} cannot be read: {e.strerror}") from None
+    if not key.isalnum():
+        raise UserError(f"admin key file {path}: {ADMIN_KEY_RULE}")
+    return key
 
 
 def _tls_options(tls: Tls | None) -> list[str]:

@@ -17,11 +17,19 @@ from pathlib import Path
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from edgecascade.cloud.common.auth import Authorizer, Callers
 from edgecascade.cloud.common.ports import free_port, port_is_free
-from edgecascade.cloud.common.transport import FAST_RECONNECT, PLAINTEXT, PortInUse
+from edgecascade.cloud.common.transport import FAST_RECONNECT, PLAINTEXT, PortInUse, Tls, Transport
 from edgecascade.cloud.registry.model_sync import add_model_sync
 from edgecascade.cloud.registry.store import Registry
-from edgecascade.router.gateway.haproxy import GatewayConfig, HAProxy
+from edgecascade.cloud.triton.server import read_admin_key
+from edgecascade.router.gateway.haproxy import (
+    BackendTls,
+    CallerMaps,
+    FrontendTls,
+    GatewayConfig,
+    HAProxy,
+)
 from edgecascade.router.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -31,12 +39,15 @@ AGENT_TIMEOUT_S = 0.8  # within HAProxy's check timeout (CHECK_TIMEOUT_S)
 
 class HealthAgent:
     """HAProxy's agent check: HAProxy sends an endpoint's server name, the agent asks that
-    Triton ServerReady and answers `up` or `down` (connect failures are HAProxy's own check)."""
+    Triton ServerReady (over `transport`: the gateway's TLS to Triton) and answers `up` or
+    `down` (connect failures are HAProxy's own check)."""
 
-    def __init__(self, upstreams: Sequence[str], timeout_s: float):
+    def __init__(
+        self, upstreams: Sequence[str], timeout_s: float, transport: Transport = PLAINTEXT
+    ):
         self.timeout_s = timeout_s
         self._channels = {
-            GatewayConfig.server_name(i): PLAINTEXT.aio_channel(url, options=FAST_RECONNECT)
+            GatewayConfig.server_name(i): transport.aio_channel(url, options=FAST_RECONNECT)
             for i, url in enumerate(upstreams)
         }
         self._ready: dict[str, bool] = {}
@@ -77,26 +88,40 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event | None = None) ->
     host, port, urls = settings.host, settings.port, settings.upstream
     if port and not port_is_free(port, host):
         raise PortInUse(f"cannot listen on {host}:{port}: the port is in use")
-    agent = HealthAgent(urls, timeout_s=AGENT_TIMEOUT_S)
+    callers = Callers.load(settings.callers) if settings.callers else None
+    upstream = _upstream_tls(settings)
+    agent = HealthAgent(urls, timeout_s=AGENT_TIMEOUT_S, transport=Transport(tls=upstream))
     agent_server = await asyncio.start_server(agent.answer, "127.0.0.1", 0)
     sync_server = None
     sync_url = None
-    if settings.registry is not None:
-        sync_server = PLAINTEXT.server()
-        add_model_sync(sync_server, Registry(settings.registry))
-        sync_url = f"127.0.0.1:{PLAINTEXT.listen(sync_server, '127.0.0.1:0')}"
-        await sync_server.start()
-    config = GatewayConfig(
-        upstreams=urls,
-        listen=f"{host}:{port or free_port(host)}",
-        agent_port=agent_server.sockets[0].getsockname()[1],
-        check_interval_s=settings.probe_interval_s,
-        model_sync=sync_url,
-        metrics=f"{host}:{settings.metrics_port}" if settings.metrics_port else None,
-        grace_s=settings.grace_s,
-    )
+    # Only HAProxy calls it; with callers, ModelSync checks each call's token itself.
+    sync = Transport(server_interceptors=(Authorizer(callers),) if callers else ())
     with tempfile.TemporaryDirectory(prefix="edgecascade-gateway-") as tmp:
-        config_path = Path(tmp) / "haproxy.cfg"
+        folder = Path(tmp)  # 0700: it holds keys, caller maps and the admin key
+        if settings.registry is not None:
+            sync_server = sync.server()
+            add_model_sync(sync_server, Registry(settings.registry))
+            sync_url = f"127.0.0.1:{sync.listen(sync_server, '127.0.0.1:0')}"
+            await sync_server.start()
+        config = GatewayConfig(
+            upstreams=urls,
+            listen=f"{host}:{port or free_port(host)}",
+            agent_port=agent_server.sockets[0].getsockname()[1],
+            check_interval_s=settings.probe_interval_s,
+            model_sync=sync_url,
+            metrics=f"{host}:{settings.metrics_port}" if settings.metrics_port else None,
+            grace_s=settings.grace_s,
+            tls=_frontend_tls(settings, folder),
+            upstream_tls=_backend_tls(upstream, folder),
+            callers=CallerMaps.write(callers, folder) if callers else None,
+            admin_key=read_admin_key(settings.triton_admin_key_file)
+            if settings.triton_admin_key_file
+            else None,
+        )
+        if callers and config.tls is None:
+            log.warning("callers are checked but edges call in plaintext: tokens can be read")
+        config_path = folder / "haproxy.cfg"
+        config_path.touch(mode=0o600)
         config_path.write_text(config.render())
         haproxy = HAProxy(config_path, config.listen)
         try:
@@ -114,3 +139,40 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event | None = None) ->
             if sync_server is not None:
                 await sync_server.stop(grace=settings.grace_s)
             await agent.close()
+
+
+def _upstream_tls(settings: GatewaySettings) -> Tls | None:
+    if settings.triton_ca is None:
+        return None
+    return Tls(
+        ca=settings.triton_ca,
+        cert=settings.triton_cert,
+        key=settings.triton_key,
+        server_name=settings.triton_server_name,
+    )
+
+
+def _pem(tls: Tls, path: Path) -> Path:
+    """`tls`'s certificate chain then its key in one file, as HAProxy reads them (0600);
+    a TlsError naming the file when they cannot be read or do not belong together."""
+    tls.channel_credentials()  # reads and checks the pair
+    assert tls.cert is not None and tls.key is not None
+    chain, key = Path(tls.cert).read_bytes(), Path(tls.key).read_bytes()
+    path.touch(mode=0o600)
+    path.write_bytes(chain.rstrip(b"\n") + b"\n" + key)
+    return path
+
+
+def _frontend_tls(settings: GatewaySettings, folder: Path) -> FrontendTls | None:
+    if settings.tls_cert is None:
+        return None
+    tls = Tls(settings.tls_ca, settings.tls_cert, settings.tls_key, settings.require_client_cert)
+    return FrontendTls(_pem(tls, folder / "gateway.pem"), tls.ca, tls.require_client_cert)
+
+
+def _backend_tls(tls: Tls | None, folder: Path) -> BackendTls | None:
+    if tls is None:
+        return None
+    assert tls.ca is not None  # _upstream_tls sets it
+    pem = _pem(tls, folder / "triton-client.pem") if tls.cert else None
+    return BackendTls(tls.ca, pem, tls.server_name)

@@ -10,10 +10,22 @@ unbuffered, without retry; the ModelSync service, when served, goes to the gatew
 server. HAProxy's Prometheus exporter serves the per-endpoint counters, health and timings.
 
 Only an allow-list of methods goes through (`ALLOWED_METHODS`): inference, metadata, readiness
-and liveness, statistics, gRPC health and ModelSync. Anything else, Triton's model-repository
-(load, unload, index), shared-memory, trace and log methods included, is answered by HAProxy
-itself with gRPC status PERMISSION_DENIED: model control goes to Triton directly, never through
-the gateway (`models publish --triton`).
+and liveness, statistics, gRPC health and ModelSync. Without a caller file, anything else,
+Triton's model-repository (load, unload, index), shared-memory, trace and log methods included,
+is answered by HAProxy itself with gRPC status PERMISSION_DENIED.
+
+With a caller file (`CallerMaps`), HAProxy itself authorizes every KServe call against maps
+generated from it, so that inference costs no Python on the way: the sha256 of the bearer token
+(or, without a token, the common name of a verified client certificate) maps to the caller's
+scopes, and each method needs the scope `auth.METHOD_SCOPES` gives it (UNAUTHENTICATED,
+PERMISSION_DENIED otherwise, as `auth.Authorizer` answers). Model control and shared memory are
+then let through for `admin` callers only, with Triton's restricted-protocol key added on the
+way (`admin_key`; the header is stripped from every other request). gRPC health stays open;
+ModelSync calls go on to the gateway's own server, whose `auth.Authorizer` checks them.
+
+TLS: `FrontendTls` terminates TLS from edges (HTTP/2 by ALPN; client certificates verified
+against a CA, optional or required), `BackendTls` re-encrypts to Triton, verifying its
+certificate and showing the gateway's own for Triton's mutual TLS.
 """
 
 from __future__ import annotations
@@ -28,7 +40,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgecascade.cloud.common.auth import (
+    HOW_TO_AUTHENTICATE,
+    METHOD_SCOPES,
+    SCOPES,
+    TOKEN,
+    Callers,
+)
 from edgecascade.cloud.common.launcher import ChildProcess
+from edgecascade.cloud.triton.server import ADMIN_KEY_HEADER
 
 KSERVE = "/inference.GRPCInferenceService/"
 MODEL_SYNC = "/edgecascade.v1.ModelSync/"
@@ -51,8 +71,14 @@ ALLOWED_METHODS = (
     HEALTH + "Check",
     HEALTH + "Watch",
 )
+# With a caller file, the KServe methods that `admin` callers may also use.
+KSERVE_ADMIN = tuple(
+    m for m, scope in METHOD_SCOPES.items() if m.startswith(KSERVE) and scope == "admin"
+)
 GRPC_PERMISSION_DENIED = 7
+GRPC_UNAUTHENTICATED = 16
 DENIED_MESSAGE = "is not allowed through the gateway (model control goes to Triton directly)"
+DENIED_WITH_CALLERS = "is open to no caller of this gateway"
 # A unary request that fits in one buffer is retried on another endpoint even when its own dies
 # mid-request; a larger one only when the connection fails (else UNAVAILABLE). Measured per call
 # with a 784 B request: 64 KiB buffers +0.2 ms, 128 KiB +0.33, 1 MiB +1.4 to 2.5 ms.
@@ -68,6 +94,63 @@ INSTALL_HINT = "install HAProxy >= 2.4 (Debian/Ubuntu: apt-get install haproxy)"
 
 
 @dataclass(frozen=True)
+class FrontendTls:
+    """TLS from edges: `pem` holds the gateway's certificate chain and then its key; client
+    certificates are verified against `ca` when sent (required with `require_client_cert`)."""
+
+    pem: Path
+    ca: Path | None = None
+    require_client_cert: bool = False
+
+    def bind_options(self) -> str:
+        options = f" ssl crt {self.pem} alpn h2"
+        if self.ca is not None:
+            verify = "required" if self.require_client_cert else "optional"
+            options += f" ca-file {self.ca} verify {verify}"
+        return options
+
+
+@dataclass(frozen=True)
+class BackendTls:
+    """TLS to Triton: its certificate verified against `ca` (and, with `server_name`, that
+    name checked); `pem` (chain, then key) is shown for Triton's mutual TLS."""
+
+    ca: Path
+    pem: Path | None = None
+    server_name: str | None = None
+
+    def server_options(self) -> str:
+        options = f" ssl verify required ca-file {self.ca} alpn h2"
+        if self.pem is not None:
+            options += f" crt {self.pem}"
+        if self.server_name is not None:
+            options += f" verifyhost {self.server_name} sni str({self.server_name})"
+        return options
+
+
+@dataclass(frozen=True)
+class CallerMaps:
+    """HAProxy maps from a caller file: sha256 hex of each token, and each certificate's
+    common name, to `,scope,scope,` (commas around each, so that a scope matches whole)."""
+
+    tokens: Path
+    certificates: Path
+
+    @classmethod
+    def write(cls, callers: Callers, folder: Path) -> CallerMaps:
+        """Write both maps into `folder` (0600: who may do what)."""
+        maps = cls(folder / "tokens.map", folder / "certificates.map")
+        for path, pairs in (
+            (maps.tokens, [(c.token_sha256, c) for c in callers.callers if c.token_sha256]),
+            (maps.certificates, [(c.certificate, c) for c in callers.callers if c.certificate]),
+        ):
+            lines = [f"{key} ,{','.join(caller.scopes)},\n" for key, caller in pairs]
+            path.touch(mode=0o600)
+            path.write_text("".join(lines))
+        return maps
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """What the gateway's HAProxy serves: `listen` (host:port) in front of `upstreams`."""
 
@@ -78,6 +161,10 @@ class GatewayConfig:
     model_sync: str | None = None  # host:port of the gateway's ModelSync server
     metrics: str | None = None  # host:port for HAProxy's Prometheus exporter (GET /metrics)
     grace_s: float = 5.0
+    tls: FrontendTls | None = None
+    upstream_tls: BackendTls | None = None
+    callers: CallerMaps | None = None
+    admin_key: str | None = None  # Triton's restricted-protocol key, for admin callers
 
     @staticmethod
     def server_name(index: int) -> str:
@@ -87,34 +174,39 @@ class GatewayConfig:
         """The haproxy.cfg text."""
         if not self.upstreams:
             raise ValueError("the gateway needs at least one Triton endpoint (host:port)")
+        if self.admin_key is not None and self.callers is None:
+            raise ValueError("Triton's admin key is for admin callers: it needs a caller file")
         interval = f"{max(1, round(self.check_interval_s * 1000))}ms"
+        ssl = self.upstream_tls.server_options() if self.upstream_tls else ""
         servers, tracked = [], []
         for i, url in enumerate(self.upstreams):
             name = self.server_name(i)
             check = f"check inter {interval} fall 1 rise 1"
             servers += [
-                f"    server {name} {url} proto h2 {check} agent-check agent-addr 127.0.0.1 "
+                f"    server {name} {url} proto h2{ssl} {check} agent-check agent-addr 127.0.0.1 "
                 f'agent-port {self.agent_port} agent-inter {interval} agent-send "{name}\\n"',
                 # The same endpoint, used only while none is ready: a Triton loading a model
                 # is not ready (strict readiness) but serves the versions it has.
-                f"    server {name}-live {url} proto h2 {check} backup",
+                f"    server {name}-live {url} proto h2{ssl} {check} backup",
             ]
             tracked += [
-                f"    server {name} {url} proto h2 track triton/{name}",
-                f"    server {name}-live {url} proto h2 backup track triton/{name}-live",
+                f"    server {name} {url} proto h2{ssl} track triton/{name}",
+                f"    server {name}-live {url} proto h2{ssl} backup track triton/{name}-live",
             ]
         routes = [f"    use_backend model_sync if {{ path_beg {MODEL_SYNC} }}"] * bool(
             self.model_sync
         )
-        allowed = [*ALLOWED_METHODS, *(MODEL_SYNC + m for m in MODEL_SYNC_METHODS)]
-        if not self.model_sync:
-            allowed = list(ALLOWED_METHODS)
-        # A gRPC "trailers-only" answer: HTTP 200 whose headers carry the status.
+        allowed = list(ALLOWED_METHODS)
+        if self.model_sync:
+            allowed += [MODEL_SYNC + m for m in MODEL_SYNC_METHODS]
+        if self.callers:
+            allowed += KSERVE_ADMIN
+        message = DENIED_WITH_CALLERS if self.callers else DENIED_MESSAGE
         deny = [
+            f"    http-request del-header {ADMIN_KEY_HEADER}",  # only the gateway adds it
             f"    acl allowed_method path {' '.join(allowed)}",
-            "    http-request return status 200 content-type application/grpc "
-            f"hdr grpc-status {GRPC_PERMISSION_DENIED} "
-            f'hdr grpc-message "%[path] {DENIED_MESSAGE}" unless allowed_method',
+            _grpc_answer(GRPC_PERMISSION_DENIED, f"%[path] {message}", "!allowed_method"),
+            *self._authorization(),
         ]
         lines = [
             "global",
@@ -129,7 +221,7 @@ class GatewayConfig:
             "    timeout client 1h",
             "    timeout server 1h",
             "frontend kserve",
-            f"    bind {self.listen} proto h2",
+            f"    bind {self.listen} proto h2{self.tls.bind_options() if self.tls else ''}",
             *deny,
             *routes,
             f"    use_backend triton_streams if {{ path {KSERVE}ModelStreamInfer }}",
@@ -168,6 +260,78 @@ class GatewayConfig:
                 f"    server sync {self.model_sync} proto h2",
             ]
         return "\n".join(lines) + "\n"
+
+    def _authorization(self) -> list[str]:
+        """The frontend's rules that identify the caller and check its scope (see the module
+        docstring); none without a caller file."""
+        if self.callers is None:
+            return []
+        checked = "!open_method"
+        token = "req.fhdr(authorization),regsub(^[Bb]earer\\ ,),digest(sha256),hex,lower"
+        rules = [
+            f"    acl open_method path_beg {HEALTH} {MODEL_SYNC}",  # ModelSync: its Authorizer
+            "    acl has_token req.hdr_cnt(authorization) gt 0",
+            f"    acl bearer req.fhdr(authorization) -m reg ^[Bb]earer\\ {TOKEN.pattern}$",
+            _grpc_answer(
+                GRPC_UNAUTHENTICATED,
+                "send one authorization entry, not two",
+                f"{checked} {{ req.hdr_cnt(authorization) gt 1 }}",
+            ),
+            _grpc_answer(
+                GRPC_UNAUTHENTICATED,
+                f"the authorization metadata is not Bearer <token>: {HOW_TO_AUTHENTICATE}",
+                f"{checked} has_token !bearer",
+            ),
+            f"    http-request set-var(txn.scopes) {token},map({self.callers.tokens}) if bearer",
+        ]
+        if self.tls is not None:
+            rules.append(
+                "    http-request set-var(txn.scopes) "
+                f"ssl_c_s_dn(cn),map({self.callers.certificates}) "
+                "if !has_token { ssl_c_used } { ssl_c_verify 0 }"
+            )
+        unknown = f"{checked} !{{ var(txn.scopes) -m found }}"
+        rules += [
+            _grpc_answer(
+                GRPC_UNAUTHENTICATED,
+                "the bearer token is not known to this gateway (revoked, mistyped or made for "
+                f"another deployment): {HOW_TO_AUTHENTICATE}",
+                f"{unknown} has_token",
+            ),
+            _grpc_answer(
+                GRPC_UNAUTHENTICATED,
+                "no credentials, or a client certificate that is not a caller of this gateway: "
+                + HOW_TO_AUTHENTICATE,
+                unknown,
+            ),
+        ]
+        for scope in SCOPES:
+            methods = [m for m, s in METHOD_SCOPES.items() if s == scope and m.startswith(KSERVE)]
+            if not methods:
+                continue
+            rules += [
+                f"    acl needs_{scope} path {' '.join(methods)}",
+                _grpc_answer(
+                    GRPC_PERMISSION_DENIED,
+                    f"%[path] needs scope '{scope}': use a token with '{scope}' or add the "
+                    "scope to this caller",
+                    f"needs_{scope} !{{ var(txn.scopes) -m sub ,{scope}, }}",
+                ),
+            ]
+        if self.admin_key is not None:  # reached only by admin callers of admin methods
+            rules.append(
+                f"    http-request set-header {ADMIN_KEY_HEADER} {self.admin_key} if needs_admin"
+            )
+        return rules
+
+
+def _grpc_answer(status: int, message: str, condition: str) -> str:
+    """HAProxy answering a request itself with gRPC `status` when `condition` holds: a gRPC
+    "trailers-only" answer, HTTP 200 whose headers carry the status."""
+    return (
+        "    http-request return status 200 content-type application/grpc "
+        f'hdr grpc-status {status} hdr grpc-message "{message}" if {condition}'
+    )
 
 
 def haproxy_binary() -> str:

@@ -7,12 +7,14 @@ from pathlib import Path
 
 from edgecascade.cloud.common.launcher import ChildProcess, edgecascade_command
 from edgecascade.cloud.common.ports import free_port
-from edgecascade.cloud.common.transport import PLAINTEXT
+from edgecascade.cloud.common.transport import PLAINTEXT, Transport
 
 
 class GatewayProcess(ChildProcess):
     """`edgecascade router serve` on a free loopback port, ready once it is live (its
-    endpoints may or may not be ready); with `registry` it also serves ModelSync."""
+    endpoints may or may not be ready); with `registry` it also serves ModelSync. `options`
+    are more `router serve` options (TLS, callers); `client` is how its readiness is asked
+    (the TLS and a `status` token the gateway then needs)."""
 
     name = "gateway"
 
@@ -23,8 +25,11 @@ class GatewayProcess(ChildProcess):
         probe_interval_s: float = 0.5,
         registry: Path | None = None,
         metrics_port: int | None = None,
+        options: Sequence[str] = (),
+        client: Transport = PLAINTEXT,
     ) -> None:
         self.port = free_port()
+        self.client = client
         self.url = f"127.0.0.1:{self.port}"
         super().__init__(
             edgecascade_command(
@@ -37,10 +42,11 @@ class GatewayProcess(ChildProcess):
                 *(arg for url in upstreams for arg in ("--upstream", url)),
                 *(["--registry", str(registry)] if registry else []),
                 *(["--metrics-port", str(metrics_port)] if metrics_port else []),
+                *options,
             ),
             log_path,
         )
 
     def ready(self) -> bool:
-        with PLAINTEXT.triton(self.url) as client:
-            return bool(client.is_server_live(client_timeout=1.0))
+        with self.client.triton(self.url) as client:
+            return bool(client.is_server_live(headers=self.client.headers, client_timeout=1.0))

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field, field_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from edgecascade.cloud.common import settings
@@ -50,12 +50,73 @@ class GatewaySettings(BaseSettings):
     grace_s: int = Field(  # whole seconds: HAProxy's hard-stop-after is rendered in seconds
         5, ge=0, description="seconds in-flight calls get on shutdown"
     )
+    tls_cert: Path | None = Field(None, description="serve TLS to edges: certificate (PEM)")
+    tls_key: Path | None = Field(
+        None, validate_default=True, description="serve TLS to edges: its private key"
+    )
+    tls_ca: Path | None = Field(
+        None, description="CA of the edges' client certificates (mutual TLS, when they send one)"
+    )
+    require_client_cert: bool = Field(
+        False, description="refuse every edge without a client certificate from tls_ca"
+    )
+    callers: Path | None = Field(
+        None,
+        description="caller file (edgecascade auth add-token): every call but health needs a "
+        "caller with its method's scope; unset: anyone may infer, no one may control models",
+    )
+    triton_ca: Path | None = Field(
+        None, description="speak TLS to Triton, verifying its certificate against this CA"
+    )
+    triton_cert: Path | None = Field(
+        None, description="client certificate shown to Triton (its mutual TLS)"
+    )
+    triton_key: Path | None = Field(
+        None, validate_default=True, description="private key of triton_cert"
+    )
+    triton_server_name: str | None = Field(
+        None, description="name Triton's certificate must carry (default: not checked)"
+    )
+    triton_admin_key_file: Path | None = Field(
+        None,
+        description="file with Triton's restricted-protocol key, added to admin callers' "
+        "model-control calls only",
+    )
 
     @field_validator("upstream", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
         """The environment gives one string: `host:port,host:port`."""
         return [part.strip() for part in value.split(",")] if isinstance(value, str) else value
+
+    @field_validator(
+        "tls_key",
+        "tls_ca",
+        "require_client_cert",
+        "triton_cert",
+        "triton_key",
+        "triton_server_name",
+        "triton_admin_key_file",
+    )
+    @classmethod
+    def _security(cls, value: Any, info: ValidationInfo) -> Any:
+        """Settings that need others, checked as each is validated (fields in order)."""
+        given = {k: v for k, v in info.data.items() if v not in (None, False)}
+        needs = {
+            "tls_key": ("tls_cert", "tls_cert and tls_key go together: set both or neither"),
+            "tls_ca": ("tls_cert", "tls_ca needs tls_cert and tls_key"),
+            "require_client_cert": ("tls_ca", "require_client_cert needs tls_ca (their CA)"),
+            "triton_cert": ("triton_ca", "triton_cert needs triton_ca"),
+            "triton_key": ("triton_cert", "triton_cert and triton_key go together: set both"),
+            "triton_server_name": ("triton_ca", "triton_server_name needs triton_ca"),
+            "triton_admin_key_file": ("callers", "triton_admin_key_file needs callers"),
+        }
+        field = str(info.field_name)
+        needed, message = needs[field]
+        missing_needed = value not in (None, False) and needed not in given
+        if missing_needed or (field.endswith("_key") and value is None and needed in given):
+            raise ValueError(message)
+        return value
 
 
 def load_gateway_settings(

@@ -3,9 +3,18 @@ control, shared-memory, trace and log methods are answered with PERMISSION_DENIE
 
 import re
 
+import pytest
 from tritonclient.grpc import service_pb2
 
-from edgecascade.router.gateway.haproxy import KSERVE, MODEL_SYNC, GatewayConfig, check_config
+from edgecascade.cloud.common.auth import METHOD_SCOPES, Callers
+from edgecascade.cloud.triton.server import ADMIN_KEY_HEADER
+from edgecascade.router.gateway.haproxy import (
+    KSERVE,
+    MODEL_SYNC,
+    CallerMaps,
+    GatewayConfig,
+    check_config,
+)
 from edgecascade.v1 import model_sync_pb2
 
 TRITON_METHODS = {
@@ -58,7 +67,7 @@ def test_everything_else_gets_a_grpc_permission_denied(tmp_path) -> None:
     (rule,) = [line for line in text.splitlines() if "http-request return" in line]
     assert "status 200 content-type application/grpc" in rule  # trailers-only gRPC answer
     assert "hdr grpc-status 7 " in rule and "not allowed through the gateway" in rule
-    assert rule.endswith("unless allowed_method")
+    assert rule.endswith("if !allowed_method")
     lines = text.splitlines()
     frontend = lines.index("frontend kserve")
     assert lines.index(rule) < lines.index("    default_backend triton", frontend)
@@ -68,3 +77,31 @@ def test_model_sync_methods_are_allowed_when_served(tmp_path) -> None:
     allowed = allowed_paths(render(tmp_path, model_sync="127.0.0.1:9200"))
     methods = model_sync_pb2.DESCRIPTOR.services_by_name["ModelSync"].methods
     assert {MODEL_SYNC + m.name for m in methods} <= allowed
+
+
+def test_with_callers_every_kserve_method_needs_its_scope(tmp_path) -> None:
+    callers, _ = Callers().with_new_token("ops", ["admin"])
+    maps = CallerMaps.write(callers.with_certificate("cam", "camera-1", ["infer"]), tmp_path)
+    assert maps.tokens.read_text() == f"{callers.callers[0].token_sha256} ,admin,\n"
+    assert maps.certificates.read_text() == "camera-1 ,infer,\n"
+    assert maps.tokens.stat().st_mode & 0o777 == 0o600
+    text = render(tmp_path, callers=maps, admin_key="s3cret")
+    lines = text.splitlines()
+    kserve = {p.removeprefix(KSERVE) for p in allowed_paths(text) if p.startswith(KSERVE)}
+    assert kserve == TRITON_METHODS  # admin methods reach Triton, for admin callers
+    for scope in ("infer", "status", "admin"):
+        (acl,) = [line for line in lines if line.startswith(f"    acl needs_{scope} path ")]
+        needed = {m.removeprefix(KSERVE) for m in acl.split()[3:]}
+        assert needed == {
+            m.removeprefix(KSERVE) for m, s in METHOD_SCOPES.items() if s == scope and KSERVE in m
+        }
+    (grant,) = [i for i, line in enumerate(lines) if "set-header" in line]
+    (check,) = [i for i, line in enumerate(lines) if "!{ var(txn.scopes) -m sub ,admin, }" in line]
+    strip = lines.index(f"    http-request del-header {ADMIN_KEY_HEADER}")
+    assert strip < check < grant  # the key is added only once the caller is known as admin
+    assert lines[grant].endswith(f"{ADMIN_KEY_HEADER} s3cret if needs_admin")
+
+
+def test_an_admin_key_without_callers_is_refused(tmp_path) -> None:
+    with pytest.raises(ValueError, match="caller file"):
+        render(tmp_path, admin_key="s3cret")

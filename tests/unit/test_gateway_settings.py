@@ -1,6 +1,7 @@
 """Gateway settings: TOML file < EDGECASCADE_GATEWAY_* environment < options; each bad value is
 named with where it came from; the serve command's help takes its defaults from the settings."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -59,7 +60,7 @@ def test_each_bad_value_names_the_setting_and_where_it_came_from(
         "invalid gateway settings: metrics_port (environment EDGECASCADE_GATEWAY_METRICS_PORT): "
         "Input should be a valid integer, unable to parse string as an integer, got 'soon'",
         f"invalid gateway settings: probe_intervl_s (config file {config}): unknown setting; "
-        "known: upstream, host, port, probe_interval_s, registry, metrics_port, grace_s",
+        f"known: {', '.join(GatewaySettings.model_fields)}",
     ]
 
 
@@ -119,3 +120,36 @@ def test_serve_help_takes_its_defaults_from_the_settings() -> None:
         assert f"{flag} <" in text
         assert f"{fields[name].description} (default {fields[name].default})" in text
     assert "(required)" in text  # upstream
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"tls_cert": "g.pem"}, "tls_key (default): tls_cert and tls_key go together"),
+        ({"tls_ca": "ca.pem"}, "tls_ca (option --tls-ca): tls_ca needs tls_cert"),
+        (
+            {"tls_cert": "g.pem", "tls_key": "g.key", "require_client_cert": True},
+            "require_client_cert needs tls_ca",
+        ),
+        ({"triton_cert": "c.pem", "triton_key": "c.key"}, "triton_cert needs triton_ca"),
+        ({"triton_ca": "ca.pem", "triton_cert": "c.pem"}, "triton_cert and triton_key go"),
+        ({"triton_admin_key_file": "k"}, "triton_admin_key_file needs callers"),
+    ],
+)
+def test_security_settings_that_need_others_say_which(given: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_gateway_settings(None, {"upstream": ["triton:8001"], **given})
+
+
+def test_every_security_setting_together_is_accepted() -> None:
+    settings = load_gateway_settings(
+        None,
+        {
+            "upstream": ["triton:8001"],
+            **{"tls_cert": "g.pem", "tls_key": "g.key", "tls_ca": "ca.pem"},
+            **{"require_client_cert": True, "callers": "callers.json"},
+            **{"triton_ca": "ca.pem", "triton_cert": "c.pem", "triton_key": "c.key"},
+            **{"triton_server_name": "triton", "triton_admin_key_file": "admin.key"},
+        },
+    )
+    assert settings.require_client_cert and settings.triton_server_name == "triton"

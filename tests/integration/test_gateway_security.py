@@ -1,0 +1,236 @@
+"""The gateway secured end to end, on the real HAProxy and Triton: mutual TLS from edges (TLS
+terminated by HAProxy), re-encrypted mutual TLS to a Triton whose model control is restricted to
+a key, and callers from a caller file: model control only for `admin` callers, inference only
+with `infer`, ModelSync only with `sync`. The two critical holes of issue 11 (anonymous model
+load with a model.py, and unload, through the gateway) are refused here."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import tritonclient.grpc as grpcclient
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from edgecascade.cloud.common import certs
+from edgecascade.cloud.common.auth import Callers
+from edgecascade.cloud.common.manifest import Manifest
+from edgecascade.cloud.common.transport import Tls, Transport
+from edgecascade.cloud.registry.store import Registry
+from edgecascade.cloud.triton.server import ADMIN_KEY_HEADER, TritonServer
+from edgecascade.router.gateway.process import GatewayProcess
+from edgecascade.v1 import model_sync_pb2 as sync_pb
+from edgecascade.v1 import model_sync_pb2_grpc as sync_grpc
+from tests.family_files import copy_family
+from tests.integration.test_triton_server import images, infer_input
+
+pytestmark = pytest.mark.integration
+
+ADMIN_KEY = "tritonAdminKey0nlyTheGatewayHas"
+
+
+class Secured:
+    """The certificates, tokens and processes of one secured deployment."""
+
+    def __init__(self, folder: Path) -> None:
+        self.pki = folder / "pki"
+        certs.init(self.pki)
+        certs.issue(self.pki, "triton")
+        certs.issue(self.pki, "gateway")
+        for client in ("gateway-client", "camera", "nobody"):
+            certs.issue(self.pki, client, kind="client")
+        certs.init(self.pki / "other")
+        certs.issue(self.pki / "other", "stranger", kind="client")
+        callers = Callers().with_certificate("camera", "camera", ["infer"])
+        self.tokens: dict[str, str] = {}
+        for name, scopes in (
+            ("edge", ["infer", "status"]),
+            ("watcher", ["status"]),
+            ("syncer", ["sync"]),
+            ("operator", ["admin", "status"]),
+        ):
+            callers, self.tokens[name] = callers.with_new_token(name, scopes)
+        self.callers = folder / "callers.json"
+        callers.save(self.callers)
+        self.admin_key = folder / "admin.key"
+        self.admin_key.write_text(ADMIN_KEY + "\n")
+
+    def tls(self, name: str | None = "camera", folder: Path | None = None) -> Tls:
+        where = folder or self.pki
+        return Tls(
+            ca=self.pki / certs.CA_CERT,
+            cert=where / f"{name}.pem" if name else None,
+            key=where / f"{name}.key" if name else None,
+        )
+
+    def client(self, caller: str | None, cert: str | None = "camera") -> Transport:
+        """A client over mutual TLS with `cert`, sending `caller`'s token (None: none)."""
+        metadata = (("authorization", f"Bearer {self.tokens[caller]}"),) if caller else ()
+        return Transport(tls=self.tls(cert), metadata=metadata)
+
+    def gateway_options(self) -> list[str]:
+        pki = self.pki
+        return [
+            *("--tls-cert", str(pki / "gateway.pem"), "--tls-key", str(pki / "gateway.key")),
+            *("--tls-ca", str(pki / certs.CA_CERT), "--require-client-cert"),
+            *("--callers", str(self.callers)),
+            *("--triton-ca", str(pki / certs.CA_CERT)),
+            *("--triton-cert", str(pki / "gateway-client.pem")),
+            *("--triton-key", str(pki / "gateway-client.key")),
+            *("--triton-admin-key-file", str(self.admin_key)),
+        ]
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Secured:
+    return Secured(tmp_path_factory.mktemp("secured"))
+
+
+@pytest.fixture(scope="module")
+def triton(
+    secured: Secured, fashion_repository: Path, fashion_manifest: Manifest
+) -> Iterator[TritonServer]:
+    pki = secured.pki
+    with TritonServer(
+        fashion_repository,
+        model_control_mode="explicit",
+        load_models=[fashion_manifest.cloud.name],
+        tls=Tls(pki / certs.CA_CERT, pki / "triton.pem", pki / "triton.key", True),
+        client_tls=secured.tls("gateway-client"),
+        admin_key=ADMIN_KEY,
+        log_path=pki.parent / "triton.log",
+    ) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    secured: Secured, triton: TritonServer, fashion_manifest: Manifest
+) -> Iterator[GatewayProcess]:
+    folder = secured.pki.parent
+    registry = Registry(folder / "registry")
+    registry.publish("fashion", copy_family(folder / "build"))
+    with GatewayProcess(
+        [triton.grpc_url],
+        folder / "gateway.log",
+        registry=registry.root,
+        options=secured.gateway_options(),
+        client=secured.client("watcher"),
+    ) as process:
+        yield process
+
+
+def refused(call, status: str, words: str, headers: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    """`call(headers)` raises `status` with `words` in its message."""
+    with pytest.raises(grpcclient.InferenceServerException) as caught:
+        call(headers)
+    assert caught.value.status() == f"StatusCode.{status}", caught.value
+    assert words in caught.value.message(), caught.value
+
+
+def test_inference_goes_through_mutual_tls_on_both_hops(
+    secured: Secured, gateway: GatewayProcess, fashion_manifest: Manifest
+) -> None:
+    batch = images(fashion_manifest, 3)
+    name = fashion_manifest.cloud.name
+    for transport in (secured.client("edge"), secured.client(None)):  # a token, a certificate
+        with transport.triton(gateway.url) as client:
+            result = client.infer(name, [infer_input(batch)], headers=transport.headers)
+        assert result.as_numpy("logits").shape == (3, len(fashion_manifest.labels))
+    log = Path(gateway.log_path or "").read_text()
+    assert not any(token in log for token in secured.tokens.values())
+
+
+def test_model_control_needs_an_admin_caller(
+    secured: Secured, gateway: GatewayProcess, triton: TritonServer, fashion_manifest: Manifest
+) -> None:
+    name = fashion_manifest.cloud.name
+    code = {"file:1/model.py": b"import os\n"}  # Triton would run this model.py
+    forged = {ADMIN_KEY_HEADER: ADMIN_KEY}  # even with Triton's key, only the caller counts
+    for caller, cert, status, words in (
+        (None, "nobody", "UNAUTHENTICATED", "no credentials"),
+        ("edge", "camera", "PERMISSION_DENIED", "needs scope 'admin'"),
+        (None, "camera", "PERMISSION_DENIED", "needs scope 'admin'"),  # a certificate caller
+    ):
+        transport = secured.client(caller, cert)
+        headers = {**transport.headers, **forged}
+        with transport.triton(gateway.url) as client:
+            for call in (
+                lambda h: client.load_model(name, files=code, headers=h),
+                lambda h: client.load_model("evil", config='{"backend": "python"}', headers=h),
+                lambda h: client.unload_model(name, headers=h),
+                lambda h: client.get_model_repository_index(headers=h),
+                lambda h: client.get_system_shared_memory_status(headers=h),
+            ):
+                refused(call, status, words, headers)
+    assert triton.control.ready_versions(name) == [fashion_manifest.cloud.version]
+
+    admin = secured.client("operator")
+    with admin.triton(gateway.url) as client:
+        client.unload_model(name, headers=admin.headers)
+        assert triton.control.ready_versions(name) == []
+        client.load_model(name, headers=admin.headers)
+        index = client.get_model_repository_index(headers=admin.headers)
+    assert {m.name for m in index.models if m.state == "READY"} == {name}
+    assert triton.control.ready_versions(name) == [fashion_manifest.cloud.version]
+
+
+def test_each_bad_caller_gets_its_own_answer(
+    secured: Secured, gateway: GatewayProcess, fashion_manifest: Manifest
+) -> None:
+    name = fashion_manifest.cloud.name
+    batch = images(fashion_manifest, 1)
+    with secured.client(None, "nobody").triton(gateway.url) as client:
+        cases = (
+            ({}, "UNAUTHENTICATED", "no credentials"),
+            ({"authorization": "Bearer " + "x" * 43}, "UNAUTHENTICATED", "not known"),
+            ({"authorization": "Basic dXNlcjpwYXNz"}, "UNAUTHENTICATED", "not Bearer"),
+            (
+                {"authorization": f"Bearer {secured.tokens['watcher']}"},
+                "PERMISSION_DENIED",
+                "'infer'",
+            ),
+        )
+        for headers, status, words in cases:
+            refused(
+                lambda h: client.infer(name, [infer_input(batch)], headers=h),
+                status,
+                words,
+                headers,
+            )
+        watcher = {"authorization": f"Bearer {secured.tokens['watcher']}"}
+        assert client.is_model_ready(name, headers=watcher)  # status scope: yes
+    with Transport(tls=secured.tls("nobody")).channel(gateway.url) as channel:
+        health = health_pb2_grpc.HealthStub(channel)  # open to probes: no credentials needed
+        reply = health.Check(health_pb2.HealthCheckRequest(), timeout=5)  # Triton's answer
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.mark.parametrize("who", ["no certificate", "another CA", "plaintext"])
+def test_the_gateway_refuses_edges_without_a_certificate_from_its_ca(
+    secured: Secured, gateway: GatewayProcess, who: str
+) -> None:
+    transport = {
+        "no certificate": Transport(tls=secured.tls(None)),
+        "another CA": Transport(tls=secured.tls("stranger", secured.pki / "other")),
+        "plaintext": Transport(),
+    }[who]
+    token = {"authorization": f"Bearer {secured.tokens['edge']}"}
+    with transport.triton(gateway.url) as client:
+        with pytest.raises(grpcclient.InferenceServerException) as caught:
+            client.is_server_live(headers=token, client_timeout=5)
+    assert caught.value.status() == "StatusCode.UNAVAILABLE", caught.value
+
+
+def test_model_sync_through_the_gateway_needs_the_sync_scope(
+    secured: Secured, gateway: GatewayProcess
+) -> None:
+    request = sync_pb.GetManifestRequest(family="fashion")
+    for caller, code in (("edge", grpc.StatusCode.PERMISSION_DENIED), (None, None)):
+        with secured.client(caller, "nobody").channel(gateway.url) as channel:
+            with pytest.raises(grpc.RpcError) as caught:
+                sync_grpc.ModelSyncStub(channel).GetManifest(request, timeout=5)
+            assert caught.value.code() == (code or grpc.StatusCode.UNAUTHENTICATED)
+    with secured.client("syncer", "nobody").channel(gateway.url) as channel:
+        reply = sync_grpc.ModelSyncStub(channel).GetManifest(request, timeout=5)
+    assert reply.family == "fashion" and '"signature"' in reply.manifest_json
