@@ -62,9 +62,11 @@ class CircuitBreaker:
         self._opened_at = self._probe_at = None
 
     def failure(self) -> None:
+        """A failed call; a failed probe reopens the breaker from when the probe was sent, so
+        probes go every `cooldown_s` however long each took to fail."""
         self._consecutive += 1
         if self._opened_at is not None or self._consecutive >= self.failures:
             if self._opened_at is None:
                 log.warning("cloud circuit breaker open: %d failures in a row", self._consecutive)
-            self._opened_at = self._clock()
+            self._opened_at = self._clock() if self._probe_at is None else self._probe_at
             self._probe_at = None

@@ -292,8 +292,8 @@ def test_overload_is_refused_at_once_and_the_agent_stays_healthy(triton, frames,
                 "rejected"
             )
 
-            # A stream answers more frames at once (stream_window 8) than the limit allows:
-            # the frames past it get an error in the stream; the stream goes on.
+            # A stream may have more frames in flight (stream_window 8) than the limit allows:
+            # the frames past it wait their turn (back-pressure), none is refused.
             streamed = list(
                 stub.ClassifyStream(
                     (
@@ -304,9 +304,7 @@ def test_overload_is_refused_at_once_and_the_agent_stays_healthy(triton, frames,
                 )
             )
             assert [r.request_id for r in streamed] == [str(i) for i in range(24)]
-            errors = [r.error for r in streamed if r.HasField("error")]
-            assert errors and len(errors) < 24
-            assert all(e.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0] for e in errors)
+            assert [r.error for r in streamed if r.HasField("error")] == []
 
             # Still healthy and serving once the burst is over.
             health = health_pb2_grpc.HealthStub(channel)

@@ -52,6 +52,22 @@ def test_a_failed_probe_reopens_for_another_cooldown():
     assert b.allow()
 
 
+def test_probes_go_every_cooldown_however_long_each_takes_to_fail():
+    """A probe that times out after 1.5 s (a stalled cloud) does not push the next one a whole
+    cooldown further: a cloud that recovers meanwhile is probed within a cooldown."""
+    clock = Clock()
+    b = breaker(clock)
+    for _ in range(3):
+        b.failure()
+    clock.now += 2.0
+    assert b.allow()
+    clock.now += 1.5
+    b.failure()  # the probe timed out
+    assert b.state == "open" and not b.allow()
+    clock.now += 0.5  # 2 s after the failed probe was sent
+    assert b.allow()
+
+
 def test_a_probe_that_never_reports_back_is_replaced_after_a_cooldown():
     clock = Clock()
     b = breaker(clock)
