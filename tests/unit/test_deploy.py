@@ -249,3 +249,139 @@ def test_gateway_service_and_container_ports_match_the_command() -> None:
 def test_gateway_image_installs_haproxy() -> None:
     runs = [r.split() for r in dockerfile_instructions(GATEWAY_DOCKERFILE, "RUN")]
     assert any("apt-get" in r and "install" in r and "haproxy" in r for r in runs), runs
+
+
+# --- secrets and users --------------------------------------------------------------------
+
+DOCKERFILES = (EDGE_DOCKERFILE, GATEWAY_DOCKERFILE)
+# What must never be copied into an image: private keys, signing keys, caller files, the
+# folders they live in, or the whole build context (`COPY . .`).
+SECRET_PATHS = re.compile(r"\.key\b|\.ed25519|callers|secrets|\bkeys\b|\bcerts\b|^\./?$")
+SECRET_FLAGS = (
+    "--tls-cert",
+    "--tls-key",
+    "--tls-ca",
+    "--callers",
+    "--triton-ca",
+    "--triton-cert",
+    "--triton-key",
+    "--triton-admin-key-file",
+)
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_images_run_as_a_user_that_is_not_root(dockerfile: Path) -> None:
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    users = [i for i, line in enumerate(lines) if line.startswith("USER ")]
+    assert users, f"{dockerfile.name} has no USER: it would run as root"
+    user = lines[users[-1]].split()[1].split(":")[0]
+    assert user not in ("root", "0"), f"{dockerfile.name} runs as {user}"
+    last_run = max(i for i, line in enumerate(lines) if line.startswith("RUN "))
+    assert users[-1] > last_run, f"{dockerfile.name}: USER before a RUN; the image ends as root"
+    useradd = " ".join(dockerfile_instructions(dockerfile, "RUN"))
+    assert f"--uid {user}" in useradd or user in useradd.split(), f"{user} is never created"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_no_key_or_caller_file_is_copied_into_an_image(dockerfile: Path) -> None:
+    for line in dockerfile_instructions(dockerfile, "COPY") + dockerfile_instructions(
+        dockerfile, "ADD"
+    ):
+        sources = [a for a in line.split()[:-1] if not a.startswith("--")]
+        for source in sources:
+            assert not SECRET_PATHS.search(source), f"{dockerfile.name} copies {source}"
+    for line in dockerfile_instructions(dockerfile, "ENV") + dockerfile_instructions(
+        dockerfile, "ARG"
+    ):
+        assert not re.search(r"TOKEN|SECRET|PASSWORD|_KEY\b", line), f"{dockerfile.name}: {line}"
+    # ... and the build context leaves them out, whatever a later COPY names.
+    ignored = Path(f"{dockerfile}.dockerignore").read_text().split()
+    for pattern in ("**/*.key", "**/*.ed25519", "artifacts/keys", "deploy/secrets"):
+        assert pattern in ignored, f"{dockerfile.name}.dockerignore lets {pattern} in"
+
+
+def secret_mounts(workload: Manifest) -> dict[str, str]:
+    """mountPath -> Secret name, for each Secret volume the workload's container mounts."""
+    volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
+    mounts = container(workload).get("volumeMounts", [])
+    found = {}
+    for mount in mounts:
+        secret = volumes[mount["name"]].get("secret")
+        if secret:
+            assert mount.get("readOnly") is True, f"{mount['name']} is mounted writable"
+            found[mount["mountPath"]] = secret["secretName"]
+    return found
+
+
+def created_secrets(path: Path) -> set[str]:
+    """The Secrets the header comment of a manifest says how to create."""
+    return set(re.findall(r"kubectl create secret generic (\S+)", path.read_text()))
+
+
+@pytest.mark.parametrize("path", [GATEWAY_K8S, TRITON_K8S], ids=lambda p: p.name)
+def test_k8s_workloads_run_as_non_root_with_secrets_mounted(path: Path) -> None:
+    (workload,) = [d for d in manifests(path) if d["kind"] in ("Deployment", "StatefulSet")]
+    pod = workload["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]  # reads
+    assert container(workload)["securityContext"]["allowPrivilegeEscalation"] is False
+    mounts = secret_mounts(workload)
+    assert set(mounts.values()) | referenced_secrets(workload) <= created_secrets(path)
+    for arg in container(workload)["args"]:
+        value = arg.split("=", 1)[-1]
+        if value.startswith("/etc/edgecascade/"):  # every certificate, key, caller file
+            assert any(value.startswith(m + "/") for m in mounts), f"{arg}: not from a Secret"
+
+
+def referenced_secrets(workload: Manifest) -> set[str]:
+    env = container(workload).get("env", [])
+    refs = [e["valueFrom"]["secretKeyRef"] for e in env if "secretKeyRef" in e.get("valueFrom", {})]
+    return {ref["name"] for ref in refs}
+
+
+def test_the_gateway_gets_every_security_setting_from_a_secret() -> None:
+    args = gateway_args()
+    given = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in args if "=" in a}
+    assert set(SECRET_FLAGS) <= set(given), set(SECRET_FLAGS) - set(given)
+    assert "--require-client-cert" in args
+    mounts = secret_mounts(find(manifests(GATEWAY_K8S), "Deployment"))
+    for flag in SECRET_FLAGS:
+        assert any(given[flag].startswith(m + "/") for m in mounts), flag
+
+
+def test_triton_restricts_model_control_with_a_key_from_a_secret() -> None:
+    statefulset, _ = triton()
+    args = container(statefulset)["args"]
+    assert "--grpc-use-ssl-mutual=true" in args
+    (restricted,) = [a for a in args if a.startswith("--grpc-restricted-protocol=")]
+    protocols, key = restricted.split("=", 1)[1].split(":", 1)
+    assert {"model-repository", "shared-memory"} <= set(protocols.split(","))
+    assert key == "edgecascade-admin-key=$(TRITON_ADMIN_KEY)"  # expanded from the env
+    assert "TRITON_ADMIN_KEY" in {
+        e["name"] for e in container(statefulset)["env"] if "secretKeyRef" in e["valueFrom"]
+    }
+
+
+def test_compose_services_read_their_secrets_from_compose_secrets() -> None:
+    (doc,) = manifests(COMPOSE)
+    defined = doc["secrets"]
+    for name, spec in defined.items():
+        assert spec["file"].startswith("./secrets/"), f"secret {name}: {spec['file']}"
+    ignored = (DEPLOY / "secrets" / ".gitignore").read_text().split()
+    assert "*" in ignored  # the files themselves are never committed
+    for service_name, service in doc["services"].items():
+        text = json.dumps(service)
+        used = set(re.findall(r"/run/secrets/(\w+)", text))
+        assert used <= set(service.get("secrets", [])), f"{service_name}: {used}"
+        assert set(service.get("secrets", [])) <= set(defined)
+    assert compose_service("triton")["user"] not in ("root", "0")
+
+
+def test_compose_edge_environment_names_settings_of_the_agent() -> None:
+    settings = pytest.importorskip("edgecascade.edge.serving.settings")
+    fields = set(settings.EdgeSettings.model_fields)
+    for variable in compose_service("edge")["environment"]:
+        assert variable.startswith("EDGECASCADE_")
+        assert variable.removeprefix("EDGECASCADE_").lower() in fields, variable
