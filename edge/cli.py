@@ -101,12 +101,21 @@ def models_build(
 def status(
     agent: Annotated[list[str], typer.Option(help="edge agent host:port (repeatable)")],
     json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    ca: edge_commands.CaOption = None,
+    cert: edge_commands.CertOption = None,
+    key: edge_commands.KeyOption = None,
+    token_file: edge_commands.TokenFileOption = None,
+    insecure: edge_commands.InsecureOption = False,
 ) -> None:
     """Each edge agent's family, model versions, health, breaker and recent cloud latency;
     exit code 1 when any agent is unreachable or not serving."""
+    from edgecascade.edge.serving.security import client_transport
     from edgecascade.edge.tools.fleet_status import agent_status, status_table
 
-    rows = [agent_status(address) for address in agent]
+    transport = client_transport(
+        insecure=insecure, ca=ca, cert=cert, key=key, token_file=token_file
+    )
+    rows = [agent_status(address, transport) for address in agent]
     if json_out:
         print(json.dumps(rows, indent=2))  # plain: no wrapping of long values
     else:
@@ -125,14 +134,20 @@ def demo(
     fps: Annotated[float, typer.Option(help="camera frame rate; 0: as fast as answered")] = 0.0,
     in_flight: Annotated[int, typer.Option(help="frames awaiting an answer at once")] = 1,
     report: Annotated[Path | None, typer.Option(help="JSON report path")] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure", help="the agent serves plaintext, without TLS and caller checks"
+        ),
+    ] = False,
 ) -> None:
-    """Start Triton and an edge agent, stream test frames camera-style, report."""
+    """Start Triton and an edge agent, stream test frames camera-style, report. The agent
+    serves mutual TLS and checks a token, with certificates made for the run."""
     from edgecascade.edge.tools.demo import run_demo
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop children on SIGTERM too
-    run_demo(
-        family, limit, threshold, report or Path("reports") / f"demo-{family}.json", fps, in_flight
-    )
+    path = report or Path("reports") / f"demo-{family}.json"
+    run_demo(family, limit, threshold, path, fps, in_flight, insecure)
 
 
 @bench.command("edge")

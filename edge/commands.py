@@ -4,110 +4,93 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from edgecascade.cloud.common.serving import check_address, log_to_stderr, run_until_signalled
+from edgecascade.cloud.common.settings import command_options, option_help
 from edgecascade.edge.serving.server import serve
+from edgecascade.edge.serving.settings import EdgeSettings, load_settings
 from edgecascade.edge.sources.base import describe_kinds, source_kinds
 
 app = typer.Typer(help="The edge agent: OpenVINO next to the camera.", no_args_is_help=True)
 
 
+# How a client (`edge run`, `status`) calls an agent: TLS unless --insecure.
+CaOption = Annotated[
+    Path | None,
+    typer.Option("--ca", help="CA (PEM) of the agent's certificate; none: the system's roots"),
+]
+CertOption = Annotated[
+    Path | None, typer.Option("--cert", help="client certificate (PEM), for mutual TLS")
+]
+KeyOption = Annotated[Path | None, typer.Option("--key", help="the private key of --cert (PEM)")]
+TokenFileOption = Annotated[
+    Path | None,
+    typer.Option("--token-file", help="file holding the bearer token (edgecascade auth add-token)"),
+]
+InsecureOption = Annotated[bool, typer.Option("--insecure", help="call in plaintext, without TLS")]
+
+
+def _setting(name: str, *flags: str) -> Any:
+    """The option that sets EdgeSettings field `name` (help and default from the field)."""
+    return typer.Option(*flags, help=option_help(EdgeSettings, name))
+
+
 @app.command("serve")
 def serve_command(
+    ctx: typer.Context,
     config: Annotated[
         Path | None, typer.Option(help="TOML file of settings (EdgeSettings fields)")
     ] = None,
-    family: Annotated[
-        str | None, typer.Option(help="model family to serve (default fashion)")
+    family: Annotated[str | None, _setting("family")] = None,
+    cloud_url: Annotated[str | None, _setting("cloud_url")] = None,
+    sync_url: Annotated[str | None, _setting("sync_url")] = None,
+    device: Annotated[str | None, _setting("device")] = None,
+    hint: Annotated[str | None, _setting("hint")] = None,
+    precision: Annotated[str | None, _setting("precision")] = None,
+    host: Annotated[str | None, _setting("host")] = None,
+    port: Annotated[int | None, _setting("port")] = None,
+    threshold: Annotated[float | None, _setting("threshold")] = None,
+    cloud_timeout_s: Annotated[float | None, _setting("cloud_timeout_s", "--cloud-timeout")] = None,
+    breaker_failures: Annotated[int | None, _setting("breaker_failures")] = None,
+    breaker_cooldown_s: Annotated[
+        float | None, _setting("breaker_cooldown_s", "--breaker-cooldown")
     ] = None,
-    cloud_url: Annotated[
-        str | None, typer.Option(help="Triton or gateway host:port; none: edge only")
-    ] = None,
-    sync_url: Annotated[
-        str | None, typer.Option(help="ModelSync (gateway) host:port: follow model updates")
-    ] = None,
-    device: Annotated[
-        str | None, typer.Option(help="OpenVINO device: CPU, GPU, AUTO, ... (default CPU)")
-    ] = None,
-    hint: Annotated[
-        str | None, typer.Option(help="OpenVINO performance hint: LATENCY or THROUGHPUT")
-    ] = None,
-    precision: Annotated[
-        str | None, typer.Option(help="edge IR: int8, or the fp32 reference")
-    ] = None,
-    host: Annotated[
-        str | None, typer.Option(help="address to listen on (default 127.0.0.1)")
-    ] = None,
-    port: Annotated[int | None, typer.Option(help="gRPC port (default 50051)")] = None,
-    threshold: Annotated[
-        float | None, typer.Option(help="override the manifest's threshold")
-    ] = None,
-    cloud_timeout: Annotated[
-        float | None, typer.Option(help="seconds allowed for one cloud call (default 1)")
-    ] = None,
-    breaker_failures: Annotated[
-        int | None, typer.Option(help="cloud failures in a row that stop escalation (default 5)")
-    ] = None,
-    breaker_cooldown: Annotated[
-        float | None, typer.Option(help="seconds before a stopped cloud is probed (default 0.5)")
-    ] = None,
-    artifacts: Annotated[Path | None, typer.Option(help="artifacts folder")] = None,
-    max_in_flight: Annotated[
-        int | None, typer.Option(help="requests at once; more get RESOURCE_EXHAUSTED (default 64)")
-    ] = None,
-    max_batch: Annotated[
-        int | None, typer.Option(help="images in one KServe ModelInfer request (default 32)")
-    ] = None,
-    max_message_bytes: Annotated[
-        int | None, typer.Option(help="largest gRPC message (default 16 MiB)")
-    ] = None,
-    grace: Annotated[
-        float | None, typer.Option(help="seconds in-flight calls get on shutdown (default 5)")
-    ] = None,
-    metrics_port: Annotated[
-        int | None, typer.Option(help="Prometheus /metrics HTTP port; 0: off (default 0)")
-    ] = None,
+    artifacts: Annotated[Path | None, _setting("artifacts")] = None,
+    max_in_flight: Annotated[int | None, _setting("max_in_flight")] = None,
+    max_batch: Annotated[int | None, _setting("max_batch")] = None,
+    max_message_bytes: Annotated[int | None, _setting("max_message_bytes")] = None,
+    grace_s: Annotated[float | None, _setting("grace_s", "--grace")] = None,
+    metrics_port: Annotated[int | None, _setting("metrics_port")] = None,
     fold_preprocessing: Annotated[
         bool | None,
-        typer.Option(
-            "--fold-preprocessing/--no-fold-preprocessing",
-            help="crop and resize frames inside the edge model, not in cv2 (default on)",
-        ),
+        _setting("fold_preprocessing", "--fold-preprocessing/--no-fold-preprocessing"),
     ] = None,
+    insecure: Annotated[bool | None, _setting("insecure", "--insecure")] = None,
+    tls_cert: Annotated[Path | None, _setting("tls_cert")] = None,
+    tls_key: Annotated[Path | None, _setting("tls_key")] = None,
+    tls_ca: Annotated[Path | None, _setting("tls_ca")] = None,
+    require_client_cert: Annotated[
+        bool | None, _setting("require_client_cert", "--require-client-cert")
+    ] = None,
+    callers: Annotated[Path | None, _setting("callers")] = None,
+    cloud_insecure: Annotated[bool | None, _setting("cloud_insecure", "--cloud-insecure")] = None,
+    cloud_ca: Annotated[Path | None, _setting("cloud_ca")] = None,
+    cloud_cert: Annotated[Path | None, _setting("cloud_cert")] = None,
+    cloud_key: Annotated[Path | None, _setting("cloud_key")] = None,
+    cloud_token_file: Annotated[Path | None, _setting("cloud_token_file")] = None,
+    trusted_keys: Annotated[list[Path] | None, _setting("trusted_keys")] = None,
+    allow_unsigned: Annotated[bool | None, _setting("allow_unsigned", "--allow-unsigned")] = None,
 ) -> None:
     """Serve the Cascade and KServe v2 gRPC APIs until SIGINT/SIGTERM. Settings come from
     --config (TOML), then EDGECASCADE_<SETTING> environment variables, then these options."""
-    from edgecascade.edge.serving.config import load_settings
     from edgecascade.edge.tools.families import built_family
 
-    settings = load_settings(  # a ConfigError is a UserError
-        config,
-        family=family,
-        cloud_url=cloud_url,
-        sync_url=sync_url,
-        device=device,
-        hint=hint,
-        precision=precision,
-        host=host,
-        port=port,
-        threshold=threshold,
-        cloud_timeout_s=cloud_timeout,
-        breaker_failures=breaker_failures,
-        breaker_cooldown_s=breaker_cooldown,
-        artifacts=artifacts,
-        max_in_flight=max_in_flight,
-        max_batch=max_batch,
-        max_message_bytes=max_message_bytes,
-        grace_s=grace,
-        metrics_port=metrics_port,
-        fold_preprocessing=fold_preprocessing,
-    )
-    for name, address in (("cloud_url", settings.cloud_url), ("sync_url", settings.sync_url)):
-        if address:
-            check_address(name, address)
+    options, flags = command_options(ctx)  # the parameters above, by settings field
+    options.pop("config", None)
+    settings = load_settings(config, options, flags)  # a ConfigError is a UserError
     if not settings.sync_url:  # else a family not built here is fetched from ModelSync
         built_family(settings.family, settings.artifacts)
     run_until_signalled(lambda stop: serve(settings, stop))
@@ -147,16 +130,25 @@ def run_command(
     reconnect_timeout: Annotated[
         float, typer.Option(help="seconds to keep reconnecting; 0: forever")
     ] = 30.0,
+    ca: CaOption = None,
+    cert: CertOption = None,
+    key: KeyOption = None,
+    token_file: TokenFileOption = None,
+    insecure: InsecureOption = False,
 ) -> None:
-    """Classify every frame of a source through an edge agent; one JSON line per frame."""
+    """Classify every frame of a source through an edge agent; one JSON line per frame.
+    Without --agent, an agent started for --family serves mutual TLS with certificates and a
+    token made for this run (--insecure: plaintext)."""
     import sys
+    import tempfile
     import threading
     from contextlib import ExitStack
 
     from rich.console import Console
 
+    from edgecascade.edge.serving.security import client_transport
     from edgecascade.edge.tools.families import built_family
-    from edgecascade.edge.tools.process import EdgeProcess
+    from edgecascade.edge.tools.process import EdgeProcess, development_security
     from edgecascade.edge.tools.runner import run
 
     for option, address in (("--agent", agent), ("--cloud-url", cloud_url), ("--sink", sink)):
@@ -168,15 +160,27 @@ def run_command(
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    transport = client_transport(
+        insecure=insecure, ca=ca, cert=cert, key=key, token_file=token_file
+    )
     with ExitStack() as stack:
         if agent is None:
             log_path = Path("reports") / "logs" / "edge-run.log"
-            agent = stack.enter_context(EdgeProcess(family, cloud_url, log_path)).address
+            security = (
+                None
+                if insecure
+                else development_security(Path(stack.enter_context(tempfile.TemporaryDirectory())))
+            )
+            started = stack.enter_context(
+                EdgeProcess(family, cloud_url, log_path, security=security)
+            )
+            agent, transport = started.address, started.client
         out = stack.enter_context(open(output, "w")) if output else sys.stdout
         stats = run(
             source,
             agent,
             out,
+            transport=transport,
             kind=kind,
             sink=sink,
             max_fps=max_fps,

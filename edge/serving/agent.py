@@ -9,24 +9,21 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from edgecascade.cloud.common.errors import InternalFailure, RequestError
+from edgecascade.cloud.common import signing
+from edgecascade.cloud.common.errors import InternalFailure, RequestError, UserError
 from edgecascade.cloud.common.manifest import Manifest
-from edgecascade.cloud.common.paths import artifacts_root, edge_model_file, family_dir
-from edgecascade.cloud.common.preprocessing import (
-    MAX_IMAGE_PIXELS,
-    Images,
-    InvalidImage,
-    pixel_limit,
-)
+from edgecascade.cloud.common.paths import edge_model_file, family_dir
+from edgecascade.cloud.common.preprocessing import Images, InvalidImage, pixel_limit
+from edgecascade.cloud.common.signing import SignatureError, TrustedKeys
+from edgecascade.cloud.common.transport import PLAINTEXT, Transport
 from edgecascade.edge.serving.limits import InFlightLimit, Overloaded
 from edgecascade.edge.serving.metrics import Metrics
-from edgecascade.edge.serving.runtime import EdgeModel, PerformanceHint
+from edgecascade.edge.serving.runtime import EdgeModel
+from edgecascade.edge.serving.security import cloud_transport, insecure_hops, trusted_keys
+from edgecascade.edge.serving.settings import EdgeSettings
 from edgecascade.router.cascade.breaker import CircuitBreaker
 from edgecascade.router.cascade.cascade import Answers, Cascade
 from edgecascade.router.cascade.cloud_client import CloudClient
@@ -40,55 +37,6 @@ FAILURE_REASONS: dict[type[Exception], str] = {
     Overloaded: "REJECTED",
     InvalidImage: "INVALID_ARGUMENT",
 }
-
-
-class EdgeSettings(BaseSettings):
-    """How an edge agent runs; validated at start. Environment variables EDGECASCADE_<FIELD>
-    apply (edge.config.load_settings adds a TOML file and command-line options)."""
-
-    model_config = SettingsConfigDict(env_prefix="EDGECASCADE_", extra="forbid")
-
-    family: str = "fashion"
-    artifacts: Path = Field(default_factory=artifacts_root)
-    device: str = "CPU"
-    hint: PerformanceHint = "LATENCY"
-    precision: Literal["int8", "fp32"] = Field(
-        "int8", description="edge IR: INT8 or FP32 reference"
-    )
-    cloud_url: str | None = Field(None, description="host:port of Triton or a router gateway")
-    sync_url: str | None = Field(
-        None, description="host:port of a ModelSync service (the router gateway): follow updates"
-    )
-    cloud_timeout_s: float = Field(1.0, gt=0)
-    breaker_failures: int = Field(
-        5, ge=1, description="cloud failures in a row that open the breaker"
-    )
-    breaker_cooldown_s: float = Field(
-        0.5, ge=0, description="how long an open breaker waits to probe"
-    )
-    threshold: float | None = Field(None, ge=0, le=1, description="overrides the manifest's")
-    host: str = "127.0.0.1"
-    port: int = Field(50051, ge=0, le=65535)
-    default_top_k: int = Field(5, ge=1)
-    stream_window: int = Field(8, ge=1, description="frames of one stream in flight at once")
-    max_in_flight: int = Field(
-        64, ge=1, description="requests answered at once; more: RESOURCE_EXHAUSTED"
-    )
-    max_batch: int = Field(32, ge=1, description="images in one KServe ModelInfer request")
-    max_message_bytes: int = Field(16 << 20, ge=1024, description="largest gRPC message either way")
-    grace_s: float = Field(5.0, ge=0, description="time in-flight calls get to finish on shutdown")
-    metrics_port: int = Field(
-        0, ge=0, le=65535, description="Prometheus /metrics HTTP port; 0: off"
-    )
-    fold_preprocessing: bool = Field(
-        True, description="crop and resize frames inside the edge model (OpenVINO), not in cv2"
-    )
-    max_image_pixels: int = Field(
-        MAX_IMAGE_PIXELS,
-        ge=1,
-        description="largest image (height x width, from its header, or once resized) answered; "
-        "more: INVALID_ARGUMENT",
-    )
 
 
 @dataclass
@@ -156,6 +104,8 @@ class EdgeAgent:
     metrics: Metrics
     breaker: CircuitBreaker
     latency: LatencyTracker
+    trusted: TrustedKeys | None = None  # None: unsigned manifests are served (allow_unsigned)
+    transport: Transport = PLAINTEXT  # of the calls to the cloud
     previous: Manifest | None = None
     update_error: str = ""
     counters: Counters = field(default_factory=Counters)
@@ -188,19 +138,28 @@ class EdgeAgent:
             )
         breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s)
         latency = LatencyTracker()
-        deployment = await _deploy(settings, folder, breaker, latency)
+        trusted, transport = trusted_keys(settings), cloud_transport(settings)
+        try:
+            deployment = await _deploy(settings, folder, breaker, latency, trusted, transport)
+        except SignatureError as e:
+            raise UserError(
+                f"{folder / 'manifest.json'}: {e} (--allow-unsigned serves it anyway)"
+            ) from None
         limit = InFlightLimit(settings.max_in_flight)
-        metrics = Metrics(deployment.manifest, lambda: limit.current)
-        return cls(settings, deployment, limit, metrics, breaker, latency)
+        metrics = Metrics(deployment.manifest, lambda: limit.current, insecure_hops(settings))
+        return cls(settings, deployment, limit, metrics, breaker, latency, trusted, transport)
 
     async def activate(self, folder: Path) -> Deployment:
         """Verify, compile and warm up the pair in `folder`, then swap it in. On any failure
         the serving pair stays, `update_error` says why, and the error is raised."""
         try:
-            deployment = await _deploy(self.settings, folder, self.breaker, self.latency)
+            deployment = await _deploy(
+                self.settings, folder, self.breaker, self.latency, self.trusted, self.transport
+            )
         except Exception as e:
-            self.update_error = f"{folder.name}: {e}"
-            log.error("update to %s failed, still serving %s: %s", folder, self.manifest.version, e)
+            self.update_failed(
+                "refused" if isinstance(e, SignatureError) else "activate", f"{folder.name}: {e}"
+            )
             raise
         replaced, self.deployment = self.deployment, deployment
         self.previous = replaced.manifest
@@ -222,6 +181,15 @@ class EdgeAgent:
             in_flight,
         )
         return deployment
+
+    def update_failed(self, reason: str, message: str) -> None:
+        """An update not applied: `update_error`, a log line and the metric say why; the
+        serving pair stays."""
+        self.update_error = message
+        self.metrics.update_failed(reason)
+        log.error(
+            "update not applied (%s), still serving v%d: %s", reason, self.manifest.version, message
+        )
 
     async def answer(
         self,
@@ -257,11 +225,22 @@ class EdgeAgent:
 
 
 async def _deploy(
-    settings: EdgeSettings, folder: Path, breaker: CircuitBreaker, latency: LatencyTracker
+    settings: EdgeSettings,
+    folder: Path,
+    breaker: CircuitBreaker,
+    latency: LatencyTracker,
+    trusted: TrustedKeys | None,
+    transport: Transport,
 ) -> Deployment:
-    """A verified, compiled and warmed-up deployment of the pair in `folder`; the cloud
+    """A verified, compiled and warmed-up deployment of the pair in `folder`, its manifest
+    signed by a `trusted` key (any manifest when None; SignatureError otherwise); the cloud
     endpoint's breaker and latency history carry over from one pair to the next."""
-    manifest = Manifest.load(folder / "manifest.json")
+    text = (folder / "manifest.json").read_bytes()
+    manifest = (
+        Manifest.model_validate_json(text)
+        if trusted is None
+        else signing.verify_json(text, trusted)
+    )
     if manifest.family != settings.family:
         raise ValueError(f"{folder} holds family {manifest.family!r}, not {settings.family!r}")
     await asyncio.to_thread(manifest.verify, folder)
@@ -275,7 +254,9 @@ async def _deploy(
         shaped = logits.shape[-1:] == (len(manifest.labels),) and logits.ndim <= 2  # [members,] K
         if not shaped or not np.isfinite(logits).all():
             raise ValueError(f"edge model warm-up gave logits of shape {logits.shape}")
-    cloud = CloudClient(settings.cloud_url, manifest.cloud) if settings.cloud_url else None
+    cloud = (
+        CloudClient(settings.cloud_url, manifest.cloud, transport) if settings.cloud_url else None
+    )
     cascade = Cascade(
         manifest,
         model.infer_batch,

@@ -4,7 +4,7 @@ counterpart (nv_inference_*), edgecascade_* for the cascade's."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from threading import Thread
 from wsgiref.simple_server import WSGIServer
 
@@ -24,6 +24,8 @@ TRITON_COUNTERS = {
     "nv_inference_count": "Number of inferences performed (a batch of N counts N)",
     "nv_inference_request_duration_us": "Cumulative inference request duration in microseconds",
 }
+INSECURE_HOPS = ("agent", "cloud")
+UPDATE_FAILURES = ("watch", "refused", "download", "activate")
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -48,7 +50,9 @@ class _TritonCounters(Collector):
 class Metrics:
     """Everything the agent exports, in a registry of its own."""
 
-    def __init__(self, manifest: Manifest, in_flight: Callable[[], int]):
+    def __init__(
+        self, manifest: Manifest, in_flight: Callable[[], int], insecure_hops: Sequence[str] = ()
+    ):
         self.registry = r = CollectorRegistry()
         self._triton = _TritonCounters({"model": manifest.family, "version": str(manifest.version)})
         r.register(self._triton)
@@ -82,6 +86,25 @@ class Metrics:
         ).set_function(in_flight)
         self._model = Info("edgecascade_model", "The model pair this agent serves", registry=r)
         self.serving(manifest)
+        insecure = Gauge(
+            "edgecascade_insecure",
+            "1 for a hop that runs without TLS (--insecure: agent, its own port; "
+            "--cloud-insecure: cloud, its calls to the cloud and ModelSync)",
+            ["hop"],
+            registry=r,
+        )
+        for hop in INSECURE_HOPS:
+            insecure.labels(hop).set(hop in insecure_hops)
+        self._update_failures = Counter(
+            "edgecascade_update_failures",
+            "Model updates not applied, by reason: watch (ModelSync unreachable or the family "
+            "unknown), refused (manifest unsigned, altered, untrusted or invalid), download, "
+            "activate (verify, compile or warm up)",
+            ["reason"],
+            registry=r,
+        )
+        for failure in UPDATE_FAILURES:
+            self._update_failures.labels(failure)
 
     def serving(self, manifest: Manifest) -> None:
         """The pair now answering requests."""
@@ -112,6 +135,10 @@ class Metrics:
         reason = answers.degraded_reason
         if reason is not None and escalations:
             self._degraded.labels(reason.value).inc(escalations)
+
+    def update_failed(self, reason: str) -> None:
+        """A model update not applied, for one of UPDATE_FAILURES."""
+        self._update_failures.labels(reason).inc()
 
     def failed(self, reason: str) -> None:
         """One request refused: REJECTED (overload), INVALID_ARGUMENT or OTHER."""

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Literal, TypeAlias
+from typing import TypeAlias
 
 import numpy as np
 import openvino as ov
@@ -22,10 +22,10 @@ from openvino.preprocess import PrePostProcessor, ResizeAlgorithm
 from edgecascade.cloud.common.errors import UserError
 from edgecascade.cloud.common.manifest import Preprocessing
 from edgecascade.cloud.common.preprocessing import kept_region, off_loop, prepare_batch
+from edgecascade.edge.serving.settings import PerformanceHint
 
 log = logging.getLogger(__name__)
 Device = str  # "CPU", "GPU", "AUTO", "AUTO:GPU,CPU", ...
-PerformanceHint = Literal["LATENCY", "THROUGHPUT"]
 Shape = tuple[int, ...]
 Frames: TypeAlias = NDArray[np.uint8]  # uint8 [N, H, W, C]
 Logits: TypeAlias = NDArray[np.float32]  # [N, classes] ([N, members, classes]: an ensemble)

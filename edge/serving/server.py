@@ -18,18 +18,23 @@ from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.cloud.common.paths import family_dir
 from edgecascade.cloud.common.preprocessing import Image, InvalidImage, decode_image, raw_image
-from edgecascade.cloud.common.transport import Transport
 from edgecascade.edge.serving import updater
-from edgecascade.edge.serving.agent import EdgeAgent, EdgeSettings
+from edgecascade.edge.serving.agent import EdgeAgent
 from edgecascade.edge.serving.kserve import KServeService
 from edgecascade.edge.serving.rpc import (
-    InternalErrors,
     RequestError,
     abort,
     deadline,
     ordered,
     request_deadline,
 )
+from edgecascade.edge.serving.security import (
+    INSECURE_HOP_TEXT,
+    describe_security,
+    insecure_hops,
+    server_transport,
+)
+from edgecascade.edge.serving.settings import EdgeSettings
 from edgecascade.router.cascade.cascade import Answer
 from edgecascade.v1 import cascade_pb2 as pb
 from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
@@ -153,19 +158,22 @@ class CascadeService(pb_grpc.CascadeServicer):
             breaker=agent.cascade.breaker.state,
             cloud_latency_ewma_ms=(agent.cascade.latency.ewma_s or 0.0) * 1e3,
             cloud_latency_p95_ms=(agent.cascade.latency.p95_s or 0.0) * 1e3,
+            insecure_hops=insecure_hops(agent.settings),
         )
 
 
 async def serve(settings: EdgeSettings, stop: asyncio.Event | None = None) -> None:
     """Run the agent until `stop` is set (or forever). Then health turns NOT_SERVING, new calls
     are refused and calls in flight get `grace_s` to finish."""
+    transport = server_transport(settings)  # certificates and callers checked before loading
+    for hop in insecure_hops(settings):
+        log.warning("INSECURE: %s without TLS (explicitly switched off)", INSECURE_HOP_TEXT[hop])
+    if settings.allow_unsigned:
+        log.warning("INSECURE: manifests are served without checking their signature")
     folder = family_dir(settings.family, settings.artifacts)
     if settings.sync_url and not (folder / "manifest.json").exists():
         folder = await updater.fetch_current(settings, settings.sync_url)
     agent = await EdgeAgent.load(settings, folder)
-    transport = Transport(
-        max_message_bytes=settings.max_message_bytes, server_interceptors=(InternalErrors(),)
-    )
     server = transport.server()
     pb_grpc.add_CascadeServicer_to_server(CascadeService(agent), server)
     kpb_grpc.add_GRPCInferenceServiceServicer_to_server(KServeService(agent), server)
@@ -185,12 +193,13 @@ async def serve(settings: EdgeSettings, stop: asyncio.Event | None = None) -> No
         else None
     )
     log.info(
-        "edge agent %s serving %s on %s:%d (Cascade, KServe v2, health, reflection), model on %s, "
-        "cloud %s, metrics %s",
+        "edge agent %s serving %s on %s:%d (Cascade, KServe v2, health, reflection; %s), "
+        "model on %s, cloud %s, metrics %s",
         agent.manifest.family,
         agent.manifest.edge.key,
         settings.host,
         port,
+        describe_security(settings),
         agent.model.describe(),
         settings.cloud_url or "disabled",
         f"http://{settings.host}:{settings.metrics_port}/metrics" if metrics_http else "off",

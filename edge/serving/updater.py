@@ -4,20 +4,28 @@ Each new manifest is downloaded from ModelSync into `<artifacts>/edge-cache/<fam
 (resumable, every sha256 checked), compiled and warmed up off the request path, then swapped in
 atomically (EdgeAgent.activate). A pair that fails any step is not swapped in: the serving pair
 stays. A version seen before (a rollback in the registry) is reused from the cache. A manifest
-that does not validate (one whose artifact names would lead outside the cache, for one) is
-refused before any file is written; `update_error` says why.
+that is not signed by a trusted key, or does not validate (one whose artifact names would lead
+outside the cache, for one), is refused before any file is written. The follower never stops:
+ModelSync unreachable or not knowing the family yet (NOT_FOUND) is retried with back-off. Every
+failure is in `update_error`, a log line and the `edgecascade_update_failures` metric.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
 
+import grpc
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
+
 from edgecascade.cloud.common.manifest import Manifest
-from edgecascade.cloud.common.transport import PLAINTEXT
-from edgecascade.edge.serving.agent import EdgeAgent, EdgeSettings
+from edgecascade.edge.serving.agent import EdgeAgent
+from edgecascade.edge.serving.security import cloud_transport, trusted_keys
+from edgecascade.edge.serving.settings import EdgeSettings
 from edgecascade.router.sync.client import (
+    MAX_BACKOFF_S,
     InvalidManifest,
     fetch_manifest_files,
     get_manifest,
@@ -34,51 +42,78 @@ def cache_dir(settings: EdgeSettings) -> Path:
 
 async def fetch_current(settings: EdgeSettings, sync_url: str) -> Path:
     """Download the family's current pair (an agent with nothing built locally starts so)."""
-    async with PLAINTEXT.aio_channel(sync_url) as channel:
+    async with cloud_transport(settings).aio_channel(sync_url) as channel:
         stub = sync_grpc.ModelSyncStub(channel)
-        manifest = await get_manifest(stub, settings.family)
+        manifest = await get_manifest(stub, settings.family, trusted=trusted_keys(settings))
         return await fetch_manifest_files(
             stub, manifest, cache_dir(settings) / str(manifest.version)
         )
 
 
-async def follow(agent: EdgeAgent, sync_url: str) -> None:
-    """Apply every manifest change the ModelSync service at `sync_url` announces, for ever."""
-    async with PLAINTEXT.aio_channel(sync_url) as channel:
+def _failure(error: BaseException) -> str:
+    if isinstance(error, grpc.aio.AioRpcError):
+        return f"{error.code().name}: {error.details()}"
+    return f"{type(error).__name__}: {error}"
+
+
+async def follow(agent: EdgeAgent, sync_url: str, max_backoff_s: float = MAX_BACKOFF_S) -> None:
+    """Apply every manifest change the ModelSync service at `sync_url` announces, for ever;
+    when watching fails, say why and watch again after a back-off (up to `max_backoff_s`)."""
+
+    def report(state: RetryCallState) -> None:
+        assert state.outcome is not None and state.next_action is not None
+        error = state.outcome.exception()
+        assert error is not None
+        agent.update_failed(
+            "watch",
+            f"watching ModelSync {sync_url} for {agent.settings.family!r} failed "
+            f"({_failure(error)}); again in {state.next_action.sleep:.1f}s",
+        )
+
+    async with agent.transport.aio_channel(sync_url) as channel:
         stub = sync_grpc.ModelSyncStub(channel)
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(Exception),
+            wait=wait_exponential(multiplier=0.2, max=max_backoff_s),
+            before_sleep=report,
+        ):
+            with attempt:
+                await _watch(agent, stub)
 
-        def refused(exc: InvalidManifest) -> None:
-            agent.update_error = str(exc)
-            log.error("%s", exc)
 
-        family = agent.settings.family
-        async for manifest in watch_manifests(stub, family, agent.manifest.version, refused):
-            if manifest == agent.manifest:
-                continue
-            try:
-                await update(agent, stub, manifest)
-            except Exception:  # noqa: BLE001 - reported by activate(); keep following
-                log.exception("manifest v%d not applied", manifest.version)
+async def _watch(agent: EdgeAgent, stub: sync_grpc.ModelSyncStub) -> None:
+    def refused(exc: InvalidManifest) -> None:
+        agent.update_failed("refused", str(exc))
+
+    family = agent.settings.family
+    watched = watch_manifests(stub, family, agent.manifest.version, refused, trusted=agent.trusted)
+    async for manifest in watched:
+        if manifest != agent.manifest:
+            await update(agent, stub, manifest)
 
 
 async def update(agent: EdgeAgent, stub: sync_grpc.ModelSyncStub, manifest: Manifest) -> None:
+    """Download, verify and swap in `manifest`'s pair; a failure is reported (update_failed),
+    not raised."""
     if manifest.family != agent.settings.family:
-        agent.update_error = (
+        agent.update_failed(
+            "refused",
             f"v{manifest.version}: manifest refused: it is for family {manifest.family!r}, "
-            f"this agent serves {agent.settings.family!r}"
+            f"this agent serves {agent.settings.family!r}",
         )
-        raise InvalidManifest(manifest.family, manifest.version, agent.update_error)
+        return
     folder = cache_dir(agent.settings) / str(manifest.version)
     log.info("manifest v%d announced: fetching into %s", manifest.version, folder)
     try:
         await fetch_manifest_files(stub, manifest, folder)
     except ValueError as e:  # an artifact name that leads out of the cache: nothing written
-        agent.update_error = f"v{manifest.version}: manifest refused: {e}"
-        raise
-    except Exception as e:
-        agent.update_error = f"v{manifest.version}: download failed: {e}"
-        raise
-    await agent.activate(folder)
+        agent.update_failed("refused", f"v{manifest.version}: manifest refused: {e}")
+        return
+    except Exception as e:  # noqa: BLE001 - reported; the serving pair stays
+        agent.update_failed("download", f"v{manifest.version}: download failed: {_failure(e)}")
+        return
+    with contextlib.suppress(Exception):  # activate() reported it; the serving pair stays
+        await agent.activate(folder)
 
 
 def start(agent: EdgeAgent, sync_url: str) -> asyncio.Task[None]:

@@ -11,7 +11,9 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from contextlib import ExitStack
 from pathlib import Path
+from tempfile import TemporaryDirectory
 from typing import Any
 
 import numpy as np
@@ -22,10 +24,10 @@ from rich.table import Table
 from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.cloud.common.paths import edge_model_file, family_dir
 from edgecascade.cloud.common.preprocessing import decode_image, prepare
-from edgecascade.cloud.common.transport import PLAINTEXT
+from edgecascade.cloud.common.transport import PLAINTEXT, Transport
 from edgecascade.edge.tools.demo import percentiles
 from edgecascade.edge.tools.families import built_family
-from edgecascade.edge.tools.process import EdgeProcess
+from edgecascade.edge.tools.process import EdgeProcess, development_security
 from edgecascade.edge.tools.samples import labelled_frames
 from edgecascade.v1 import cascade_pb2 as pb
 from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
@@ -97,11 +99,15 @@ def _result(latencies_s: list[float], elapsed_s: float) -> dict[str, Any]:
 
 
 async def unary_load(
-    address: str, requests: list[pb.ClassifyRequest], clients: int, seconds: float
+    address: str,
+    requests: list[pb.ClassifyRequest],
+    clients: int,
+    seconds: float,
+    transport: Transport = PLAINTEXT,
 ) -> dict[str, Any]:
     """`clients` concurrent callers, each one Classify at a time, for `seconds`."""
     latencies: list[float] = []
-    async with PLAINTEXT.aio_channel(address) as channel:
+    async with transport.aio_channel(address) as channel:
         stub = pb_grpc.CascadeStub(channel)
         await stub.Classify(requests[0])  # connected and warm
         end = time.perf_counter() + seconds
@@ -119,11 +125,16 @@ async def unary_load(
 
 
 async def stream_load(
-    address: str, requests: list[pb.ClassifyRequest], streams: int, window: int, seconds: float
+    address: str,
+    requests: list[pb.ClassifyRequest],
+    streams: int,
+    window: int,
+    seconds: float,
+    transport: Transport = PLAINTEXT,
 ) -> dict[str, Any]:
     """`streams` ClassifyStreams, each with up to `window` frames awaiting an answer."""
     latencies: list[float] = []
-    async with PLAINTEXT.aio_channel(address) as channel:
+    async with transport.aio_channel(address) as channel:
         stub = pb_grpc.CascadeStub(channel)
         end = time.perf_counter() + seconds
 
@@ -236,6 +247,60 @@ def bench_precision(
     return row
 
 
+def tls_cost(
+    manifest: Manifest, seconds: float, clients: int, streams: int, window: int, logs: Path
+) -> dict[str, Any]:
+    """The same agent (INT8) serving plaintext and serving mutual TLS with a caller check (a
+    token on every call), both running, measured in alternating rounds (unary and streams):
+    what TLS costs in throughput and p50 latency. Connections are kept, so handshakes are
+    rare; the cost is encryption and the token check per call."""
+    requests = bench_requests(bench_images(manifest))
+    extra = ["--hint", "THROUGHPUT", "--threshold", "0"]
+    rounds = 2
+
+    async def load(runner: str, address: str, transport: Transport) -> dict[str, Any]:
+        if runner == "unary":
+            return await unary_load(address, requests, clients, seconds / rounds, transport)
+        return await stream_load(address, requests, streams, window, seconds / rounds, transport)
+
+    loads = ("unary", "stream")
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {
+        runner: {"plaintext": [], "mutual_tls": []} for runner in loads
+    }
+    with TemporaryDirectory() as folder, ExitStack() as stack:
+        security = development_security(Path(folder))
+        agents = {
+            "plaintext": stack.enter_context(
+                EdgeProcess(manifest.family, None, logs / "bench-tls-plaintext.log", *extra)
+            ),
+            "mutual_tls": stack.enter_context(
+                EdgeProcess(
+                    manifest.family, None, logs / "bench-tls-mtls.log", *extra, security=security
+                )
+            ),
+        }
+        for _ in range(rounds):
+            for runner in loads:
+                for mode, agent in agents.items():
+                    with console.status(f"TLS cost: {runner}, {mode}"):
+                        measured = asyncio.run(load(runner, agent.address, agent.client))
+                        results[runner][mode].append(measured)
+    report: dict[str, Any] = {"rounds": rounds}
+    for runner, by_mode in results.items():
+        row: dict[str, Any] = {
+            mode: {
+                "images_per_s": round(float(np.mean([r["images_per_s"] for r in runs])), 1),
+                "p50_ms": round(float(np.median([r["latency_ms"]["p50"] for r in runs])), 3),
+            }
+            for mode, runs in by_mode.items()
+        }
+        plain, tls = row["plaintext"], row["mutual_tls"]
+        row["throughput_cost"] = round(1 - tls["images_per_s"] / plain["images_per_s"], 3)
+        row["p50_cost"] = round(tls["p50_ms"] / plain["p50_ms"] - 1, 3)
+        report[runner] = row
+    return report
+
+
 def run_bench(
     family: str,
     report_path: Path,
@@ -264,10 +329,12 @@ def run_bench(
         "edge_members": int(manifest.edge.metrics.get("members", 1)),
         "results": {p: bench_precision(manifest, p, seconds, clients, streams, window, logs)
                     for p in precisions},
+        "tls": tls_cost(manifest, seconds, clients, streams, window, logs),
     }  # fmt: skip
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     console.print(bench_table(report))
+    console.print(tls_table(report["tls"]))
     console.print(f"report: {report_path}")
     return report
 
@@ -290,4 +357,20 @@ def bench_table(report: dict[str, Any]) -> Table:
                 precision, runner, f"{r['images_per_s']:,.0f}", f"{r['latency_ms']['p50']:.3f}",
                 f"{r['latency_ms']['p99']:.3f}", ratio,
             )  # fmt: skip
+    return table
+
+
+def tls_table(tls: dict[str, Any]) -> Table:
+    table = Table(title="plaintext vs mutual TLS + token, same agent, alternating rounds")
+    for column in ("runner", "plaintext img/s", "mTLS img/s", "plaintext p50 ms", "mTLS p50 ms",
+                   "throughput cost", "p50 cost"):  # fmt: skip
+        table.add_column(column, justify="left" if column == "runner" else "right")
+    for runner in ("unary", "stream"):
+        row = tls[runner]
+        plain, mtls = row["plaintext"], row["mutual_tls"]
+        table.add_row(
+            runner, f"{plain['images_per_s']:,.0f}", f"{mtls['images_per_s']:,.0f}",
+            f"{plain['p50_ms']:.3f}", f"{mtls['p50_ms']:.3f}",
+            f"{row['throughput_cost']:+.1%}", f"{row['p50_cost']:+.1%}",
+        )  # fmt: skip
     return table

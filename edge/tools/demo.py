@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from tempfile import TemporaryDirectory
 from typing import Any
 
 import numpy as np
@@ -20,11 +21,11 @@ from rich.table import Table
 from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.cloud.common.paths import artifacts_root, family_dir
 from edgecascade.cloud.common.preprocessing import decode_image, prepare
-from edgecascade.cloud.common.transport import PLAINTEXT
+from edgecascade.cloud.common.transport import PLAINTEXT, Transport
 from edgecascade.cloud.triton.repository import write_model
 from edgecascade.cloud.triton.server import TritonServer
 from edgecascade.edge.tools.families import built_family
-from edgecascade.edge.tools.process import EdgeProcess
+from edgecascade.edge.tools.process import EdgeProcess, development_security
 from edgecascade.edge.tools.samples import Frame, labelled_frames
 from edgecascade.edge.tools.stream import classify_stream
 from edgecascade.router.cascade.cloud_client import CloudClient
@@ -50,13 +51,18 @@ def paced(frames: list[Frame], fps: float) -> Iterator[tuple[int, Frame]]:
 
 
 def stream(
-    address: str, frames: list[Frame], fps: float, progress: Progress, window: int = 1
+    address: str,
+    frames: list[Frame],
+    fps: float,
+    progress: Progress,
+    window: int = 1,
+    transport: Transport = PLAINTEXT,
 ) -> StreamResult:
     """Send the frames through ClassifyStream, paced at `fps` (0: as fast as answered), with
     at most `window` frames awaiting an answer, as a camera with a small buffer would."""
     result = StreamResult()
     task = progress.add_task("frames", total=len(frames))
-    with PLAINTEXT.channel(address) as channel:
+    with transport.channel(address) as channel:
         answers = classify_stream(
             pb_grpc.CascadeStub(channel).ClassifyStream,
             paced(frames, fps),
@@ -132,6 +138,7 @@ def build_report(
         "threshold": round(float(status.threshold), 6),
         "device": status.device,
         "in_flight": in_flight,
+        "insecure_hops": list(status.insecure_hops),
     }
 
 
@@ -163,8 +170,11 @@ def run_demo(
     report_path: Path,
     fps: float = 0.0,
     in_flight: int = 1,
+    insecure: bool = False,
 ) -> dict[str, Any]:
-    """Start Triton and an edge agent, stream the family's test frames, write the report."""
+    """Start Triton and an edge agent, stream the family's test frames, write the report. The
+    agent serves mutual TLS and checks the client's token, with a CA, certificates and a token
+    made for this run (`insecure`: plaintext, no caller check)."""
     folder = family_dir(family)
     manifest = Manifest.load(built_family(family))
     frames = labelled_frames(family, limit)
@@ -175,11 +185,15 @@ def run_demo(
         with console.status("starting Triton"):
             triton = stack.enter_context(TritonServer(repository, log_path=logs / "triton.log"))
         extra = ["--threshold", str(threshold)] if threshold is not None else []
+        security = None
+        if not insecure:
+            security = development_security(Path(stack.enter_context(TemporaryDirectory())))
         with console.status("starting the edge agent"):
             edge = stack.enter_context(
-                EdgeProcess(family, triton.grpc_url, logs / "edge.log", *extra)
+                EdgeProcess(family, triton.grpc_url, logs / "edge.log", *extra, security=security)
             )
-        console.print(f"Triton at {triton.grpc_url}, edge agent at {edge.address}")
+        hop = "plaintext (--insecure)" if security is None else "mutual TLS and a token"
+        console.print(f"Triton at {triton.grpc_url}, edge agent at {edge.address} ({hop})")
         columns = (
             TextColumn("streaming"),
             BarColumn(),
@@ -187,8 +201,8 @@ def run_demo(
             TimeRemainingColumn(),
         )
         with Progress(*columns, console=console) as progress:
-            result = stream(edge.address, frames, fps, progress, in_flight)
-        with PLAINTEXT.channel(edge.address) as channel:
+            result = stream(edge.address, frames, fps, progress, in_flight, edge.client)
+        with edge.client.channel(edge.address) as channel:
             status = pb_grpc.CascadeStub(channel).GetStatus(pb.GetStatusRequest())
         with console.status("cloud-only baseline"):
             cloud_top1 = asyncio.run(cloud_only_predictions(triton.grpc_url, manifest, frames))

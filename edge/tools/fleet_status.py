@@ -8,15 +8,17 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.table import Table
 
-from edgecascade.cloud.common.transport import PLAINTEXT
+from edgecascade.cloud.common.transport import PLAINTEXT, Transport
 from edgecascade.v1 import cascade_pb2 as pb
 from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
 
 
-def agent_status(address: str, timeout_s: float = 3.0) -> dict[str, Any]:
+def agent_status(
+    address: str, transport: Transport = PLAINTEXT, timeout_s: float = 3.0
+) -> dict[str, Any]:
     """Health and GetStatus of one agent; {"address", "health": "UNREACHABLE", "error"} when
-    it cannot be asked."""
-    with PLAINTEXT.channel(address) as channel:
+    it cannot be asked (a refused caller: the error says why)."""
+    with transport.channel(address) as channel:
         try:
             health = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=timeout_s
@@ -25,7 +27,10 @@ def agent_status(address: str, timeout_s: float = 3.0) -> dict[str, Any]:
                 pb.GetStatusRequest(), timeout=timeout_s
             )
         except grpc.RpcError as e:
-            return {"address": address, "health": "UNREACHABLE", "error": e.code().name}
+            error = e.code().name
+            if e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                error += f": {e.details()}"
+            return {"address": address, "health": "UNREACHABLE", "error": error}
     return {
         "address": address,
         "health": health_pb2.HealthCheckResponse.ServingStatus.Name(health.status),
@@ -47,6 +52,7 @@ def agent_status(address: str, timeout_s: float = 3.0) -> dict[str, Any]:
         "errors": status.errors,
         "version_mismatch": status.version_mismatch,
         "update_error": status.update_error,
+        "insecure_hops": list(status.insecure_hops),
     }
 
 
@@ -72,7 +78,8 @@ def status_table(rows: list[dict[str, Any]]) -> Table:
             table.add_row(r["address"], "[red]UNREACHABLE", *[""] * 9, r["error"])
             continue
         latency = r["cloud_latency_ms"]
-        notes = "; ".join(n for n in (r["version_mismatch"], r["update_error"]) if n)
+        insecure = f"INSECURE: {', '.join(r['insecure_hops'])}" if r["insecure_hops"] else ""
+        notes = "; ".join(n for n in (insecure, r["version_mismatch"], r["update_error"]) if n)
         previous = f" (prev {r['previous_version']})" if r["previous_version"] else ""
         table.add_row(
             r["address"],

@@ -13,7 +13,7 @@ from typing import Any, TextIO
 import grpc
 
 from edgecascade.cloud.common.errors import UserError
-from edgecascade.cloud.common.transport import PLAINTEXT
+from edgecascade.cloud.common.transport import PLAINTEXT, Transport
 from edgecascade.edge.sources.base import SourceFrame, open_source
 from edgecascade.edge.sources.reader import FrameBuffer, FrameReader
 from edgecascade.edge.tools.stream import classify_stream
@@ -77,8 +77,8 @@ def frame_record(result: sink_pb.FrameResult, round_trip_ms: float) -> dict[str,
 class _SinkPublisher:
     """Streams FrameResults to a ResultSink from a background call; `close` returns the ack."""
 
-    def __init__(self, address: str):
-        self._channel = PLAINTEXT.channel(address)
+    def __init__(self, address: str, transport: Transport):
+        self._channel = transport.channel(address)
         self._queue: queue.Queue[sink_pb.FrameResult | None] = queue.Queue()
         stub = sink_grpc.ResultSinkStub(self._channel)
         self._call = stub.Publish.future(iter(self._queue.get, None))
@@ -101,6 +101,7 @@ def run(
     out: TextIO,
     *,
     kind: str | None = None,
+    transport: Transport = PLAINTEXT,
     sink: str | None = None,
     max_fps: float | None = None,
     buffer_size: int = 2,
@@ -115,12 +116,13 @@ def run(
 
     At most `window` frames await an answer; behind them a buffer of `buffer_size` frames
     drops its oldest when the agent falls behind a live (or `max_fps`-paced) source, so
-    latency stays bounded. Files and folders read unpaced wait instead: every frame counts."""
+    latency stays bounded. Files and folders read unpaced wait instead: every frame counts.
+    `transport` (TLS, token) is how the agent and the sink are called."""
     source = open_source(source_spec, kind)
     buffer = FrameBuffer(buffer_size, drop_oldest=source.live or bool(max_fps))
     reader = FrameReader(source, buffer, max_fps, reconnect_timeout_s)
     stats = RunStats(str(source))
-    publisher = _SinkPublisher(sink) if sink else None
+    publisher = _SinkPublisher(sink, transport) if sink else None
 
     if stop is not None:
 
@@ -131,7 +133,7 @@ def run(
         threading.Thread(target=stop_reading, daemon=True).start()
     reader.start()
     try:
-        with PLAINTEXT.channel(agent_address) as channel:
+        with transport.channel(agent_address) as channel:
             answers = classify_stream(
                 pb_grpc.CascadeStub(channel).ClassifyStream,
                 iter(buffer.get, None),

@@ -15,7 +15,7 @@ from edgecascade.cloud.common.manifest import (
     Manifest,
     ModelSpec,
 )
-from edgecascade.cloud.common.transport import FAST_RECONNECT, PLAINTEXT, retry_options
+from edgecascade.cloud.common.transport import FAST_RECONNECT, PLAINTEXT, Transport, retry_options
 from edgecascade.router.cascade.degraded import DegradedReason
 
 # An inference whose server went away (UNAVAILABLE: connection lost, or a gateway with no
@@ -52,10 +52,13 @@ class CloudClient:
     Create it inside the event loop that will use it (gRPC asyncio channels are bound to it).
     """
 
-    def __init__(self, url: str, spec: ModelSpec):
+    def __init__(self, url: str, spec: ModelSpec, transport: Transport = PLAINTEXT):
+        """`transport`: TLS and the token (sent as `headers` on every call: tritonclient's
+        calls do not pass through the transport's metadata interceptors)."""
         self.url = url
         self.spec = spec
-        self._client = PLAINTEXT.triton_aio(url, options=CLOUD_CHANNEL_OPTIONS)
+        self._client = transport.triton_aio(url, options=CLOUD_CHANNEL_OPTIONS)
+        self._headers = transport.headers or None
 
     async def infer(self, image: NDArray[Any], timeout_s: float) -> NDArray[Any]:
         """Logits [classes] for one uint8 [H, W, C] image, or CloudError within `timeout_s`."""
@@ -72,6 +75,7 @@ class CloudClient:
                 [tensor],
                 model_version=str(self.spec.version),
                 outputs=[grpcclient.InferRequestedOutput(OUTPUT_NAME)],
+                headers=self._headers,
                 client_timeout=timeout_s,
             )
         except InferenceServerException as e:
@@ -90,7 +94,10 @@ class CloudClient:
         try:
             return bool(
                 await self._client.is_model_ready(
-                    self.spec.name, str(self.spec.version), client_timeout=timeout_s
+                    self.spec.name,
+                    str(self.spec.version),
+                    headers=self._headers,
+                    client_timeout=timeout_s,
                 )
             )
         except InferenceServerException:
@@ -100,12 +107,16 @@ class CloudClient:
         """Why the cloud cannot answer for `manifest`'s pair, or None when it can or when the
         cloud cannot be reached (an outage, for the breaker, not a mismatch)."""
         try:
-            if not await self._client.is_server_ready(client_timeout=timeout_s):
+            if not await self._client.is_server_ready(
+                headers=self._headers, client_timeout=timeout_s
+            ):
                 return None
             if not await self.ready(timeout_s):
                 return f"Triton has no ready version {self.spec.version} of {self.spec.name}"
             config = (
-                await self._client.get_model_config(self.spec.name, client_timeout=timeout_s)
+                await self._client.get_model_config(
+                    self.spec.name, headers=self._headers, client_timeout=timeout_s
+                )
             ).config
         except InferenceServerException:
             return None

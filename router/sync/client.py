@@ -22,6 +22,7 @@ from tenacity import (
 )
 
 from edgecascade.cloud.common.manifest import Manifest, artifact_path, sha256_file
+from edgecascade.cloud.common.signing import SignatureError, TrustedKeys, verify_json
 from edgecascade.v1 import model_sync_pb2 as pb
 from edgecascade.v1 import model_sync_pb2_grpc as pb_grpc
 
@@ -141,11 +142,17 @@ async def fetch_manifest_files(
 
 
 async def get_manifest(
-    stub: pb_grpc.ModelSyncStub, family: str, version: int = 0, *, timeout_s: float = 10.0
+    stub: pb_grpc.ModelSyncStub,
+    family: str,
+    version: int = 0,
+    *,
+    trusted: TrustedKeys | None = None,
+    timeout_s: float = 10.0,
 ) -> Manifest:
-    """Version `version` of `family`'s manifest (0: the current one)."""
+    """Version `version` of `family`'s manifest (0: the current one), signed by a `trusted`
+    key (None: signatures are not checked); InvalidManifest otherwise."""
     request = pb.GetManifestRequest(family=family, version=version)
-    return _manifest(await stub.GetManifest(request, timeout=timeout_s))
+    return _manifest(await stub.GetManifest(request, timeout=timeout_s), trusted)
 
 
 async def watch_manifests(
@@ -153,8 +160,11 @@ async def watch_manifests(
     family: str,
     after_version: int = 0,
     on_invalid: Callable[[InvalidManifest], None] | None = None,
+    *,
+    trusted: TrustedKeys | None = None,
 ) -> AsyncGenerator[Manifest, None]:
     """The family's current manifest whenever it changes (not `after_version`), for ever.
+    Each must be signed by a `trusted` key (None: signatures are not checked).
 
     A dropped stream is opened again (backoff up to MAX_BACKOFF_S), after the last version seen.
     A manifest that is not valid raises InvalidManifest, or with `on_invalid` is handed to it
@@ -166,7 +176,7 @@ async def watch_manifests(
         try:
             async for response in stub.WatchManifests(request):
                 try:
-                    manifest = _manifest(response)
+                    manifest = _manifest(response, trusted)
                 except InvalidManifest as exc:
                     if on_invalid is None:
                         raise
@@ -182,12 +192,20 @@ async def watch_manifests(
         await asyncio.sleep(min(0.1 * 2**failures, MAX_BACKOFF_S))
 
 
-def _manifest(response: pb.ManifestResponse) -> Manifest:
+def _manifest(response: pb.ManifestResponse, trusted: TrustedKeys | None) -> Manifest:
+    """The manifest in `response`, its signature checked against `trusted` (unless None) before
+    anything else in it is looked at; InvalidManifest saying why it is refused."""
     digest = hashlib.sha256(response.manifest_json.encode()).hexdigest()
     if digest != response.manifest_sha256:
         raise InvalidManifest(response.family, response.version, "manifest sha256 mismatch")
     try:
-        manifest = Manifest.model_validate_json(response.manifest_json)
+        manifest = (
+            Manifest.model_validate_json(response.manifest_json)
+            if trusted is None
+            else verify_json(response.manifest_json, trusted)
+        )
+    except SignatureError as exc:
+        raise InvalidManifest(response.family, response.version, str(exc)) from None
     except ValidationError as exc:
         reasons = "; ".join(
             f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False)

@@ -15,6 +15,7 @@ import pytest
 
 from edgecascade.cloud.common.launcher import edgecascade_command
 from edgecascade.cloud.common.manifest import Manifest
+from edgecascade.cloud.common.paths import artifacts_root
 from edgecascade.edge.tools.process import EdgeProcess
 from tests.family_files import copy_family
 
@@ -55,7 +56,7 @@ def frames(tmp_path: Path) -> Path:
 @pytest.mark.parametrize(
     "command",
     [
-        ["edge", "serve"],
+        ["edge", "serve", "--insecure"],
         ["demo"],
         ["bench", "edge"],
         ["bench", "preprocessing"],
@@ -72,7 +73,7 @@ def test_an_unknown_family(command: list[str]) -> None:
 
 @pytest.mark.parametrize(
     "command",
-    [["edge", "serve"], ["demo"], ["bench", "edge"], ["bench", "preprocessing"]],
+    [["edge", "serve", "--insecure"], ["demo"], ["bench", "edge"], ["bench", "preprocessing"]],
     ids=" ".join,
 )
 def test_a_family_not_built(command: list[str], tmp_path: Path) -> None:
@@ -88,7 +89,9 @@ def test_edge_run_starting_an_agent_for_a_family_not_built(frames: Path, tmp_pat
 
 @pytest.mark.skipif("GPU" in str(ov.Core().available_devices), reason="this machine has a GPU")
 def test_a_device_without_a_driver(fashion_manifest: Manifest) -> None:
-    message = fails("edge", "serve", "--family", "fashion", "--device", "GPU", "--port", "0")
+    message = fails(
+        "edge", "serve", "--insecure", "--family", "fashion", "--device", "GPU", "--port", "0"
+    )
     available = ", ".join(ov.Core().available_devices)
     assert message == (
         f"OpenVINO device 'GPU': no GPU (or no driver for it) on this machine; "
@@ -98,7 +101,10 @@ def test_a_device_without_a_driver(fashion_manifest: Manifest) -> None:
 
 @pytest.mark.parametrize("url", ["http://x:1/a", "host:notaport", "::::"])
 def test_a_malformed_cloud_url(url: str, frames: Path) -> None:
-    assert fails("edge", "serve", "--cloud-url", url).startswith(f"cloud_url {url!r} is not HOST")
+    message = fails("edge", "serve", "--insecure", "--cloud-url", url)
+    assert message.startswith(
+        f"invalid edge agent settings: cloud_url (option --cloud-url): address {url!r} is not HOST"
+    )
     run = fails("edge", "run", "--source", str(frames), "--cloud-url", url)
     assert run.startswith(f"--cloud-url {url!r} is not HOST:PORT")
 
@@ -112,7 +118,7 @@ def test_a_missing_video_file(fashion_manifest: Manifest, tmp_path: Path) -> Non
     missing = tmp_path / "missing.avi"
     with EdgeProcess("fashion", None, tmp_path / "edge.log") as agent:
         message = fails(
-            "edge", "run", "--source", str(missing), "--agent", agent.address,
+            "edge", "run", "--source", str(missing), "--agent", agent.address, "--insecure",
             "--reconnect-timeout", "0.5",
         )  # fmt: skip
     assert message == f"cannot open {missing} (gave up after 0.5 s)"
@@ -131,5 +137,34 @@ def test_a_manifest_with_an_unknown_policy_kind(tmp_path: Path) -> None:
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["policy"]["kind"] = "nosuch"
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    message = fails("edge", "serve", "--family", "fashion", "--port", "0", artifacts=tmp_path)
+    message = fails(
+        "edge", "serve", "--insecure", "--allow-unsigned", "--family", "fashion", "--port", "0",
+        artifacts=tmp_path,
+    )  # fmt: skip
     assert "nosuch" in message and "max_prob" in message, message
+
+
+def test_a_bad_option_is_named_by_its_flag() -> None:
+    message = fails("edge", "serve", "--insecure", "--cloud-timeout", "0")
+    assert message.startswith(
+        "invalid edge agent settings: cloud_timeout_s (option --cloud-timeout)"
+    )
+
+
+def test_an_agent_without_tls_or_insecure(fashion_manifest: Manifest) -> None:
+    message = fails("edge", "serve", "--family", "fashion", "--port", "0")
+    assert "the agent has no TLS certificate and key" in message and "--insecure" in message
+
+
+def test_an_unsigned_local_build_is_refused_unless_allowed(tmp_path: Path) -> None:
+    folder = copy_family(tmp_path / "fashion")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest.pop("signature", None)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    keys = artifacts_root() / "keys"
+    args = ("edge", "serve", "--insecure", "--family", "fashion", "--port", "0")
+    message = fails(*args, "--trusted-keys", str(keys), artifacts=tmp_path)
+    assert message.startswith(f"{folder / 'manifest.json'}: manifest 'fashion' v")
+    assert "is not signed" in message and "--allow-unsigned" in message
+    message = fails(*args, artifacts=tmp_path)  # no key to trust under its artifacts root
+    assert message.startswith(f"no trusted manifest signing key in {tmp_path / 'keys'}")

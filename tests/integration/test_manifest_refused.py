@@ -4,6 +4,7 @@ real gateway: the following edge refuses it before writing anything, says why in
 keeps answering with the pair it had, and still applies the next good version."""
 
 import asyncio
+import base64
 import hashlib
 import json
 from pathlib import Path
@@ -11,9 +12,12 @@ from pathlib import Path
 import grpc
 import pytest
 
+from edgecascade.cloud.common import signing
 from edgecascade.cloud.common.launcher import wait_until
 from edgecascade.cloud.common.manifest import labels_sha256
+from edgecascade.cloud.common.paths import artifacts_root
 from edgecascade.cloud.common.transport import PLAINTEXT
+from edgecascade.cloud.registry.signing_keys import dev_key
 from edgecascade.cloud.registry.store import Registry
 from edgecascade.edge.tools.process import EdgeProcess
 from edgecascade.edge.tools.samples import labelled_frames
@@ -56,6 +60,8 @@ def test_a_manifest_with_paths_is_refused_and_the_old_pair_keeps_serving(
                 gateway.url,
                 "--artifacts",
                 str(artifacts),
+                "--trusted-keys",
+                str(artifacts_root() / "keys"),  # where models publish's dev key lies
             ) as edge,
             PLAINTEXT.channel(edge.address) as channel,
         ):
@@ -77,6 +83,12 @@ def test_a_manifest_with_paths_is_refused_and_the_old_pair_keeps_serving(
             evil["labels"] = evil["labels"][::-1]
             evil["labels_sha256"] = labels_sha256(evil["labels"])
             evil["policy"]["threshold"] = 0.0
+            # signed with the registry's own key (stolen): the artifact names are still refused
+            key = dev_key()
+            evil["signature"] = {
+                "key_id": signing.key_id(key.public_key()),
+                "ed25519": base64.b64encode(key.sign(signing.canonical_bytes(evil))).decode(),
+            }
             plant(registry, 3, evil)
 
             assert wait_until(lambda: status(edge.address).update_error != "", 30)

@@ -16,6 +16,7 @@ import pytest
 
 from edgecascade.cloud.common.launcher import edgecascade_command, wait_until
 from edgecascade.cloud.common.manifest import Manifest, sha256_file
+from edgecascade.cloud.common.paths import artifacts_root
 from edgecascade.cloud.common.transport import PLAINTEXT
 from edgecascade.cloud.registry.rollout import CloudTarget, roll_out
 from edgecascade.cloud.registry.store import Registry
@@ -96,7 +97,7 @@ def cli_status(*addresses: str) -> list[dict]:
     """`edgecascade status --json` as a user runs it."""
     agents = [arg for address in addresses for arg in ("--agent", address)]
     run = subprocess.run(
-        edgecascade_command("status", *agents, "--json"),
+        edgecascade_command("status", *agents, "--json", "--insecure"),
         capture_output=True,
         text=True,
         timeout=60,
@@ -148,6 +149,8 @@ def test_versions_switch_at_one_point_and_bad_updates_never_serve(fashion_manife
             gateway.url,
             "--artifacts",
             str(tmp_path / "edge-artifacts-root"),
+            "--trusted-keys",
+            str(artifacts_root() / "keys"),  # where models publish's dev key lies
         ) as edge:
             assert wait_until(lambda: status(edge.address).manifest_version == v1.version, 30)
             pair1 = (v1.edge.key, v1.cloud.key)

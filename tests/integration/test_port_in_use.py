@@ -26,7 +26,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_edge_serve_on_a_taken_port(fashion_manifest: Manifest, held_port: int) -> None:
-    result = _run("edge", "serve", "--family", "fashion", "--port", str(held_port))
+    result = _run("edge", "serve", "--insecure", "--family", "fashion", "--port", str(held_port))
     assert result.returncode == 2, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and f"127.0.0.1:{held_port}" in last and "in use" in last

@@ -17,7 +17,8 @@ from numpy.typing import NDArray
 
 from edgecascade.cloud.common.paths import artifacts_root, family_dir
 from edgecascade.cloud.common.ports import free_port
-from edgecascade.edge.serving.agent import EdgeAgent, EdgeSettings
+from edgecascade.edge.serving.agent import EdgeAgent
+from edgecascade.edge.serving.settings import EdgeSettings
 from edgecascade.router.cascade.degraded import DegradedReason
 
 pytestmark = pytest.mark.skipif(
@@ -38,7 +39,14 @@ def test_a_swap_closes_the_replaced_deployment_after_its_requests_are_done() -> 
         # Every input escalates, so the request in flight uses the old cloud client after the swap.
         cloud_url = f"127.0.0.1:{free_port()}"  # nothing listens there
         settings = EdgeSettings.model_validate(
-            {"family": "fashion", "cloud_url": cloud_url, "threshold": 1}
+            {
+                "family": "fashion",
+                "cloud_url": cloud_url,
+                "threshold": 1,
+                "insecure": True,
+                "cloud_insecure": True,
+                "allow_unsigned": True,
+            }
         )
         agent = await EdgeAgent.load(settings)
         old = agent.deployment

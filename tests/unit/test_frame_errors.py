@@ -9,9 +9,10 @@ import grpc
 import pytest
 
 from edgecascade.cloud.common.errors import InternalFailure
-from edgecascade.edge.serving.agent import Deployment, EdgeAgent, EdgeSettings
+from edgecascade.edge.serving.agent import Deployment, EdgeAgent
 from edgecascade.edge.serving.kserve import KServeService
 from edgecascade.edge.serving.limits import InFlightLimit
+from edgecascade.edge.serving.settings import EdgeSettings
 from tests.unit.test_kserve_requests import PNG, request
 
 
@@ -24,7 +25,7 @@ def agent() -> EdgeAgent:
     failed = []
     metrics = SimpleNamespace(failed=failed.append)
     return EdgeAgent(
-        EdgeSettings(),
+        EdgeSettings(insecure=True),
         Deployment(None, Path(), None, Cascade(), None),
         InFlightLimit(4),
         metrics,

@@ -122,7 +122,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("versions", "device", "policy", "threshold", "cloud_url", "cloud_ready", "requests", "escalations", "degraded", "errors", "bytes_to_cloud", "breaker", "cloud_latency_ewma_ms", "cloud_latency_p95_ms", "manifest_version", "previous_version", "update_error", "version_mismatch")
+    __slots__ = ("versions", "device", "policy", "threshold", "cloud_url", "cloud_ready", "requests", "escalations", "degraded", "errors", "bytes_to_cloud", "breaker", "cloud_latency_ewma_ms", "cloud_latency_p95_ms", "manifest_version", "previous_version", "update_error", "version_mismatch", "insecure_hops")
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
@@ -141,6 +141,7 @@ class GetStatusResponse(_message.Message):
     PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
     UPDATE_ERROR_FIELD_NUMBER: _ClassVar[int]
     VERSION_MISMATCH_FIELD_NUMBER: _ClassVar[int]
+    INSECURE_HOPS_FIELD_NUMBER: _ClassVar[int]
     versions: ModelVersions
     device: str
     policy: str
@@ -159,4 +160,5 @@ class GetStatusResponse(_message.Message):
     previous_version: int
     update_error: str
     version_mismatch: str
-    def __init__(self, versions: _Optional[_Union[ModelVersions, _Mapping]] = ..., device: _Optional[str] = ..., policy: _Optional[str] = ..., threshold: _Optional[float] = ..., cloud_url: _Optional[str] = ..., cloud_ready: _Optional[bool] = ..., requests: _Optional[int] = ..., escalations: _Optional[int] = ..., degraded: _Optional[int] = ..., errors: _Optional[int] = ..., bytes_to_cloud: _Optional[int] = ..., breaker: _Optional[str] = ..., cloud_latency_ewma_ms: _Optional[float] = ..., cloud_latency_p95_ms: _Optional[float] = ..., manifest_version: _Optional[int] = ..., previous_version: _Optional[int] = ..., update_error: _Optional[str] = ..., version_mismatch: _Optional[str] = ...) -> None: ...
+    insecure_hops: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, versions: _Optional[_Union[ModelVersions, _Mapping]] = ..., device: _Optional[str] = ..., policy: _Optional[str] = ..., threshold: _Optional[float] = ..., cloud_url: _Optional[str] = ..., cloud_ready: _Optional[bool] = ..., requests: _Optional[int] = ..., escalations: _Optional[int] = ..., degraded: _Optional[int] = ..., errors: _Optional[int] = ..., bytes_to_cloud: _Optional[int] = ..., breaker: _Optional[str] = ..., cloud_latency_ewma_ms: _Optional[float] = ..., cloud_latency_p95_ms: _Optional[float] = ..., manifest_version: _Optional[int] = ..., previous_version: _Optional[int] = ..., update_error: _Optional[str] = ..., version_mismatch: _Optional[str] = ..., insecure_hops: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -1,0 +1,194 @@
+"""How an edge agent runs (EdgeSettings), from a TOML file, EDGECASCADE_* environment variables
+and command-line options, later ones winning (cloud.common.settings); validated at start, every
+problem named with where its value came from.
+
+Security is on unless switched off explicitly: the agent's port needs a TLS certificate unless
+`insecure`, its calls to the cloud and ModelSync use TLS unless `cloud_insecure`, and a manifest
+must be signed by a trusted key unless `allow_unsigned`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from edgecascade.cloud.common import settings
+from edgecascade.cloud.common.errors import UserError
+from edgecascade.cloud.common.paths import artifacts_root
+from edgecascade.cloud.common.preprocessing import MAX_IMAGE_PIXELS
+from edgecascade.cloud.common.serving import check_address
+from edgecascade.cloud.common.settings import ConfigError
+
+__all__ = ["ConfigError", "EdgeSettings", "load_settings"]
+
+PerformanceHint = Literal["LATENCY", "THROUGHPUT"]
+KEYS_FOLDER = "keys"
+
+
+def _address(address: str) -> str:
+    """`address` if it is HOST:PORT; else a ValueError, which pydantic reports with its origin."""
+    try:
+        return check_address("address", address)
+    except UserError as e:
+        raise ValueError(str(e)) from None
+
+
+Address = Annotated[str, AfterValidator(_address)]
+
+
+class EdgeSettings(BaseSettings):
+    """How an edge agent runs; EDGECASCADE_<FIELD> environment variables apply."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGECASCADE_", extra="forbid")
+
+    family: str = Field("fashion", description="model family to serve")
+    artifacts: Path = Field(
+        default_factory=artifacts_root, description="artifacts folder (builds, edge cache, keys)"
+    )
+    device: str = Field("CPU", description="OpenVINO device: CPU, GPU, AUTO, ...")
+    hint: PerformanceHint = Field("LATENCY", description="OpenVINO performance hint")
+    precision: Literal["int8", "fp32"] = Field(
+        "int8", description="edge IR: int8, or the fp32 reference"
+    )
+    cloud_url: Address | None = Field(
+        None, description="host:port of Triton or a router gateway; none: edge only"
+    )
+    sync_url: Address | None = Field(
+        None, description="host:port of a ModelSync service (the router gateway): follow updates"
+    )
+    cloud_timeout_s: float = Field(1.0, gt=0, description="seconds allowed for one cloud call")
+    breaker_failures: int = Field(
+        5, ge=1, description="cloud failures in a row that open the breaker"
+    )
+    breaker_cooldown_s: float = Field(
+        0.5, ge=0, description="seconds an open breaker waits before it probes the cloud"
+    )
+    threshold: float | None = Field(
+        None, ge=0, le=1, description="escalation threshold; none: the manifest's"
+    )
+    host: str = Field("127.0.0.1", min_length=1, description="address to listen on")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0: a free one")
+    default_top_k: int = Field(5, ge=1, description="classes per answer when a request sets none")
+    stream_window: int = Field(8, ge=1, description="frames of one stream in flight at once")
+    max_in_flight: int = Field(
+        64, ge=1, description="requests answered at once; more get RESOURCE_EXHAUSTED"
+    )
+    max_batch: int = Field(32, ge=1, description="images in one KServe ModelInfer request")
+    max_message_bytes: int = Field(16 << 20, ge=1024, description="largest gRPC message either way")
+    grace_s: float = Field(5.0, ge=0, description="seconds in-flight calls get on shutdown")
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="Prometheus /metrics HTTP port; 0: off"
+    )
+    fold_preprocessing: bool = Field(
+        True, description="crop and resize frames inside the edge model (OpenVINO), not in cv2"
+    )
+    max_image_pixels: int = Field(
+        MAX_IMAGE_PIXELS,
+        ge=1,
+        description="largest image (height x width, from its header, or once resized) answered; "
+        "more: INVALID_ARGUMENT",
+    )
+    # The agent's own port.
+    insecure: bool = Field(
+        False, description="serve plaintext, without TLS (development on a trusted network only)"
+    )
+    tls_cert: Path | None = Field(
+        None,
+        validate_default=True,
+        description="the agent's TLS certificate (PEM; `edgecascade certs issue`)",
+    )
+    tls_key: Path | None = Field(
+        None, validate_default=True, description="the private key of tls_cert (PEM)"
+    )
+    tls_ca: Path | None = Field(None, description="CA (PEM) whose client certificates are accepted")
+    require_client_cert: bool = Field(
+        False, description="mutual TLS: refuse clients without a certificate signed by tls_ca"
+    )
+    callers: Path | None = Field(
+        None,
+        description="caller file (`edgecascade auth add-token`): every call needs a known token "
+        "or client certificate with the method's scope; none: no caller check",
+    )
+    # The agent's calls to the cloud (cloud_url) and to ModelSync (sync_url).
+    cloud_insecure: bool = Field(
+        False, description="call the cloud and ModelSync in plaintext, without TLS"
+    )
+    cloud_ca: Path | None = Field(
+        None, description="CA (PEM) that signs the cloud's certificates; none: the system's"
+    )
+    cloud_cert: Path | None = Field(
+        None, description="client certificate (PEM) shown to the cloud (mutual TLS)"
+    )
+    cloud_key: Path | None = Field(
+        None, validate_default=True, description="the private key of cloud_cert (PEM)"
+    )
+    cloud_token_file: Path | None = Field(
+        None, description="file holding the bearer token sent to the cloud and ModelSync"
+    )
+    # Which manifests the agent serves.
+    trusted_keys: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Ed25519 public keys (files, or folders of *.ed25519.pub) whose signed "
+        "manifests are served; repeat for rotation; none: <artifacts>/keys",
+    )
+    allow_unsigned: bool = Field(
+        False, description="serve manifests without a trusted signature (development builds)"
+    )
+
+    @field_validator("trusted_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        """The environment gives one string: `path,path`."""
+        return [part.strip() for part in value.split(",")] if isinstance(value, str) else value
+
+    @field_validator("tls_cert", "tls_key", mode="after")
+    @classmethod
+    def _server_tls(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if info.data.get("insecure"):
+            if value is not None:
+                raise ValueError("insecure serves plaintext: leave tls_cert and tls_key unset")
+        elif info.field_name == "tls_cert" and value is None:
+            raise ValueError(
+                "the agent has no TLS certificate and key: set tls_cert and tls_key "
+                "(--tls-cert, --tls-key; see `edgecascade certs issue`), or insecure "
+                "(--insecure) to serve plaintext"
+            )
+        elif info.field_name == "tls_key" and value is None and info.data.get("tls_cert"):
+            raise ValueError("tls_cert needs its key: set tls_key (--tls-key)")
+        return value
+
+    @field_validator("require_client_cert", mode="after")
+    @classmethod
+    def _client_ca(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("tls_ca") is None:
+            raise ValueError("mutual TLS needs tls_ca (--tls-ca), the CA of client certificates")
+        return value
+
+    @field_validator("cloud_ca", "cloud_cert", "cloud_key", mode="after")
+    @classmethod
+    def _cloud_tls(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and info.data.get("cloud_insecure"):
+            raise ValueError("cloud_insecure calls in plaintext: leave cloud_ca/cert/key unset")
+        if info.field_name == "cloud_key" and (value is None) != (
+            info.data.get("cloud_cert") is None
+        ):
+            raise ValueError("cloud_cert and cloud_key go together: set both or neither")
+        return value
+
+    @property
+    def trusted_key_paths(self) -> list[Path]:
+        return self.trusted_keys or [self.artifacts / KEYS_FOLDER]
+
+
+def load_settings(
+    config: Path | None = None,
+    options: dict[str, Any] | None = None,
+    flags: dict[str, str] | None = None,
+) -> EdgeSettings:
+    """EdgeSettings from `config` (TOML, keys as fields), overridden by EDGECASCADE_* environment
+    variables, overridden by `options` (field: value; None values are ignored; `flags` names the
+    option of each field); ConfigError names each bad setting and where its value came from."""
+    return settings.load_settings(EdgeSettings, "edge agent settings", config, options, flags)
