@@ -137,8 +137,9 @@ def run_command(
     insecure: InsecureOption = False,
 ) -> None:
     """Classify every frame of a source through an edge agent; one JSON line per frame.
-    Without --agent, an agent started for --family serves mutual TLS with certificates and a
-    token made for this run (--insecure: plaintext)."""
+    --ca/--cert/--key/--token-file say how --agent and --sink are called. Without --agent, an
+    agent started for --family serves mutual TLS with certificates and a token made for this
+    run (--insecure: plaintext)."""
     import sys
     import tempfile
     import threading
@@ -160,7 +161,7 @@ def run_command(
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    transport = client_transport(
+    transport = sink_transport = client_transport(
         insecure=insecure, ca=ca, cert=cert, key=key, token_file=token_file
     )
     with ExitStack() as stack:
@@ -181,6 +182,7 @@ def run_command(
             agent,
             out,
             transport=transport,
+            sink_transport=sink_transport,
             kind=kind,
             sink=sink,
             max_fps=max_fps,

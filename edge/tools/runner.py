@@ -78,6 +78,7 @@ class _SinkPublisher:
     """Streams FrameResults to a ResultSink from a background call; `close` returns the ack."""
 
     def __init__(self, address: str, transport: Transport):
+        self.address = address
         self._channel = transport.channel(address)
         self._queue: queue.Queue[sink_pb.FrameResult | None] = queue.Queue()
         stub = sink_grpc.ResultSinkStub(self._channel)
@@ -91,6 +92,11 @@ class _SinkPublisher:
         try:
             ack: sink_pb.PublishAck = self._call.result(timeout=timeout_s)
             return ack.received
+        except grpc.RpcError as e:
+            raise UserError(
+                f"result sink {self.address} did not take the results: {e.code().name}: "
+                f"{e.details()}"
+            ) from None
         finally:
             self._channel.close()
 
@@ -103,6 +109,7 @@ def run(
     kind: str | None = None,
     transport: Transport = PLAINTEXT,
     sink: str | None = None,
+    sink_transport: Transport | None = None,
     max_fps: float | None = None,
     buffer_size: int = 2,
     window: int = 2,
@@ -117,12 +124,13 @@ def run(
     At most `window` frames await an answer; behind them a buffer of `buffer_size` frames
     drops its oldest when the agent falls behind a live (or `max_fps`-paced) source, so
     latency stays bounded. Files and folders read unpaced wait instead: every frame counts.
-    `transport` (TLS, token) is how the agent and the sink are called."""
+    `transport` (TLS, token) is how the agent is called, `sink_transport` (default the same)
+    how the sink is."""
     source = open_source(source_spec, kind)
     buffer = FrameBuffer(buffer_size, drop_oldest=source.live or bool(max_fps))
     reader = FrameReader(source, buffer, max_fps, reconnect_timeout_s)
     stats = RunStats(str(source))
-    publisher = _SinkPublisher(sink, transport) if sink else None
+    publisher = _SinkPublisher(sink, sink_transport or transport) if sink else None
 
     if stop is not None:
 

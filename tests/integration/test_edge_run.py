@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from edgecascade.cloud.build import datasets
+from edgecascade.cloud.common import certs
 from edgecascade.cloud.common.launcher import edgecascade_command
-from edgecascade.cloud.common.transport import PLAINTEXT
+from edgecascade.cloud.common.transport import Tls, Transport
 from edgecascade.edge.tools.process import EdgeProcess
 from edgecascade.v1 import sink_pb2 as sink_pb
 from edgecascade.v1 import sink_pb2_grpc as sink_grpc
@@ -33,13 +34,19 @@ class CollectingSink(sink_grpc.ResultSinkServicer):
 
 
 @pytest.fixture
-def sink():
+def sink(tmp_path: Path):
+    """A ResultSink serving TLS with a certificate of a CA of its own: (address, collector,
+    the CA's certificate)."""
+    folder = tmp_path / "sink-certs"
+    certs.init(folder)
+    issued = certs.issue(folder, "sink")
     collector = CollectingSink()
-    server = PLAINTEXT.sync_server(2)
+    transport = Transport(tls=Tls(cert=issued.cert, key=issued.key))
+    server = transport.sync_server(2)
     sink_grpc.add_ResultSinkServicer_to_server(collector, server)
-    port = PLAINTEXT.listen(server, "127.0.0.1:0")
+    port = transport.listen(server, "127.0.0.1:0")
     server.start()
-    yield f"127.0.0.1:{port}", collector
+    yield f"127.0.0.1:{port}", collector, folder / certs.CA_CERT
     server.stop(None)
 
 
@@ -60,15 +67,17 @@ def edge_run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 def test_video_file_is_classified_frame_by_frame(fashion_manifest, tmp_path, sink):
     labels = write_video(tmp_path / "camera.avi")
-    address, collector = sink
+    address, collector, sink_ca = sink
     out = tmp_path / "frames.jsonl"
-    done = edge_run(
+    done = edge_run(  # the agent it starts serves mutual TLS; the sink is called over TLS
         "--source",
         str(tmp_path / "camera.avi"),
         "--output",
         str(out),
         "--sink",
         address,
+        "--ca",
+        str(sink_ca),
         "--top-k",
         "3",
     )
@@ -99,7 +108,9 @@ def test_file_that_appears_late_is_picked_up(fashion_manifest, tmp_path):
     with EdgeProcess("fashion", None, tmp_path / "edge.log") as agent:
         appear = threading.Timer(4.0, (tmp_path / "recording.avi").rename, args=(target,))
         appear.start()
-        done = edge_run("--source", str(target), "--agent", agent.address, "--output", str(out))
+        done = edge_run(
+            "--source", str(target), "--agent", agent.address, "--insecure", "--output", str(out)
+        )
         appear.join()
     assert done.returncode == 0, done.stderr[-3000:]
     assert "cannot open" in done.stderr and "retrying in" in done.stderr
