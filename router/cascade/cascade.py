@@ -221,6 +221,8 @@ class Cascade:
             return DegradedReason.CLOUD_UNAVAILABLE, 0, None
         if self.mismatch:
             return DegradedReason.VERSION_MISMATCH, 0, None
+        expected = self.latency.expected_s()
+        expected_to_fit = expected is not None and expected <= timeout
         if timeout < MIN_CLOUD_BUDGET_S or not self.latency.admit(timeout):
             return DegradedReason.DEADLINE, 0, None
         if not self.breaker.allow():
@@ -231,21 +233,24 @@ class Cascade:
         try:
             logits = await self._cloud.infer_batch(batch, timeout)
         except CloudError as e:
-            self._cloud_failed(e.reason, timeout, time.perf_counter() - sent)
+            self._cloud_failed(e.reason, timeout, time.perf_counter() - sent, expected_to_fit)
             return e.reason, per_image, None
         self.latency.record(time.perf_counter() - sent)
         self.breaker.success()
         return None, per_image, softmax(np.asarray(logits, np.float64))
 
-    def _cloud_failed(self, reason: DegradedReason, timeout_s: float, elapsed_s: float) -> None:
-        """A timeout is a latency sample too (until the cloud answers again); one cut short by
-        the caller's own budget says nothing about the cloud's health, so only the others count
-        towards the breaker."""
+    def _cloud_failed(
+        self, reason: DegradedReason, timeout_s: float, elapsed_s: float, expected_to_fit: bool
+    ) -> None:
+        """A timeout is a latency sample too (until the cloud answers again). It counts towards
+        the breaker when the call had the full cloud timeout or a budget the cloud's recent
+        latency fitted; one cut short by a budget the cloud was not known to fit (no history, or
+        a probe of a cloud already too slow) says nothing new about the cloud's health."""
         if reason is DegradedReason.VERSION_MISMATCH:  # the cloud is up without our version
             self.mismatch = "the cloud does not serve the paired version"
             return
         if reason is DegradedReason.CLOUD_TIMEOUT:
             self.latency.timed_out(elapsed_s)
-            if timeout_s < self._cloud_timeout_s:
+            if timeout_s < self._cloud_timeout_s and not expected_to_fit:
                 return
         self.breaker.failure()

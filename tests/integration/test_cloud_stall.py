@@ -90,7 +90,7 @@ def test_escalation_is_back_within_a_second_of_a_stalled_triton_resuming(triton,
             for worker in workers:
                 worker.join(30)
         # While every call timed out, the agent did not call the cloud ready.
-        assert not status.cloud_ready, status
+        assert not status.cloud_ready and status.breaker != "closed", status
         outcomes = streamed + unary
         failed = [o.failure for o in outcomes if o.failure]
         assert failed == [], f"{len(failed)} of {len(outcomes)} calls failed: {set(failed)}"

@@ -136,3 +136,18 @@ def test_a_timeout_cut_short_by_the_callers_budget_does_not_count_against_the_cl
     assert c.breaker.state == "closed" and c.latency.ewma_s is not None
     assert classify(c).degraded_reason == "cloud-timeout"  # the full cloud timeout: it counts
     assert c.breaker.state == "open"
+
+
+def test_timeouts_of_budgets_the_cloud_used_to_fit_open_the_breaker():
+    """Unary calls with a 0.3 s deadline to a cloud that answered in 3 ms, all timing out: the
+    breaker opens (GetStatus says so), where such timeouts used to leave it closed."""
+    clock = Clock()
+    latency = LatencyTracker(clock=clock)
+    for _ in range(20):
+        latency.record(0.003)
+    cloud = StalledCloud()
+    c = build(cloud, latency=latency, breaker=CircuitBreaker(failures=3, clock=clock))
+    for _ in range(3):
+        assert classify(c, deadline_s=0.3).degraded_reason == "cloud-timeout"
+        clock.now += PROBE_INTERVAL_S
+    assert c.breaker.state == "open"
