@@ -232,7 +232,7 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
             "tier": ",".join(answers.tiers),
             "edge_confidence": float(tensors["edge_confidence"].min()),
             "degraded": bool(answers.degraded),
-            "degraded_reason": answers.degraded_reason if answers.degraded else "",
+            "degraded_reason": str(answers.degraded_reason or ""),  # the text form, not the enum
             **pair_parameters(pair),
         }
         for key, value in parameters.items():

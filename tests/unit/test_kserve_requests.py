@@ -1,6 +1,7 @@
 """Reading KServe v2 ModelInferRequests the way tritonclient writes them (no server)."""
 
 import asyncio
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -9,8 +10,11 @@ from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.utils import serialize_byte_tensor
 
 from edgecascade.cloud.common.preprocessing import InvalidImage
-from edgecascade.edge.serving.kserve import images_of, requested_outputs
+from edgecascade.edge.serving.kserve import KServeService, images_of, requested_outputs
 from edgecascade.edge.serving.limits import InFlightLimit, Overloaded
+from edgecascade.router.cascade.cascade import Answers
+from edgecascade.router.cascade.degraded import DegradedReason
+from tests.unit.test_cascade_routing import manifest
 
 PNG = cv2.imencode(".png", np.arange(28 * 28, dtype=np.uint8).reshape(28, 28))[1].tobytes()
 
@@ -148,3 +152,25 @@ def test_a_waiting_frame_that_is_cancelled_passes_its_turn_on():
         await asyncio.wait_for(second, 1)
 
     asyncio.run(main())
+
+
+def test_a_degraded_answer_carries_its_reason_as_text():
+    """Found by tests/reliability: every degraded KServe answer (any escalation with no cloud)
+    was INTERNAL, the reason being a DegradedReason where the parameter types are looked up."""
+    pair = manifest()
+    service = KServeService(SimpleNamespace(settings=SimpleNamespace(family=pair.family)))
+    answers = Answers(
+        pair,
+        probabilities=np.array([[0.5, 0.3, 0.2]]),
+        edge_confidence=np.array([0.5]),
+        edge_class_id=np.array([0]),
+        escalated=np.array([True]),
+        edge_ms=1.0,
+        cloud_ms=0.0,
+        degraded_reason=DegradedReason.CLOUD_UNAVAILABLE,
+        bytes_per_escalation=0,
+    )
+    response = service._response(kpb.ModelInferRequest(id="7"), answers)
+    parameters = response.parameters
+    assert parameters["degraded_reason"].string_param == "cloud-unavailable"
+    assert parameters["degraded"].bool_param and parameters["tier"].string_param == "edge"
