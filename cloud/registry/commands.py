@@ -12,9 +12,12 @@ from rich.console import Console
 from rich.table import Table
 
 from edgecascade.cloud.common import signing
+from edgecascade.cloud.common.errors import UserError
+from edgecascade.cloud.common.transport import Tls, Transport
 from edgecascade.cloud.registry.rollout import DEFAULT_KEEP, CloudTarget, Rollout, roll_out
 from edgecascade.cloud.registry.store import NotFound, Registry
 from edgecascade.cloud.triton.control import ModelControl, TritonControlError
+from edgecascade.cloud.triton.server import ADMIN_KEY_HEADER, read_admin_key
 
 console = Console()
 
@@ -36,6 +39,21 @@ KeepOption = Annotated[
     int,
     typer.Option(help="with --triton: serve the cloud versions of the last N current versions"),
 ]
+TritonCaOption = Annotated[
+    Path | None, typer.Option(help="with --triton: speak TLS, verifying it against this CA")
+]
+TritonCertOption = Annotated[
+    Path | None, typer.Option(help="with --triton-ca: client certificate (mutual TLS)")
+]
+TritonKeyOption = Annotated[Path | None, typer.Option(help="private key of --triton-cert")]
+TokenFileOption = Annotated[
+    Path | None,
+    typer.Option(help="with --triton at a router gateway: file with an admin caller's token"),
+]
+AdminKeyFileOption = Annotated[
+    Path | None,
+    typer.Option(help="with --triton straight to Triton: file with its restricted-protocol key"),
+]
 
 
 def publish(
@@ -47,6 +65,11 @@ def publish(
     triton: TritonOption = None,
     repository: RepositoryOption = None,
     keep: KeepOption = DEFAULT_KEEP,
+    triton_ca: TritonCaOption = None,
+    triton_cert: TritonCertOption = None,
+    triton_key: TritonKeyOption = None,
+    token_file: TokenFileOption = None,
+    admin_key_file: AdminKeyFileOption = None,
     signing_key: Annotated[
         Path | None,
         typer.Option(
@@ -58,7 +81,8 @@ def publish(
     """Publish a built (retrained, re-quantized or re-calibrated) family as its next version,
     its manifest signed."""
     store = Registry(registry)
-    targets = _targets(triton, repository)
+    transport = _control_transport(triton_ca, triton_cert, triton_key, token_file, admin_key_file)
+    targets = _targets(triton, repository, transport)
     with _errors():
         key = signing.load_private_key(signing_key) if signing_key else None
         publication = store.publish(family, source, activate=not targets, signing_key=key)
@@ -85,10 +109,16 @@ def activate(
     triton: TritonOption = None,
     repository: RepositoryOption = None,
     keep: KeepOption = DEFAULT_KEEP,
+    triton_ca: TritonCaOption = None,
+    triton_cert: TritonCertOption = None,
+    triton_key: TritonKeyOption = None,
+    token_file: TokenFileOption = None,
+    admin_key_file: AdminKeyFileOption = None,
 ) -> None:
     """Make a published version current again (a rollback), its cloud model loaded first."""
     store = Registry(registry)
-    targets = _targets(triton, repository)
+    transport = _control_transport(triton_ca, triton_cert, triton_key, token_file, admin_key_file)
+    targets = _targets(triton, repository, transport)
     if not targets:
         with _errors():
             manifest = store.activate(family, version)
@@ -125,10 +155,45 @@ def list_models(
     console.print(table)
 
 
-def _targets(triton: list[str] | None, repository: list[Path] | None) -> list[CloudTarget]:
+def _targets(
+    triton: list[str] | None, repository: list[Path] | None, transport: Transport
+) -> list[CloudTarget]:
     if len(triton or []) != len(repository or []):
         raise typer.BadParameter("give one --repository per --triton, in the same order")
-    return [CloudTarget(ModelControl(t), r) for t, r in zip(triton or [], repository or [])]
+    return [
+        CloudTarget(ModelControl(t, transport=transport), r)
+        for t, r in zip(triton or [], repository or [])
+    ]
+
+
+def _control_transport(
+    ca: Path | None,
+    cert: Path | None,
+    key: Path | None,
+    token_file: Path | None,
+    admin_key_file: Path | None,
+) -> Transport:
+    """How model-control calls reach Triton: TLS, and the credential that allows them (an
+    admin token for a gateway, the restricted-protocol key for Triton itself)."""
+    try:
+        if ca is None and (cert or key):
+            raise ValueError("--triton-cert and --triton-key need --triton-ca")
+        tls = Tls(ca, cert, key) if ca else None
+        metadata: list[tuple[str, str]] = []
+        if token_file is not None:
+            metadata.append(("authorization", f"Bearer {_read_secret(token_file, 'token')}"))
+        if admin_key_file is not None:
+            metadata.append((ADMIN_KEY_HEADER, read_admin_key(admin_key_file)))
+    except (ValueError, UserError) as e:
+        raise typer.BadParameter(str(e)) from None
+    return Transport(tls=tls, metadata=tuple(metadata))
+
+
+def _read_secret(path: Path, what: str) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError as e:
+        raise UserError(f"{what} file {path} cannot be read: {e.strerror}") from None
 
 
 def _roll_out(

@@ -1,9 +1,11 @@
-"""Benchmark: what the router gateway adds to an escalation, measured side by side.
+"""Benchmark: what the router gateway, and mutual TLS, add to an escalation, side by side.
 
-One Triton server (fashion family) and one gateway in front of it, each a child process. The
-same single-image ModelInfer, made with the edge's own CloudClient, goes alternately straight
-to Triton and through the gateway, one call in flight, the order swapped every pair so that
-drift on a shared machine lands on both sides alike.
+Two Triton servers (fashion family), one in plaintext and one requiring mutual TLS, each with
+a gateway in front of it speaking the same (plaintext, or mutual TLS from the client and again
+to Triton, with a caller file checked by HAProxy). The same single-image ModelInfer goes
+alternately over the four paths, one call in flight, the order rotated every round so that
+drift on a shared machine lands on every path alike. Connections are kept, as the edge keeps
+its own: the handshake is paid once, the per-call cost of encryption on every call.
 """
 
 from __future__ import annotations
@@ -14,22 +16,27 @@ import os
 import platform
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tritonclient.grpc as grpcclient
 from numpy.typing import NDArray
 
 from edgecascade.cloud.build import datasets
-from edgecascade.cloud.common.manifest import Manifest
+from edgecascade.cloud.common import certs
+from edgecascade.cloud.common.auth import Callers
+from edgecascade.cloud.common.manifest import INPUT_NAME, Manifest
 from edgecascade.cloud.common.paths import family_dir, manifest_path
 from edgecascade.cloud.common.preprocessing import prepare
+from edgecascade.cloud.common.transport import PLAINTEXT, Tls, Transport
 from edgecascade.cloud.triton.repository import write_model
 from edgecascade.cloud.triton.server import TritonServer
-from edgecascade.router.cascade.cloud_client import CloudClient
 from edgecascade.router.gateway.process import GatewayProcess
 
-GOAL_MS = 1.0
+GOAL_MS = 1.0  # the gateway's hop, plaintext
+TLS_GOAL = 0.10  # mutual TLS adds at most 10% to an escalation's p50 through the gateway
 
 
 def _stats(seconds: list[float]) -> dict[str, float]:
@@ -42,16 +49,31 @@ def _stats(seconds: list[float]) -> dict[str, float]:
 
 
 async def _measure(
-    urls: dict[str, str], manifest: Manifest, image: NDArray[np.uint8], calls: int, warmup: int
+    paths: dict[str, tuple[Transport, str]],
+    manifest: Manifest,
+    image: NDArray[np.uint8],
+    calls: int,
+    warmup: int,
 ) -> dict[str, list[float]]:
-    clients = {name: CloudClient(url, manifest.cloud) for name, url in urls.items()}
+    clients = {name: t.triton_aio(url) for name, (t, url) in paths.items()}
+    headers = {name: t.headers for name, (t, _) in paths.items()}
+    tensor = grpcclient.InferInput(INPUT_NAME, [1, *image.shape], "UINT8")
+    tensor.set_data_from_numpy(image[None])
+    version = str(manifest.cloud.version)
     times: dict[str, list[float]] = {name: [] for name in clients}
     order = list(clients)
     try:
         for i in range(warmup + calls):
-            for name in order if i % 2 else order[::-1]:
+            shift = i % len(order)
+            for name in order[shift:] + order[:shift]:
                 start = time.perf_counter()
-                await clients[name].infer(image, timeout_s=5.0)
+                await clients[name].infer(
+                    manifest.cloud.name,
+                    [tensor],
+                    model_version=version,
+                    headers=headers[name],
+                    client_timeout=5.0,
+                )
                 if i >= warmup:
                     times[name].append(time.perf_counter() - start)
     finally:
@@ -59,35 +81,95 @@ async def _measure(
     return times
 
 
+def _secured(work: Path) -> tuple[Path, Transport, list[str]]:
+    """Certificates and a caller for the mutual-TLS paths: (CA folder, the client's transport,
+    the gateway's options)."""
+    pki = work / "pki"
+    certs.init(pki)
+    for server in ("triton", "gateway"):
+        certs.issue(pki, server)
+    for name in ("gateway-client", "edge"):
+        certs.issue(pki, name, kind="client")
+    callers, token = Callers().with_new_token("edge", ["infer", "status"])
+    callers.save(work / "callers.json")
+    ca = pki / certs.CA_CERT
+    client = Transport(
+        tls=Tls(ca, pki / "edge.pem", pki / "edge.key"),
+        metadata=(("authorization", f"Bearer {token}"),),
+    )
+    options = [
+        *("--tls-cert", str(pki / "gateway.pem"), "--tls-key", str(pki / "gateway.key")),
+        *("--tls-ca", str(ca), "--require-client-cert", "--callers", str(work / "callers.json")),
+        *("--triton-ca", str(ca)),
+        *("--triton-cert", str(pki / "gateway-client.pem")),
+        *("--triton-key", str(pki / "gateway-client.key")),
+    ]
+    return pki, client, options
+
+
 def run_bench(report: Path, calls: int = 3000, warmup: int = 200) -> dict[str, Any]:
     """Measure, write the JSON report to `report` and return it."""
     manifest = Manifest.load(manifest_path("fashion"))
     image = prepare(datasets.fashion("test").images[0], manifest.cloud.preprocessing)
-    with tempfile.TemporaryDirectory(prefix="edgecascade-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="edgecascade-bench-") as tmp, ExitStack() as stack:
         work = Path(tmp)
         repository = work / "repository"
         write_model(manifest, family_dir("fashion"), repository)
-        with (
-            TritonServer(repository, log_path=work / "triton.log") as triton,
-            GatewayProcess([triton.grpc_url], work / "gateway.log") as gateway,
-        ):
-            urls = {"direct": triton.grpc_url, "gateway": gateway.url}
-            times = asyncio.run(_measure(urls, manifest, image, calls, warmup))
-    direct, via = _stats(times["direct"]), _stats(times["gateway"])
-    paired = np.asarray(times["gateway"]) - np.asarray(times["direct"])
-    result: dict[str, Any] = {
-        "what": "single-image ModelInfer (fashion cloud model), CloudClient, one call in flight, "
-        "direct to Triton vs through the router gateway, interleaved",
-        "calls_per_path": calls,
-        "latency_ms": {"direct": direct, "gateway": via},
-        "gateway_added_ms": {
-            "p50_difference": via["p50"] - direct["p50"],
+        pki, client, options = _secured(work)
+        ca = pki / certs.CA_CERT
+        plain = stack.enter_context(TritonServer(repository, log_path=work / "triton.log"))
+        secure = stack.enter_context(
+            TritonServer(
+                repository,
+                log_path=work / "triton-tls.log",
+                tls=Tls(ca, pki / "triton.pem", pki / "triton.key", require_client_cert=True),
+                client_tls=Tls(ca, pki / "gateway-client.pem", pki / "gateway-client.key"),
+            )
+        )
+        plain_gateway = stack.enter_context(GatewayProcess([plain.grpc_url], work / "gateway.log"))
+        secure_gateway = stack.enter_context(
+            GatewayProcess(
+                [secure.grpc_url], work / "gateway-tls.log", options=options, client=client
+            )
+        )
+        direct = Transport(tls=Tls(ca, pki / "gateway-client.pem", pki / "gateway-client.key"))
+        paths = {
+            "direct": (PLAINTEXT, plain.grpc_url),
+            "gateway": (PLAINTEXT, plain_gateway.url),
+            "direct_mtls": (direct, secure.grpc_url),
+            "gateway_mtls": (client, secure_gateway.url),
+        }
+        times = asyncio.run(_measure(paths, manifest, image, calls, warmup))
+    stats = {name: _stats(seconds) for name, seconds in times.items()}
+
+    def added(via: str, base: str) -> dict[str, float]:
+        paired = np.asarray(times[via]) - np.asarray(times[base])
+        return {
+            "p50_difference": stats[via]["p50"] - stats[base]["p50"],
             "median_paired_difference": float(np.median(paired) * 1e3),
-            "p99_difference": via["p99"] - direct["p99"],
+            "p99_difference": stats[via]["p99"] - stats[base]["p99"],
+        }
+
+    tls_share = stats["gateway_mtls"]["p50"] / stats["gateway"]["p50"] - 1
+    result: dict[str, Any] = {
+        "what": "single-image ModelInfer (fashion cloud model), tritonclient asyncio, one call "
+        "in flight, interleaved over four paths: straight to Triton and through the router "
+        "gateway, in plaintext and with mutual TLS on every hop (the gateway also checking "
+        "a bearer token against its caller file)",
+        "calls_per_path": calls,
+        "latency_ms": stats,
+        "gateway_added_ms": added("gateway", "direct"),
+        "gateway_added_ms_mtls": added("gateway_mtls", "direct_mtls"),
+        "mtls_added_ms": {
+            "direct": added("direct_mtls", "direct"),
+            "gateway": added("gateway_mtls", "gateway"),
         },
+        "mtls_added_share_of_gateway_p50": tls_share,
         "goal": {
             "gateway_added_p50_ms_at_most": GOAL_MS,
-            "met": via["p50"] - direct["p50"] <= GOAL_MS,
+            "met": stats["gateway"]["p50"] - stats["direct"]["p50"] <= GOAL_MS,
+            "mtls_added_share_at_most": TLS_GOAL,
+            "mtls_met": tls_share <= TLS_GOAL,
         },
         "machine": {
             "cpus": os.cpu_count(),

@@ -11,13 +11,17 @@ import grpc
 import pytest
 import tritonclient.grpc as grpcclient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from typer.testing import CliRunner
 
 from edgecascade.cloud.common import certs
 from edgecascade.cloud.common.auth import Callers
 from edgecascade.cloud.common.manifest import Manifest
+from edgecascade.cloud.common.paths import family_dir
 from edgecascade.cloud.common.transport import Tls, Transport
 from edgecascade.cloud.registry.store import Registry
+from edgecascade.cloud.triton.repository import write_model
 from edgecascade.cloud.triton.server import ADMIN_KEY_HEADER, TritonServer
+from edgecascade.edge.cli import app
 from edgecascade.router.gateway.process import GatewayProcess
 from edgecascade.v1 import model_sync_pb2 as sync_pb
 from edgecascade.v1 import model_sync_pb2_grpc as sync_grpc
@@ -87,12 +91,20 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Secured:
 
 
 @pytest.fixture(scope="module")
+def repository(secured: Secured, fashion_manifest: Manifest) -> Path:
+    """This module's own model repository: `models publish` rolls versions out into it."""
+    folder = secured.pki.parent / "repository"
+    write_model(fashion_manifest, family_dir("fashion"), folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
 def triton(
-    secured: Secured, fashion_repository: Path, fashion_manifest: Manifest
+    secured: Secured, repository: Path, fashion_manifest: Manifest
 ) -> Iterator[TritonServer]:
     pki = secured.pki
     with TritonServer(
-        fashion_repository,
+        repository,
         model_control_mode="explicit",
         load_models=[fashion_manifest.cloud.name],
         tls=Tls(pki / certs.CA_CERT, pki / "triton.pem", pki / "triton.key", True),
@@ -234,3 +246,42 @@ def test_model_sync_through_the_gateway_needs_the_sync_scope(
     with secured.client("syncer", "nobody").channel(gateway.url) as channel:
         reply = sync_grpc.ModelSyncStub(channel).GetManifest(request, timeout=5)
     assert reply.family == "fashion" and '"signature"' in reply.manifest_json
+
+
+def test_models_publish_rolls_out_through_the_gateway_as_an_admin(
+    secured: Secured,
+    gateway: GatewayProcess,
+    triton: TritonServer,
+    repository: Path,
+    fashion_manifest: Manifest,
+    tmp_path: Path,
+) -> None:
+    pki = secured.pki
+    registry = tmp_path / "registry"
+    for caller in ("edge", "operator"):
+        (tmp_path / caller).write_text(secured.tokens[caller] + "\n")
+
+    def models(caller: str, *command: str) -> str:
+        result = CliRunner().invoke(
+            app,
+            [
+                *("models", *command, "--family", "fashion", "--registry", str(registry)),
+                *("--triton", gateway.url, "--repository", str(repository)),
+                *("--triton-ca", str(pki / certs.CA_CERT)),
+                *("--triton-cert", str(pki / "camera.pem")),
+                *("--triton-key", str(pki / "camera.key")),
+                *("--token-file", str(tmp_path / caller)),
+            ],
+        )
+        assert result.exit_code == (1 if caller == "edge" else 0), result.output
+        return " ".join(result.output.split())
+
+    source = str(copy_family(tmp_path / "build"))
+    refused = models("edge", "publish", "--source", source)  # staged, but never current
+    assert "needs scope 'admin'" in refused
+    assert Registry(registry).current_version("fashion") is None
+    assert "fashion v1 is current" in models("operator", "activate", "--version", "1")
+    assert Registry(registry).current_version("fashion") == 1
+    assert triton.control.ready_versions(fashion_manifest.cloud.name) == [
+        fashion_manifest.cloud.version
+    ]
