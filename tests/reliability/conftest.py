@@ -24,8 +24,17 @@ from tests.reliability.strategies import encoded
 
 @pytest.fixture(scope="session")
 def agent(triton, fashion_manifest, tmp_path_factory) -> Iterator[EdgeProcess]:  # noqa: F811
+    """The agent measured (memory, a bystander's waits), with the Triton behind it."""
     log = tmp_path_factory.mktemp("reliability") / "edge.log"
     with EdgeProcess("fashion", triton.grpc_url, log) as edge:
+        yield edge
+
+
+@pytest.fixture(scope="session")
+def edge_only(fashion_manifest, tmp_path_factory) -> Iterator[EdgeProcess]:  # noqa: F811
+    """An agent without a cloud: every escalation is answered degraded."""
+    log = tmp_path_factory.mktemp("reliability") / "edge-only.log"
+    with EdgeProcess("fashion", None, log) as edge:
         yield edge
 
 
@@ -71,6 +80,7 @@ def report(agent: EdgeProcess) -> Iterator[Report]:
             else {}
         ),
         "max": round(max(waited, default=0.0), 2),
+        "over_100ms": sum(w > 100 for w in waited),
     }
     written = report.write()
     if written:

@@ -167,7 +167,40 @@ def bytes_tensor(elements: list[bytes]) -> bytes:
 
 
 @st.composite
+def valid_model_infer_request(draw: st.DrawFn) -> Drawn:
+    """A request the agent answers: 1-4 images, encoded or as one pixels tensor, and the
+    outputs all, some, or with a class count."""
+    request = kpb.ModelInferRequest(model_name="fashion", id=draw(st.text(max_size=8)))
+    images = draw(st.lists(pixels(), min_size=1, max_size=4))
+    if draw(st.booleans()):
+        kind = draw(st.sampled_from(["png", "jpg"]))
+        request.inputs.add(name="image", datatype="BYTES", shape=[len(images)])
+        request.raw_input_contents.append(bytes_tensor([encoded(i, kind) for i in images]))
+        classes = [f"valid-image-{kind}"]
+    else:
+        batch = np.stack([np.resize(i, images[0].shape) for i in images])
+        batch = batch if batch.ndim == 4 else batch[..., None]
+        request.inputs.add(name="pixels", datatype="UINT8", shape=list(batch.shape))
+        request.raw_input_contents.append(batch.tobytes())
+        classes = ["valid-pixels"]
+    for name in draw(st.lists(st.sampled_from(["probabilities", "top1", "edge_confidence"]))):
+        output = request.outputs.add(name=name)
+        if name == "probabilities" and draw(st.booleans()):
+            output.parameters["classification"].int64_param = draw(st.integers(0, 12))
+            classes.append("valid-classification")
+    return classes, request
+
+
+@st.composite
 def model_infer_request(draw: st.DrawFn) -> Drawn:
+    """A valid request a quarter of the time, else anything (see fuzzed_model_infer_request)."""
+    if draw(st.integers(0, 3)) == 0:
+        return draw(valid_model_infer_request())
+    return draw(fuzzed_model_infer_request())
+
+
+@st.composite
+def fuzzed_model_infer_request(draw: st.DrawFn) -> Drawn:
     """A KServe request: model and version, 0-2 inputs of any name, type and shape, raw contents
     that fit them or not, outputs with classification parameters of any kind."""
     usual = draw(st.integers(0, 3)) > 0  # the model served, one input, nothing extra

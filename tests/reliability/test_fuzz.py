@@ -1,11 +1,13 @@
 """Property-based fuzzing of every RPC an edge agent serves (Classify, ClassifyStream, ModelInfer,
-ModelStreamInfer) with hypothesis: whatever comes in, the answer is a result or a status that is
-the caller's to act on, never UNKNOWN or INTERNAL, and a bad frame never ends its stream.
+ModelStreamInfer) with hypothesis, each example sent to an agent with a cloud or to one without
+(every escalation degraded): whatever comes in, the answer is a result or a status that is the
+caller's to act on, never UNKNOWN or INTERNAL, and a bad frame never ends its stream.
 
 EDGECASCADE_FUZZ_EXAMPLES sets the examples per API (`make reliability`: 10,000; unset, as in
 `make test`: a few, drawn the same way on every run)."""
 
 import os
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -38,10 +40,16 @@ frames = st.lists(classify_request(), min_size=1, max_size=8)
 requests = st.lists(model_infer_request(), min_size=1, max_size=6)
 
 
+AGENTS = st.sampled_from(["with-cloud", "edge-only"])  # each example goes to one of them
+
+
 @pytest.fixture(scope="module")
-def channel(agent) -> grpc.Channel:
-    with PLAINTEXT.channel(agent.address) as channel:
-        yield channel
+def channels(agent, edge_only) -> Iterator[dict[str, grpc.Channel]]:
+    with (
+        PLAINTEXT.channel(agent.address) as cloud,
+        PLAINTEXT.channel(edge_only.address) as alone,
+    ):
+        yield {"with-cloud": cloud, "edge-only": alone}
 
 
 def code_of(call) -> str:
@@ -53,50 +61,50 @@ def code_of(call) -> str:
 
 
 @fuzzing
-@given(drawn=classify_request())
-def test_classify(channel, report: Report, drawn: Drawn) -> None:
+@given(drawn=classify_request(), to=AGENTS)
+def test_classify(channels, report: Report, drawn: Drawn, to: str) -> None:
     classes, request = drawn
-    stub = pb_grpc.CascadeStub(channel)
+    stub = pb_grpc.CascadeStub(channels[to])
     code = code_of(lambda: stub.Classify(request, timeout=TIMEOUT_S))
-    report.add("Classify", classes, code)
+    report.add("Classify", [*classes, to], code)
     assert code not in NEVER, (classes, request)
 
 
 @fuzzing
-@given(drawn=frames)
-def test_classify_stream(channel, report: Report, drawn: list[Drawn]) -> None:
+@given(drawn=frames, to=AGENTS)
+def test_classify_stream(channels, report: Report, drawn: list[Drawn], to: str) -> None:
     sent = [request for _, request in drawn]
-    responses = pb_grpc.CascadeStub(channel).ClassifyStream(iter(sent), timeout=TIMEOUT_S)
+    responses = pb_grpc.CascadeStub(channels[to]).ClassifyStream(iter(sent), timeout=TIMEOUT_S)
     answers = list(responses)  # a stream ended by an error raises here
     assert len(answers) == len(sent), "the stream ended before every frame was answered"
     for (classes, request), answer in zip(drawn, answers):
         code = CODE_NAMES[answer.error.code]
-        report.add("ClassifyStream", classes, code)
+        report.add("ClassifyStream", [*classes, to], code)
         assert code not in NEVER, (classes, request, answer.error.message)
 
 
 @fuzzing
-@given(drawn=model_infer_request())
-def test_model_infer(channel, report: Report, drawn: Drawn) -> None:
+@given(drawn=model_infer_request(), to=AGENTS)
+def test_model_infer(channels, report: Report, drawn: Drawn, to: str) -> None:
     classes, request = drawn
-    stub = kpb_grpc.GRPCInferenceServiceStub(channel)
+    stub = kpb_grpc.GRPCInferenceServiceStub(channels[to])
     code = code_of(lambda: stub.ModelInfer(request, timeout=TIMEOUT_S))
-    report.add("ModelInfer", classes, code)
+    report.add("ModelInfer", [*classes, to], code)
     assert code not in NEVER, (classes, request)
 
 
 @fuzzing
-@given(drawn=requests)
-def test_model_stream_infer(channel, report: Report, drawn: list[Drawn]) -> None:
+@given(drawn=requests, to=AGENTS)
+def test_model_stream_infer(channels, report: Report, drawn: list[Drawn], to: str) -> None:
     sent: list[kpb.ModelInferRequest] = [request for _, request in drawn]
-    responses = kpb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(
+    responses = kpb_grpc.GRPCInferenceServiceStub(channels[to]).ModelStreamInfer(
         iter(sent), timeout=TIMEOUT_S
     )
     answers = list(responses)
     assert len(answers) == len(sent), "the stream ended before every request was answered"
     for (classes, request), answer in zip(drawn, answers):
         code = answer.error_message.split(":")[0] if answer.error_message else "OK"
-        report.add("ModelStreamInfer", classes, code)
+        report.add("ModelStreamInfer", [*classes, to], code)
         assert code not in NEVER, (classes, request, answer.error_message)
 
 
