@@ -32,3 +32,14 @@ def test_bench_edge_writes_a_report(fashion_manifest, tmp_path):
             ratio = row[runner]["images_per_s"] / row["benchmark_app"]["images_per_s"]
             assert row[runner]["ratio"] == pytest.approx(ratio, abs=1e-3)
     assert "benchmark_app" in done.stdout and "agent_stream" in done.stdout
+    # plaintext vs mutual TLS + token, side by side
+    for runner in ("unary", "stream"):
+        row = report["tls"][runner]
+        for mode in ("plaintext", "mutual_tls"):
+            assert row[mode]["images_per_s"] > 0 and row[mode]["p50_ms"] > 0
+        plain, mtls = row["plaintext"], row["mutual_tls"]
+        assert row["throughput_cost"] == pytest.approx(
+            1 - mtls["images_per_s"] / plain["images_per_s"], abs=1e-3
+        )
+        assert row["p50_cost"] == pytest.approx(mtls["p50_ms"] / plain["p50_ms"] - 1, abs=1e-3)
+    assert "mutual TLS" in done.stdout
