@@ -20,6 +20,7 @@ from pathlib import Path
 import grpc
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
+from edgecascade.cloud.common.errors import UserError
 from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.edge.serving.agent import EdgeAgent
 from edgecascade.edge.serving.security import cloud_transport, trusted_keys
@@ -41,18 +42,27 @@ def cache_dir(settings: EdgeSettings) -> Path:
 
 
 async def fetch_current(settings: EdgeSettings, sync_url: str) -> Path:
-    """Download the family's current pair (an agent with nothing built locally starts so)."""
-    async with cloud_transport(settings).aio_channel(sync_url) as channel:
-        stub = sync_grpc.ModelSyncStub(channel)
-        manifest = await get_manifest(stub, settings.family, trusted=trusted_keys(settings))
-        return await fetch_manifest_files(
-            stub, manifest, cache_dir(settings) / str(manifest.version)
-        )
+    """Download the family's current pair (an agent with nothing built locally starts so); a
+    UserError when there is none to be had."""
+    try:
+        async with cloud_transport(settings).aio_channel(sync_url) as channel:
+            stub = sync_grpc.ModelSyncStub(channel)
+            manifest = await get_manifest(stub, settings.family, trusted=trusted_keys(settings))
+            return await fetch_manifest_files(
+                stub, manifest, cache_dir(settings) / str(manifest.version)
+            )
+    except (grpc.aio.AioRpcError, InvalidManifest) as e:
+        raise UserError(
+            f"nothing to serve: {settings.family!r} is not built under {settings.artifacts} and "
+            f"its current pair cannot be had from ModelSync {sync_url} ({_failure(e)})"
+        ) from None
 
 
 def _failure(error: BaseException) -> str:
     if isinstance(error, grpc.aio.AioRpcError):
         return f"{error.code().name}: {error.details()}"
+    if isinstance(error, InvalidManifest):
+        return str(error)
     return f"{type(error).__name__}: {error}"
 
 

@@ -168,3 +168,12 @@ def test_an_unsigned_local_build_is_refused_unless_allowed(tmp_path: Path) -> No
     assert "is not signed" in message and "--allow-unsigned" in message
     message = fails(*args, artifacts=tmp_path)  # no key to trust under its artifacts root
     assert message.startswith(f"no trusted manifest signing key in {tmp_path / 'keys'}")
+
+
+def test_nothing_built_and_no_modelsync_to_start_from(tmp_path: Path, closed_port: int) -> None:
+    message = fails(
+        "edge", "serve", "--insecure", "--cloud-insecure", "--allow-unsigned", "--port", "0",
+        "--sync-url", f"127.0.0.1:{closed_port}", artifacts=tmp_path,
+    )  # fmt: skip
+    assert message.startswith(f"nothing to serve: 'fashion' is not built under {tmp_path}")
+    assert f"ModelSync 127.0.0.1:{closed_port} (UNAVAILABLE: " in message

@@ -3,7 +3,9 @@ caller file, Triton behind it, real handshakes over loopback with generated cert
 right caller is answered; every wrong one is refused with its own status while the agent keeps
 serving everyone else. An --insecure agent says so in GetStatus, its metrics and its log."""
 
+import json
 import secrets
+import subprocess
 import time
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edgecascade.cloud.common import certs
 from edgecascade.cloud.common.auth import Callers
-from edgecascade.cloud.common.launcher import wait_until
+from edgecascade.cloud.common.launcher import edgecascade_command, wait_until
 from edgecascade.cloud.common.ports import free_port
 from edgecascade.cloud.common.transport import PLAINTEXT, Tls, Transport
 from edgecascade.edge.serving.security import client_transport
@@ -118,6 +120,19 @@ def test_mutual_tls_and_callers_on_the_agent(fashion_manifest, triton, frames, t
             assert classify(pb_grpc.CascadeStub(channel), frame).top_k
         assert wait_until(lambda: "TLS certificate" in log.read_text(), 10)
         assert "reloaded" in log.read_text()
+
+        # `edgecascade status` as an operator runs it, with the status-only token.
+        done = subprocess.run(
+            edgecascade_command(
+                "status", "--agent", agent.address, "--json", "--ca", str(ca),
+                "--cert", str(client_cert), "--key", str(client_key),
+                "--token-file", str(folder / "watcher-token"),
+            ),
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        [row] = json.loads(done.stdout)
+        assert row["health"] == "SERVING" and row["insecure_hops"] == ["cloud"]
 
         # Still serving the right caller after every refusal.
         with right.channel(agent.address) as channel:
