@@ -174,6 +174,8 @@ async def serve(settings: EdgeSettings, stop: asyncio.Event | None = None) -> No
     if settings.sync_url and not (folder / "manifest.json").exists():
         folder = await updater.fetch_current(settings, settings.sync_url)
     agent = await EdgeAgent.load(settings, folder)
+    if agent.trusted is not None:
+        log.info("serving manifests signed by key %s only", ", ".join(sorted(agent.trusted)))
     server = transport.server()
     pb_grpc.add_CascadeServicer_to_server(CascadeService(agent), server)
     kpb_grpc.add_GRPCInferenceServiceServicer_to_server(KServeService(agent), server)

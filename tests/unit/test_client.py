@@ -191,7 +191,9 @@ def test_a_failed_frame_is_a_result_whose_answer_raises_its_error() -> None:
 def test_every_status_field_is_mapped() -> None:
     response = pb.GetStatusResponse(versions=VERSIONS)
     for number, field in enumerate(response.DESCRIPTOR.fields, start=1):
-        if field.type == field.TYPE_STRING:
+        if field.label == field.LABEL_REPEATED:
+            getattr(response, field.name).append(f"{field.name}!")
+        elif field.type == field.TYPE_STRING:
             setattr(response, field.name, f"{field.name}!")
         elif field.type == field.TYPE_BOOL:
             setattr(response, field.name, True)
@@ -201,7 +203,9 @@ def test_every_status_field_is_mapped() -> None:
     assert mapped.versions == ModelVersions("fashion", "fashion_edge:2", "fashion_cloud:3")
     for field in response.DESCRIPTOR.fields:
         if field.name != "versions":
-            assert getattr(mapped, field.name) == getattr(response, field.name), field.name
+            value = getattr(response, field.name)
+            expected = tuple(value) if field.label == field.LABEL_REPEATED else value
+            assert getattr(mapped, field.name) == expected, field.name
 
 
 def test_every_blocking_call_that_fails_raises_cascade_error(nowhere: str) -> None:

@@ -124,5 +124,5 @@ def test_the_client_refuses_a_served_manifest_with_a_path(tmp_path: Path) -> Non
         manifest_sha256=hashlib.sha256(text.encode()).hexdigest(),
     )
     with pytest.raises(InvalidManifest, match="artifact name") as caught:
-        _manifest(response)
+        _manifest(response, None)  # signatures aside: the path alone is refused
     assert caught.value.version == 1

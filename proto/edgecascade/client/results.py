@@ -112,6 +112,7 @@ class Status:
     previous_version: int  # 0: none to roll back to
     update_error: str  # "" when the last update was applied
     version_mismatch: str  # "" when the cloud serves the paired version
+    insecure_hops: tuple[str, ...]  # run without TLS, switched off: "agent", "cloud"
 
 
 def _versions(versions: pb.ModelVersions) -> ModelVersions:
@@ -140,4 +141,5 @@ def status(response: pb.GetStatusResponse) -> Status:
     plain: dict[str, Any] = {
         f.name: getattr(response, f.name) for f in fields(Status) if f.name != "versions"
     }
+    plain["insecure_hops"] = tuple(response.insecure_hops)
     return Status(versions=_versions(response.versions), **plain)
