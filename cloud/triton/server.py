@@ -216,7 +216,7 @@ def _tls_options(tls: Tls | None) -> list[str]:
     if tls is None:
         return []
     assert tls.cert is not None and tls.key is not None  # checked by TritonServer
-    tls.server_credentials()  # the files exist and the key is the certificate's, or TlsError
+    tls.channel_credentials()  # reads the files and checks the key is the cert's, or TlsError
     options = [
         "--grpc-use-ssl=true",
         f"--grpc-server-cert={Path(tls.cert).resolve()}",

@@ -17,9 +17,17 @@ from pathlib import Path
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from edgecascade.cloud.common.auth import Authorizer, Callers
+from edgecascade.cloud.common.auth import AuthError, Authorizer, Callers
+from edgecascade.cloud.common.errors import UserError
 from edgecascade.cloud.common.ports import free_port, port_is_free
-from edgecascade.cloud.common.transport import FAST_RECONNECT, PLAINTEXT, PortInUse, Tls, Transport
+from edgecascade.cloud.common.transport import (
+    FAST_RECONNECT,
+    PLAINTEXT,
+    PortInUse,
+    Tls,
+    TlsError,
+    Transport,
+)
 from edgecascade.cloud.registry.model_sync import add_model_sync
 from edgecascade.cloud.registry.store import Registry
 from edgecascade.cloud.triton.server import read_admin_key
@@ -88,8 +96,17 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event | None = None) ->
     host, port, urls = settings.host, settings.port, settings.upstream
     if port and not port_is_free(port, host):
         raise PortInUse(f"cannot listen on {host}:{port}: the port is in use")
-    callers = Callers.load(settings.callers) if settings.callers else None
-    upstream = _upstream_tls(settings)
+    try:  # every file is read and checked before anything starts
+        callers = Callers.load(settings.callers) if settings.callers else None
+        frontend, upstream = _frontend_tls(settings), _upstream_tls(settings)
+        for tls in (frontend, upstream):
+            if tls is not None:
+                tls.channel_credentials()  # reads the files, checks the key is the cert's
+    except (AuthError, TlsError) as e:
+        raise UserError(str(e)) from None
+    admin_key = (
+        read_admin_key(settings.triton_admin_key_file) if settings.triton_admin_key_file else None
+    )
     agent = HealthAgent(urls, timeout_s=AGENT_TIMEOUT_S, transport=Transport(tls=upstream))
     agent_server = await asyncio.start_server(agent.answer, "127.0.0.1", 0)
     sync_server = None
@@ -111,12 +128,10 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event | None = None) ->
             model_sync=sync_url,
             metrics=f"{host}:{settings.metrics_port}" if settings.metrics_port else None,
             grace_s=settings.grace_s,
-            tls=_frontend_tls(settings, folder),
-            upstream_tls=_backend_tls(upstream, folder),
+            tls=_frontend_config(frontend, folder),
+            upstream_tls=_backend_config(upstream, folder),
             callers=CallerMaps.write(callers, folder) if callers else None,
-            admin_key=read_admin_key(settings.triton_admin_key_file)
-            if settings.triton_admin_key_file
-            else None,
+            admin_key=admin_key,
         )
         if callers and config.tls is None:
             log.warning("callers are checked but edges call in plaintext: tokens can be read")
@@ -153,9 +168,7 @@ def _upstream_tls(settings: GatewaySettings) -> Tls | None:
 
 
 def _pem(tls: Tls, path: Path) -> Path:
-    """`tls`'s certificate chain then its key in one file, as HAProxy reads them (0600);
-    a TlsError naming the file when they cannot be read or do not belong together."""
-    tls.channel_credentials()  # reads and checks the pair
+    """`tls`'s certificate chain then its key in one file, as HAProxy reads them (0600)."""
     assert tls.cert is not None and tls.key is not None
     chain, key = Path(tls.cert).read_bytes(), Path(tls.key).read_bytes()
     path.touch(mode=0o600)
@@ -163,14 +176,19 @@ def _pem(tls: Tls, path: Path) -> Path:
     return path
 
 
-def _frontend_tls(settings: GatewaySettings, folder: Path) -> FrontendTls | None:
+def _frontend_tls(settings: GatewaySettings) -> Tls | None:
     if settings.tls_cert is None:
         return None
-    tls = Tls(settings.tls_ca, settings.tls_cert, settings.tls_key, settings.require_client_cert)
+    return Tls(settings.tls_ca, settings.tls_cert, settings.tls_key, settings.require_client_cert)
+
+
+def _frontend_config(tls: Tls | None, folder: Path) -> FrontendTls | None:
+    if tls is None:
+        return None
     return FrontendTls(_pem(tls, folder / "gateway.pem"), tls.ca, tls.require_client_cert)
 
 
-def _backend_tls(tls: Tls | None, folder: Path) -> BackendTls | None:
+def _backend_config(tls: Tls | None, folder: Path) -> BackendTls | None:
     if tls is None:
         return None
     assert tls.ca is not None  # _upstream_tls sets it

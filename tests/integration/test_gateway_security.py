@@ -4,6 +4,7 @@ a key, and callers from a caller file: model control only for `admin` callers, i
 with `infer`, ModelSync only with `sync`. The two critical holes of issue 11 (anonymous model
 load with a model.py, and unload, through the gateway) are refused here."""
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from typer.testing import CliRunner
 
 from edgecascade.cloud.common import certs
 from edgecascade.cloud.common.auth import Callers
+from edgecascade.cloud.common.launcher import edgecascade_command
 from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.cloud.common.paths import family_dir
 from edgecascade.cloud.common.transport import Tls, Transport
@@ -285,3 +287,30 @@ def test_models_publish_rolls_out_through_the_gateway_as_an_admin(
     assert triton.control.ready_versions(fashion_manifest.cloud.name) == [
         fashion_manifest.cloud.version
     ]
+
+
+@pytest.mark.parametrize(
+    ("option", "words"),
+    [
+        ("callers", "caller file"),
+        ("certificate", "TLS certificate"),
+        ("key", "is not the key of certificate"),
+        ("admin key", "admin key file"),
+    ],
+)
+def test_a_file_the_gateway_cannot_use_is_one_error_line(
+    secured: Secured, tmp_path: Path, option: str, words: str
+) -> None:
+    pki, missing = secured.pki, str(tmp_path / "missing")
+    tls = ["--tls-cert", str(pki / "gateway.pem"), "--tls-key", str(pki / "gateway.key")]
+    args = {
+        "callers": ["--callers", missing],
+        "certificate": ["--tls-cert", missing, "--tls-key", str(pki / "gateway.key")],
+        "key": ["--tls-cert", str(pki / "gateway.pem"), "--tls-key", str(pki / "triton.key")],
+        "admin key": [*tls, "--callers", str(secured.callers), "--triton-admin-key-file", missing],
+    }[option]
+    command = edgecascade_command("router", "serve", "--upstream", "127.0.0.1:1", "--port", "0")
+    result = subprocess.run([*command, *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: ") and words in line, line
