@@ -4,6 +4,7 @@ development key under the artifacts root (made once), or by the key `--signing-k
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -12,6 +13,7 @@ from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.cloud.registry import signing_keys
 from edgecascade.cloud.registry.store import Registry
 from edgecascade.edge.cli import app
+from edgecascade.router.policy.calibration import calibrate_manifest
 from tests.unit.test_registry import write_family
 
 
@@ -97,3 +99,26 @@ def test_models_publish_signs_with_the_dev_key_or_the_key_given(
         app, [*args, "--registry", str(other), "--signing-key", str(tmp_path / "nope")]
     )
     assert missing.exit_code == 1 and "cannot be read" in " ".join(missing.output.split())
+
+
+def test_calibration_signs_the_manifest_again_after_writing_the_policy(tmp_path: Path) -> None:
+    root = tmp_path / "artifacts"
+    folder = write_family(root / "pets")
+    signing_keys.save_build_manifest(
+        Manifest.load(folder / "manifest.json"), folder / "manifest.json"
+    )
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 600)
+    edge = rng.normal(size=(600, 3)) + 3 * np.eye(3)[labels] * rng.random((600, 1))
+    np.savez(
+        folder / "calibration.npz",
+        edge_logits=edge.astype(np.float32),
+        cloud_logits=(4 * np.eye(3)[labels]).astype(np.float32),
+        labels=labels,
+    )
+    before = Manifest.load(folder / "manifest.json")
+    result = calibrate_manifest(folder / "manifest.json", window=None)
+    assert result is not None
+    text = (folder / "manifest.json").read_bytes()
+    after = signing.verify_json(text, trusted(root))
+    assert after.policy.threshold == result.policy.threshold != before.policy.threshold
