@@ -252,18 +252,22 @@ def tls_cost(
 ) -> dict[str, Any]:
     """The same agent (INT8) serving plaintext and serving mutual TLS with a caller check (a
     token on every call), both running, measured in alternating rounds (unary and streams):
-    what TLS costs in throughput and p50 latency. Connections are kept, so handshakes are
-    rare; the cost is encryption and the token check per call."""
+    what TLS costs in throughput and p50 latency, for one client calling in turn (the latency of
+    a call), `clients` at once (a saturated agent) and `streams`. Connections are kept, so
+    handshakes are rare; the cost is encryption and the token check per call."""
     requests = bench_requests(bench_images(manifest))
     extra = ["--hint", "THROUGHPUT", "--threshold", "0"]
     rounds = 2
 
     async def load(runner: str, address: str, transport: Transport) -> dict[str, Any]:
-        if runner == "unary":
-            return await unary_load(address, requests, clients, seconds / rounds, transport)
-        return await stream_load(address, requests, streams, window, seconds / rounds, transport)
+        if runner == "stream":
+            return await stream_load(
+                address, requests, streams, window, seconds / rounds, transport
+            )
+        callers = 1 if runner == "unary_one_client" else clients
+        return await unary_load(address, requests, callers, seconds / rounds, transport)
 
-    loads = ("unary", "stream")
+    loads = ("unary_one_client", "unary", "stream")
     results: dict[str, dict[str, list[dict[str, Any]]]] = {
         runner: {"plaintext": [], "mutual_tls": []} for runner in loads
     }
@@ -365,7 +369,7 @@ def tls_table(tls: dict[str, Any]) -> Table:
     for column in ("runner", "plaintext img/s", "mTLS img/s", "plaintext p50 ms", "mTLS p50 ms",
                    "throughput cost", "p50 cost"):  # fmt: skip
         table.add_column(column, justify="left" if column == "runner" else "right")
-    for runner in ("unary", "stream"):
+    for runner in ("unary_one_client", "unary", "stream"):
         row = tls[runner]
         plain, mtls = row["plaintext"], row["mutual_tls"]
         table.add_row(

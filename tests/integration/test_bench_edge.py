@@ -33,7 +33,7 @@ def test_bench_edge_writes_a_report(fashion_manifest, tmp_path):
             assert row[runner]["ratio"] == pytest.approx(ratio, abs=1e-3)
     assert "benchmark_app" in done.stdout and "agent_stream" in done.stdout
     # plaintext vs mutual TLS + token, side by side
-    for runner in ("unary", "stream"):
+    for runner in ("unary_one_client", "unary", "stream"):
         row = report["tls"][runner]
         for mode in ("plaintext", "mutual_tls"):
             assert row[mode]["images_per_s"] > 0 and row[mode]["p50_ms"] > 0
