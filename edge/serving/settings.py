@@ -129,8 +129,8 @@ class EdgeSettings(BaseSettings):
         None, description="file holding the bearer token sent to the cloud and ModelSync"
     )
     # Which manifests the agent serves.
-    trusted_keys: Annotated[list[Path], NoDecode] = Field(
-        default_factory=list,
+    trusted_keys: Annotated[list[Path] | None, NoDecode] = Field(
+        None,
         description="Ed25519 public keys (files, or folders of *.ed25519.pub) whose signed "
         "manifests are served; repeat for rotation; none: <artifacts>/keys",
     )
