@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
 from edgecascade.cloud.common.errors import UserError
-from edgecascade.cloud.common.transport import PortInUse
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 USAGE_EXIT_CODE = 2
@@ -27,11 +26,11 @@ def log_to_stderr() -> None:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """A UserError (or a PortInUse) raised inside is `error: <message>` on stderr and exit
-    code 2, without a traceback. The CLI's entry point runs every command inside it."""
+    """A UserError (a PortInUse, a TlsError, ...) raised inside is `error: <message>` on stderr
+    and exit code 2, without a traceback. The CLI's entry point runs every command inside it."""
     try:
         yield
-    except (UserError, PortInUse) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(USAGE_EXIT_CODE) from None
 

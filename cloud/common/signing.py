@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pydantic import ValidationError
 
 from edgecascade.cloud.common.certs import write_atomically
+from edgecascade.cloud.common.errors import UserError
 from edgecascade.cloud.common.manifest import Manifest, Signature, plain_name
 
 PRIVATE_SUFFIX = ".ed25519"
@@ -31,7 +32,7 @@ SIGNATURE_FIELD = "signature"
 TrustedKeys = Mapping[str, Ed25519PublicKey]
 
 
-class SigningKeyError(ValueError):
+class SigningKeyError(UserError, ValueError):
     """A key file that cannot be made or read; the message names it."""
 
 
@@ -81,8 +82,9 @@ def generate_key(folder: Path, name: str) -> tuple[Path, Path]:
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
+    pem = _read(path)
     try:
-        key = serialization.load_pem_private_key(_read(path), password=None)
+        key = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError) as e:
         raise SigningKeyError(f"{path} is not an unencrypted PEM private key ({e})") from None
     if not isinstance(key, Ed25519PrivateKey):

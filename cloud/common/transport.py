@@ -22,6 +22,8 @@ import tritonclient.grpc.aio as aioclient
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from edgecascade.cloud.common.errors import UserError
+
 log = logging.getLogger(__name__)
 
 # Images can be large: Triton's own message limits.
@@ -38,11 +40,11 @@ FAST_RECONNECT: ChannelOptions = (
 )
 
 
-class PortInUse(OSError):
+class PortInUse(UserError, OSError):
     """The address a server was told to listen on is taken by another program."""
 
 
-class TlsError(ValueError):
+class TlsError(UserError, ValueError):
     """TLS settings that cannot work: a file missing or unreadable, a key that is not the
     certificate's; the message names the file."""
 
@@ -139,9 +141,9 @@ class _ReloadingCertificates:
     def __init__(self, tls: Tls):
         self._tls = tls
         self._lock = threading.Lock()
+        self.initial = tls._server_configuration()  # a missing or bad file is a TlsError
         self._stamp = self._stamps()
         self._failed: tuple[tuple[int, int, int], ...] | None = None
-        self.initial = tls._server_configuration()
 
     def _stamps(self) -> tuple[tuple[int, int, int], ...]:
         stats = [path.stat() for path in self._tls.files()]

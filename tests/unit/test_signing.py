@@ -189,3 +189,9 @@ def test_certs_signing_key_command(tmp_path: Path) -> None:
     result = runner.invoke(app, ["signing-key", "registry", "--dir", str(tmp_path)])
     assert result.exit_code == 2
     assert "exists already" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_a_missing_private_key_says_it_cannot_be_read(tmp_path: Path) -> None:
+    with pytest.raises(SigningKeyError, match="cannot be read") as refused:
+        signing.load_private_key(tmp_path / "nosuch.ed25519")
+    assert "not an unencrypted PEM" not in str(refused.value)

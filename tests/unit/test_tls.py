@@ -286,3 +286,9 @@ def test_a_tls_port_held_by_another_program_is_an_error(pki: dict[str, certs.Iss
                 transport.listen(transport.server(), f"127.0.0.1:{port}")
 
     run(main)
+
+
+def test_a_missing_certificate_file_is_a_tls_error_naming_it(tmp_path: Path) -> None:
+    tls = Tls(cert=tmp_path / "nosuch.pem", key=tmp_path / "nosuch.key")
+    with pytest.raises(TlsError, match="nosuch"):
+        tls.server_credentials()
