@@ -27,6 +27,11 @@ def registry_root(root: Path | None = None) -> Path:
     return (root or artifacts_root()) / "registry"
 
 
+def keys_dir(root: Path | None = None) -> Path:
+    """Manifest signing keys: the build's development key, and the public keys edges trust."""
+    return (root or artifacts_root()) / "keys"
+
+
 def edge_model_file(family_folder: Path, precision: str = "int8") -> Path:
     """The edge model IR a build writes into a family folder: INT8, or the FP32 reference."""
     if precision not in ("int8", "fp32"):

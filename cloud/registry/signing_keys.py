@@ -14,15 +14,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgecascade.cloud.common import signing
 from edgecascade.cloud.common.manifest import Manifest
-from edgecascade.cloud.common.paths import artifacts_root
+from edgecascade.cloud.common.paths import keys_dir
 
-KEYS_FOLDER = "keys"
 DEV_KEY = "dev"
-
-
-def keys_dir(root: Path | None = None) -> Path:
-    """The folder of signing keys under the artifacts root `root`."""
-    return (root or artifacts_root()) / KEYS_FOLDER
 
 
 def dev_key_file(root: Path | None = None) -> Path:

@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from edgecascade.cloud.common import settings
 from edgecascade.cloud.common.errors import UserError
-from edgecascade.cloud.common.paths import artifacts_root
+from edgecascade.cloud.common.paths import artifacts_root, keys_dir
 from edgecascade.cloud.common.preprocessing import MAX_IMAGE_PIXELS
 from edgecascade.cloud.common.serving import check_address
 from edgecascade.cloud.common.settings import ConfigError
@@ -25,7 +25,6 @@ from edgecascade.cloud.common.settings import ConfigError
 __all__ = ["ConfigError", "EdgeSettings", "load_settings"]
 
 PerformanceHint = Literal["LATENCY", "THROUGHPUT"]
-KEYS_FOLDER = "keys"
 
 
 def _address(address: str) -> str:
@@ -180,7 +179,7 @@ class EdgeSettings(BaseSettings):
 
     @property
     def trusted_key_paths(self) -> list[Path]:
-        return self.trusted_keys or [self.artifacts / KEYS_FOLDER]
+        return self.trusted_keys or [keys_dir(self.artifacts)]
 
 
 def load_settings(

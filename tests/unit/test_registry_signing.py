@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from edgecascade.cloud.common import signing
 from edgecascade.cloud.common.manifest import Manifest
+from edgecascade.cloud.common.paths import keys_dir
 from edgecascade.cloud.registry import signing_keys
 from edgecascade.cloud.registry.store import Registry
 from edgecascade.edge.cli import app
@@ -25,7 +26,7 @@ def artifacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def trusted(root: Path) -> signing.TrustedKeys:
-    return signing.load_trusted([signing_keys.keys_dir(root)])
+    return signing.load_trusted([keys_dir(root)])
 
 
 def test_the_development_key_is_made_once(artifacts: Path) -> None:
