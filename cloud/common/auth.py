@@ -24,6 +24,7 @@ import grpc.aio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgecascade.cloud.common.certs import write_atomically
+from edgecascade.cloud.common.errors import UserError
 from edgecascade.cloud.common.manifest import plain_name
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ HOW_TO_AUTHENTICATE = (
 )
 
 
-class AuthError(ValueError):
+class AuthError(UserError, ValueError):
     """A caller file that cannot be used; the message names the file and the problem."""
 
 

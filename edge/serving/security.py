@@ -9,10 +9,10 @@ import logging
 from pathlib import Path
 
 from edgecascade.cloud.common import signing
-from edgecascade.cloud.common.auth import TOKEN, AuthError, Authorizer, Callers
+from edgecascade.cloud.common.auth import TOKEN, Authorizer, Callers
 from edgecascade.cloud.common.errors import UserError
-from edgecascade.cloud.common.signing import SigningKeyError, TrustedKeys
-from edgecascade.cloud.common.transport import Tls, TlsError, Transport
+from edgecascade.cloud.common.signing import TrustedKeys
+from edgecascade.cloud.common.transport import Tls, Transport
 from edgecascade.edge.serving.rpc import InternalErrors
 from edgecascade.edge.serving.settings import EdgeSettings
 
@@ -51,10 +51,7 @@ def client_transport(
     every call; plaintext with `insecure`."""
     if insecure and (ca or cert or key):
         raise SecurityError("--insecure calls in plaintext: leave --ca, --cert and --key out")
-    try:
-        tls = None if insecure else Tls(ca=ca, cert=cert, key=key)
-    except TlsError as e:
-        raise SecurityError(str(e)) from None
+    tls = None if insecure else Tls(ca=ca, cert=cert, key=key)
     metadata = (("authorization", f"Bearer {read_token(token_file)}"),) if token_file else ()
     return Transport(tls=tls, metadata=metadata)
 
@@ -73,22 +70,19 @@ def cloud_transport(settings: EdgeSettings) -> Transport:
 def server_transport(settings: EdgeSettings) -> Transport:
     """The transport of the agent's port: TLS (mutual when required) unless insecure; with a
     caller file, every call is checked (Authorizer) before InternalErrors sees it."""
-    try:
-        tls = (
-            None
-            if settings.insecure
-            else Tls(
-                ca=settings.tls_ca,
-                cert=settings.tls_cert,
-                key=settings.tls_key,
-                require_client_cert=settings.require_client_cert,
-            )
+    tls = (
+        None
+        if settings.insecure
+        else Tls(
+            ca=settings.tls_ca,
+            cert=settings.tls_cert,
+            key=settings.tls_key,
+            require_client_cert=settings.require_client_cert,
         )
-        if tls is not None:
-            tls.server_credentials()  # every file read and checked now, not at the first call
-        callers = Callers.load(settings.callers) if settings.callers else None
-    except (TlsError, AuthError) as e:
-        raise SecurityError(str(e)) from None
+    )
+    if tls is not None:
+        tls.server_credentials()  # every file read and checked now, not at the first call
+    callers = Callers.load(settings.callers) if settings.callers else None
     authorizer = (Authorizer(callers),) if callers else ()
     return Transport(
         max_message_bytes=settings.max_message_bytes,
@@ -128,10 +122,7 @@ def trusted_keys(settings: EdgeSettings) -> TrustedKeys | None:
         return None
     paths = settings.trusted_key_paths
     missing = [str(p) for p in paths if not p.exists()]
-    try:
-        keys = signing.load_trusted(p for p in paths if p.exists())
-    except SigningKeyError as e:
-        raise SecurityError(str(e)) from None
+    keys = signing.load_trusted(p for p in paths if p.exists())
     if not keys:
         where = ", ".join(str(p) for p in paths)
         raise SecurityError(
