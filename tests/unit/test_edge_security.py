@@ -1,9 +1,10 @@
 """The agent's security from its settings: tokens read from files, client transports, trusted
-keys, which hops are insecure; every mistake a SecurityError naming the file, never a secret."""
+keys, which hops are insecure; every mistake a UserError naming the file, never a secret."""
 
 import pytest
 
 from edgecascade.cloud.common import signing
+from edgecascade.cloud.common.errors import UserError
 from edgecascade.edge.serving.security import (
     SecurityError,
     client_transport,
@@ -35,7 +36,7 @@ def test_a_bad_token_file_is_named_but_its_content_never_shown(tmp_path):
 def test_client_tls_mistakes(tmp_path):
     with pytest.raises(SecurityError, match="--insecure calls in plaintext"):
         client_transport(insecure=True, ca=tmp_path / "ca.pem")
-    with pytest.raises(SecurityError, match="certificate and its key together"):
+    with pytest.raises(UserError, match="certificate and its key together"):
         client_transport(cert=tmp_path / "c.pem")
     assert client_transport().tls is not None  # TLS by default, the system's roots
 
