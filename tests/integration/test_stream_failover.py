@@ -8,16 +8,15 @@ import threading
 import time
 from collections.abc import Iterator
 
-import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
-from tritonclient.utils import serialize_byte_tensor
 
 from edgecascade.cloud.common.transport import PLAINTEXT
 from edgecascade.cloud.triton.server import TritonServer
 from edgecascade.edge.tools.process import EdgeProcess
 from edgecascade.router.gateway.process import GatewayProcess
+from tests.integration.test_stream_limits import kserve_request
 
 pytestmark = pytest.mark.integration
 
@@ -49,13 +48,7 @@ def test_model_stream_infer_loses_nothing_when_one_of_two_tritons_dies(
                 if i == REQUESTS // 3 and not killed.is_set():
                     killed.set()
                     os.killpg(a.pid, signal.SIGKILL)  # with requests of every stream in flight
-                request = kpb.ModelInferRequest(model_name="fashion", id=str(i))
-                request.inputs.add(name="image", datatype="BYTES", shape=[1])
-                encoded = frames[i % len(frames)].encoded
-                request.raw_input_contents.append(
-                    serialize_byte_tensor(np.array([encoded], object)).item()
-                )
-                yield request
+                yield kserve_request(frames[i % len(frames)], i)
 
         def stream(mine: list[kpb.ModelStreamInferResponse]) -> None:
             try:
