@@ -24,7 +24,7 @@ import grpc.aio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgecascade.cloud.common.certs import write_atomically
-from edgecascade.cloud.common.errors import UserError
+from edgecascade.cloud.common.errors import UserError, shown
 from edgecascade.cloud.common.manifest import plain_name
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ class Callers(BaseModel):
         ):
             taken = {v for v in values if values.count(v) > 1}
             if taken:
-                raise ValueError(f"two callers have the same {what} {_shown(min(taken))}")
+                raise ValueError(f"two callers have the same {what} {shown(min(taken))}")
         return self
 
     @classmethod
@@ -196,10 +196,6 @@ def token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-def _shown(value: str, limit: int = 80) -> str:
-    return repr(value if len(value) <= limit else value[:limit] + "…")
-
-
 class Authorizer(grpc.aio.ServerInterceptor):
     """Refuse every call whose caller is not known (UNAUTHENTICATED) or lacks the scope its
     method needs (PERMISSION_DENIED), before the handler runs; health stays open.
@@ -232,7 +228,7 @@ class Authorizer(grpc.aio.ServerInterceptor):
                 return self._certificates[common_name]
             raise Denied(
                 grpc.StatusCode.UNAUTHENTICATED,
-                f"client certificate {_shown(common_name)} is not a caller of this server: "
+                f"client certificate {shown(common_name)} is not a caller of this server: "
                 "add it with `edgecascade auth add-certificate`, or " + HOW_TO_AUTHENTICATE,
             )
         raise Denied(grpc.StatusCode.UNAUTHENTICATED, f"no credentials: {HOW_TO_AUTHENTICATE}")
@@ -263,7 +259,7 @@ class Authorizer(grpc.aio.ServerInterceptor):
         if scope is None:
             raise Denied(
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"{_shown(method)} is open to no caller on this server",
+                f"{shown(method)} is open to no caller on this server",
             )
         if scope not in caller.scopes:
             raise Denied(
@@ -278,7 +274,7 @@ class Authorizer(grpc.aio.ServerInterceptor):
             caller = self.authenticate(context.invocation_metadata() or (), context.auth_context())
             self.authorize(caller, method)
         except Denied as e:
-            log.warning("refused %s from %s: %s", _shown(method), context.peer(), e)
+            log.warning("refused %s from %s: %s", shown(method), context.peer(), e)
             await context.abort(e.code, str(e))
 
     async def intercept_service(  # type: ignore[no-untyped-def]

@@ -54,3 +54,9 @@ class Overloaded(RequestError):
     """No room for the request now; retry later or elsewhere."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def shown(value: str, limit: int = 80) -> str:
+    """`value` quoted for a message, cut to `limit` characters: an error never echoes a huge
+    input back to whoever sent it."""
+    return repr(value if len(value) <= limit else value[:limit] + "…")

@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
+from edgecascade.cloud.common.errors import shown
+
 # Every model of every family takes uint8 NHWC images (normalisation lives in the graph)
 # and returns float32 logits [N, classes].
 INPUT_NAME = "image"
@@ -29,23 +31,24 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 def check_artifact_name(rel: str) -> str:
     """`rel` if it is a safe artifact name (see ARTIFACT_PART), else ValueError saying why."""
-    shown = rel if len(rel) <= 80 else rel[:80] + "…"
     if not isinstance(rel, str) or not rel:
         raise ValueError("artifact name is empty")
     if len(rel) > ARTIFACT_MAX_CHARS:
-        raise ValueError(f"artifact name {shown!r} is longer than {ARTIFACT_MAX_CHARS} characters")
+        raise ValueError(
+            f"artifact name {shown(rel)} is longer than {ARTIFACT_MAX_CHARS} characters"
+        )
     if rel.startswith("/"):
-        raise ValueError(f"artifact name {shown!r} is an absolute path")
+        raise ValueError(f"artifact name {shown(rel)} is an absolute path")
     parts = rel.split("/")
     if len(parts) > ARTIFACT_MAX_PARTS:
-        raise ValueError(f"artifact name {shown!r} has more than {ARTIFACT_MAX_PARTS} parts")
+        raise ValueError(f"artifact name {shown(rel)} has more than {ARTIFACT_MAX_PARTS} parts")
     for part in parts:
         if part in ("", ".", ".."):
-            raise ValueError(f"artifact name {shown!r} has an empty, '.' or '..' part")
+            raise ValueError(f"artifact name {shown(rel)} has an empty, '.' or '..' part")
         if not ARTIFACT_PART.fullmatch(part):
             raise ValueError(
-                f"artifact name {shown!r}: each part must be letters, digits, '_', '.', '+', '-' "
-                "(not starting with '.' or '-')"
+                f"artifact name {shown(rel)}: each part must be letters, digits, '_', '.', '+', "
+                "'-' (not starting with '.' or '-')"
             )
     return rel
 
@@ -66,7 +69,7 @@ def plain_name(kind: str, value: str) -> str:
     """`value` when it is a plain name (NAME), else ValueError saying what a `kind` may hold."""
     if not NAME.fullmatch(value):
         raise ValueError(
-            f"{kind} {value[:80]!r}: expected letters, digits, '_', '-', '.' "
+            f"{kind} {shown(value)}: expected letters, digits, '_', '-', '.' "
             "(at most 128, not starting with '.', '_' or '-')"
         )
     return value

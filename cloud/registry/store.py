@@ -32,6 +32,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgecascade.cloud.common import signing
+from edgecascade.cloud.common.errors import shown
 from edgecascade.cloud.common.manifest import Manifest, ModelSpec, artifact_path, sha256_file
 from edgecascade.cloud.common.paths import family_dir, registry_root
 from edgecascade.cloud.registry.signing_keys import dev_key
@@ -100,7 +101,7 @@ class Registry:
         if not version:
             version = self.current_version(family)
             if version is None:
-                raise NotFound(f"family {family!r} has no published version in {self.root}")
+                raise NotFound(f"family {family!r} has no published version in the registry")
         path = self._family(family) / str(version) / MANIFEST
         if path.is_file():
             self.inside(path)
@@ -109,7 +110,7 @@ class Registry:
             raise NotFound(
                 f"family {family!r} has no version {version} (published: {known})"
                 if known
-                else f"family {family!r} has no published version in {self.root}"
+                else f"family {family!r} has no published version in the registry"
             )
         return path
 
@@ -142,14 +143,14 @@ class Registry:
     def blob_path(self, sha256: str) -> Path:
         """Where the blob with this sha256 is (or would be) stored."""
         if not SHA256_HEX.fullmatch(sha256):
-            raise ValueError(f"sha256 {sha256!r}: expected 64 lowercase hex digits")
+            raise ValueError(f"sha256 {shown(sha256)}: expected 64 lowercase hex digits")
         return self.root / "blobs" / "sha256" / sha256
 
     def verify_blob(self, sha256: str) -> Path:
         """The blob's path once its content hashes to its name; NotFound or CorruptBlob."""
         path = self.blob_path(sha256)
         if not path.is_file():
-            raise NotFound(f"no artifact with sha256 {sha256} in {self.root}")
+            raise NotFound(f"no artifact with sha256 {sha256} in the registry")
         self.inside(path)
         actual = sha256_file(path)
         if actual != sha256:
@@ -247,9 +248,8 @@ class Registry:
 
     def _family(self, family: str) -> Path:
         if not FAMILY_NAME.fullmatch(family):
-            shown = family if len(family) <= 80 else family[:80] + "…"
             raise ValueError(
-                f"family name {shown!r}: expected at most 128 letters, digits, '_', '-', '.'"
+                f"family name {shown(family)}: expected at most 128 letters, digits, '_', '-', '.'"
             )
         return self._families / family
 

@@ -217,3 +217,41 @@ def test_fetch_errors_have_the_right_codes_and_the_server_keeps_serving(
         assert hashlib.sha256(b"".join([c.data async for c in chunks])).hexdigest() == edge_sha
 
     run(test, registry)
+
+
+BAD_NAMES = {
+    "5,000-character family": "f" * 5000,
+    "a path": "../../etc",
+    "an absolute path": "/etc/passwd",
+    "a NUL byte": "fashion\x00",
+}
+
+
+@pytest.mark.parametrize("name", BAD_NAMES.values(), ids=BAD_NAMES)
+def test_a_bad_name_is_invalid_argument_on_every_method_and_leaks_nothing(
+    registry: Registry, name: str
+) -> None:
+    async def test(stub: pb_grpc.ModelSyncStub) -> None:
+        calls = {
+            "GetManifest": stub.GetManifest(pb.GetManifestRequest(family=name)),
+            "WatchManifests": stub.WatchManifests(pb.WatchManifestsRequest(family=name)).read(),
+            "FetchArtifact": stub.FetchArtifact(pb.FetchArtifactRequest(sha256=name)).read(),
+        }
+        for method, call in calls.items():
+            code, message = await status_of(call)
+            assert code == grpc.StatusCode.INVALID_ARGUMENT, (method, code, message)
+            assert str(registry.root) not in message, (method, message)
+            assert len(message) < 300, (method, len(message))
+        served = await stub.GetManifest(pb.GetManifestRequest(family="fashion"))
+        assert served.version == 1
+
+    run(test, registry)
+
+
+def test_a_100_kb_artifact_name_is_refused_with_a_short_message(registry: Registry) -> None:
+    async def test(stub: pb_grpc.ModelSyncStub) -> None:
+        request = pb.FetchArtifactRequest(sha256="a" * 100_000)
+        code, message = await status_of(stub.FetchArtifact(request).read())
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and len(message) < 300, message
+
+    run(test, registry)
