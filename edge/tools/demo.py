@@ -79,10 +79,10 @@ def stream(
 
 
 async def cloud_only_predictions(
-    url: str, manifest: Manifest, frames: list[Frame]
+    url: str, manifest: Manifest, frames: list[Frame], transport: Transport = PLAINTEXT
 ) -> npt.NDArray[np.intp]:
     """The cloud model's top-1 on every frame, straight from Triton (the cloud-only baseline)."""
-    client = CloudClient(url, manifest.cloud)
+    client = CloudClient(url, manifest.cloud, transport)
     try:
         images = np.stack(
             [prepare(decode_image(f.encoded), manifest.cloud.preprocessing) for f in frames]
@@ -172,9 +172,9 @@ def run_demo(
     in_flight: int = 1,
     insecure: bool = False,
 ) -> dict[str, Any]:
-    """Start Triton and an edge agent, stream the family's test frames, write the report. The
-    agent serves mutual TLS and checks the client's token, with a CA, certificates and a token
-    made for this run (`insecure`: plaintext, no caller check)."""
+    """Start Triton and an edge agent, stream the family's test frames, write the report. Both
+    hops run mutual TLS, and the agent checks the client's token, with a CA, certificates and a
+    token made for this run (`insecure`: plaintext, no caller check)."""
     folder = family_dir(family)
     manifest = Manifest.load(built_family(family))
     frames = labelled_frames(family, limit)
@@ -182,17 +182,33 @@ def run_demo(
     with ExitStack() as stack:
         repository = artifacts_root() / "triton"
         write_model(manifest, folder, repository)
-        with console.status("starting Triton"):
-            triton = stack.enter_context(TritonServer(repository, log_path=logs / "triton.log"))
-        extra = ["--threshold", str(threshold)] if threshold is not None else []
         security = None
         if not insecure:
             security = development_security(Path(stack.enter_context(TemporaryDirectory())))
+        with console.status("starting Triton"):
+            triton = stack.enter_context(
+                TritonServer(
+                    repository,
+                    log_path=logs / "triton.log",
+                    tls=security.triton_tls() if security else None,
+                    client_tls=security.cloud_tls() if security else None,
+                )
+            )
+        extra = ["--threshold", str(threshold)] if threshold is not None else []
+        cloud = [] if security is None else security.cloud_args()
         with console.status("starting the edge agent"):
             edge = stack.enter_context(
-                EdgeProcess(family, triton.grpc_url, logs / "edge.log", *extra, security=security)
+                EdgeProcess(
+                    family,
+                    triton.grpc_url,
+                    logs / "edge.log",
+                    *cloud,
+                    *extra,
+                    security=security,
+                    cloud_insecure=security is None,
+                )
             )
-        hop = "plaintext (--insecure)" if security is None else "mutual TLS and a token"
+        hop = "plaintext (--insecure)" if security is None else "mutual TLS on both hops, a token"
         console.print(f"Triton at {triton.grpc_url}, edge agent at {edge.address} ({hop})")
         columns = (
             TextColumn("streaming"),
@@ -205,7 +221,9 @@ def run_demo(
         with edge.client.channel(edge.address) as channel:
             status = pb_grpc.CascadeStub(channel).GetStatus(pb.GetStatusRequest())
         with console.status("cloud-only baseline"):
-            cloud_top1 = asyncio.run(cloud_only_predictions(triton.grpc_url, manifest, frames))
+            cloud_top1 = asyncio.run(
+                cloud_only_predictions(triton.grpc_url, manifest, frames, triton.client)
+            )
     report = build_report(manifest, frames, result, cloud_top1, status, in_flight)
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(report, indent=2) + "\n")

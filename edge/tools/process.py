@@ -11,13 +11,15 @@ from edgecascade.cloud.common.auth import Callers, Scope
 from edgecascade.cloud.common.certs import write_atomically
 from edgecascade.cloud.common.launcher import ChildProcess, edgecascade_command
 from edgecascade.cloud.common.ports import free_port
-from edgecascade.cloud.common.transport import PLAINTEXT, Transport
+from edgecascade.cloud.common.transport import PLAINTEXT, Tls, Transport
 from edgecascade.edge.serving.security import client_transport
 from edgecascade.v1 import cascade_pb2 as pb
 from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
 
 AGENT_CERT = "edge-agent"
 CLIENT_CERT = "edge-client"
+TRITON_CERT = "triton"
+AGENT_CLIENT_CERT = "edge-agent-client"  # the agent calling Triton
 CALLERS = "callers.json"
 TOKEN = "token"
 
@@ -38,6 +40,39 @@ class AgentSecurity:
             "--callers", str(f / CALLERS),
         ]  # fmt: skip
 
+    def triton_tls(self) -> Tls:
+        """Triton's side of the agent's cloud hop: its certificate, client certificates from
+        the same CA required (mutual TLS)."""
+        f = self.folder
+        return Tls(
+            ca=f / certs.CA_CERT,
+            cert=f / f"{TRITON_CERT}.pem",
+            key=f / f"{TRITON_CERT}.key",
+            require_client_cert=True,
+        )
+
+    def cloud_tls(self) -> Tls:
+        """A caller's side of the cloud hop (the agent, Triton's own checks, the demo's
+        cloud-only baseline): Triton verified against the CA, the agent's client certificate."""
+        f = self.folder
+        return Tls(
+            ca=f / certs.CA_CERT,
+            cert=f / f"{AGENT_CLIENT_CERT}.pem",
+            key=f / f"{AGENT_CLIENT_CERT}.key",
+        )
+
+    def cloud_args(self) -> list[str]:
+        """The `edge serve` options for calling a Triton that serves `triton_tls()`."""
+        tls = self.cloud_tls()
+        return [
+            "--cloud-ca",
+            str(tls.ca),
+            "--cloud-cert",
+            str(tls.cert),
+            "--cloud-key",
+            str(tls.key),
+        ]
+
     def client(self) -> Transport:
         """A client's transport: the client certificate and the token."""
         f = self.folder
@@ -52,12 +87,15 @@ class AgentSecurity:
 def development_security(
     folder: Path, scopes: tuple[Scope, ...] = ("infer", "status")
 ) -> AgentSecurity:
-    """A new CA in `folder` (made if missing) with a server certificate for an agent on this
-    machine, a client certificate, and a caller file holding one token with `scopes` (the
+    """A new CA in `folder` (made if missing) with server certificates for an agent and a
+    Triton on this machine, client certificates for a caller of the agent and for the agent
+    calling Triton, and a caller file holding one token with `scopes` (the
     token in `folder/token`, 0600)."""
     certs.init(folder)
     certs.issue(folder, AGENT_CERT)
     certs.issue(folder, CLIENT_CERT, kind="client")
+    certs.issue(folder, TRITON_CERT)
+    certs.issue(folder, AGENT_CLIENT_CERT, kind="client")
     callers, token = Callers().with_new_token(CLIENT_CERT, scopes)
     callers.save(folder / CALLERS)
     write_atomically(folder / TOKEN, token.encode() + b"\n", mode=0o600)

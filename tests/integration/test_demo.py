@@ -40,8 +40,8 @@ def test_demo_streams_frames_reports_and_stops_everything(fashion_manifest, tmp_
         "cloud": fashion_manifest.cloud.key,
     }
     assert report["threshold"] == pytest.approx(fashion_manifest.policy.threshold, abs=1e-6)
-    assert report["insecure_hops"] == ["cloud"]  # the agent served mutual TLS; Triton plaintext
-    assert "(mutual TLS and a token)" in run.stdout
+    assert report["insecure_hops"] == []  # mutual TLS client -> agent and agent -> Triton
+    assert "(mutual TLS on both hops, a token)" in run.stdout
     assert "accuracy cascade" in run.stdout
     assert not leftovers(before), "demo left processes running"
 
