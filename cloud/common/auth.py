@@ -75,6 +75,19 @@ METHOD_SCOPES: Mapping[str, Scope] = {
     **{_SYNC + m: "sync" for m in ("GetManifest", "WatchManifests", "FetchArtifact")},
     **{prefix + "ServerReflectionInfo": "status" for prefix in _REFLECTION},
 }
+
+
+def service_methods(service: str, *scopes: Scope) -> tuple[str, ...]:
+    """The names (without the service's path) of `service`'s methods in METHOD_SCOPES that
+    need one of `scopes`, in METHOD_SCOPES' order; `service` is a path such as
+    "/inference.GRPCInferenceService/"."""
+    return tuple(
+        m.removeprefix(service)
+        for m, scope in METHOD_SCOPES.items()
+        if m.startswith(service) and scope in scopes
+    )
+
+
 # Services every caller may use without credentials (probes).
 OPEN_SERVICES = ("/grpc.health.v1.Health/",)
 

@@ -42,10 +42,10 @@ from pathlib import Path
 
 from edgecascade.cloud.common.auth import (
     HOW_TO_AUTHENTICATE,
-    METHOD_SCOPES,
     SCOPES,
     TOKEN,
     Callers,
+    service_methods,
 )
 from edgecascade.cloud.common.launcher import ChildProcess
 from edgecascade.cloud.triton.server import ADMIN_KEY_HEADER
@@ -54,27 +54,15 @@ KSERVE = "/inference.GRPCInferenceService/"
 MODEL_SYNC = "/edgecascade.v1.ModelSync/"
 HEALTH = "/grpc.health.v1.Health/"
 # What callers of the gateway may call; every other path is refused (PERMISSION_DENIED).
-KSERVE_ALLOWED = (
-    "ServerLive",
-    "ServerReady",
-    "ModelReady",
-    "ServerMetadata",
-    "ModelMetadata",
-    "ModelConfig",
-    "ModelStatistics",
-    "ModelInfer",
-    "ModelStreamInfer",
-)
-MODEL_SYNC_METHODS = ("GetManifest", "WatchManifests", "FetchArtifact")
+KSERVE_ALLOWED = service_methods(KSERVE, "status", "infer")
+MODEL_SYNC_METHODS = service_methods(MODEL_SYNC, "sync")
 ALLOWED_METHODS = (
     *(KSERVE + m for m in KSERVE_ALLOWED),
     HEALTH + "Check",
     HEALTH + "Watch",
 )
 # With a caller file, the KServe methods that `admin` callers may also use.
-KSERVE_ADMIN = tuple(
-    m for m, scope in METHOD_SCOPES.items() if m.startswith(KSERVE) and scope == "admin"
-)
+KSERVE_ADMIN = tuple(KSERVE + m for m in service_methods(KSERVE, "admin"))
 GRPC_PERMISSION_DENIED = 7
 GRPC_UNAUTHENTICATED = 16
 DENIED_MESSAGE = "is not allowed through the gateway (model control goes to Triton directly)"
@@ -306,7 +294,7 @@ class GatewayConfig:
             ),
         ]
         for scope in SCOPES:
-            methods = [m for m, s in METHOD_SCOPES.items() if s == scope and m.startswith(KSERVE)]
+            methods = [KSERVE + m for m in service_methods(KSERVE, scope)]
             if not methods:
                 continue
             rules += [

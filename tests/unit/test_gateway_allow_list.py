@@ -6,7 +6,7 @@ import re
 import pytest
 from tritonclient.grpc import service_pb2
 
-from edgecascade.cloud.common.auth import METHOD_SCOPES, Callers
+from edgecascade.cloud.common.auth import Callers, service_methods
 from edgecascade.cloud.triton.server import ADMIN_KEY_HEADER
 from edgecascade.router.gateway.haproxy import (
     KSERVE,
@@ -20,19 +20,8 @@ from edgecascade.v1 import model_sync_pb2
 TRITON_METHODS = {
     m.name for m in service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods
 }
-CONTROL = {
-    "RepositoryIndex",
-    "RepositoryModelLoad",
-    "RepositoryModelUnload",
-    "SystemSharedMemoryStatus",
-    "SystemSharedMemoryRegister",
-    "SystemSharedMemoryUnregister",
-    "CudaSharedMemoryStatus",
-    "CudaSharedMemoryRegister",
-    "CudaSharedMemoryUnregister",
-    "TraceSetting",
-    "LogSettings",
-}
+# Triton's model control, shared-memory, trace and log methods.
+CONTROL = set(service_methods(KSERVE, "admin"))
 
 
 def allowed_paths(text: str) -> set[str]:
@@ -92,9 +81,7 @@ def test_with_callers_every_kserve_method_needs_its_scope(tmp_path) -> None:
     for scope in ("infer", "status", "admin"):
         (acl,) = [line for line in lines if line.startswith(f"    acl needs_{scope} path ")]
         needed = {m.removeprefix(KSERVE) for m in acl.split()[3:]}
-        assert needed == {
-            m.removeprefix(KSERVE) for m, s in METHOD_SCOPES.items() if s == scope and KSERVE in m
-        }
+        assert needed == set(service_methods(KSERVE, scope))
     (grant,) = [i for i, line in enumerate(lines) if "set-header" in line]
     (check,) = [i for i, line in enumerate(lines) if "!{ var(txn.scopes) -m sub ,admin, }" in line]
     strip = lines.index(f"    http-request del-header {ADMIN_KEY_HEADER}")
