@@ -48,6 +48,19 @@ def check_address(what: str, address: str) -> str:
     return address
 
 
+def address_validator(what: str) -> Callable[[str], str]:
+    """A pydantic validator of HOST:PORT settings: check_address naming `what`, its UserError
+    a ValueError, which pydantic reports with the value's origin."""
+
+    def validate(address: str) -> str:
+        try:
+            return check_address(what, address)
+        except UserError as e:
+            raise ValueError(str(e)) from None
+
+    return validate
+
+
 def run_until_signalled(serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Log to stderr and run `serve(stop)`; SIGINT or SIGTERM sets `stop`."""
     log_to_stderr()

@@ -16,10 +16,9 @@ from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from edgecascade.cloud.common import settings
-from edgecascade.cloud.common.errors import UserError
 from edgecascade.cloud.common.paths import artifacts_root, keys_dir
 from edgecascade.cloud.common.preprocessing import MAX_IMAGE_PIXELS
-from edgecascade.cloud.common.serving import check_address
+from edgecascade.cloud.common.serving import address_validator
 from edgecascade.cloud.common.settings import ConfigError
 
 __all__ = ["ConfigError", "EdgeSettings", "load_settings"]
@@ -27,15 +26,7 @@ __all__ = ["ConfigError", "EdgeSettings", "load_settings"]
 PerformanceHint = Literal["LATENCY", "THROUGHPUT"]
 
 
-def _address(address: str) -> str:
-    """`address` if it is HOST:PORT; else a ValueError, which pydantic reports with its origin."""
-    try:
-        return check_address("address", address)
-    except UserError as e:
-        raise ValueError(str(e)) from None
-
-
-Address = Annotated[str, AfterValidator(_address)]
+Address = Annotated[str, AfterValidator(address_validator("address"))]
 
 
 class EdgeSettings(BaseSettings):

@@ -11,19 +11,9 @@ from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from edgecascade.cloud.common import settings
-from edgecascade.cloud.common.errors import UserError
-from edgecascade.cloud.common.serving import check_address
+from edgecascade.cloud.common.serving import address_validator
 
-
-def _upstream(address: str) -> str:
-    """`address` if it is HOST:PORT; else a ValueError, which pydantic reports with its origin."""
-    try:
-        return check_address("upstream", address)
-    except UserError as e:
-        raise ValueError(str(e)) from None
-
-
-Upstream = Annotated[str, AfterValidator(_upstream)]
+Upstream = Annotated[str, AfterValidator(address_validator("upstream"))]
 
 
 class GatewaySettings(BaseSettings):
