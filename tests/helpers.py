@@ -9,8 +9,9 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from edgecascade.cloud.common.paths import artifacts_root
 from edgecascade.cloud.common.ports import free_port
-from edgecascade.edge.tools.process import EdgeProcess
+from edgecascade.edge.tools.process import AgentSecurity, EdgeProcess
 from edgecascade.edge.tools.samples import Frame
 from edgecascade.v1 import cascade_pb2 as pb
 from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
@@ -50,6 +51,31 @@ def start_agent(log_dir: Path, cloud_url: str | None, *extra: str) -> Agent:
         "fashion", cloud_url, log_dir / "edge.log", "--metrics-port", str(port), *extra
     )
     return Agent(process.start(), f"http://127.0.0.1:{port}/metrics")
+
+
+def following_edge(
+    cloud_url: str | None,
+    sync_url: str,
+    artifacts: Path,
+    log_path: Path,
+    *extra: str,
+    trusted_keys: Path | None = None,
+    security: AgentSecurity | None = None,
+    cloud_insecure: bool = True,
+) -> EdgeProcess:
+    """An edge agent of fashion (cloud at `cloud_url`, None: edge only) that follows ModelSync
+    at `sync_url` into `artifacts`, trusting manifests signed by `trusted_keys` (default: the
+    development key `models publish` signs with)."""
+    keys = trusted_keys if trusted_keys is not None else artifacts_root() / "keys"
+    return EdgeProcess(
+        "fashion",
+        cloud_url,
+        log_path,
+        *("--sync-url", sync_url, "--artifacts", str(artifacts), "--trusted-keys", str(keys)),
+        *extra,
+        security=security,
+        cloud_insecure=cloud_insecure,
+    )
 
 
 def classify(stub: pb_grpc.CascadeStub, frame: Frame, **request: object) -> pb.ClassifyResponse:

@@ -10,7 +10,6 @@ import pytest
 from edgecascade.cloud.common import certs
 from edgecascade.cloud.common.auth import Callers
 from edgecascade.cloud.common.launcher import wait_until
-from edgecascade.cloud.common.paths import artifacts_root
 from edgecascade.cloud.registry.store import Registry
 from edgecascade.edge.serving.security import client_transport
 from edgecascade.edge.tools.process import CLIENT_CERT, EdgeProcess, development_security
@@ -18,7 +17,7 @@ from edgecascade.router.gateway.process import GatewayProcess
 from edgecascade.v1 import cascade_pb2 as pb
 from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
 from tests.family_files import copy_family
-from tests.helpers import classify
+from tests.helpers import classify, following_edge
 from tests.integration.test_model_updates import new_edge_model
 
 
@@ -61,16 +60,11 @@ def test_agent_to_gateway_over_mutual_tls_with_tokens(
             ],
             client=client_transport(**as_edge),
         ) as gateway,
-        EdgeProcess(
-            "fashion",
+        following_edge(
             gateway.url,
+            gateway.url,
+            tmp_path / "edge-artifacts",  # nothing built: v1 comes over ModelSync (TLS)
             tmp_path / "edge.log",
-            "--sync-url",
-            gateway.url,
-            "--artifacts",
-            str(tmp_path / "edge-artifacts"),  # nothing built: v1 comes over ModelSync (TLS)
-            "--trusted-keys",
-            str(artifacts_root() / "keys"),
             "--threshold",
             "1",  # every frame escalates
             *("--cloud-ca", str(ca), "--cloud-cert", str(as_edge["cert"])),

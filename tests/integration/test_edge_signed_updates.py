@@ -16,16 +16,14 @@ import pytest
 
 from edgecascade.cloud.common import signing
 from edgecascade.cloud.common.launcher import wait_until
-from edgecascade.cloud.common.paths import artifacts_root
 from edgecascade.cloud.common.ports import free_port
 from edgecascade.cloud.common.transport import PLAINTEXT
 from edgecascade.cloud.registry.signing_keys import dev_key
 from edgecascade.cloud.registry.store import Registry
-from edgecascade.edge.tools.process import EdgeProcess
 from edgecascade.router.gateway.process import GatewayProcess
 from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
 from tests.family_files import copy_family
-from tests.helpers import classify, metric
+from tests.helpers import classify, following_edge, metric
 from tests.integration.test_model_updates import new_cloud_model, new_edge_model, status
 
 pytestmark = pytest.mark.integration
@@ -66,18 +64,14 @@ def test_altered_and_untrusted_manifests_are_refused_and_the_old_pair_serves(
     log = tmp_path / "edge.log"
     with (
         GatewayProcess([triton.grpc_url], tmp_path / "gateway.log", registry=registry.root) as gw,
-        EdgeProcess(
-            "fashion",
+        # nothing built in its artifacts: it starts from the registry
+        following_edge(
             None,
-            log,
-            "--sync-url",
             gw.url,
-            "--artifacts",
-            str(tmp_path / "edge-artifacts"),  # nothing built: it starts from the registry
-            "--trusted-keys",
-            str(tmp_path / "keys"),
-            "--metrics-port",
-            str(metrics_port),
+            tmp_path / "edge-artifacts",
+            log,
+            *("--metrics-port", str(metrics_port)),
+            trusted_keys=tmp_path / "keys",
         ) as edge,
         PLAINTEXT.channel(edge.address) as channel,
     ):
@@ -135,19 +129,8 @@ def test_the_follower_waits_for_its_family_and_survives_a_malformed_manifest(
     log = tmp_path / "edge.log"
     with (
         GatewayProcess([triton.grpc_url], tmp_path / "gateway.log", registry=registry.root) as gw,
-        EdgeProcess(
-            "fashion",
-            None,
-            log,
-            "--sync-url",
-            gw.url,
-            "--artifacts",
-            str(artifacts),
-            "--trusted-keys",
-            str(artifacts_root() / "keys"),  # models publish signs with that development key
-            "--metrics-port",
-            str(metrics_port),
-        ) as edge,
+        # trusting the development key, which models publish signs with
+        following_edge(None, gw.url, artifacts, log, "--metrics-port", str(metrics_port)) as edge,
     ):
         url = f"http://127.0.0.1:{metrics_port}/metrics"
         local = status(edge.address).manifest_version

@@ -15,11 +15,9 @@ import pytest
 from edgecascade.cloud.common import signing
 from edgecascade.cloud.common.launcher import wait_until
 from edgecascade.cloud.common.manifest import labels_sha256
-from edgecascade.cloud.common.paths import artifacts_root
 from edgecascade.cloud.common.transport import PLAINTEXT
 from edgecascade.cloud.registry.signing_keys import dev_key
 from edgecascade.cloud.registry.store import Registry
-from edgecascade.edge.tools.process import EdgeProcess
 from edgecascade.edge.tools.samples import labelled_frames
 from edgecascade.router.sync.client import InvalidManifest, get_manifest
 from edgecascade.v1 import cascade_pb2 as pb
@@ -27,6 +25,7 @@ from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
 from edgecascade.v1 import model_sync_pb2 as sync_pb
 from edgecascade.v1 import model_sync_pb2_grpc as sync_grpc
 from tests.family_files import copy_family
+from tests.helpers import following_edge
 from tests.integration.test_model_updates import new_edge_model, serving_v1, status
 
 pytestmark = pytest.mark.integration
@@ -52,17 +51,7 @@ def test_a_manifest_with_paths_is_refused_and_the_old_pair_keeps_serving(
         new_edge_model(build)
         v2 = registry.publish("fashion", build, activate=False).manifest  # good, not current
         with (
-            EdgeProcess(
-                "fashion",
-                gateway.url,
-                tmp_path / "edge.log",
-                "--sync-url",
-                gateway.url,
-                "--artifacts",
-                str(artifacts),
-                "--trusted-keys",
-                str(artifacts_root() / "keys"),  # where models publish's dev key lies
-            ) as edge,
+            following_edge(gateway.url, gateway.url, artifacts, tmp_path / "edge.log") as edge,
             PLAINTEXT.channel(edge.address) as channel,
         ):
             stub = pb_grpc.CascadeStub(channel)

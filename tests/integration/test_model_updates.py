@@ -16,18 +16,17 @@ import pytest
 
 from edgecascade.cloud.common.launcher import edgecascade_command, wait_until
 from edgecascade.cloud.common.manifest import Manifest, sha256_file
-from edgecascade.cloud.common.paths import artifacts_root
 from edgecascade.cloud.common.transport import PLAINTEXT
 from edgecascade.cloud.registry.rollout import CloudTarget, roll_out
 from edgecascade.cloud.registry.store import Registry
 from edgecascade.cloud.triton.server import TritonServer
-from edgecascade.edge.tools.process import EdgeProcess
 from edgecascade.edge.tools.samples import labelled_frames
 from edgecascade.router.gateway.process import GatewayProcess
 from edgecascade.router.policy.policies import policy_from_manifest
 from edgecascade.v1 import cascade_pb2 as pb
 from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
 from tests.family_files import copy_family
+from tests.helpers import following_edge
 
 pytestmark = pytest.mark.integration
 
@@ -141,16 +140,8 @@ def test_versions_switch_at_one_point_and_bad_updates_never_serve(fashion_manife
     registry = Registry(tmp_path / "registry")
     frames = labelled_frames("fashion", 200)
     with serving_v1(tmp_path, registry, build) as (repository, triton, gateway, v1):
-        with EdgeProcess(
-            "fashion",
-            gateway.url,
-            tmp_path / "edge.log",
-            "--sync-url",
-            gateway.url,
-            "--artifacts",
-            str(tmp_path / "edge-artifacts-root"),
-            "--trusted-keys",
-            str(artifacts_root() / "keys"),  # where models publish's dev key lies
+        with following_edge(
+            gateway.url, gateway.url, tmp_path / "edge-artifacts-root", tmp_path / "edge.log"
         ) as edge:
             assert wait_until(lambda: status(edge.address).manifest_version == v1.version, 30)
             pair1 = (v1.edge.key, v1.cloud.key)
