@@ -3,6 +3,8 @@ and clients."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -26,9 +28,14 @@ def _folder(folder: Path | None) -> Path:
     return folder if folder is not None else artifacts_root() / "certs"
 
 
-def _fail(command: str, error: Exception) -> typer.Exit:
-    typer.echo(f"edgecascade certs {command}: {error}", err=True)
-    return typer.Exit(2)
+@contextmanager
+def _failures(command: str, *errors: type[Exception]) -> Iterator[None]:
+    """`errors` end `edgecascade certs <command>` with their message and exit code 2."""
+    try:
+        yield
+    except errors as e:
+        typer.echo(f"edgecascade certs {command}: {e}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command("init")
@@ -41,10 +48,8 @@ def init_command(
     force: Annotated[bool, typer.Option(help="replace an existing CA")] = False,
 ) -> None:
     """Create the CA (ca.pem, ca.key) that signs every development certificate."""
-    try:
+    with _failures("init", certs.CertificateError, OSError):
         ca = certs.init(_folder(folder), name=name, days=days, force=force)
-    except (certs.CertificateError, OSError) as e:
-        raise _fail("init", e) from None
     typer.echo(f"CA {ca.cert} (key {ca.key}, keep it private)")
 
 
@@ -63,7 +68,7 @@ def issue_command(
 ) -> None:
     """Issue a server certificate (default hosts: localhost, 127.0.0.1, ::1) or, with
     --client, a client certificate, signed by the CA."""
-    try:
+    with _failures("issue", certs.CertificateError, OSError):
         issued = certs.issue(
             _folder(folder),
             name,
@@ -71,8 +76,6 @@ def issue_command(
             kind="client" if client else "server",
             days=days,
         )
-    except (certs.CertificateError, OSError) as e:
-        raise _fail("issue", e) from None
     typer.echo(f"{'client' if client else 'server'} certificate {issued.cert} (key {issued.key})")
 
 
@@ -82,9 +85,7 @@ def signing_key_command(
     folder: Folder = None,
 ) -> None:
     """Make an Ed25519 key that signs manifests; edges trust its .pub file."""
-    try:
+    with _failures("signing-key", signing.SigningKeyError, OSError):
         private, public = signing.generate_key(_folder(folder), name)
-    except (signing.SigningKeyError, OSError) as e:
-        raise _fail("signing-key", e) from None
     key_id = signing.key_id(signing.load_private_key(private).public_key())
     typer.echo(f"signing key {key_id}: {private} (keep it private), {public} (for the edges)")
