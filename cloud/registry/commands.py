@@ -81,8 +81,9 @@ def publish(
     """Publish a built (retrained, re-quantized or re-calibrated) family as its next version,
     its manifest signed."""
     store = Registry(registry)
-    transport = _control_transport(triton_ca, triton_cert, triton_key, token_file, admin_key_file)
-    targets = _targets(triton, repository, transport)
+    targets = _targets(
+        triton, repository, triton_ca, triton_cert, triton_key, token_file, admin_key_file
+    )
     with _errors():
         key = signing.load_private_key(signing_key) if signing_key else None
         publication = store.publish(family, source, activate=not targets, signing_key=key)
@@ -117,8 +118,9 @@ def activate(
 ) -> None:
     """Make a published version current again (a rollback), its cloud model loaded first."""
     store = Registry(registry)
-    transport = _control_transport(triton_ca, triton_cert, triton_key, token_file, admin_key_file)
-    targets = _targets(triton, repository, transport)
+    targets = _targets(
+        triton, repository, triton_ca, triton_cert, triton_key, token_file, admin_key_file
+    )
     if not targets:
         with _errors():
             manifest = store.activate(family, version)
@@ -156,8 +158,17 @@ def list_models(
 
 
 def _targets(
-    triton: list[str] | None, repository: list[Path] | None, transport: Transport
+    triton: list[str] | None,
+    repository: list[Path] | None,
+    ca: Path | None,
+    cert: Path | None,
+    key: Path | None,
+    token_file: Path | None,
+    admin_key_file: Path | None,
 ) -> list[CloudTarget]:
+    """The Triton servers of --triton with their --repository, each called over the transport
+    of the --triton-* options (see _control_transport)."""
+    transport = _control_transport(ca, cert, key, token_file, admin_key_file)
     if len(triton or []) != len(repository or []):
         raise typer.BadParameter("give one --repository per --triton, in the same order")
     return [
