@@ -11,6 +11,7 @@ from typer.core import TyperCommand
 from edgecascade.cloud.common.serving import run_until_signalled
 from edgecascade.cloud.common.settings import command_options, option_help
 from edgecascade.router.gateway.settings import GatewaySettings, load_gateway_settings
+from edgecascade.router.policy.commands import robustness_command
 
 app = typer.Typer(
     help="The router: escalation policy, calibration, the gateway to Triton.", no_args_is_help=True
@@ -220,6 +221,8 @@ def evaluate_command(
         + f"\nwrote {report} and {report.with_suffix('.png')}"
     )
 
+
+app.command("robustness")(robustness_command)
 
 if __name__ == "__main__":
     app()
