@@ -10,12 +10,14 @@ from typer.core import TyperCommand
 
 from edgecascade.cloud.common.serving import run_until_signalled
 from edgecascade.cloud.common.settings import command_options, option_help
+from edgecascade.router.gateway.commands import upstreams_app
 from edgecascade.router.gateway.settings import GatewaySettings, load_gateway_settings
 from edgecascade.router.policy.commands import robustness_command
 
 app = typer.Typer(
     help="The router: escalation policy, calibration, the gateway to Triton.", no_args_is_help=True
 )
+app.add_typer(upstreams_app, name="upstreams")
 
 
 @app.callback()
@@ -35,6 +37,9 @@ def serve_command(
         Path | None, typer.Option(help="TOML file of settings (GatewaySettings fields)")
     ] = None,
     upstream: Annotated[list[str] | None, _setting("upstream")] = None,
+    upstreams_file: Annotated[Path | None, _setting("upstreams_file")] = None,
+    discover: Annotated[str | None, _setting("discover")] = None,
+    dns_server: Annotated[str | None, _setting("dns_server")] = None,
     host: Annotated[str | None, _setting("host")] = None,
     port: Annotated[int | None, _setting("port")] = None,
     probe_interval_s: Annotated[
@@ -42,6 +47,7 @@ def serve_command(
     ] = None,
     registry: Annotated[Path | None, _setting("registry")] = None,
     metrics_port: Annotated[int | None, _setting("metrics_port")] = None,
+    health_port: Annotated[int | None, _setting("health_port")] = None,
     grace_s: Annotated[int | None, _setting("grace_s", "--grace")] = None,
     tls_cert: Annotated[Path | None, _setting("tls_cert")] = None,
     tls_key: Annotated[Path | None, _setting("tls_key")] = None,

@@ -2,8 +2,9 @@
 
 Edges call it exactly as they would call Triton. HAProxy carries the requests (`haproxy.py`:
 per-request balancing over HTTP/2, retry on another endpoint when one is gone); this process runs
-it, answers its health agent with each endpoint's Triton readiness, and serves ModelSync when it
-has a registry.
+it, answers its health agent with each endpoint's Triton readiness, answers gRPC health itself
+(SERVING while at least one Triton is ready), follows the endpoints that join and leave
+(`discovery.py`), and serves ModelSync when it has a registry.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from edgecascade.cloud.common.auth import AuthError, Authorizer, Callers
@@ -31,35 +34,64 @@ from edgecascade.cloud.common.transport import (
 from edgecascade.cloud.registry.model_sync import add_model_sync
 from edgecascade.cloud.registry.store import Registry
 from edgecascade.cloud.triton.server import read_admin_key
+from edgecascade.router.gateway.discovery import (
+    Membership,
+    Source,
+    SrvRecords,
+    UpstreamsFile,
+    follow,
+    read_upstreams,
+)
 from edgecascade.router.gateway.haproxy import (
+    STREAMS,
+    TRITON,
     BackendTls,
     CallerMaps,
     FrontendTls,
     GatewayConfig,
     HAProxy,
 )
+from edgecascade.router.gateway.runtime import RuntimeApi
 from edgecascade.router.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 
 AGENT_TIMEOUT_S = 0.8  # within HAProxy's check timeout (CHECK_TIMEOUT_S)
+HealthServicer = health_aio.HealthServicer
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class HealthAgent:
     """HAProxy's agent check: HAProxy sends an endpoint's server name, the agent asks that
     Triton ServerReady (over `transport`: the gateway's TLS to Triton) and answers `up` or
-    `down` (connect failures are HAProxy's own check)."""
+    `down` (connect failures are HAProxy's own check). `health` (gRPC health, which the
+    gateway's readiness probes ask) is SERVING while at least one endpoint is ready."""
 
     def __init__(
-        self, upstreams: Sequence[str], timeout_s: float, transport: Transport = PLAINTEXT
+        self,
+        upstreams: Sequence[str],
+        timeout_s: float,
+        transport: Transport = PLAINTEXT,
+        health: HealthServicer | None = None,
     ):
-        self.timeout_s = timeout_s
-        self._channels = {
-            GatewayConfig.server_name(i): transport.aio_channel(url, options=FAST_RECONNECT)
-            for i, url in enumerate(upstreams)
-        }
+        self.timeout_s, self.transport, self.health = timeout_s, transport, health
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._urls: dict[str, str] = {}
         self._ready: dict[str, bool] = {}
-        self._urls = dict(zip(self._channels, upstreams))
+        for i, url in enumerate(upstreams):
+            self.watch(GatewayConfig.server_name(i), url)
+
+    def watch(self, name: str, url: str) -> None:
+        """Answer for the endpoint `url` that HAProxy calls `name` (not ready until asked)."""
+        self._channels[name] = self.transport.aio_channel(url, options=FAST_RECONNECT)
+        self._urls[name] = url
+
+    async def forget(self, name: str) -> None:
+        """Stop answering for `name` (an endpoint that left)."""
+        self._urls.pop(name)
+        self._ready.pop(name, None)
+        await self._channels.pop(name).close()
+        await self.publish()
 
     async def ready(self, name: str) -> bool:
         """Whether the endpoint HAProxy calls `name` is ready; logs every change."""
@@ -69,14 +101,22 @@ class HealthAgent:
             ready = bool(reply.ready)
         except grpc.aio.AioRpcError:
             ready = False
-        if self._ready.get(name) != ready:
+        if name in self._urls and self._ready.get(name) != ready:
             log.warning("Triton %s is %s", self._urls[name], "ready" if ready else "NOT ready")
             self._ready[name] = ready
+            await self.publish()
         return ready
 
+    async def publish(self) -> None:
+        """Set `health`: SERVING while at least one endpoint is ready."""
+        if self.health is not None:
+            serving = any(self._ready.values())
+            status = health_pb2.HealthCheckResponse.SERVING if serving else NOT_SERVING
+            await self.health.set("", status)
+
     async def answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            name = (await reader.readline()).decode(errors="replace").strip()
+        try:  # HAProxy sends the name and waits: one read, no line end needed
+            name = (await reader.read(256)).decode(errors="replace").strip()
             if name in self._channels:
                 writer.write(b"up\n" if await self.ready(name) else b"down\n")
                 await writer.drain()
@@ -89,49 +129,71 @@ class HealthAgent:
         await asyncio.gather(*(channel.close() for channel in self._channels.values()))
 
 
+def _sources(settings: GatewaySettings) -> list[Source]:
+    """Where the gateway learns of endpoints beyond its fixed upstreams."""
+    sources: list[Source] = []
+    if settings.upstreams_file is not None:
+        sources.append(UpstreamsFile(settings.upstreams_file))
+    if settings.discover is not None:
+        sources.append(SrvRecords(settings.discover, settings.dns_server))
+    return sources
+
+
 async def serve(settings: GatewaySettings, stop: asyncio.Event | None = None) -> None:
     """Run the gateway until `stop` is set (or forever, or until HAProxy exits); in-flight
     calls get `grace_s`. With a `registry`, edges can also sync their models here (ModelSync);
-    with a `metrics_port`, Prometheus scrapes http://host:metrics_port/metrics."""
+    with a `metrics_port`, Prometheus scrapes http://host:metrics_port/metrics; with an
+    upstreams file or a DNS name to discover, endpoints join and leave while it runs."""
     host, port, urls = settings.host, settings.port, settings.upstream
-    if port and not port_is_free(port, host):
-        raise PortInUse(f"cannot listen on {host}:{port}: the port is in use")
+    for taken in (port, settings.health_port):
+        if taken and not port_is_free(taken, host):
+            raise PortInUse(f"cannot listen on {host}:{taken}: the port is in use")
     try:  # every file is read and checked before anything starts
         callers = Callers.load(settings.callers) if settings.callers else None
         frontend, upstream = _frontend_tls(settings), _upstream_tls(settings)
         for tls in (frontend, upstream):
             if tls is not None:
                 tls.channel_credentials()  # reads the files, checks the key is the cert's
-    except (AuthError, TlsError) as e:
+        if settings.upstreams_file is not None:
+            read_upstreams(settings.upstreams_file)
+    except (AuthError, TlsError, OSError) as e:
         raise UserError(str(e)) from None
     admin_key = (
         read_admin_key(settings.triton_admin_key_file) if settings.triton_admin_key_file else None
     )
-    agent = HealthAgent(urls, timeout_s=AGENT_TIMEOUT_S, transport=Transport(tls=upstream))
+    health = HealthServicer()
+    agent = HealthAgent(urls, AGENT_TIMEOUT_S, Transport(tls=upstream), health)
+    await agent.publish()  # NOT_SERVING until a Triton is found ready
     agent_server = await asyncio.start_server(agent.answer, "127.0.0.1", 0)
-    sync_server = None
-    sync_url = None
-    # Only HAProxy calls it; with callers, ModelSync checks each call's token itself.
-    sync = Transport(server_interceptors=(Authorizer(callers),) if callers else ())
+    # The gateway's own gRPC server: health for HAProxy to route to, and for probes on
+    # health_port; ModelSync with a registry (with callers, it checks each call's token).
+    own = Transport(server_interceptors=(Authorizer(callers),) if callers else ())
+    own_server = own.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health, own_server)
+    own_url = f"127.0.0.1:{own.listen(own_server, '127.0.0.1:0')}"
+    if settings.health_port:
+        own.listen(own_server, f"{host}:{settings.health_port}")
+    if settings.registry is not None:
+        add_model_sync(own_server, Registry(settings.registry))
+    await own_server.start()
+    following: asyncio.Future[None] | None = None
     with tempfile.TemporaryDirectory(prefix="edgecascade-gateway-") as tmp:
         folder = Path(tmp)  # 0700: it holds keys, caller maps and the admin key
-        if settings.registry is not None:
-            sync_server = sync.server()
-            add_model_sync(sync_server, Registry(settings.registry))
-            sync_url = f"127.0.0.1:{sync.listen(sync_server, '127.0.0.1:0')}"
-            await sync_server.start()
+        sources = _sources(settings)
         config = GatewayConfig(
             upstreams=urls,
             listen=f"{host}:{port or free_port(host)}",
             agent_port=agent_server.sockets[0].getsockname()[1],
             check_interval_s=settings.probe_interval_s,
-            model_sync=sync_url,
+            model_sync=own_url if settings.registry is not None else None,
             metrics=f"{host}:{settings.metrics_port}" if settings.metrics_port else None,
             grace_s=settings.grace_s,
             tls=_frontend_config(frontend, folder),
             upstream_tls=_backend_config(upstream, folder),
             callers=CallerMaps.write(callers, folder) if callers else None,
             admin_key=admin_key,
+            health=own_url,
+            admin_socket=folder / "admin.sock" if sources else None,
         )
         if callers and config.tls is None:
             log.warning("callers are checked but edges call in plaintext: tokens can be read")
@@ -141,7 +203,18 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event | None = None) ->
         haproxy = HAProxy(config_path, config.listen)
         try:
             await haproxy.start()
-            log.info("router gateway on %s -> %s", config.listen, ", ".join(urls))
+            log.info("router gateway on %s -> %s", config.listen, ", ".join(urls) or "discovered")
+            if config.admin_socket is not None:
+                membership = Membership(
+                    RuntimeApi(config.admin_socket),
+                    lambda backend, name, address: config.servers(backend, name, address, False),
+                    agent,
+                    (TRITON, STREAMS),
+                    settings.grace_s,
+                )
+                following = asyncio.ensure_future(
+                    follow(sources, membership, settings.probe_interval_s, urls)
+                )
             stopped = asyncio.ensure_future((stop or asyncio.Event()).wait())
             exited = asyncio.ensure_future(haproxy.exited())
             await asyncio.wait([stopped, exited], return_when=asyncio.FIRST_COMPLETED)
@@ -149,10 +222,11 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event | None = None) ->
             if exited.done():
                 raise RuntimeError(f"HAProxy exited with status {exited.result()} (see above)")
         finally:
+            if following is not None:
+                following.cancel()
             await haproxy.stop(settings.grace_s)
             agent_server.close()
-            if sync_server is not None:
-                await sync_server.stop(grace=settings.grace_s)
+            await own_server.stop(grace=settings.grace_s)
             await agent.close()
 
 

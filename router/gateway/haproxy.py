@@ -78,6 +78,10 @@ SBIN = ("/usr/local/sbin", "/usr/sbin")
 _DEFAULT_SERVER = (
     "    default-server init-addr last,libc,none resolvers system resolve-opts allow-dup-ip"
 )
+TRITON, STREAMS = "triton", "triton_streams"  # the backends of unary calls and of streams
+# How often a unary call is retried on another endpoint when its own fails (connect, or dies
+# before answering): more than the endpoints leaving at once.
+RETRIES = 3
 INSTALL_HINT = "install HAProxy >= 2.4 (Debian/Ubuntu: apt-get install haproxy)"
 
 
@@ -140,7 +144,8 @@ class CallerMaps:
 
 @dataclass(frozen=True)
 class GatewayConfig:
-    """What the gateway's HAProxy serves: `listen` (host:port) in front of `upstreams`."""
+    """What the gateway's HAProxy serves: `listen` (host:port) in front of `upstreams` (fixed
+    at start) and of the endpoints discovery adds at run time through `admin_socket`."""
 
     upstreams: Sequence[str]
     listen: str
@@ -153,37 +158,49 @@ class GatewayConfig:
     upstream_tls: BackendTls | None = None
     callers: CallerMaps | None = None
     admin_key: str | None = None  # Triton's restricted-protocol key, for admin callers
+    health: str | None = None  # host:port of the gateway's own gRPC health server
+    admin_socket: Path | None = None  # HAProxy's runtime API, for endpoints added later
 
     @staticmethod
     def server_name(index: int) -> str:
         return f"triton{index}"
 
+    def servers(self, backend: str, name: str, address: str, tracked: bool) -> list[str]:
+        """The `server` arguments (name, address, options) of one endpoint in `backend`: the
+        agent-checked server and its connect-checked backup. `tracked`: the streams backend
+        follows the checks of the `triton` backend (HAProxy cannot track dynamic servers)."""
+        ssl = self.upstream_tls.server_options() if self.upstream_tls else ""
+        interval = f"{max(1, round(self.check_interval_s * 1000))}ms"
+        check = f"check inter {interval} fall 1 rise 1"
+        if tracked:
+            return [
+                f"{name} {address} proto h2{ssl} track {TRITON}/{name}",
+                f"{name}-live {address} proto h2{ssl} backup track {TRITON}/{name}-live",
+            ]
+        return [
+            f"{name} {address} proto h2{ssl} {check} agent-check agent-addr 127.0.0.1 "
+            f"agent-port {self.agent_port} agent-inter {interval} agent-send {name}",
+            # The same endpoint, used only while none is ready: a Triton loading a model
+            # is not ready (strict readiness) but serves the versions it has.
+            f"{name}-live {address} proto h2{ssl} {check} backup",
+        ]
+
     def render(self) -> str:
         """The haproxy.cfg text."""
-        if not self.upstreams:
+        if not self.upstreams and self.admin_socket is None:
             raise ValueError("the gateway needs at least one Triton endpoint (host:port)")
         if self.admin_key is not None and self.callers is None:
             raise ValueError("Triton's admin key is for admin callers: it needs a caller file")
-        interval = f"{max(1, round(self.check_interval_s * 1000))}ms"
-        ssl = self.upstream_tls.server_options() if self.upstream_tls else ""
-        servers, tracked = [], []
-        for i, url in enumerate(self.upstreams):
-            name = self.server_name(i)
-            check = f"check inter {interval} fall 1 rise 1"
-            servers += [
-                f"    server {name} {url} proto h2{ssl} {check} agent-check agent-addr 127.0.0.1 "
-                f'agent-port {self.agent_port} agent-inter {interval} agent-send "{name}\\n"',
-                # The same endpoint, used only while none is ready: a Triton loading a model
-                # is not ready (strict readiness) but serves the versions it has.
-                f"    server {name}-live {url} proto h2{ssl} {check} backup",
-            ]
-            tracked += [
-                f"    server {name} {url} proto h2{ssl} track triton/{name}",
-                f"    server {name}-live {url} proto h2{ssl} backup track triton/{name}-live",
-            ]
+        names = [(self.server_name(i), url) for i, url in enumerate(self.upstreams)]
+        servers = [f"    server {s}" for n, u in names for s in self.servers(TRITON, n, u, False)]
+        tracked = [f"    server {s}" for n, u in names for s in self.servers(STREAMS, n, u, True)]
+        if self.upstream_tls is not None and self.admin_socket is not None:
+            # Servers added at run time may only name TLS files that the configuration loads.
+            ssl = self.upstream_tls.server_options()
+            servers.append(f"    server tls-files 127.0.0.1:1 proto h2{ssl} disabled")
         routes = [f"    use_backend model_sync if {{ path_beg {MODEL_SYNC} }}"] * bool(
             self.model_sync
-        )
+        ) + [f"    use_backend health if {{ path_beg {HEALTH} }}"] * bool(self.health)
         allowed = list(ALLOWED_METHODS)
         if self.model_sync:
             allowed += [MODEL_SYNC + m for m in MODEL_SYNC_METHODS]
@@ -196,8 +213,10 @@ class GatewayConfig:
             _grpc_answer(GRPC_PERMISSION_DENIED, f"%[path] {message}", "!allowed_method"),
             *self._authorization(),
         ]
+        admin = f"    stats socket {self.admin_socket} mode 600 level admin"
         lines = [
             "global",
+            *[admin] * bool(self.admin_socket),
             "    noreuseport",  # a port held by another program is an error, never shared
             f"    tune.bufsize {BUFFER_BYTES}",
             f"    hard-stop-after {self.grace_s:g}s",
@@ -212,23 +231,23 @@ class GatewayConfig:
             f"    bind {self.listen} proto h2{self.tls.bind_options() if self.tls else ''}",
             *deny,
             *routes,
-            f"    use_backend triton_streams if {{ path {KSERVE}ModelStreamInfer }}",
-            "    default_backend triton",
+            f"    use_backend {STREAMS} if {{ path {KSERVE}ModelStreamInfer }}",
+            f"    default_backend {TRITON}",
             # Endpoint names resolve at run time too (k8s pods come and go), without resolv.conf's
             # search list: give fully qualified names.
             "resolvers system",
             "    parse-resolv-conf",
-            "backend triton",
+            f"backend {TRITON}",
             _DEFAULT_SERVER,
             "    balance leastconn",
             "    option allbackups",
             "    http-reuse always",
             "    option http-buffer-request",
-            f"    retries {len(self.upstreams)}",
+            f"    retries {RETRIES}",
             "    option redispatch 1",
             "    retry-on conn-failure empty-response junk-response",
             *servers,
-            "backend triton_streams",
+            f"backend {STREAMS}",
             _DEFAULT_SERVER,
             "    balance leastconn",
             "    option allbackups",
@@ -247,6 +266,8 @@ class GatewayConfig:
                 "    timeout server 24h",
                 f"    server sync {self.model_sync} proto h2",
             ]
+        if self.health:
+            lines += ["backend health", f"    server health {self.health} proto h2"]
         return "\n".join(lines) + "\n"
 
     def _authorization(self) -> list[str]:

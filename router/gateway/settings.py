@@ -14,6 +14,7 @@ from edgecascade.cloud.common import settings
 from edgecascade.cloud.common.serving import address_validator
 
 Upstream = Annotated[str, AfterValidator(address_validator("upstream"))]
+DnsServer = Annotated[str, AfterValidator(address_validator("dns_server"))]
 
 
 class GatewaySettings(BaseSettings):
@@ -21,8 +22,24 @@ class GatewaySettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="EDGECASCADE_GATEWAY_", extra="forbid")
 
-    upstream: Annotated[list[Upstream], NoDecode] = Field(
+    upstreams_file: Path | None = Field(
+        None,
+        description="also follow the Triton endpoints in this file (one host:port a line; "
+        "edgecascade router upstreams add|remove edits it): they join and leave without a restart",
+    )
+    discover: str | None = Field(
+        None,
         min_length=1,
+        description="also follow the Triton endpoints of this DNS SRV name, re-resolved every "
+        "probe interval (a headless Service: _grpc._tcp.<service>.<namespace>.svc.cluster.local)",
+    )
+    dns_server: DnsServer | None = Field(
+        None,
+        description="host:port of the DNS server asked for --discover (default: resolv.conf's)",
+    )
+    upstream: Annotated[list[Upstream], NoDecode] = Field(
+        [],
+        validate_default=True,
         description="Triton host:port (repeat for a cluster; comma-separated in the environment); "
         "names are re-resolved while serving, so give fully qualified ones",
     )
@@ -33,6 +50,13 @@ class GatewaySettings(BaseSettings):
     )
     registry: Path | None = Field(
         None, description="also serve ModelSync for this model registry folder"
+    )
+    health_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="also serve plaintext gRPC health (SERVING while a Triton is ready) on this "
+        "port, for probes that cannot speak TLS (kubelet); 0: off",
     )
     metrics_port: int = Field(
         0, ge=0, le=65535, description="serve Prometheus metrics (HAProxy's) on this port; 0: off"
@@ -79,7 +103,19 @@ class GatewaySettings(BaseSettings):
         """The environment gives one string: `host:port,host:port`."""
         return [part.strip() for part in value.split(",")] if isinstance(value, str) else value
 
+    @field_validator("upstream")
+    @classmethod
+    def _some_triton(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        """upstream comes after the other sources of endpoints: one of them is needed."""
+        if not (value or info.data.get("upstreams_file") or info.data.get("discover")):
+            raise ValueError(
+                "no Triton endpoint: give --upstream (EDGECASCADE_GATEWAY_UPSTREAM), "
+                "--upstreams-file or --discover"
+            )
+        return value
+
     @field_validator(
+        "dns_server",
         "tls_key",
         "tls_ca",
         "require_client_cert",
@@ -93,6 +129,7 @@ class GatewaySettings(BaseSettings):
         """Settings that need others, checked as each is validated (fields in order)."""
         given = {k: v for k, v in info.data.items() if v not in (None, False)}
         needs = {
+            "dns_server": ("discover", "dns_server is the server asked for --discover: set both"),
             "tls_key": ("tls_cert", "tls_cert and tls_key go together: set both or neither"),
             "tls_ca": ("tls_cert", "tls_ca needs tls_cert and tls_key"),
             "require_client_cert": ("tls_ca", "require_client_cert needs tls_ca (their CA)"),
