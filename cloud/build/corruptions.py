@@ -39,9 +39,7 @@ class Corruption:
     apply: Apply
 
     def __call__(self, images: Images, severity: int, rng: np.random.Generator) -> Images:
-        if severity not in SEVERITIES:
-            raise UserError(f"severity {severity} of {self.name}: give one of 1-5")
-        out = self.apply(images, self.levels[severity - 1], rng)
+        out = self.apply(images, self.levels[checked_severity(severity) - 1], rng)
         return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
@@ -54,6 +52,17 @@ class UnknownCorruption(UserError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class UnknownSeverity(UserError, ValueError):
+    """A severity outside 1-5."""
+
+
+def checked_severity(severity: int) -> int:
+    """`severity` if it is one of SEVERITIES, else UnknownSeverity."""
+    if severity not in SEVERITIES:
+        raise UnknownSeverity(f"corruption severity {severity}: give one of 1-5")
+    return severity
 
 
 def register(name: str, in_training: bool, levels: Sequence[float]) -> Callable[[Apply], Apply]:
