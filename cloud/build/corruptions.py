@@ -39,7 +39,10 @@ class Corruption:
     apply: Apply
 
     def __call__(self, images: Images, severity: int, rng: np.random.Generator) -> Images:
-        out = self.apply(images, self.levels[checked_severity(severity) - 1], rng)
+        level = self.levels[checked_severity(severity) - 1]
+        if not len(images):
+            return images.copy()
+        out = self.apply(images, level, rng)
         return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
@@ -95,7 +98,7 @@ def corrupt(images: Images, name: str, severity: int, seed: int = 0) -> Images:
 
 
 def _each(images: Images, fn: Callable[[Images], Images]) -> Images:
-    return np.stack([fn(image) for image in images]) if len(images) else images.copy()
+    return np.stack([fn(image) for image in images])
 
 
 def _warp(images: Images, matrices: NDArray[np.float64]) -> Images:
@@ -191,7 +194,7 @@ def _motion_blur(images: Images, length: float, rng: np.random.Generator) -> Ima
         cv2.filter2D(image, -1, kernel / kernel.sum())
         for image, kernel in zip(images, kernels, strict=True)
     ]
-    return np.stack(out) if out else images.copy()
+    return np.stack(out)
 
 
 @register("salt_and_pepper", False, [0.02, 0.05, 0.1, 0.15, 0.2])

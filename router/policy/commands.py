@@ -38,7 +38,7 @@ def robustness_command(
     from rich import print as rprint
     from rich.progress import Progress
 
-    from edgecascade.cloud.build.corruptions import CORRUPTIONS, SEVERITIES
+    from edgecascade.cloud.build import corruptions
     from edgecascade.cloud.common.paths import family_dir
     from edgecascade.router.policy.robustness import plot_robustness, robustness_report
 
@@ -47,8 +47,9 @@ def robustness_command(
         raise FamilyNotBuilt(
             f"{folder} has no manifest.json: run `edgecascade models build --family {family}`"
         )
-    names = corruption or list(CORRUPTIONS)
-    severities = severity or list(SEVERITIES)
+    # a user's mistake is reported before the progress bar shows
+    names = [corruptions.corruption(name).name for name in corruption or corruptions.CORRUPTIONS]
+    severities = [corruptions.checked_severity(s) for s in severity or corruptions.SEVERITIES]
     out = out or Path("reports") / f"robustness-{family}.json"
     with Progress() as progress:
         task = progress.add_task("corrupting", total=len(names) * len(severities))

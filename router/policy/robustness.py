@@ -57,7 +57,7 @@ def outcome(
         "escalation_rate": float(np.mean(escalated)),
         "cloud_right_when_escalated": float(cloud_right[escalated].mean())
         if escalated.any()
-        else float("nan"),
+        else None,
     }
 
 
