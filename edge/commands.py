@@ -63,6 +63,7 @@ def serve_command(
     max_batch: Annotated[int | None, _setting("max_batch")] = None,
     max_message_bytes: Annotated[int | None, _setting("max_message_bytes")] = None,
     grace_s: Annotated[float | None, _setting("grace_s", "--grace")] = None,
+    http_port: Annotated[int | None, _setting("http_port")] = None,
     metrics_port: Annotated[int | None, _setting("metrics_port")] = None,
     fold_preprocessing: Annotated[
         bool | None,

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -24,6 +25,7 @@ from edgecascade.edge.serving.metrics import Metrics
 from edgecascade.edge.serving.runtime import EdgeModel
 from edgecascade.edge.serving.security import cloud_transport, insecure_hops, trusted_keys
 from edgecascade.edge.serving.settings import EdgeSettings
+from edgecascade.edge.serving.statistics import Stamps
 from edgecascade.router.cascade.breaker import CircuitBreaker
 from edgecascade.router.cascade.cascade import Answers, Cascade
 from edgecascade.router.cascade.cloud_client import CloudClient
@@ -32,11 +34,17 @@ from edgecascade.router.policy.policies import policy_from_manifest
 
 log = logging.getLogger(__name__)
 WARM_UP_RUNS = 3
-# The failure label (Triton's) of a request refused for one of these; any other: OTHER.
-FAILURE_REASONS: dict[type[Exception], str] = {
-    Overloaded: "REJECTED",
-    InvalidImage: "INVALID_ARGUMENT",
-}
+Response = TypeVar("Response")
+
+
+def failure_reason(error: BaseException) -> str:
+    """Triton's failure reason for a request that raised `error`: REJECTED (overload), OTHER
+    (the request was wrong), CANCELED (the caller went away), BACKEND (the cascade failed)."""
+    if isinstance(error, Overloaded):
+        return "REJECTED"
+    if isinstance(error, asyncio.CancelledError):
+        return "CANCELED"
+    return "OTHER" if isinstance(error, RequestError) else "BACKEND"
 
 
 @dataclass
@@ -198,30 +206,53 @@ class EdgeAgent:
         received_at: float,
         deadline: float | None = None,
     ) -> Answers:
+        """`respond` with the answers themselves as the response."""
+        return await self.respond(
+            decode, lambda answers: answers, received_at=received_at, deadline=deadline
+        )
+
+    async def respond(
+        self,
+        decode: Callable[[], Images],
+        build: Callable[[Answers], Response],
+        *,
+        received_at: float,
+        deadline: float | None = None,
+    ) -> Response:
         """One request (whichever API it came by): admit it, decode its images, run them
-        through the cascade as one batch, count the outcome. Raises Overloaded past
-        max_in_flight, InvalidImage for unreadable input (or one above max_image_pixels) and
-        InternalFailure for anything else (logged); times are time.perf_counter(). Decoding runs
-        in a thread, so a slow image does not hold up other calls."""
+        through the cascade as one batch, `build` the response, count the outcome in the
+        statistics of the version that answered. Raises Overloaded past max_in_flight,
+        InvalidImage for unreadable input (or one above max_image_pixels) and InternalFailure
+        for anything else (logged); times are time.perf_counter(). Decoding runs in a thread,
+        so a slow image does not hold up other calls."""
+        received = int(received_at * 1e9)
+        deployment = self.deployment  # the whole request runs on one pair
+        version = str(deployment.manifest.version)
         try:
             with (
                 self.limit.admit(),
                 pixel_limit(self.settings.max_image_pixels),
-                self.deployment.serving() as cascade,  # the whole request runs on one pair
+                deployment.serving() as cascade,
+                self.metrics.statistics.pending(version),
             ):
+                admitted = time.perf_counter_ns()
                 images = await asyncio.to_thread(decode)  # the thread sees the pixel limit
+                decoded = time.perf_counter_ns()
                 answers = await cascade.classify_batch(
                     images, received_at=received_at, deadline=deadline
                 )
-        except Exception as e:
+                inferred = time.perf_counter_ns()
+                response = build(answers)
+        except (Exception, asyncio.CancelledError) as e:
             self.counters.errors += isinstance(e, InvalidImage)
-            self.metrics.failed(FAILURE_REASONS.get(type(e), "OTHER"))
-            if isinstance(e, RequestError):
+            self.metrics.failed(version, failure_reason(e), time.perf_counter_ns() - received)
+            if isinstance(e, (RequestError, asyncio.CancelledError)):
                 raise
             raise InternalFailure.logged("answering a request", e) from e
         self.counters.record(answers)
-        self.metrics.answered(answers, time.perf_counter() - received_at)
-        return answers
+        stamps = Stamps(received, admitted, decoded, inferred, time.perf_counter_ns())
+        self.metrics.answered(answers, stamps)
+        return response
 
 
 async def _deploy(

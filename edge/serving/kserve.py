@@ -1,14 +1,19 @@
 """KServe v2 on the edge agent: Triton's `inference.GRPCInferenceService`, so an unmodified
-`tritonclient.grpc` client calls an edge agent exactly as it calls Triton.
+`tritonclient.grpc` client calls an edge agent exactly as it calls Triton. The REST face
+(edge/serving/http.py) maps its routes onto this same servicer.
 
 One model, named after the family (e.g. "fashion"), version = the manifest's. Inputs (send one):
   image   BYTES [N]           encoded JPEG/PNG, one element per image
   pixels  UINT8 [N, H, W, C]  raw pixels, C in {1, 3} (RGB); [H, W, C] or [H, W] for one image
 Outputs: probabilities FP32 [N, K] (the answering tier's), top1 INT32 [N], edge_confidence
-FP32 [N]; `probabilities` honours Triton's classification extension (class_count=k gives
-BYTES [N, k] "score:index:label"). Response parameters: tier (per image, comma-separated),
-edge_confidence (the lowest in the batch), degraded, degraded_reason (comma-separated),
-edge_model, cloud_model.
+FP32 [N], tier BYTES [N] ("edge" or "cloud", per image); `probabilities` honours Triton's
+classification extension (class_count=k gives BYTES [N, k] "score:index:label"). Response
+parameters: tier (per image, comma-separated), edge_confidence (the lowest in the batch),
+degraded, degraded_reason (comma-separated), edge_model, cloud_model. The model config states
+the same shapes as the metadata (max_batch_size 0: the batch is the first dimension, up to the
+config's `max_batch` parameter).
+ModelStatistics gives Triton's per-version statistics (edge/serving/statistics.py) and
+RepositoryIndex the one model.
 """
 
 from __future__ import annotations
@@ -42,13 +47,36 @@ from edgecascade.edge.serving.agent import EdgeAgent
 from edgecascade.edge.serving.rpc import RequestError, abort, deadline, ordered
 from edgecascade.router.cascade.cascade import Answers
 
+PLATFORM = "edgecascade"
 IMAGE, PIXELS = "image", "pixels"
-OUTPUTS = ("probabilities", "top1", "edge_confidence")
+OUTPUTS = ("probabilities", "top1", "edge_confidence", "tier")
 DATATYPES = {
     np.dtype(np.float32): "FP32",
     np.dtype(np.int32): "INT32",
     np.dtype(np.object_): "BYTES",
 }
+CONFIG_TYPES = {
+    "BYTES": mc.TYPE_STRING,
+    "UINT8": mc.TYPE_UINT8,
+    "FP32": mc.TYPE_FP32,
+    "INT32": mc.TYPE_INT32,
+}
+
+
+Tensor = tuple[str, str, list[int]]  # name, datatype, shape
+
+
+def tensors(classes: int) -> tuple[list[Tensor], list[Tensor]]:
+    """(inputs, outputs) as (name, datatype, shape) with the batch dimension first; the model
+    metadata and config both say these (config: max_batch_size 0, the batch in `dims`)."""
+    inputs = [(IMAGE, "BYTES", [-1]), (PIXELS, "UINT8", [-1, -1, -1, -1])]
+    outputs = [
+        ("probabilities", "FP32", [-1, classes]),
+        ("top1", "INT32", [-1]),
+        ("edge_confidence", "FP32", [-1]),
+        ("tier", "BYTES", [-1]),
+    ]
+    return inputs, outputs
 
 
 class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
@@ -106,23 +134,13 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
         except NotFound as e:
             await abort(context, e.code, str(e))
         tensor = kpb.ModelMetadataResponse.TensorMetadata
+        inputs, outputs = tensors(len(self.agent.manifest.labels))
         return kpb.ModelMetadataResponse(
             name=self.model,
             versions=[self.version],
-            platform="edgecascade",
-            inputs=[
-                tensor(name=IMAGE, datatype="BYTES", shape=[-1]),
-                tensor(name=PIXELS, datatype="UINT8", shape=[-1, -1, -1, -1]),
-            ],
-            outputs=[
-                tensor(
-                    name="probabilities",
-                    datatype="FP32",
-                    shape=[-1, len(self.agent.manifest.labels)],
-                ),
-                tensor(name="top1", datatype="INT32", shape=[-1]),
-                tensor(name="edge_confidence", datatype="FP32", shape=[-1]),
-            ],
+            platform=PLATFORM,
+            inputs=[tensor(name=n, datatype=t, shape=shape) for n, t, shape in inputs],
+            outputs=[tensor(name=n, datatype=t, shape=shape) for n, t, shape in outputs],
         )
 
     async def ModelConfig(
@@ -132,31 +150,52 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
             self._check_model(request.name, request.version)
         except NotFound as e:
             await abort(context, e.code, str(e))
+        inputs, outputs = tensors(len(self.agent.manifest.labels))
         return kpb.ModelConfigResponse(
             config=mc.ModelConfig(
                 name=self.model,
-                platform="edgecascade",
-                max_batch_size=self.agent.settings.max_batch,
+                platform=PLATFORM,
+                max_batch_size=0,  # the batch is the first of `dims`; max_batch caps it
                 input=[
-                    mc.ModelInput(name=IMAGE, data_type=mc.TYPE_STRING, dims=[1], optional=True),
-                    mc.ModelInput(
-                        name=PIXELS, data_type=mc.TYPE_UINT8, dims=[-1, -1, -1], optional=True
-                    ),
+                    mc.ModelInput(name=n, data_type=CONFIG_TYPES[t], dims=shape, optional=True)
+                    for n, t, shape in inputs
                 ],
                 output=[
-                    mc.ModelOutput(
-                        name="probabilities",
-                        data_type=mc.TYPE_FP32,
-                        dims=[len(self.agent.manifest.labels)],
-                    ),
-                    mc.ModelOutput(name="top1", data_type=mc.TYPE_INT32, dims=[1]),
-                    mc.ModelOutput(name="edge_confidence", data_type=mc.TYPE_FP32, dims=[1]),
+                    mc.ModelOutput(name=n, data_type=CONFIG_TYPES[t], dims=shape)
+                    for n, t, shape in outputs
                 ],
                 parameters={
                     k: mc.ModelParameter(string_value=v)
-                    for k, v in pair_parameters(self.agent.manifest).items()
+                    for k, v in {
+                        **pair_parameters(self.agent.manifest),
+                        "max_batch": str(self.agent.settings.max_batch),
+                    }.items()
                 },
             )
+        )
+
+    async def ModelStatistics(
+        self, request: kpb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
+    ) -> kpb.ModelStatisticsResponse:
+        """Triton's statistics of this model, per version (every version when none is named;
+        every model when no name is given)."""
+        statistics = self.agent.metrics.statistics
+        if request.name not in ("", self.model):
+            raise NotFound(f"unknown model {request.name!r}: this edge agent serves {self.model!r}")
+        if request.version not in ("", *statistics.versions):
+            raise NotFound(
+                f"model {self.model!r} has no statistics of version {request.version!r}: it "
+                f"has {sorted(statistics.versions, key=int)}"
+            )
+        return statistics.response(request.version)
+
+    async def RepositoryIndex(
+        self, request: kpb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> kpb.RepositoryIndexResponse:
+        """The one model, at the version being served, READY."""
+        index = kpb.RepositoryIndexResponse.ModelIndex
+        return kpb.RepositoryIndexResponse(
+            models=[index(name=self.model, version=self.version, state="READY")]
         )
 
     async def ModelInfer(
@@ -206,8 +245,12 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
 
         if frame:
             await self.agent.limit.room()
-        answers = await self.agent.answer(decode, received_at=received_at, deadline=deadline)
-        return self._response(request, answers)
+        return await self.agent.respond(
+            decode,
+            lambda answers: self._response(request, answers),
+            received_at=received_at,
+            deadline=deadline,
+        )
 
     def _response(self, request: kpb.ModelInferRequest, answers: Answers) -> kpb.ModelInferResponse:
         probabilities = answers.probabilities.astype(np.float32)
@@ -215,6 +258,7 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
             "probabilities": probabilities,
             "top1": probabilities.argmax(axis=1).astype(np.int32),
             "edge_confidence": answers.edge_confidence.astype(np.float32),
+            "tier": np.array([tier.encode() for tier in answers.tiers], dtype=object),
         }
         pair = answers.pair  # a request runs on one pair (EdgeAgent.answer)
         response = kpb.ModelInferResponse(

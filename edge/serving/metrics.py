@@ -1,50 +1,106 @@
-"""The agent's Prometheus metrics, named as Triton names its own where there is a Triton
-counterpart (nv_inference_*), edgecascade_* for the cascade's."""
+"""The agent's Prometheus metrics, named, typed and labelled as Triton's own where there is a
+Triton counterpart (nv_inference_* per model and version, nv_cpu_*), edgecascade_* for the
+cascade's, process_* for the agent's process; served on GET /metrics only."""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from threading import Thread
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+import psutil
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from edgecascade.cloud.common.manifest import Manifest
+from edgecascade.edge.serving.statistics import Stamps, Statistics, VersionStatistics
 from edgecascade.router.cascade.cascade import Answers
 from edgecascade.router.cascade.degraded import DegradedReason
 
-# Triton's per-model counters, under Triton's exact names: prometheus_client would add `_total`
-# to a counter's name, so they are collected here and exposed untyped.
+# Triton's per-model series, under Triton's names, types and labels, read from the statistics
+# (prometheus_client would add `_total` to a counter's samples; Triton's have none).
 TRITON_COUNTERS = {
     "nv_inference_request_success": "Number of successful inference requests, all batch sizes",
     "nv_inference_request_failure": "Number of failed inference requests, all batch sizes",
-    "nv_inference_count": "Number of inferences performed (a batch of N counts N)",
+    "nv_inference_count": "Number of inferences performed (does not include cached requests)",
+    "nv_inference_exec_count": "Number of model executions performed (one per request here)",
     "nv_inference_request_duration_us": "Cumulative inference request duration in microseconds",
+    "nv_inference_queue_duration_us": "Cumulative inference queuing duration in microseconds",
+    "nv_inference_compute_input_duration_us": "Cumulative compute input duration in microseconds",
+    "nv_inference_compute_infer_duration_us": "Cumulative compute inference duration in "
+    "microseconds",
+    "nv_inference_compute_output_duration_us": "Cumulative inference compute output duration "
+    "in microseconds",
 }
+PENDING = "nv_inference_pending_request_count"
 INSECURE_HOPS = ("agent", "cloud")
 UPDATE_FAILURES = ("watch", "refused", "download", "activate")
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
-class _TritonCounters(Collector):
-    def __init__(self, labels: dict[str, str]):
-        self._labels = labels
-        self._values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = defaultdict(float)
+class _TritonSeries(Collector):
+    """Triton's per-model counters and pending-request gauge, from `statistics` at each scrape;
+    every version served so far keeps its series, the failure reasons from 0."""
 
-    def inc(self, name: str, amount: float = 1.0, **extra_labels: str) -> None:
-        self._values[name, tuple(sorted(extra_labels.items()))] += amount
+    def __init__(self, statistics: Statistics):
+        self._statistics = statistics
 
     def collect(self) -> Iterator[Metric]:
-        values = list(self._values.items())  # read from the HTTP thread while the loop writes
+        model = self._statistics.name
+        versions = list(self._statistics.versions.items())  # the loop adds versions
         for name, doc in TRITON_COUNTERS.items():
-            metric = Metric(name, doc, "unknown")
-            for (sample, extra), value in values:
-                if sample == name:
-                    metric.add_sample(name, {**self._labels, **dict(extra)}, value)
+            metric = Metric(name, doc, "counter")
+            for version, stats in versions:
+                labels = {"model": model, "version": version}
+                if name == "nv_inference_request_failure":
+                    for reason, count in stats.failures.items():
+                        metric.add_sample(name, {**labels, "reason": reason}, count)
+                else:
+                    metric.add_sample(name, labels, _counter(name, stats))
             yield metric
+        pending = Metric(PENDING, "Instantaneous number of pending requests", "gauge")
+        for version, stats in versions:
+            pending.add_sample(PENDING, {"model": model, "version": version}, stats.pending)
+        yield pending
+
+
+def _counter(name: str, stats: VersionStatistics) -> float:
+    """The value of Triton counter `name` (not the failures) in `stats`."""
+    stage = name.removeprefix("nv_inference_").removesuffix("_duration_us")
+    if stage in stats.stages:
+        return stats.stages[stage].ns / 1e3
+    return {
+        "nv_inference_request_success": stats.success.count,
+        "nv_inference_count": stats.inference_count,
+        "nv_inference_exec_count": stats.execution_count,
+        "nv_inference_request_duration_us": stats.success.ns / 1e3,
+    }[name]
+
+
+def _host_gauges(registry: CollectorRegistry) -> None:
+    """Triton's host CPU and memory gauges, and this process's own (prometheus_client)."""
+    Gauge("nv_cpu_utilization", "CPU utilization rate [0.0 - 1.0]", registry=registry).set_function(
+        lambda: psutil.cpu_percent() / 100
+    )
+    Gauge(
+        "nv_cpu_memory_total_bytes", "CPU total memory (RAM), in bytes", registry=registry
+    ).set_function(lambda: psutil.virtual_memory().total)
+    Gauge(
+        "nv_cpu_memory_used_bytes", "CPU used memory (RAM), in bytes", registry=registry
+    ).set_function(lambda: psutil.virtual_memory().used)
+    ProcessCollector(registry=registry)
 
 
 class Metrics:
@@ -54,14 +110,9 @@ class Metrics:
         self, manifest: Manifest, in_flight: Callable[[], int], insecure_hops: Sequence[str] = ()
     ):
         self.registry = r = CollectorRegistry()
-        self._triton = _TritonCounters({"model": manifest.family, "version": str(manifest.version)})
-        r.register(self._triton)
-        for name in (
-            "nv_inference_request_success",
-            "nv_inference_count",
-            "nv_inference_request_duration_us",
-        ):
-            self._triton.inc(name, 0.0)  # exposed from the start, as Triton does
+        self.statistics = Statistics(manifest.family, str(manifest.version))
+        r.register(_TritonSeries(self.statistics))
+        _host_gauges(r)
         self._escalations = Counter(
             "edgecascade_escalations", "Inputs the policy sent towards the cloud", registry=r
         )
@@ -107,7 +158,8 @@ class Metrics:
             self._update_failures.labels(failure)
 
     def serving(self, manifest: Manifest) -> None:
-        """The pair now answering requests."""
+        """The pair now answering requests: its version's series start at 0."""
+        self.statistics.serving(str(manifest.version))
         self._model.info(
             {
                 "family": manifest.family,
@@ -117,12 +169,10 @@ class Metrics:
             }
         )
 
-    def answered(self, answers: Answers, total_s: float) -> None:
-        """One request answered (`answers`: one per input of its batch)."""
-        self._triton.inc("nv_inference_request_success")
-        self._triton.inc("nv_inference_count", len(answers))
-        self._triton.inc("nv_inference_request_duration_us", total_s * 1e6)
-        self._latency.labels("total").observe(total_s)
+    def answered(self, answers: Answers, stamps: Stamps) -> None:
+        """One request answered (`answers`: one per input of its batch) by the pair it ran on."""
+        self.statistics.succeeded(str(answers.pair.version), len(answers), stamps)
+        self._latency.labels("total").observe((stamps.responded - stamps.received) / 1e9)
         observe_edge = self._latency.labels("edge").observe
         for _ in range(len(answers)):
             observe_edge(answers.edge_ms / 1e3)
@@ -140,10 +190,16 @@ class Metrics:
         """A model update not applied, for one of UPDATE_FAILURES."""
         self._update_failures.labels(reason).inc()
 
-    def failed(self, reason: str) -> None:
-        """One request refused: REJECTED (overload), INVALID_ARGUMENT or OTHER."""
-        self._triton.inc("nv_inference_request_failure", reason=reason)
+    def failed(self, version: str, reason: str, ns: int) -> None:
+        """One request of `version` refused or failed after `ns` nanoseconds, for one of
+        Triton's reasons: REJECTED (overload), CANCELED, BACKEND (the model or the cascade
+        failed) or OTHER (the request itself was wrong)."""
+        self.statistics.failed(version, reason, ns)
 
-    def serve_http(self, host: str, port: int) -> tuple[WSGIServer, Thread]:
-        """/metrics over HTTP on a thread of its own; shut it down with `server.shutdown()`."""
-        return start_http_server(port, host, self.registry)
+    def app(self) -> Starlette:
+        """An ASGI app that serves GET /metrics (and nothing else: 404)."""
+
+        async def scrape(request: Request) -> Response:
+            return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+        return Starlette(routes=[Route("/metrics", scrape, methods=["GET"])])

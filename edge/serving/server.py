@@ -1,5 +1,6 @@
-"""The edge agent's gRPC server: the edgecascade.v1.Cascade API and KServe v2 over the cascade,
-with grpc.health.v1, server reflection, Prometheus metrics, limits and a graceful stop."""
+"""The edge agent's servers: on gRPC the edgecascade.v1.Cascade API and KServe v2 over the
+cascade, with grpc.health.v1, server reflection, limits and a graceful stop; KServe v2 over
+HTTP/REST (http_port) and Prometheus /metrics (metrics_port), in the same event loop."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from grpc_reflection.v1alpha import reflection
 from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
+from edgecascade.cloud.common.auth import Authorizer
 from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.cloud.common.paths import family_dir
 from edgecascade.cloud.common.preprocessing import Image, InvalidImage, decode_image, raw_image
-from edgecascade.edge.serving import updater
+from edgecascade.edge.serving import http, updater
 from edgecascade.edge.serving.agent import EdgeAgent
 from edgecascade.edge.serving.kserve import KServeService
 from edgecascade.edge.serving.rpc import (
@@ -178,7 +180,8 @@ async def serve(settings: EdgeSettings, stop: asyncio.Event | None = None) -> No
         log.info("serving manifests signed by key %s only", ", ".join(sorted(agent.trusted)))
     server = transport.server()
     pb_grpc.add_CascadeServicer_to_server(CascadeService(agent), server)
-    kpb_grpc.add_GRPCInferenceServiceServicer_to_server(KServeService(agent), server)
+    kserve = KServeService(agent)
+    kpb_grpc.add_GRPCInferenceServiceServicer_to_server(kserve, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for service in ("", *SERVICES):  # the model is compiled: serving from the first call
@@ -189,22 +192,30 @@ async def serve(settings: EdgeSettings, stop: asyncio.Event | None = None) -> No
     address = f"{settings.host}:{settings.port}"
     port = transport.listen(server, address)
     await server.start()
-    metrics_http = (
-        agent.metrics.serve_http(settings.host, settings.metrics_port)[0]
-        if settings.metrics_port
-        else None
-    )
+    faces: list[http.HttpServer] = []  # HTTP servers, stopped after gRPC
+    if settings.http_port:
+        authorizer = next(
+            (i for i in transport.server_interceptors if isinstance(i, Authorizer)), None
+        )
+        app = http.rest_app(kserve, authorizer)
+        faces.append(await http.start(app, settings.host, settings.http_port, transport.tls))
+    if settings.metrics_port:
+        faces.append(await http.start(agent.metrics.app(), settings.host, settings.metrics_port))
+    scheme = "https" if transport.tls else "http"
     log.info(
         "edge agent %s serving %s on %s:%d (Cascade, KServe v2, health, reflection; %s), "
-        "model on %s, cloud %s, metrics %s",
+        "KServe v2 REST %s, model on %s, cloud %s, metrics %s",
         agent.manifest.family,
         agent.manifest.edge.key,
         settings.host,
         port,
         describe_security(settings),
+        f"{scheme}://{settings.host}:{settings.http_port}/v2" if settings.http_port else "off",
         agent.model.describe(),
         settings.cloud_url or "disabled",
-        f"http://{settings.host}:{settings.metrics_port}/metrics" if metrics_http else "off",
+        f"http://{settings.host}:{settings.metrics_port}/metrics"
+        if settings.metrics_port
+        else "off",
     )
     following = updater.start(agent, settings.sync_url) if settings.sync_url else None
     try:
@@ -216,9 +227,6 @@ async def serve(settings: EdgeSettings, stop: asyncio.Event | None = None) -> No
             "draining: %d requests in flight, %.1fs grace", agent.limit.current, settings.grace_s
         )
         await health_servicer.enter_graceful_shutdown()
-        await server.stop(grace=settings.grace_s)
-        if metrics_http:
-            metrics_http.shutdown()
-            metrics_http.server_close()
+        await asyncio.gather(server.stop(grace=settings.grace_s), *(f.close() for f in faces))
         await agent.deployment.close()
         log.info("stopped")

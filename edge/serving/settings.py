@@ -69,8 +69,15 @@ class EdgeSettings(BaseSettings):
     max_batch: int = Field(32, ge=1, description="images in one KServe ModelInfer request")
     max_message_bytes: int = Field(16 << 20, ge=1024, description="largest gRPC message either way")
     grace_s: float = Field(5.0, ge=0, description="seconds in-flight calls get on shutdown")
+    http_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="KServe v2 HTTP/REST port (Triton's 8000, OVMS's --rest_port), with the "
+        "gRPC port's TLS and caller check; 0: off",
+    )
     metrics_port: int = Field(
-        0, ge=0, le=65535, description="Prometheus /metrics HTTP port; 0: off"
+        0, ge=0, le=65535, description="Prometheus /metrics HTTP port (Triton's 8002); 0: off"
     )
     fold_preprocessing: bool = Field(
         True, description="crop and resize frames inside the edge model (OpenVINO), not in cv2"

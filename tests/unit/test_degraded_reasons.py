@@ -14,6 +14,7 @@ import pytest
 from numpy.typing import NDArray
 
 from edgecascade.edge.serving.metrics import Metrics
+from edgecascade.edge.serving.statistics import Stamps
 from edgecascade.router.cascade.breaker import CircuitBreaker
 from edgecascade.router.cascade.cascade import Answers, Cascade
 from edgecascade.router.cascade.cloud_client import CloudError, _reason
@@ -120,7 +121,7 @@ def test_metric_labels_are_the_members_and_count_degraded_inputs() -> None:
         two.classify_batch([np.zeros((8, 8), np.uint8)] * 2, received_at=time.perf_counter())
     )
     assert isinstance(answers, Answers) and answers.degraded == 2
-    metrics.answered(answers, 0.001)
+    metrics.answered(answers, Stamps(0, 1, 2, 3, 4))
     counted = degraded_samples(metrics)
     assert counted.pop(DegradedReason.CLOUD_UNAVAILABLE.value) == 2.0
     assert set(counted.values()) == {0.0}

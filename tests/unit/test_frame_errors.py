@@ -3,7 +3,6 @@
 
 import asyncio
 from pathlib import Path
-from types import SimpleNamespace
 
 import grpc
 import pytest
@@ -12,7 +11,9 @@ from edgecascade.cloud.common.errors import InternalFailure
 from edgecascade.edge.serving.agent import Deployment, EdgeAgent
 from edgecascade.edge.serving.kserve import KServeService
 from edgecascade.edge.serving.limits import InFlightLimit
+from edgecascade.edge.serving.metrics import Metrics
 from edgecascade.edge.serving.settings import EdgeSettings
+from tests.unit.test_cascade_routing import manifest
 from tests.unit.test_kserve_requests import PNG, request
 
 
@@ -22,11 +23,10 @@ class Cascade:
 
 
 def agent() -> EdgeAgent:
-    failed = []
-    metrics = SimpleNamespace(failed=failed.append)
+    metrics = Metrics(manifest(), lambda: 0)
     return EdgeAgent(
         EdgeSettings(insecure=True),
-        Deployment(None, Path(), None, Cascade(), None),
+        Deployment(manifest(), Path(), None, Cascade(), None),
         InFlightLimit(4),
         metrics,
         breaker=None,
@@ -39,6 +39,8 @@ def test_a_bug_is_an_internal_failure_of_that_request():
     with pytest.raises(InternalFailure, match="ZeroDivisionError") as failure:
         asyncio.run(edge.answer(lambda: [], received_at=0.0))
     assert failure.value.code == grpc.StatusCode.INTERNAL and edge.limit.current == 0
+    stats = edge.metrics.statistics.versions["1"]
+    assert stats.failures["BACKEND"] == 1 and stats.fail.count == 1 and stats.pending == 0
 
 
 def test_a_bug_in_one_model_stream_infer_request_is_its_error_message():

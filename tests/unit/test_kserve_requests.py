@@ -83,7 +83,12 @@ def test_malformed_requests_say_what_is_wrong(message, expected):
 
 def test_requested_outputs_and_classification():
     message = kpb.ModelInferRequest()
-    assert requested_outputs(message) == {"probabilities": 0, "top1": 0, "edge_confidence": 0}
+    assert requested_outputs(message) == {
+        "probabilities": 0,
+        "top1": 0,
+        "edge_confidence": 0,
+        "tier": 0,
+    }
     message.outputs.add(name="probabilities").parameters["classification"].int64_param = 3
     message.outputs.add(name="top1")
     assert requested_outputs(message) == {"probabilities": 3, "top1": 0}
@@ -174,3 +179,6 @@ def test_a_degraded_answer_carries_its_reason_as_text():
     parameters = response.parameters
     assert parameters["degraded_reason"].string_param == "cloud-unavailable"
     assert parameters["degraded"].bool_param and parameters["tier"].string_param == "edge"
+    (tier,) = [i for i, o in enumerate(response.outputs) if o.name == "tier"]
+    assert response.outputs[tier].datatype == "BYTES" and list(response.outputs[tier].shape) == [1]
+    assert response.raw_output_contents[tier] == b"\x04\x00\x00\x00edge"

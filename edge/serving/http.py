@@ -1,0 +1,410 @@
+"""KServe v2 over HTTP/REST on the edge agent: Triton's HTTP routes, JSON tensors and the binary
+tensor extension (Inference-Header-Content-Length), so an unmodified `tritonclient.http` calls an
+agent as it calls Triton's port 8000.
+
+Each route reads its request into the KServe protobuf message, calls the same method of the
+gRPC servicer (edge/serving/kserve.py) and writes the protobuf answer as Triton's JSON: one
+implementation under both faces. A caller file applies here too (a bearer token; the method's
+scope as on gRPC). The app runs on uvicorn in the agent's own event loop (`start`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import ssl
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import grpc
+import numpy as np
+import uvicorn
+from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp
+from tritonclient.grpc import service_pb2 as kpb
+from tritonclient.utils import deserialize_bytes_tensor, triton_to_np_dtype
+
+from edgecascade.cloud.common.auth import Authorizer, Denied
+from edgecascade.cloud.common.errors import InternalFailure, InvalidInput, RequestError
+from edgecascade.cloud.common.transport import PortInUse, Tls
+from edgecascade.edge.serving.kserve import KServeService
+
+log = logging.getLogger(__name__)
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+SERVICE = "/inference.GRPCInferenceService/"
+# gRPC status -> HTTP status (google.rpc.Code's HTTP mapping)
+HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+# KServe datatype -> the InferTensorContents field its JSON `data` goes into
+CONTENTS = {
+    "BOOL": "bool_contents",
+    **dict.fromkeys(("INT8", "INT16", "INT32"), "int_contents"),
+    "INT64": "int64_contents",
+    **dict.fromkeys(("UINT8", "UINT16", "UINT32"), "uint_contents"),
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+_INTEGERS = {
+    FieldDescriptor.TYPE_INT64,
+    FieldDescriptor.TYPE_UINT64,
+    FieldDescriptor.TYPE_SINT64,
+    FieldDescriptor.TYPE_FIXED64,
+    FieldDescriptor.TYPE_SFIXED64,
+}
+
+
+class Aborted(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str):
+        super().__init__(details)
+        self.code = code
+
+
+class RestContext:
+    """What the servicer reads of a grpc.aio.ServicerContext: no deadline (HTTP has none);
+    `abort` raises Aborted."""
+
+    def time_remaining(self) -> float | None:
+        return None
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
+        raise Aborted(code, details)
+
+
+def as_json(message: Message) -> Any:
+    """`message` as Triton writes it in JSON: field names as in the .proto, every field, 64-bit
+    integers as numbers (protobuf's JSON has them as strings)."""
+    data = json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    return _numbers(data, message.DESCRIPTOR)  # type: ignore[arg-type]  # upb's Descriptor
+
+
+def _numbers(data: dict[str, Any], descriptor: Descriptor) -> dict[str, Any]:
+    for field in descriptor.fields:
+        if field.name not in data:
+            continue
+        value = data[field.name]
+        entry = field.message_type
+        if entry is not None and entry.GetOptions().map_entry:
+            value_field = entry.fields_by_name["value"]
+            if value_field.message_type is not None:
+                data[field.name] = {
+                    k: _numbers(v, value_field.message_type) for k, v in value.items()
+                }
+        elif entry is not None:
+            if field.is_repeated:
+                data[field.name] = [_numbers(v, entry) for v in value]
+            else:
+                data[field.name] = _numbers(value, entry)
+        elif field.type in _INTEGERS:
+            is_list = field.is_repeated
+            data[field.name] = [int(v) for v in value] if is_list else int(value)
+    return data
+
+
+def _parameter(value: kpb.InferParameter) -> Any:
+    kind = value.WhichOneof("parameter_choice")
+    return getattr(value, kind) if kind else None
+
+
+def _set_parameter(parameter: kpb.InferParameter, value: Any, where: str) -> None:
+    if isinstance(value, bool):
+        parameter.bool_param = value
+    elif isinstance(value, int):
+        parameter.int64_param = value
+    elif isinstance(value, float):
+        parameter.double_param = value
+    elif isinstance(value, str):
+        parameter.string_param = value
+    else:
+        raise InvalidInput(f"{where}: a parameter is a bool, number or string, got {value!r}")
+
+
+def _flat(data: Any) -> Iterator[Any]:
+    if isinstance(data, list):
+        for item in data:
+            yield from _flat(item)
+    else:
+        yield data
+
+
+def infer_request(
+    body: bytes, header_length: str | None, model: str, version: str
+) -> tuple[kpb.ModelInferRequest, set[str] | None]:
+    """A KServe v2 HTTP inference request (JSON, binary tensors after it) as the gRPC message,
+    and the names of the outputs to send back as binary data (None: every output);
+    InvalidInput says what is wrong."""
+    try:
+        length = len(body) if header_length is None else int(header_length)
+        if not 0 <= length <= len(body):
+            raise ValueError(f"{HEADER_LENGTH} {length} is not within the body's {len(body)} bytes")
+        header = json.loads(body[:length])
+        if not isinstance(header, dict):
+            raise ValueError("the request is not a JSON object")
+        request = kpb.ModelInferRequest(
+            model_name=model, model_version=version, id=str(header.get("id", ""))
+        )
+        tail, offset = body[length:], 0
+        for tensor in header.get("inputs", []):
+            name, parameters = tensor["name"], tensor.get("parameters", {})
+            message = request.inputs.add(
+                name=name, datatype=tensor["datatype"], shape=[int(d) for d in tensor["shape"]]
+            )
+            size = parameters.get("binary_data_size")
+            if size is not None:
+                if offset + int(size) > len(tail):
+                    raise ValueError(f"input {name!r}: binary_data_size {size} overruns the body")
+                request.raw_input_contents.append(tail[offset : offset + int(size)])
+                offset += int(size)
+            else:
+                _contents(message, tensor.get("data", []))
+        if offset != len(tail):
+            raise ValueError(f"{len(tail) - offset} bytes after the binary inputs belong to none")
+        all_binary = bool(header.get("parameters", {}).get("binary_data_output", False))
+        binary: set[str] = set()
+        for output in header.get("outputs", []):
+            name, parameters = output["name"], output.get("parameters", {})
+            requested = request.outputs.add(name=name)
+            for key, value in parameters.items():
+                if key != "binary_data":
+                    _set_parameter(requested.parameters[key], value, f"output {name!r}")
+            if parameters.get("binary_data", all_binary):
+                binary.add(name)
+    except RequestError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise InvalidInput(f"not a KServe v2 inference request: {type(e).__name__}: {e}") from None
+    return request, None if all_binary and not request.outputs else binary
+
+
+def _contents(tensor: kpb.ModelInferRequest.InferInputTensor, data: Any) -> None:
+    field = CONTENTS.get(tensor.datatype)
+    if field is None:
+        raise ValueError(f"input {tensor.name!r}: unknown datatype {tensor.datatype}")
+    values = list(_flat(data))
+    if tensor.datatype == "BYTES":
+        values = [v.encode() if isinstance(v, str) else bytes(v) for v in values]
+    getattr(tensor.contents, field).extend(values)
+
+
+def infer_response(response: kpb.ModelInferResponse, binary: set[str] | None) -> Response:
+    """The gRPC answer as Triton's HTTP one: outputs in `binary` (None: all) as binary data
+    after the JSON, the others as JSON `data`."""
+    outputs, chunks = [], []
+    for output, raw in zip(response.outputs, response.raw_output_contents):
+        entry: dict[str, Any] = {
+            "name": output.name,
+            "datatype": output.datatype,
+            "shape": [int(d) for d in output.shape],
+        }
+        if binary is None or output.name in binary:
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        elif output.datatype == "BYTES":
+            entry["data"] = [v.decode(errors="replace") for v in deserialize_bytes_tensor(raw)]
+        else:
+            entry["data"] = np.frombuffer(raw, triton_to_np_dtype(output.datatype)).tolist()
+        outputs.append(entry)
+    header = {
+        "model_name": response.model_name,
+        "model_version": response.model_version,
+        **({"id": response.id} if response.id else {}),
+        "parameters": {k: _parameter(v) for k, v in response.parameters.items()},
+        "outputs": outputs,
+    }
+    text = json.dumps(header).encode()
+    if not chunks:
+        return Response(text, media_type="application/json")
+    return Response(
+        b"".join([text, *chunks]),
+        media_type="application/octet-stream",
+        headers={HEADER_LENGTH: str(len(text))},
+    )
+
+
+def error(code: grpc.StatusCode, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=HTTP_STATUS.get(code, 500))
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def rest_app(service: KServeService, authorizer: Authorizer | None = None) -> Starlette:
+    """Triton's KServe v2 HTTP routes over `service`, each checked by `authorizer` (when
+    given) with the scope of its gRPC method."""
+
+    def route(path: str, method: str, handle: Handler, http_method: str = "GET") -> list[Route]:
+        """`path` and its /versions/{version} form."""
+
+        async def endpoint(request: Request) -> Response:
+            try:
+                if authorizer is not None:
+                    metadata = [
+                        ("authorization", v) for v in request.headers.getlist("authorization")
+                    ]
+                    authorizer.authorize(authorizer.authenticate(metadata, {}), SERVICE + method)
+                return await handle(request)
+            except Denied as e:
+                return error(e.code, str(e))
+            except (RequestError, Aborted) as e:
+                return error(e.code, str(e))
+            except Exception as e:
+                failure = InternalFailure.logged(f"HTTP {method}", e)
+                return error(failure.code, str(failure))
+
+        paths = [path]
+        if "{model}" in path:
+            paths.append(path.replace("{model}", "{model}/versions/{version}"))
+        return [Route(p, endpoint, methods=[http_method]) for p in paths]
+
+    context = RestContext()
+
+    def names(request: Request) -> tuple[str, str]:
+        params = request.path_params
+        return params.get("model", ""), params.get("version", "")
+
+    async def live(request: Request) -> Response:
+        answer = await service.ServerLive(kpb.ServerLiveRequest(), context)
+        return Response(status_code=200 if answer.live else 400)
+
+    async def ready(request: Request) -> Response:
+        answer = await service.ServerReady(kpb.ServerReadyRequest(), context)
+        return Response(status_code=200 if answer.ready else 400)
+
+    async def model_ready(request: Request) -> Response:
+        name, version = names(request)
+        answer = await service.ModelReady(
+            kpb.ModelReadyRequest(name=name, version=version), context
+        )
+        return Response(status_code=200 if answer.ready else 400)
+
+    async def server_metadata(request: Request) -> Response:
+        return JSONResponse(
+            as_json(await service.ServerMetadata(kpb.ServerMetadataRequest(), context))
+        )
+
+    async def model_metadata(request: Request) -> Response:
+        name, version = names(request)
+        answer = await service.ModelMetadata(
+            kpb.ModelMetadataRequest(name=name, version=version), context
+        )
+        return JSONResponse(as_json(answer))
+
+    async def model_config(request: Request) -> Response:
+        name, version = names(request)
+        answer = await service.ModelConfig(
+            kpb.ModelConfigRequest(name=name, version=version), context
+        )
+        return JSONResponse(as_json(answer.config))
+
+    async def statistics(request: Request) -> Response:
+        name, version = names(request)
+        answer = await service.ModelStatistics(
+            kpb.ModelStatisticsRequest(name=name, version=version), context
+        )
+        return JSONResponse(as_json(answer))
+
+    async def repository_index(request: Request) -> Response:
+        body = await request.body()
+        try:
+            ready_only = bool(json.loads(body).get("ready", False)) if body else False
+        except (ValueError, AttributeError) as e:
+            raise InvalidInput(f"the repository index request is not a JSON object: {e}") from None
+        answer = await service.RepositoryIndex(
+            kpb.RepositoryIndexRequest(ready=ready_only), context
+        )
+        return JSONResponse(as_json(answer)["models"])
+
+    async def infer(request: Request) -> Response:
+        name, version = names(request)
+        message, binary = infer_request(
+            await request.body(), request.headers.get(HEADER_LENGTH), name, version
+        )
+        return infer_response(await service.ModelInfer(message, context), binary)
+
+    routes: list[BaseRoute] = [
+        *route("/v2/health/live", "ServerLive", live),
+        *route("/v2/health/ready", "ServerReady", ready),
+        *route("/v2", "ServerMetadata", server_metadata),
+        *route("/v2/models/stats", "ModelStatistics", statistics),
+        *route("/v2/models/{model}/ready", "ModelReady", model_ready),
+        *route("/v2/models/{model}/config", "ModelConfig", model_config),
+        *route("/v2/models/{model}/stats", "ModelStatistics", statistics),
+        *route("/v2/models/{model}/infer", "ModelInfer", infer, "POST"),
+        *route("/v2/repository/index", "RepositoryIndex", repository_index, "POST"),
+        *route("/v2/models/{model}", "ModelMetadata", model_metadata),
+    ]
+    return Starlette(routes=routes)
+
+
+class _Server(uvicorn.Server):
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # the agent handles SIGINT and SIGTERM itself (cloud.common.serving)
+
+
+@dataclass
+class HttpServer:
+    """An ASGI app served by uvicorn in the running event loop; `close` stops it."""
+
+    server: _Server
+    task: asyncio.Task[None]
+    port: int
+
+    async def close(self) -> None:
+        self.server.should_exit = True
+        await self.task
+
+
+async def start(app: ASGIApp, host: str, port: int, tls: Tls | None = None) -> HttpServer:
+    """Serve `app` on host:port (0: a free port), over `tls` when given (mutual TLS when it
+    requires client certificates); PortInUse when the port is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.create_server((host.strip("[]"), port), family=family)
+    except OSError as e:
+        raise PortInUse(f"cannot listen on {host}:{port}: {e.strerror}") from e
+    options: dict[str, Any] = {}
+    if tls is not None:
+        tls.server_credentials()  # every file read and checked, as on the gRPC port
+        options = {
+            "ssl_certfile": str(tls.cert),
+            "ssl_keyfile": str(tls.key),
+            "ssl_ca_certs": str(tls.ca) if tls.ca else None,
+            "ssl_cert_reqs": ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_NONE,
+        }
+    config = uvicorn.Config(app, lifespan="off", access_log=False, log_level="warning", **options)
+    server = _Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()  # raises what stopped it
+            raise RuntimeError(f"the HTTP server on {host}:{port} stopped at start")
+        await asyncio.sleep(0.01)
+    return HttpServer(server, task, sock.getsockname()[1])
