@@ -4,11 +4,17 @@ Reproducible: fixed seed, deterministic kernels, 2 threads. Trains on the train 
 reports accuracy on the calibration split (the test split is never touched here).
 
     python -m edgecascade.cloud.build.families.fashion_train \
-        [--tier edge|cloud|both] [--epochs 5] [--members 3]
+        [--tier edge|cloud|both] [--epochs 5 (edge) | 30 (cloud)] [--members 3]
 
 The edge model is an ensemble of `--members` copies of the edge CNN, trained alike from seeds
-seed, seed + 1, ...: one graph whose output is [N, members, K] logits. Member 0 answers; the
-router's escalation score can average all members (see router/policy/policies.py).
+seed, seed + 1, ...: one graph whose output is [N, members, K] logits; the router's escalation
+score can average all members (see router/policy/policies.py). It trains with flips only.
+
+The cloud model is a small ResNet trained for robustness: SGD with Nesterov momentum and a
+OneCycle schedule, label smoothing 0.1, random shifts, flips and erasing on every image, and on
+30% of each batch one common corruption (noise, blur, contrast, brightness, rotation and shift;
+fashion_augment.py). It is exported with a test-time mirror average (the mean logits of the
+image and its mirror, twice the FLOPs) when that is more accurate on the calibration split.
 """
 
 from __future__ import annotations
