@@ -13,12 +13,8 @@ from tests.kserve_server import start_kserve
 
 
 def config(**kw) -> GatewayConfig:
-    return GatewayConfig(
-        upstreams=["127.0.0.1:8001", "triton-1.cluster:8001"],
-        listen="127.0.0.1:9000",
-        agent_port=9100,
-        **kw,
-    )
+    kw.setdefault("upstreams", ["127.0.0.1:8001", "triton-1.cluster:8001"])
+    return GatewayConfig(listen="127.0.0.1:9000", agent_port=9100, **kw)
 
 
 def test_every_endpoint_is_checked_by_haproxy_and_by_the_agent(tmp_path):
@@ -30,23 +26,53 @@ def test_every_endpoint_is_checked_by_haproxy_and_by_the_agent(tmp_path):
     for name, url in (("triton0", "127.0.0.1:8001"), ("triton1", "triton-1.cluster:8001")):
         assert (
             f"server {name} {url} proto h2 check inter 200ms fall 1 rise 1 agent-check "
-            f'agent-addr 127.0.0.1 agent-port 9100 agent-inter 200ms agent-send "{name}\\n"'
+            f"agent-addr 127.0.0.1 agent-port 9100 agent-inter 200ms agent-send {name}"
         ) in text
         assert f"server {name}-live {url} proto h2 check inter 200ms fall 1 rise 1 backup" in text
         assert f"server {name} {url} proto h2 track triton/{name}" in text  # streams
         assert f"server {name}-live {url} proto h2 backup track triton/{name}-live" in text
     assert text.count("option allbackups") == 2  # none ready: every live one, not just one
-    assert "retries 2" in text and "retry-on conn-failure empty-response" in text
-    assert "model_sync" not in text
+    assert "retries 3" in text and "retry-on conn-failure empty-response" in text
+    assert "model_sync" not in text and "stats socket" not in text  # nothing to discover
 
 
-def test_model_sync_and_metrics_are_served_only_when_asked_for(tmp_path):
+def test_endpoints_added_at_run_time_get_the_same_checks_and_tls(tmp_path):
+    tls = haproxy.BackendTls(tmp_path / "ca.pem", tmp_path / "client.pem", "triton")
+    for name in ("ca.pem", "client.pem"):
+        (tmp_path / name).write_text("")
+    dynamic = config(upstreams=[], admin_socket=tmp_path / "admin.sock", upstream_tls=tls)
+    text = dynamic.render()
+    assert f"stats socket {tmp_path / 'admin.sock'} mode 600 level admin" in text
+    # HAProxy lets servers added at run time name only TLS files its configuration loads.
+    assert f"server tls-files 127.0.0.1:1 proto h2{tls.server_options()} disabled" in text
+    static = config(check_interval_s=0.2, upstream_tls=tls).render()
+    added = config(check_interval_s=0.2, upstream_tls=tls).servers(
+        "triton", "dyn0", "10.0.0.7:8001", False
+    )
+    for line in added:  # the same server lines as a configured endpoint's, by another name
+        assert (
+            f"server {line.replace('dyn0', 'triton0').replace('10.0.0.7', '127.0.0.1')}" in static
+        )
+    # HAProxy cannot track a dynamic server: the streams backend checks each one itself.
+    assert config().servers("triton_streams", "dyn0", "10.0.0.7:8001", False) == config().servers(
+        "triton", "dyn0", "10.0.0.7:8001", False
+    )
+    with pytest.raises(ValueError, match="at least one Triton"):
+        config(upstreams=[]).render()  # neither fixed endpoints nor a runtime API
+
+
+def test_model_sync_health_and_metrics_are_served_only_when_asked_for(tmp_path):
     assert "prometheus-exporter" not in config().render()
-    text = config(model_sync="127.0.0.1:9200", metrics="0.0.0.0:9300").render()
+    assert "backend health" not in config().render()  # health goes on to Triton
+    text = config(
+        model_sync="127.0.0.1:9200", metrics="0.0.0.0:9300", health="127.0.0.1:9201"
+    ).render()
     (tmp_path / "haproxy.cfg").write_text(text)
     check_config(tmp_path / "haproxy.cfg")
     assert "use_backend model_sync if { path_beg /edgecascade.v1.ModelSync/ }" in text
     assert "server sync 127.0.0.1:9200 proto h2" in text
+    assert "use_backend health if { path_beg /grpc.health.v1.Health/ }" in text
+    assert "backend health\n    server health 127.0.0.1:9201 proto h2" in text
     assert "bind 0.0.0.0:9300\n    http-request use-service prometheus-exporter" in text
 
 
