@@ -7,9 +7,9 @@ from a real DNS server (dnslib) whose SRV answers the test changes."""
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
