@@ -18,12 +18,14 @@ from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
 
 
 def metric(url: str, name: str, **labels: str) -> float | None:
-    """One sample of a Prometheus endpoint (`name` as exposed, e.g. `..._total`), matched on
-    `labels` (a subset of the sample's labels); None when no sample matches."""
+    """One sample of a Prometheus endpoint (`name` as exposed, e.g. `..._total`, or a Triton
+    counter's own name, which the parser gives `_total`), matched on `labels` (a subset of the
+    sample's labels); None when no sample matches."""
     text = urllib.request.urlopen(url, timeout=5).read().decode()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == name and labels.items() <= sample.labels.items():
+            named = sample.name in (name, f"{name}_total")
+            if named and labels.items() <= sample.labels.items():
                 return float(sample.value)
     return None
 
@@ -44,11 +46,19 @@ class Agent:
         return metric(self.metrics_url, name, **labels) or 0.0
 
 
-def start_agent(log_dir: Path, cloud_url: str | None, *extra: str) -> Agent:
+def start_agent(
+    log_dir: Path, cloud_url: str | None, *extra: str, security: AgentSecurity | None = None
+) -> Agent:
     """`edgecascade edge serve --family fashion` with metrics on a free port, started."""
     port = free_port()
     process = EdgeProcess(
-        "fashion", cloud_url, log_dir / "edge.log", "--metrics-port", str(port), *extra
+        "fashion",
+        cloud_url,
+        log_dir / "edge.log",
+        "--metrics-port",
+        str(port),
+        *extra,
+        security=security,
     )
     return Agent(process.start(), f"http://127.0.0.1:{port}/metrics")
 

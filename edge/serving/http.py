@@ -339,7 +339,8 @@ def rest_app(service: KServeService, authorizer: Authorizer | None = None) -> St
         answer = await service.RepositoryIndex(
             kpb.RepositoryIndexRequest(ready=ready_only), context
         )
-        return JSONResponse(as_json(answer)["models"])
+        models = as_json(answer)["models"]  # Triton leaves an empty reason out
+        return JSONResponse([{k: v for k, v in m.items() if k != "reason" or v} for m in models])
 
     async def infer(request: Request) -> Response:
         name, version = names(request)

@@ -196,10 +196,19 @@ class Metrics:
         failed) or OTHER (the request itself was wrong)."""
         self.statistics.failed(version, reason, ns)
 
+    def exposition(self) -> bytes:
+        """The registry in Prometheus' text format, Triton's counters under Triton's names
+        (prometheus_client writes a counter's HELP and TYPE as `<name>_total`)."""
+        text = generate_latest(self.registry).decode()
+        for name in TRITON_COUNTERS:
+            for line in ("HELP", "TYPE"):
+                text = text.replace(f"# {line} {name}_total ", f"# {line} {name} ")
+        return text.encode()
+
     def app(self) -> Starlette:
         """An ASGI app that serves GET /metrics (and nothing else: 404)."""
 
         async def scrape(request: Request) -> Response:
-            return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+            return Response(self.exposition(), media_type=CONTENT_TYPE_LATEST)
 
         return Starlette(routes=[Route("/metrics", scrape, methods=["GET"])])

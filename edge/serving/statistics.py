@@ -74,7 +74,11 @@ class VersionStatistics:
             inference_count=self.inference_count,
             execution_count=self.execution_count,
             inference_stats=kpb.InferStatistics(
-                success=self.success.message(), fail=self.fail.message(), **stages
+                success=self.success.message(),
+                fail=self.fail.message(),
+                cache_hit=kpb.StatisticDuration(),  # no response cache: 0, as Triton says
+                cache_miss=kpb.StatisticDuration(),
+                **stages,
             ),
             batch_stats=[
                 kpb.InferBatchStatistics(

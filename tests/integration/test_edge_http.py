@@ -1,0 +1,282 @@
+"""KServe v2 over HTTP/REST, statistics, repository index and Triton-shaped metrics on the edge
+agent, checked with unmodified tritonclient.http (and .grpc) against a real agent and the real
+local Triton with the same assertions where the two share a shape."""
+
+import urllib.error
+import urllib.request
+
+import cv2
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+from prometheus_client.parser import text_string_to_metric_families
+from tritonclient.utils import InferenceServerException
+
+from edgecascade.cloud.common import certs
+from edgecascade.cloud.common.manifest import Manifest
+from edgecascade.cloud.common.ports import free_port
+from edgecascade.cloud.common.transport import PLAINTEXT
+from edgecascade.cloud.triton.server import TritonServer
+from edgecascade.edge.tools.process import CLIENT_CERT, TOKEN, development_security
+from edgecascade.edge.tools.samples import Frame
+from tests.helpers import Agent, start_agent
+
+pytestmark = pytest.mark.integration
+
+TRITON_MODEL = "fashion_cloud"
+
+
+@pytest.fixture(scope="module")
+def http_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def agent(triton: TritonServer, tmp_path_factory, http_port: int):
+    """Every input escalates (threshold 1.0): the agent answers with Triton's model."""
+    agent = start_agent(
+        tmp_path_factory.mktemp("edge"),
+        triton.grpc_url,
+        "--http-port",
+        str(http_port),
+        "--threshold",
+        "1.0",
+    )
+    yield agent
+    agent.process.stop()
+
+
+@pytest.fixture(scope="module")
+def clients(agent: Agent, triton: TritonServer, http_port: int):
+    """tritonclient.http to the agent and to Triton."""
+    edge = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
+    cloud = httpclient.InferenceServerClient(triton.http_url)
+    yield edge, cloud
+    edge.close()
+    cloud.close()
+
+
+def pixels(frames: list[Frame]) -> np.ndarray:
+    images = [
+        cv2.imdecode(np.frombuffer(f.encoded, np.uint8), cv2.IMREAD_GRAYSCALE) for f in frames
+    ]
+    return np.stack(images)[..., None]
+
+
+def pixel_input(name: str, batch: np.ndarray, binary: bool) -> httpclient.InferInput:
+    tensor = httpclient.InferInput(name, list(batch.shape), "UINT8")
+    tensor.set_data_from_numpy(batch, binary_data=binary)
+    return tensor
+
+
+def text(element: bytes | str) -> str:
+    """A BYTES element: tritonclient gives bytes from binary data, str from JSON."""
+    return element.decode() if isinstance(element, bytes) else element
+
+
+def test_health_and_metadata_as_triton_has_them(clients, fashion_manifest: Manifest):
+    edge, cloud = clients
+    for client, model, version in (
+        (edge, "fashion", str(fashion_manifest.version)),
+        (cloud, TRITON_MODEL, str(fashion_manifest.cloud.version)),
+    ):
+        assert client.is_server_live() and client.is_server_ready()
+        assert client.is_model_ready(model) and client.is_model_ready(model, version)
+        assert not client.is_model_ready("no_such_model")
+        server = client.get_server_metadata()
+        assert {"name", "version", "extensions"} <= server.keys()
+        metadata = client.get_model_metadata(model)
+        assert metadata["name"] == model and version in metadata["versions"]
+        for tensor in metadata["inputs"] + metadata["outputs"]:
+            assert tensor.keys() == {"name", "datatype", "shape"}
+            assert all(isinstance(d, int) for d in tensor["shape"]) and tensor["shape"][0] == -1
+        config = client.get_model_config(model)
+        assert config["name"] == model and isinstance(config["max_batch_size"], int)
+        batch = [-1] if config["max_batch_size"] else []
+        by_name = {t["name"]: t["shape"] for t in metadata["inputs"] + metadata["outputs"]}
+        for tensor in config["input"] + config["output"]:
+            assert by_name[tensor["name"]] == batch + tensor["dims"], "config and metadata agree"
+        with pytest.raises(InferenceServerException) as unknown:
+            client.get_model_metadata("no_such_model")
+        assert unknown.value.status() in ("400", "404")
+    assert edge.get_server_metadata()["name"] == "edgecascade"
+    outputs = {t["name"]: t for t in edge.get_model_metadata("fashion")["outputs"]}
+    assert outputs["probabilities"]["shape"] == [-1, len(fashion_manifest.labels)]
+    assert outputs["tier"]["datatype"] == "BYTES"
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_infer_answers_as_triton_does(clients, frames, fashion_manifest, binary: bool):
+    edge, cloud = clients
+    batch = pixels(frames[:5])
+    on_edge = edge.infer(
+        "fashion",
+        [pixel_input("pixels", batch, binary)],
+        outputs=[
+            httpclient.InferRequestedOutput(name, binary_data=binary)
+            for name in ("probabilities", "top1", "tier")
+        ],
+        request_id="r1",
+    )
+    on_cloud = cloud.infer(
+        TRITON_MODEL,
+        [pixel_input("image", batch, binary)],
+        outputs=[httpclient.InferRequestedOutput("logits", binary_data=binary)],
+    )
+    for result, name in ((on_edge, "probabilities"), (on_cloud, "logits")):
+        assert result.as_numpy(name).shape == (5, len(fashion_manifest.labels))
+        assert result.as_numpy(name).dtype == np.float32
+    # every input escalated: the agent answers with Triton's classes
+    assert on_edge.as_numpy("top1").tolist() == on_cloud.as_numpy("logits").argmax(1).tolist()
+    assert [text(t) for t in on_edge.as_numpy("tier")] == ["cloud"] * 5
+    response = on_edge.get_response()
+    assert (
+        response["id"] == "r1" and response["parameters"]["tier"] == "cloud,cloud,cloud,cloud,cloud"
+    )
+    assert response["model_version"] == str(fashion_manifest.version)
+
+    classes = edge.infer(
+        "fashion",
+        [pixel_input("pixels", batch[:1], binary)],
+        outputs=[
+            httpclient.InferRequestedOutput("probabilities", class_count=2, binary_data=binary)
+        ],
+    ).as_numpy("probabilities")
+    score, index, label = text(classes[0][0]).split(":")
+    assert (
+        int(index) == on_edge.as_numpy("top1")[0] and label == fashion_manifest.labels[int(index)]
+    )
+
+    encoded = httpclient.InferInput("image", [2], "BYTES")
+    encoded.set_data_from_numpy(np.array([f.encoded for f in frames[:2]], object), binary_data=True)
+    by_image = edge.infer("fashion", [encoded])  # all outputs, binary (tritonclient's default)
+    assert by_image.as_numpy("top1").tolist() == on_edge.as_numpy("top1")[:2].tolist()
+
+
+def test_bad_requests_get_triton_like_errors_and_failures_count(clients, agent, http_port):
+    edge, _ = clients
+    model = {"model": "fashion", "version": "1"}
+    before = agent.metric("nv_inference_request_failure", **model, reason="OTHER")
+
+    def fails(*args, **kwargs) -> InferenceServerException:
+        with pytest.raises(InferenceServerException) as err:
+            edge.infer(*args, **kwargs)
+        return err.value
+
+    junk = httpclient.InferInput("image", [1], "BYTES")
+    junk.set_data_from_numpy(np.array([b"not an image"], object))
+    bad = fails("fashion", [junk])
+    assert bad.status() == "400" and "cannot decode" in bad.message()
+    unknown = fails("imagenet", [junk])
+    assert unknown.status() == "404" and "serves 'fashion'" in unknown.message()
+    wrong = fails("fashion", [junk], outputs=[httpclient.InferRequestedOutput("logits")])
+    assert wrong.status() == "400" and "unknown output 'logits'" in wrong.message()
+    url = f"http://127.0.0.1:{http_port}/v2/models/fashion/infer"  # not JSON at all
+    request = urllib.request.Request(url, data=b"{oops", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as raw:
+        urllib.request.urlopen(request, timeout=5)
+    assert raw.value.code == 400 and b"not a KServe v2 inference request" in raw.value.read()
+    # the agent counts the requests it answered wrongly as Triton's reason OTHER
+    assert agent.metric("nv_inference_request_failure", **model, reason="OTHER") == before + 2
+
+
+def test_statistics_and_repository_index_as_triton_has_them(clients, agent, frames):
+    edge, cloud = clients
+    grpc_edge = PLAINTEXT.triton(agent.address)
+    before = edge.get_inference_statistics("fashion")["model_stats"][0]
+    for _ in range(3):
+        edge.infer("fashion", [pixel_input("pixels", pixels(frames[:4]), True)])
+    after = edge.get_inference_statistics("fashion", "1")["model_stats"][0]
+    assert after["inference_count"] - before["inference_count"] == 12
+    assert after["execution_count"] - before["execution_count"] == 3
+    stats, earlier = after["inference_stats"], before["inference_stats"]
+    for stage in ("success", "queue", "compute_input", "compute_infer", "compute_output"):
+        assert stats[stage]["count"] - earlier[stage]["count"] == 3
+        assert stats[stage]["ns"] > earlier[stage]["ns"]
+    assert stats["success"]["ns"] >= stats["compute_infer"]["ns"] > 0
+    assert any(b["batch_size"] == 4 for b in after["batch_stats"])
+    same = grpc_edge.get_inference_statistics("fashion", as_json=True)["model_stats"][0]
+    assert int(same["inference_count"]) == after["inference_count"]  # one implementation
+
+    triton = cloud.get_inference_statistics(TRITON_MODEL)["model_stats"][0]
+    assert triton.keys() == after.keys()
+    assert triton["inference_stats"].keys() == stats.keys()
+
+    index = edge.get_model_repository_index()
+    assert index == [{"name": "fashion", "version": "1", "state": "READY"}]
+    assert {m["name"] for m in cloud.get_model_repository_index()} >= {TRITON_MODEL}
+    assert all(m.keys() == index[0].keys() for m in cloud.get_model_repository_index())
+    grpc_edge.close()
+
+
+def families(url: str) -> dict:
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    return {family.name: family for family in text_string_to_metric_families(text)}
+
+
+def test_metrics_share_triton_names_types_and_labels(agent, triton, clients, frames):
+    edge, cloud = clients
+    edge.infer("fashion", [pixel_input("pixels", pixels(frames[:2]), True)])
+    cloud.infer(TRITON_MODEL, [pixel_input("image", pixels(frames[:2]), True)])
+    ours, theirs = families(agent.metrics_url), families(triton.metrics_url)
+    wanted = {
+        "nv_inference_request_success",
+        "nv_inference_request_failure",
+        "nv_inference_count",
+        "nv_inference_exec_count",
+        "nv_inference_request_duration_us",
+        "nv_inference_queue_duration_us",
+        "nv_inference_compute_input_duration_us",
+        "nv_inference_compute_infer_duration_us",
+        "nv_inference_compute_output_duration_us",
+        "nv_inference_pending_request_count",
+        "nv_cpu_utilization",
+        "nv_cpu_memory_total_bytes",
+        "nv_cpu_memory_used_bytes",
+    }
+    assert wanted <= ours.keys() and wanted <= theirs.keys()
+    shared = {n for n in ours.keys() & theirs.keys() if n.startswith("nv_")}
+    for name in sorted(shared):
+        assert ours[name].type == theirs[name].type, name
+        labels = {frozenset(s.labels) for s in ours[name].samples}
+        assert labels == {frozenset(s.labels) for s in theirs[name].samples}, name
+    reasons = {s.labels["reason"]: s.value for s in ours["nv_inference_request_failure"].samples}
+    assert reasons.keys() == {"OTHER", "BACKEND", "CANCELED", "REJECTED"}
+    assert {s.labels["reason"] for s in theirs["nv_inference_request_failure"].samples} == (
+        reasons.keys()
+    )
+    assert "process_cpu_seconds" in ours and "process_resident_memory_bytes" in ours
+    with pytest.raises(urllib.error.HTTPError) as elsewhere:
+        urllib.request.urlopen(agent.metrics_url.replace("/metrics", "/other"), timeout=5)
+    assert elsewhere.value.code == 404
+
+
+def test_rest_has_the_grpc_ports_tls_and_caller_check(triton, frames, tmp_path):
+    security = development_security(tmp_path / "certs")
+    port = free_port()
+    agent = start_agent(tmp_path, None, "--http-port", str(port), security=security)
+    folder = security.folder
+    options = {
+        "ca_certs": str(folder / certs.CA_CERT),
+        "certfile": str(folder / f"{CLIENT_CERT}.pem"),
+        "keyfile": str(folder / f"{CLIENT_CERT}.key"),
+    }
+    token = (folder / TOKEN).read_text().strip()
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", ssl=True, ssl_options=options)
+    try:
+        batch = pixel_input("pixels", pixels(frames[:1]), True)
+        answer = client.infer("fashion", [batch], headers={"authorization": f"Bearer {token}"})
+        assert answer.as_numpy("top1").shape == (1,)
+        with pytest.raises(InferenceServerException) as anonymous:
+            client.infer("fashion", [batch])
+        assert anonymous.value.status() == "401" and "authorization" in anonymous.value.message()
+        with pytest.raises(InferenceServerException) as index:  # needs the admin scope
+            client.get_model_repository_index(headers={"authorization": f"Bearer {token}"})
+        assert index.value.status() == "403" and "'admin'" in index.value.message()
+        plain = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        with pytest.raises(Exception):  # noqa: B017  # a plaintext request on a TLS port
+            plain.is_server_live()
+        plain.close()
+    finally:
+        client.close()
+        agent.process.stop()
