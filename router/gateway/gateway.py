@@ -96,13 +96,16 @@ class HealthAgent:
     async def ready(self, name: str) -> bool:
         """Whether the endpoint HAProxy calls `name` is ready; logs every change."""
         stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channels[name])
+        why = ""
         try:
             reply = await stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=self.timeout_s)
             ready = bool(reply.ready)
-        except grpc.aio.AioRpcError:
-            ready = False
+        except grpc.aio.AioRpcError as e:
+            ready, why = False, f" ({e.code().name}: {e.details()})"
         if name in self._urls and self._ready.get(name) != ready:
-            log.warning("Triton %s is %s", self._urls[name], "ready" if ready else "NOT ready")
+            log.warning(
+                "Triton %s is %s%s", self._urls[name], "ready" if ready else "NOT ready", why
+            )
             self._ready[name] = ready
             await self.publish()
         return ready
@@ -163,6 +166,8 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event | None = None) ->
     )
     health = HealthServicer()
     agent = HealthAgent(urls, AGENT_TIMEOUT_S, Transport(tls=upstream), health)
+    # Health says from the start whether a configured Triton is ready; HAProxy asks on.
+    await asyncio.gather(*(agent.ready(GatewayConfig.server_name(i)) for i in range(len(urls))))
     await agent.publish()  # NOT_SERVING until a Triton is found ready
     agent_server = await asyncio.start_server(agent.answer, "127.0.0.1", 0)
     # The gateway's own gRPC server: health for HAProxy to route to, and for probes on

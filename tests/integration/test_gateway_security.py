@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from edgecascade.cloud.common import certs
 from edgecascade.cloud.common.auth import Callers
-from edgecascade.cloud.common.launcher import edgecascade_command
+from edgecascade.cloud.common.launcher import edgecascade_command, wait_until
 from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.cloud.common.paths import family_dir
 from edgecascade.cloud.common.transport import Tls, Transport
@@ -216,8 +216,11 @@ def test_each_bad_caller_gets_its_own_answer(
         assert client.is_model_ready(name, headers=watcher)  # status scope: yes
     with Transport(tls=secured.tls("nobody")).channel(gateway.url) as channel:
         health = health_pb2_grpc.HealthStub(channel)  # open to probes: no credentials needed
-        reply = health.Check(health_pb2.HealthCheckRequest(), timeout=5)  # Triton's answer
-        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        # The gateway's own answer: SERVING once its checks find Triton ready again (the test
+        # before reloads the model), within a probe interval.
+        serving = health_pb2.HealthCheckResponse.SERVING
+        request = health_pb2.HealthCheckRequest()
+        assert wait_until(lambda: health.Check(request, timeout=5).status == serving, 5)
 
 
 @pytest.mark.parametrize("who", ["no certificate", "another CA", "plaintext"])
