@@ -383,9 +383,12 @@ class HttpServer:
         await self.task
 
 
-async def start(app: ASGIApp, host: str, port: int, tls: Tls | None = None) -> HttpServer:
+async def start(
+    app: ASGIApp, host: str, port: int, tls: Tls | None = None, grace_s: float | None = None
+) -> HttpServer:
     """Serve `app` on host:port (0: a free port), over `tls` when given (mutual TLS when it
-    requires client certificates); PortInUse when the port is taken."""
+    requires client certificates); PortInUse when the port is taken. Closed, it gives the
+    requests in flight `grace_s` seconds (None: as long as they take)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         sock = socket.create_server((host.strip("[]"), port), family=family)
@@ -400,7 +403,14 @@ async def start(app: ASGIApp, host: str, port: int, tls: Tls | None = None) -> H
             "ssl_ca_certs": str(tls.ca) if tls.ca else None,
             "ssl_cert_reqs": ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_NONE,
         }
-    config = uvicorn.Config(app, lifespan="off", access_log=False, log_level="warning", **options)
+    config = uvicorn.Config(
+        app,
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=None if grace_s is None else max(1, round(grace_s)),
+        **options,
+    )
     server = _Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:

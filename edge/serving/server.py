@@ -198,7 +198,11 @@ async def serve(settings: EdgeSettings, stop: asyncio.Event | None = None) -> No
             (i for i in transport.server_interceptors if isinstance(i, Authorizer)), None
         )
         app = http.rest_app(kserve, authorizer)
-        faces.append(await http.start(app, settings.host, settings.http_port, transport.tls))
+        faces.append(
+            await http.start(
+                app, settings.host, settings.http_port, transport.tls, settings.grace_s
+            )
+        )
     if settings.metrics_port:
         faces.append(await http.start(agent.metrics.app(), settings.host, settings.metrics_port))
     scheme = "https" if transport.tls else "http"

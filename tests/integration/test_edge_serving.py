@@ -212,7 +212,7 @@ def test_health_reflection_and_metrics_answer(
     samples = {
         "success": ("nv_inference_request_success", model),
         "count": ("nv_inference_count", model),
-        "invalid": ("nv_inference_request_failure", {**model, "reason": "INVALID_ARGUMENT"}),
+        "invalid": ("nv_inference_request_failure", {**model, "reason": "OTHER"}),
         "total": ("edgecascade_latency_seconds_count", {"hop": "total"}),
         "escalations": ("edgecascade_escalations_total", {}),
     }
