@@ -68,9 +68,23 @@ def test_a_missing_upstream_says_where_to_give_one() -> None:
     with pytest.raises(ConfigError) as err:
         load_gateway_settings()
     assert str(err.value) == (
-        "invalid gateway settings: upstream is not set: give --upstream, "
-        "EDGECASCADE_GATEWAY_UPSTREAM or `upstream` in the config file"
+        "invalid gateway settings: upstream (default): no Triton endpoint: give --upstream "
+        "(EDGECASCADE_GATEWAY_UPSTREAM), --upstreams-file or --discover"
     )
+
+
+def test_endpoints_may_come_from_a_file_or_dns_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    from_file = load_gateway_settings(options={"upstreams_file": "upstreams.txt"})
+    assert from_file.upstream == [] and from_file.upstreams_file == Path("upstreams.txt")
+    with pytest.raises(ConfigError, match=re.escape("dns_server (option --dns-server): dns_")):
+        load_gateway_settings(options={"upstream": ["t:8001"], "dns_server": "10.0.0.10:53"})
+    with pytest.raises(ConfigError, match="dns_server 'dns' is not HOST:PORT"):
+        load_gateway_settings(options={"dns_server": "dns"})
+    monkeypatch.setenv("EDGECASCADE_GATEWAY_DISCOVER", "_grpc._tcp.triton.ns.svc.cluster.local")
+    monkeypatch.setenv("EDGECASCADE_GATEWAY_DNS_SERVER", "10.0.0.10:53")
+    from_dns = load_gateway_settings(options={"health_port": 8003})
+    assert from_dns.discover == "_grpc._tcp.triton.ns.svc.cluster.local"
+    assert (from_dns.dns_server, from_dns.health_port) == ("10.0.0.10:53", 8003)
 
 
 @pytest.mark.parametrize(
@@ -116,10 +130,18 @@ def test_serve_help_takes_its_defaults_from_the_settings() -> None:
         ("--grace", "grace_s"),
         ("--host", "host"),
         ("--metrics-port", "metrics_port"),
+        ("--health-port", "health_port"),
     ]:
         assert f"{flag} <" in text
         assert f"{fields[name].description} (default {fields[name].default})" in text
-    assert "(required)" in text  # upstream
+    for flag, name in [
+        ("--upstream", "upstream"),
+        ("--upstreams-file", "upstreams_file"),
+        ("--discover", "discover"),
+        ("--dns-server", "dns_server"),
+    ]:
+        assert f"{flag} <" in text and fields[name].description in text
+    assert "(required)" not in text  # any one source of endpoints will do
 
 
 @pytest.mark.parametrize(
