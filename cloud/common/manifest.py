@@ -128,10 +128,12 @@ class RoutingPolicy(BaseModel):
     threshold: float = Field(ge=0.0, le=1.0)
     temperature: float = Field(1.0, gt=0.0, description="fit on the calibration split")
     mirror: bool = Field(
-        False, description="score the image and its left-right mirror (one more edge inference)"
+        False,
+        description="answer with the mean of the image's and its left-right mirror's views "
+        "(twice the edge inference)",
     )
     ensemble: bool = Field(
-        False, description="score with every member of an ensemble edge model (member 0 answers)"
+        False, description="answer with the mean of every member of an ensemble edge model"
     )
 
 

@@ -164,8 +164,7 @@ class Cascade:
         """`images` are decoded (uint8 [H, W] or [H, W, C] each, or one [N, H, W, C] array): one
         edge inference for them all, one cloud call for those the policy escalates."""
         logits, mirrored = await self._edge_logits(images)
-        confidence = self.policy.confidence(self.policy.views(logits, mirrored))
-        probabilities = softmax(logits[:, 0])
+        probabilities, confidence = self.policy.answer(self.policy.views(logits, mirrored))
         edge_class_id = probabilities.argmax(axis=-1)
         edge_done = time.perf_counter()
         escalated = np.asarray(self.policy.escalate(confidence))

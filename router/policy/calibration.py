@@ -90,9 +90,10 @@ class OperatingPoint:
 class Split:
     """Edge logits and which of the edge and cloud answers are right, for one data split.
 
-    `edge_logits` are [N, members, K] (an ensemble edge model; [N, K] is taken as one member)
-    and member 0 answers; `mirrored_logits` are alike on the images flipped left-right, where
-    the family's models were trained with flips (None otherwise)."""
+    `edge_logits` are [N, members, K] (an ensemble edge model; [N, K] is taken as one member);
+    which of them the edge answers with is the policy's choice (see `answer`).
+    `mirrored_logits` are alike on the images flipped left-right, where the family's models
+    were trained with flips (None otherwise)."""
 
     edge_logits: Floats
     labels: Classes
@@ -123,31 +124,44 @@ class Split:
     def members(self) -> int:
         return self.edge_logits.shape[1]
 
-    @property
-    def answer_logits(self) -> Floats:
-        """[N, K]: member 0's, whose answers the edge gives."""
-        return self.edge_logits[:, 0]
+    def views(self, policy: ScorePolicy) -> Floats:
+        """The edge logits `policy` looks at, as `ScorePolicy.views` lays them out."""
+        if policy.mirror and self.mirrored_logits is None:
+            raise ValueError(f"{policy.label} needs mirrored edge logits, which this split lacks")
+        return policy.views(self.edge_logits, self.mirrored_logits)
 
-    @property
-    def edge_correct(self) -> Booleans:
-        correct: Booleans = self.answer_logits.argmax(-1) == self.labels
-        return correct
+    def answer(self, policy: ScorePolicy) -> tuple[Floats, Floats]:
+        """(probabilities [N, K], score [N]) the edge answers with under `policy`."""
+        return policy.answer(self.views(policy))
 
     def confidence(self, policy: ScorePolicy) -> Floats:
         """`policy`'s score of every input."""
-        if policy.mirror and self.mirrored_logits is None:
-            raise ValueError(f"{policy.label} needs mirrored edge logits, which this split lacks")
-        return policy.confidence(policy.views(self.edge_logits, self.mirrored_logits))
+        return self.answer(policy)[1]
+
+    def edge_correct(self, policy: ScorePolicy) -> Booleans:
+        """Whether the edge's answer under `policy` (the mean of its views) is right."""
+        correct: Booleans = self.answer(policy)[0].argmax(-1) == self.labels
+        return correct
 
     def operating_point(self, policy: ScorePolicy) -> OperatingPoint:
         """Escalation rate and cascade accuracy of `policy` on this split."""
         return operating_point(
-            self.confidence(policy), policy.threshold, self.edge_correct, self.cloud_correct
+            self.confidence(policy), policy.threshold, self.edge_correct(policy), self.cloud_correct
         )
 
     def curve(self, policy: ScorePolicy) -> NDArray[np.float64]:
         """Cascade accuracy of `policy`'s ranking when k = 0..N inputs escalate."""
-        return cascade_curve(self.confidence(policy), self.edge_correct, self.cloud_correct)[1]
+        return cascade_curve(
+            self.confidence(policy), self.edge_correct(policy), self.cloud_correct
+        )[1]
+
+    def fit_temperature(self, policy: ScorePolicy) -> float:
+        """The temperature that calibrates the mean of `policy`'s views on this split."""
+        return fit_temperature(self.views(policy), self.labels)
+
+    def calibration_error(self, policy: ScorePolicy) -> float:
+        """ECE (15 bins) of the probabilities the edge answers with under `policy`."""
+        return expected_calibration_error(self.answer(policy)[0], self.labels)
 
 
 def operating_point(
@@ -257,10 +271,11 @@ def ranking_quality(split: Split, policy: ScorePolicy) -> float:
 
 
 def candidate_policies(
-    split: Split, temperature: float, kind: str | None, mirror: bool | None, ensemble: bool | None
+    split: Split, kind: str | None, mirror: bool | None, ensemble: bool | None
 ) -> list[ScorePolicy]:
-    """Policies of `kind` (None: every kind) at `temperature`, looking once or more as the
-    split allows: `mirror`/`ensemble` None gives both with and without."""
+    """Policies of `kind` (None: every kind), looking once or more as the split allows
+    (`mirror`/`ensemble` None gives both with and without), each at the temperature fit on
+    this split for the views it looks at."""
     looks = {}
     for name, wanted, possible in (
         ("mirror", mirror, split.mirrored_logits is not None),
@@ -269,11 +284,17 @@ def candidate_policies(
         if wanted and not possible:
             raise ValueError(f"this split has no edge logits to calibrate a {name} policy on")
         looks[name] = [wanted] if wanted is not None else [False, True][: 1 + possible]
+    temperatures = {
+        (flipped, pooled): split.fit_temperature(
+            MaxProbabilityPolicy(0.0, mirror=flipped, ensemble=pooled)
+        )
+        for flipped in looks["mirror"]
+        for pooled in looks["ensemble"]
+    }
     return [
         cls(0.0, temperature, mirror=flipped, ensemble=pooled)
         for cls in ([policy_class(kind)] if kind else POLICIES.values())
-        for flipped in looks["mirror"]
-        for pooled in looks["ensemble"]
+        for (flipped, pooled), temperature in temperatures.items()
     ]
 
 
@@ -286,35 +307,30 @@ def calibrate(
     ensemble: bool | None = None,
     window: int | None = DEFAULT_WINDOW,
 ) -> Calibration:
-    """Fit the temperature, then pick the threshold of policy `kind` for `target` (default: of
-    the policy with the best `ranking_quality` on this split). `mirror` and `ensemble` None try
-    the policies with and without the mirrored view and the ensemble's other members (with
-    only where the split has their logits). The target holds at `assurance` over `window` new
-    inputs (see `pick_threshold`)."""
-    temperature = fit_temperature(split.answer_logits, split.labels)
-    candidates = candidate_policies(split, temperature, kind, mirror, ensemble)
+    """Fit the temperature of each view set, then pick the threshold of policy `kind` for
+    `target` (default: of the policy with the best `ranking_quality` on this split).
+    `mirror` and `ensemble` None try the policies with and without the mirrored view and the
+    ensemble's other members (with only where the split has their logits). The target holds
+    at `assurance` over `window` new inputs (see `pick_threshold`)."""
+    candidates = candidate_policies(split, kind, mirror, ensemble)
     scorer = max(candidates, key=lambda policy: ranking_quality(split, policy))
     point = pick_threshold(
         split.confidence(scorer),
-        split.edge_correct,
+        split.edge_correct(scorer),
         split.cloud_correct,
         target,
         assurance,
         window,
     )
-    policy = type(scorer)(point.threshold, temperature, scorer.mirror, scorer.ensemble)
+    policy = type(scorer)(point.threshold, scorer.temperature, scorer.mirror, scorer.ensemble)
     return Calibration(
         policy=policy,
         point=point,
         target=target,
         assurance=assurance,
         window=window,
-        ece_before=expected_calibration_error(
-            MaxProbabilityPolicy(0.0).probabilities(split.answer_logits), split.labels
-        ),
-        ece_after=expected_calibration_error(
-            policy.probabilities(split.answer_logits), split.labels
-        ),
+        ece_before=split.calibration_error(type(policy)(0.0, 1.0, policy.mirror, policy.ensemble)),
+        ece_after=split.calibration_error(policy),
     )
 
 

@@ -1,11 +1,17 @@
 """Accuracy against escalation rate on a family's test split: our temperature-scaled policies
 next to KubeEdge Sedna's joint-inference filters, and the operating point `calibrate` chose.
 
-The test split only reports: the temperature is fit on the calibration split and the
+Compared at equal edge cost: Sedna's filters score the same probabilities the edge answers with
+(the mean of the views the manifest's policy computes, raw: temperature 1), and the cascade
+keeps that answer where they do not escalate. Sedna on member 0 alone (1 view, what Sedna
+would compute) is shown too, with its own cheaper and weaker edge answers.
+
+The test split only reports: temperatures are fit on the calibration split and the
 operating point is the manifest's."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +19,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edgecascade.cloud.common.manifest import Manifest
-from edgecascade.router.policy.calibration import Split, candidate_policies, cascade_curve
+from edgecascade.router.policy.calibration import (
+    Split,
+    candidate_policies,
+    cascade_curve,
+    operating_point,
+)
 from edgecascade.router.policy.policies import (
+    Booleans,
     Classes,
     EntropyPolicy,
     Floats,
@@ -22,13 +34,13 @@ from edgecascade.router.policy.policies import (
     ScorePolicy,
     policy_from_manifest,
 )
-from edgecascade.router.policy.temperature import expected_calibration_error, fit_temperature
 
 # Sedna's hard-example filters score raw (uncalibrated) softmax outputs: ThresholdFilter
 # (hard when the top-1 probability < threshold) and CrossEntropyFilter (hard when
 # 1 + sum(p log p) / log K < threshold); both default to threshold 0.5.
-BASELINES = {"sedna_threshold": MaxProbabilityPolicy, "sedna_cross_entropy": EntropyPolicy}
+SEDNA_FILTERS = {"sedna_threshold": MaxProbabilityPolicy, "sedna_cross_entropy": EntropyPolicy}
 SEDNA_DEFAULT_THRESHOLD = 0.5
+ONE_VIEW = "_member0"  # suffix of the Sedna filters on member 0's output alone
 
 GOAL_MAX_DROP = 0.003
 GOAL_MAX_ESCALATION = 0.30
@@ -36,26 +48,52 @@ CURVE_STEP = 0.0025  # escalation-rate spacing of the curves stored in the repor
 BOOTSTRAP_RESAMPLES = 1000  # paired bootstrap of the test split for the policy comparisons
 
 
-def _scores(split: Split, temperature: float) -> dict[str, Floats]:
-    """Every input's score, per policy (by label) and baseline."""
-    ours = candidate_policies(split, temperature, kind=None, mirror=None, ensemble=None)
-    scores = {policy.label: split.confidence(policy) for policy in ours}
-    return scores | {name: split.confidence(cls(0.0)) for name, cls in BASELINES.items()}
+@dataclass(frozen=True)
+class Option:
+    """One way to run the cascade: a score per input (escalate the least confident) and
+    whether the edge answer it keeps is right."""
+
+    score: Floats
+    edge_correct: Booleans
+
+
+def baselines(split: Split, served: ScorePolicy) -> dict[str, Option]:
+    """Sedna's filters on the raw mean of `served`'s views, scoring the answer the edge serves;
+    and (suffix ONE_VIEW) on member 0's raw output, answering with member 0."""
+    served_probabilities = split.answer(served)[0]
+    answer = served_probabilities.argmax(-1)
+    same = type(served)(0.0, 1.0, served.mirror, served.ensemble)
+    raw = split.answer(same)[0]
+    one_view = MaxProbabilityPolicy(0.0)
+    one_raw = split.answer(one_view)[0]
+    options = {}
+    for name, cls in SEDNA_FILTERS.items():
+        options[name] = Option(cls.score(raw, answer), split.edge_correct(served))
+        options[name + ONE_VIEW] = Option(
+            cls.score(one_raw, one_raw.argmax(-1)), split.edge_correct(one_view)
+        )
+    return options
+
+
+def _options(split: Split, policies: list[ScorePolicy], served: ScorePolicy) -> dict[str, Option]:
+    """Every policy's option (by label), then the baselines'."""
+    ours = {p.label: Option(split.confidence(p), split.edge_correct(p)) for p in policies}
+    return ours | baselines(split, served)
 
 
 def _bootstrap_curves(
-    split: Split, scores: dict[str, Floats], ks: Classes, resamples: int, seed: int = 0
+    split: Split, options: dict[str, Option], ks: Classes, resamples: int, seed: int = 0
 ) -> dict[str, NDArray[np.float64]]:
     """Cascade accuracy at k escalations on `resamples` resamples (with replacement) of the
-    split, the same resamples for every score: {name: [resamples, len(ks)]}."""
+    split, the same resamples for every option: {name: [resamples, len(ks)]}."""
     n = len(split.labels)
     rng = np.random.default_rng(seed)
     counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(resamples)])
-    gain = split.cloud_correct.astype(np.int64) - split.edge_correct
-    base = counts @ split.edge_correct.astype(np.int64)
     out = {}
-    for name, score in scores.items():
-        order = np.argsort(score, kind="stable")
+    for name, option in options.items():
+        gain = split.cloud_correct.astype(np.int64) - option.edge_correct
+        base = counts @ option.edge_correct.astype(np.int64)
+        order = np.argsort(option.score, kind="stable")
         taken, gained = counts[:, order].cumsum(1), (counts[:, order] * gain[order]).cumsum(1)
         rows = np.empty((resamples, len(ks)))
         for b in range(resamples):
@@ -107,8 +145,8 @@ def _versus(ours: Floats, baseline: Floats, upto: int) -> dict[str, Any]:
     }
 
 
-def _point(split: Split, policy: ScorePolicy) -> dict[str, float]:
-    p = split.operating_point(policy)
+def _point(option: Option, threshold: float, cloud_correct: Booleans) -> dict[str, float]:
+    p = operating_point(option.score, threshold, option.edge_correct, cloud_correct)
     return {"escalation_rate": p.escalation_rate, "accuracy": p.cascade_accuracy}
 
 
@@ -117,39 +155,42 @@ def evaluate_family(family_folder: Path) -> dict[str, Any]:
     manifest = Manifest.load(family_folder / "manifest.json")
     calibration = Split.load(family_folder / "calibration.npz")
     test = Split.load(family_folder / "test_predictions.npz")
-    temperature = fit_temperature(calibration.answer_logits, calibration.labels)
+    chosen = policy_from_manifest(manifest.policy)
+    policies = candidate_policies(calibration, kind=None, mirror=None, ensemble=None)
     n = len(test.labels)
     cloud = float(test.cloud_correct.mean())
-    scores = _scores(test, temperature)
+    options = _options(test, policies, chosen)
+    names = list(options)
+    baseline_names = [name for name in names if name.startswith("sedna_")]
     curves = {
-        name: cascade_curve(score, test.edge_correct, test.cloud_correct)[1]
-        for name, score in scores.items()
+        name: cascade_curve(o.score, o.edge_correct, test.cloud_correct)[1]
+        for name, o in options.items()
     }
     grid = np.unique(np.round(np.arange(0, 1 + CURVE_STEP / 2, CURVE_STEP) * n).astype(int))
-    resampled = _bootstrap_curves(test, scores, grid, BOOTSTRAP_RESAMPLES)
+    resampled = _bootstrap_curves(test, options, grid, BOOTSTRAP_RESAMPLES)
     upto = int(np.floor(GOAL_MAX_ESCALATION * n))
-    chosen = policy_from_manifest(manifest.policy)
-    test_point = _point(test, chosen)
+    served = Option(test.confidence(chosen), test.edge_correct(chosen))
+    test_point = _point(served, chosen.threshold, test.cloud_correct)
     goal_accuracy = cloud - GOAL_MAX_DROP
-
-    def ece(split: Split, t: float) -> float:
-        return round(
-            expected_calibration_error(
-                MaxProbabilityPolicy(0, t).probabilities(split.answer_logits), split.labels
-            ),
-            5,
-        )
-
+    raw = type(chosen)(0.0, 1.0, chosen.mirror, chosen.ensemble)
+    views = {p.looks: p for p in policies if isinstance(p, MaxProbabilityPolicy)}
     return {
         "family": manifest.family,
         "models": {"edge": manifest.edge.key, "cloud": manifest.cloud.key},
         "inputs": {"calibration": len(calibration.labels), "test": n},
-        "temperature": temperature,
+        "temperature": chosen.temperature,
+        "temperatures": {label: p.temperature for label, p in views.items()},
         "ece_15_bins": {
-            split_name: {"before": ece(split, 1.0), "after": ece(split, temperature)}
+            split_name: {
+                "before": round(split.calibration_error(raw), 5),
+                "after": round(split.calibration_error(chosen), 5),
+            }
             for split_name, split in (("calibration", calibration), ("test", test))
         },
-        "accuracy": {"edge_only": float(test.edge_correct.mean()), "cloud_only": cloud},
+        "accuracy": {"edge_only": float(served.edge_correct.mean()), "cloud_only": cloud},
+        "edge_only_by_views": {
+            label: float(test.edge_correct(p).mean()) for label, p in views.items()
+        },
         "curves": {
             name: {
                 "escalation_rate": (grid / n).round(4).tolist(),
@@ -163,14 +204,18 @@ def evaluate_family(family_folder: Path) -> dict[str, Any]:
         },
         "sedna_defaults": {
             name: {"threshold": SEDNA_DEFAULT_THRESHOLD}
-            | _point(test, cls(SEDNA_DEFAULT_THRESHOLD))
-            for name, cls in BASELINES.items()
+            | _point(options[name], SEDNA_DEFAULT_THRESHOLD, test.cloud_correct)
+            for name in baseline_names
         },
         "operating_point": {
             "policy": manifest.policy.model_dump(),
             "label": chosen.label,
             "how": manifest.notes.get("threshold", ""),
-            "calibration": _point(calibration, chosen),
+            "calibration": _point(
+                Option(calibration.confidence(chosen), calibration.edge_correct(chosen)),
+                chosen.threshold,
+                calibration.cloud_correct,
+            ),
             "test": test_point,
         },
         "goal": {
@@ -182,12 +227,12 @@ def evaluate_family(family_folder: Path) -> dict[str, Any]:
             ),
             "accuracy_drop_pt": round((cloud - test_point["accuracy"]) * 100, 3),
             "calibrated_policy_vs_baselines": {
-                name: _versus(curves[chosen.label], curves[name], upto) for name in BASELINES
+                name: _versus(curves[chosen.label], curves[name], upto) for name in baseline_names
             },
             "every_policy_vs_baselines": {
-                ours: {name: _versus(curves[ours], curves[name], upto) for name in BASELINES}
-                for ours in curves
-                if ours not in BASELINES
+                ours: {name: _versus(curves[ours], curves[name], upto) for name in baseline_names}
+                for ours in names
+                if ours not in baseline_names
             },
             "calibrated_policy_vs_baselines_bootstrap": {
                 "resamples": BOOTSTRAP_RESAMPLES,
@@ -197,7 +242,7 @@ def evaluate_family(family_folder: Path) -> dict[str, Any]:
                 name: _significance(
                     resampled[chosen.label], resampled[name], grid / n, GOAL_MAX_ESCALATION
                 )
-                for name in BASELINES
+                for name in baseline_names
             },
         },
     }
@@ -219,12 +264,13 @@ def plot_report(report: dict[str, Any], png: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(18, 5))
     # Baselines first (dashed, wide) so that our policies stay visible on top of them; the zoom
     # shows the baselines, the calibrated policy and the same kind with one view only.
-    names = sorted(curves, key=lambda name: name not in BASELINES)
+    baselines = [name for name in curves if name.startswith("sedna_")]
+    names = sorted(curves, key=lambda name: name not in baselines)
     colors = dict(zip(names, plt.get_cmap("tab20")(range(20))))  # its 20 colours, in order
-    zoomed = [name for name in names if name in {*BASELINES, chosen, point["policy"]["kind"]}]
+    zoomed = [name for name in names if name in {*baselines, chosen, point["policy"]["kind"]}]
     for ax, xmax, shown in zip(axes[:2], (1.0, 0.4), (names, zoomed)):
         for name in shown:
-            style, width = ("--", 2.2) if name in BASELINES else ("-", 1.2 + (name == chosen))
+            style, width = ("--", 2.2) if name in baselines else ("-", 1.2 + (name == chosen))
             curve = curves[name]
             ax.plot(
                 curve["escalation_rate"],
@@ -260,7 +306,7 @@ def plot_report(report: dict[str, Any], png: Path) -> None:
     axes[1].set_ylim(edge - 0.002, cloud + 0.003)
     rates = np.asarray(ours["escalation_rate"])
     bootstrap = goal["calibrated_policy_vs_baselines_bootstrap"]
-    for name in BASELINES:
+    for name in baselines:
         gap = (np.asarray(ours["accuracy"]) - np.asarray(curves[name]["accuracy"])) * 100
         (line,) = axes[2].plot(rates, gap, lw=1.2, label=f"{point['label']} - {name}")
         band = bootstrap[name]["interval_pt"]

@@ -1,16 +1,15 @@
 """Escalation policies: a confidence score from temperature-scaled edge logits, against a threshold.
 
-A score says how much the edge model backs its answer (the top-1 class of the image as given);
-the edge answers when the score is at least the threshold and escalates below it. Scores lie in
-[0, 1], higher meaning more confident, so a threshold of 0 never escalates.
+The edge answers with its best estimate: the mean, over every view it computed, of the
+temperature-scaled probabilities, and its top-1 class. A score says how much that estimate backs
+its answer; the edge answers when the score is at least the threshold and escalates below it.
+Scores lie in [0, 1], higher meaning more confident, so a threshold of 0 never escalates.
 
 Two ways to look again, both off by default and both paid in edge compute:
 - `ensemble`: the edge model is an ensemble (one graph whose output is [N, members, K] logits)
-  and the score averages every member's probabilities; member 0 answers.
+  and every member's probabilities go into the mean;
 - `mirror`: the edge model also sees the image flipped left-right, in the same inference (for
-  models trained with flips), and the score averages both views' probabilities.
-Either way the score is the averaged probability of the answer, which stays member 0's on the
-image as given: an answer the other views do not back scores lower.
+  models trained with flips), and both views go into the mean.
 
 Each kind registers itself with `@register_policy` under its `name`: manifests, calibration and
 the CLI's help know the kinds from `POLICIES` alone."""
@@ -64,13 +63,19 @@ class ScorePolicy:
         return self.name + "+ensemble" * self.ensemble + "+mirror" * self.mirror
 
     @property
+    def looks(self) -> str:
+        """The views it computes: `member 0`, `ensemble`, `mirror` or `ensemble+mirror`."""
+        return "+".join(["ensemble"] * self.ensemble + ["mirror"] * self.mirror) or "member 0"
+
+    @property
     def multiview(self) -> bool:
         return self.mirror or self.ensemble
 
     def views(self, logits: Floats, mirrored: Floats | None = None) -> Floats:
         """What `confidence` takes, from the edge model's logits of the images ([N, K], or
         [N, members, K] for an ensemble) and of their mirrors (alike; needed with `mirror`):
-        [N, K] for a one-view policy, else [N, V, K] with view 0 member 0 on the image as given."""
+        [N, K] for a one-view policy, else [N, V, K]: the members on the image as given, then
+        on its mirror."""
         members = member_logits(logits)
         chosen = members if self.ensemble else members[:, :1]
         if self.mirror:
@@ -89,18 +94,20 @@ class ScorePolicy:
         """softmax(logits / temperature) of [..., K] edge logits."""
         return softmax(np.asarray(logits, np.float64) / self.temperature)
 
-    def confidence(self, logits: Floats) -> Floats:
-        """The policy's score of edge logits: [..., K], or [..., V, K] (the views of each input,
-        view 0 the one that answers, as `views` lays them out) when it looks more than once."""
+    def answer(self, logits: Floats) -> tuple[NDArray[np.float64], Floats]:
+        """The edge's answer to edge logits [..., K], or [..., V, K] (the views of each input, as
+        `views` lays them out) when the policy looks more than once: (probabilities [..., K],
+        the mean over views of softmax(logits / temperature); the score of their top-1 class)."""
         probabilities = self.probabilities(logits)
         if self.multiview:
             if probabilities.ndim < 2:
                 raise ValueError(f"{self.label} takes [..., views, K] logits, not {logits.shape}")
-            answer = probabilities[..., 0, :].argmax(axis=-1)
             probabilities = probabilities.mean(axis=-2)
-        else:
-            answer = probabilities.argmax(axis=-1)
-        return self.score(probabilities, answer)
+        return probabilities, self.score(probabilities, probabilities.argmax(axis=-1))
+
+    def confidence(self, logits: Floats) -> Floats:
+        """The score of the answer to edge logits (see `answer`)."""
+        return self.answer(logits)[1]
 
     def escalate(self, confidence: float | Floats) -> bool | Booleans:
         return confidence < self.threshold
@@ -145,7 +152,7 @@ def _answer_probability(probabilities: Floats, answer: Classes) -> Floats:
 
 @register_policy
 class MaxProbabilityPolicy(ScorePolicy):
-    """Probability of the answer (the top-1 probability, unless views disagree)."""
+    """The answer's probability: the top-1 probability (KubeEdge Sedna's threshold filter)."""
 
     name: ClassVar[str] = "max_prob"
 
@@ -156,8 +163,7 @@ class MaxProbabilityPolicy(ScorePolicy):
 
 @register_policy
 class MarginPolicy(ScorePolicy):
-    """Probability of the answer minus the highest other (top-1 minus top-2); 0 when another
-    class comes out ahead (the views disagree)."""
+    """The answer's probability minus the highest other one (top-1 minus top-2)."""
 
     name: ClassVar[str] = "margin"
 

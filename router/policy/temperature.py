@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax
+from scipy.special import log_softmax, logsumexp
 
 from edgecascade.router.policy.policies import Classes, Floats
 
@@ -13,8 +13,12 @@ LOG_T_BOUNDS = (np.log(0.05), np.log(20.0))
 
 
 def negative_log_likelihood(logits: Floats, labels: Classes, temperature: float) -> float:
-    """Mean NLL of the labels under softmax(logits / temperature)."""
+    """Mean NLL of the labels under softmax(logits / temperature), for [N, K] logits; for the
+    views of each input, [N, V, K], under the mean over views of those probabilities (the
+    probabilities the edge answers with)."""
     log_p = log_softmax(np.asarray(logits, np.float64) / temperature, axis=-1)
+    if log_p.ndim == 3:
+        log_p = logsumexp(log_p, axis=1) - np.log(log_p.shape[1])
     return float(-log_p[np.arange(len(labels)), labels].mean())
 
 

@@ -15,6 +15,7 @@ from edgecascade.edge.cli import app
 from edgecascade.router.policy.policies import policy_from_manifest
 
 SPLIT_FILES = ("manifest.json", "calibration.npz", "test_predictions.npz")
+SEDNA = ("sedna_threshold", "sedna_cross_entropy")
 
 
 @pytest.fixture()
@@ -71,12 +72,30 @@ def test_calibrate_then_evaluate(artifacts_copy: Path):
         for members in ("", "+ensemble")
         for view in ("", "+mirror")
     }
-    assert set(data["curves"]) == ours | {"sedna_threshold", "sedna_cross_entropy"}
-    for curve in data["curves"].values():
+    sedna = {f"{name}{one}" for name in SEDNA for one in ("", "_member0")}
+    assert set(data["curves"]) == ours | sedna
+    by_views = data["edge_only_by_views"]
+    assert set(by_views) == {"member 0", "ensemble", "mirror", "ensemble+mirror"}
+    # The edge answers with the mean of its views: more views, better answers.
+    assert by_views["ensemble+mirror"] > by_views["ensemble"] > by_views["member 0"]
+    served = policy_from_manifest(policy)
+    assert data["accuracy"]["edge_only"] == by_views[served.looks]
+    for name, curve in data["curves"].items():
         rates = curve["escalation_rate"]
         assert len(rates) == len(curve["accuracy"]) > 100
         assert rates[0] == 0.0 and rates[-1] == 1.0 and rates == sorted(rates)
-        assert curve["accuracy"][0] == pytest.approx(data["accuracy"]["edge_only"], abs=1e-5)
+        # Each option keeps its own edge answers: Sedna on the served views keeps the served
+        # answers, Sedna on member 0 member 0's.
+        looks = (
+            "member 0"
+            if name.endswith("_member0")
+            else served.looks
+            if name in sedna
+            else name.split("+", 1)[1]
+            if "+" in name
+            else "member 0"
+        )
+        assert curve["accuracy"][0] == pytest.approx(by_views[looks], abs=1e-5)
         assert curve["accuracy"][-1] == pytest.approx(data["accuracy"]["cloud_only"], abs=1e-5)
     ece = data["ece_15_bins"]["calibration"]
     assert ece["after"] < ece["before"]

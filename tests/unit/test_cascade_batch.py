@@ -108,7 +108,7 @@ def test_a_mirroring_policy_infers_both_views_at_once_and_answers_for_the_image_
     assert answers.tiers == ["cloud", "cloud"]  # unmirrored, 0.9 would stay at the edge
 
 
-def test_an_ensemble_model_is_scored_on_every_member_and_answers_with_member_0():
+def test_an_ensemble_model_answers_with_the_mean_of_every_member_and_view():
     """A two-member fake model: member 0 is sure of its answer, member 1 (and every mirrored
     view) is not; one inference of the images and their mirrors gives all four views."""
 
@@ -125,8 +125,13 @@ def test_an_ensemble_model_is_scored_on_every_member_and_answers_with_member_0()
         policy = MaxProbabilityPolicy(0.7, mirror=mirror, ensemble=True)
         cascade = Cascade(manifest(), edge, policy, FakeCloud(), cloud_timeout_s=1.0)
         answers = classify_batch(cascade, halves)
-        assert answers.edge_class_id.tolist() == [1]  # member 0's answer as given
+        assert answers.edge_class_id.tolist() == [1]  # every view's top class
         scores[mirror] = float(answers.edge_confidence[0])
     assert [b.shape[0] for b in calls] == [1, 2]
     # Views backing class 1 with 0.9 (member 0 as given) and 0.35 (the others).
     assert scores == pytest.approx({False: (0.9 + 0.35) / 2, True: (0.9 + 3 * 0.35) / 4})
+    # Kept at the edge, the answer's probabilities are that mean.
+    never = MaxProbabilityPolicy(0.0, mirror=True, ensemble=True)
+    kept = classify_batch(Cascade(manifest(), edge, never, FakeCloud()), halves)
+    assert kept.tiers == ["edge"]
+    assert kept.probabilities[0].max() == pytest.approx(scores[True])

@@ -170,14 +170,18 @@ def test_calibrate_fits_temperature_and_uses_the_named_policy():
             calibrate(split, Target(max_escalation=0.3), **{look: True})
 
 
-def test_mirrored_scores_average_both_views_for_the_answer_of_the_image_as_given():
-    # Row 0: both views back class 0. Row 1: the mirror backs class 1 instead.
+def test_mirrored_answer_is_the_mean_of_both_views():
+    # Row 0: both views back class 0. Row 1: the mirror backs class 1, strongly enough that
+    # the mean does too: the answer is class 1, not the image-as-given view's class 0.
     given = np.log(np.array([[0.8, 0.1, 0.1], [0.7, 0.2, 0.1]]))
-    mirror = np.log(np.array([[0.6, 0.3, 0.1], [0.1, 0.8, 0.1]]))
+    mirror = np.log(np.array([[0.6, 0.3, 0.1], [0.1, 0.9, 0.0001]]))
     both = np.stack([given, mirror], axis=1)
-    assert MaxProbabilityPolicy(0.5, mirror=True).confidence(both) == pytest.approx([0.7, 0.4])
+    probabilities, score = MaxProbabilityPolicy(0.5, mirror=True).answer(both)
+    np.testing.assert_array_equal(probabilities.argmax(-1), [0, 1])
+    np.testing.assert_allclose(probabilities[1], [0.4, 0.55, 0.05], atol=1e-4)
+    assert score == pytest.approx([0.7, 0.55], abs=1e-4)
     margin = MarginPolicy(0.5, mirror=True).confidence(both)
-    assert margin == pytest.approx([0.7 - 0.2, 0.0])  # the views disagree: no margin
+    assert margin == pytest.approx([0.7 - 0.2, 0.55 - 0.4], abs=1e-4)
     assert MaxProbabilityPolicy(0.5).confidence(given) == pytest.approx([0.8, 0.7])
     with pytest.raises(ValueError, match=r"takes \[\.\.\., views, K\]"):
         MaxProbabilityPolicy(0.5, mirror=True).confidence(given[0])
@@ -203,7 +207,7 @@ def test_calibrate_takes_the_mirror_when_it_ranks_better():
 
 def test_views_put_member_0_on_the_image_as_given_first():
     """Ensemble logits [N, members, K] of the images and of their mirrors: each policy takes the
-    views it looks at, and the answer is always member 0's on the image as given."""
+    views it looks at, the members on the image as given first."""
     rng = np.random.default_rng(5)
     logits, mirrored = rng.normal(size=(2, 4, 3, 10))
     expected = {
@@ -226,12 +230,14 @@ def test_views_put_member_0_on_the_image_as_given_first():
     assert policy.ensemble and policy.label == "max_prob+ensemble+mirror"
 
 
-def test_ensemble_scores_average_the_members_for_member_0s_answer():
-    # Row 0: both members back class 0. Row 1: member 1 backs class 2 instead.
+def test_ensemble_answers_with_the_mean_of_its_members():
+    # Row 0: both members back class 0. Row 1: member 1 backs class 2, and so does the mean.
     member0 = np.log(np.array([[0.8, 0.1, 0.1], [0.6, 0.1, 0.3]]))
     member1 = np.log(np.array([[0.9, 0.05, 0.05], [0.2, 0.1, 0.7]]))
     views = MaxProbabilityPolicy(0.5, ensemble=True).views(np.stack([member0, member1], axis=1))
-    assert MaxProbabilityPolicy(0.5, ensemble=True).confidence(views) == pytest.approx([0.85, 0.4])
+    probabilities, score = MaxProbabilityPolicy(0.5, ensemble=True).answer(views)
+    np.testing.assert_array_equal(probabilities.argmax(-1), [0, 2])
+    assert score == pytest.approx([0.85, 0.5])
     assert (
         EntropyPolicy(0.5, ensemble=True).confidence(views)[1]
         < EntropyPolicy(0.5).confidence(member0)[1]
@@ -240,7 +246,7 @@ def test_ensemble_scores_average_the_members_for_member_0s_answer():
 
 def test_calibrate_takes_the_ensemble_when_it_ranks_better():
     """Member 1 does not back member 0's wrong answers: the ensemble ranks inputs better and
-    wins; the split's answers and edge accuracy stay member 0's."""
+    wins; a one-view policy's edge answers are member 0's."""
     logits, labels = sampled(1.0, n=4000, seed=4)
     edge_correct = logits.argmax(-1) == labels
     other = logits.copy()
@@ -248,7 +254,7 @@ def test_calibrate_takes_the_ensemble_when_it_ranks_better():
     other[rows, logits[rows].argmax(-1)] -= 6.0
     split = Split(np.stack([logits, other], axis=1), labels, np.ones(len(labels), bool))
     assert split.members == 2
-    np.testing.assert_array_equal(split.edge_correct, edge_correct)
+    np.testing.assert_array_equal(split.edge_correct(MaxProbabilityPolicy(0.0)), edge_correct)
     result = calibrate(split, Target(max_escalation=0.2), kind="max_prob")
     assert result.policy.ensemble and not result.policy.mirror
     single = calibrate(split, Target(max_escalation=0.2), kind="max_prob", ensemble=False)
