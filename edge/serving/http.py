@@ -383,15 +383,32 @@ class HttpServer:
         await self.task
 
 
+def _listening(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port. Its protocol is named (IPPROTO_TCP), as asyncio
+    needs to set TCP_NODELAY on the connections it accepts: without it a response written in
+    two parts (head, then body) waits for the client's delayed ACK, 40 ms."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # not SO_REUSEPORT
+        sock.bind(address)
+        sock.listen()
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 async def start(
     app: ASGIApp, host: str, port: int, tls: Tls | None = None, grace_s: float | None = None
 ) -> HttpServer:
     """Serve `app` on host:port (0: a free port), over `tls` when given (mutual TLS when it
     requires client certificates); PortInUse when the port is taken. Closed, it gives the
     requests in flight `grace_s` seconds (None: as long as they take)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        sock = socket.create_server((host.strip("[]"), port), family=family)
+        sock = _listening(host.strip("[]"), port)
     except OSError as e:
         raise PortInUse(f"cannot listen on {host}:{port}: {e.strerror}") from e
     options: dict[str, Any] = {}
