@@ -261,3 +261,29 @@ def status(url: str) -> str:
             health_pb2.HealthCheckRequest(), timeout=5
         )
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+def test_a_leaving_triton_finishes_what_is_in_flight_before_it_is_removed(
+    tritons, fashion_manifest, tmp_path
+):
+    """A ModelStreamInfer stream open on a Triton that leaves goes on being answered while the
+    gateway drains it, and only once it closes is the Triton removed."""
+    a, b, _ = tritons
+    gateway, path = file_gateway(tmp_path, [a])
+    batch = images(fashion_manifest, 1)
+    answers: list[str | None] = []
+    with gateway, PLAINTEXT.triton(gateway.url) as client:
+        client.start_stream(lambda result, error: answers.append(error and str(error)))
+        upstreams("add", b.grpc_url, "--file", str(path))  # where the others go meanwhile
+        upstreams("remove", a.grpc_url, "--file", str(path))
+        log = gateway.log_path
+        assert wait_until(lambda: "leaving: draining" in log.read_text(), 5)
+        for _ in range(10):  # the stream stays on a, draining
+            client.async_stream_infer(fashion_manifest.cloud.name, [infer_input(batch)])
+            time.sleep(0.1)
+        assert wait_until(lambda: len(answers) == 10, 5)
+        assert "drained and removed" not in log.read_text()
+        client.stop_stream()
+        assert wait_until(lambda: "drained and removed" in log.read_text(), 5)
+    assert answers == [None] * 10
+    assert served(a, fashion_manifest) == 10  # all on the stream's Triton
