@@ -20,6 +20,7 @@ from edgecascade.cloud.common.auth import Authorizer
 from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.cloud.common.paths import family_dir
 from edgecascade.cloud.common.preprocessing import Image, InvalidImage, decode_image, raw_image
+from edgecascade.cloud.common.transport import Transport
 from edgecascade.edge.serving import http, updater
 from edgecascade.edge.serving.agent import EdgeAgent
 from edgecascade.edge.serving.kserve import KServeService
@@ -164,6 +165,33 @@ class CascadeService(pb_grpc.CascadeServicer):
         )
 
 
+async def _http_faces(
+    settings: EdgeSettings, agent: EdgeAgent, kserve: KServeService, transport: Transport
+) -> list[http.HttpServer]:
+    """KServe v2 over REST on http_port (the gRPC port's TLS and caller check) and /metrics
+    on metrics_port (plaintext, as Triton's), each when set."""
+    faces = []
+    if settings.http_port:
+        authorizer = next(
+            (i for i in transport.server_interceptors if isinstance(i, Authorizer)), None
+        )
+        app = http.rest_app(kserve, authorizer)
+        faces.append(
+            await http.start(
+                app, settings.host, settings.http_port, transport.tls, settings.grace_s
+            )
+        )
+    try:
+        if settings.metrics_port:
+            faces.append(
+                await http.start(agent.metrics.app(), settings.host, settings.metrics_port)
+            )
+    except BaseException:
+        await asyncio.gather(*(face.close() for face in faces))
+        raise
+    return faces
+
+
 async def serve(settings: EdgeSettings, stop: asyncio.Event | None = None) -> None:
     """Run the agent until `stop` is set (or forever). Then health turns NOT_SERVING, new calls
     are refused and calls in flight get `grace_s` to finish."""
@@ -192,37 +220,27 @@ async def serve(settings: EdgeSettings, stop: asyncio.Event | None = None) -> No
     address = f"{settings.host}:{settings.port}"
     port = transport.listen(server, address)
     await server.start()
-    faces: list[http.HttpServer] = []  # HTTP servers, stopped after gRPC
-    if settings.http_port:
-        authorizer = next(
-            (i for i in transport.server_interceptors if isinstance(i, Authorizer)), None
-        )
-        app = http.rest_app(kserve, authorizer)
-        faces.append(
-            await http.start(
-                app, settings.host, settings.http_port, transport.tls, settings.grace_s
-            )
-        )
-    if settings.metrics_port:
-        faces.append(await http.start(agent.metrics.app(), settings.host, settings.metrics_port))
-    scheme = "https" if transport.tls else "http"
-    log.info(
-        "edge agent %s serving %s on %s:%d (Cascade, KServe v2, health, reflection; %s), "
-        "KServe v2 REST %s, model on %s, cloud %s, metrics %s",
-        agent.manifest.family,
-        agent.manifest.edge.key,
-        settings.host,
-        port,
-        describe_security(settings),
-        f"{scheme}://{settings.host}:{settings.http_port}/v2" if settings.http_port else "off",
-        agent.model.describe(),
-        settings.cloud_url or "disabled",
-        f"http://{settings.host}:{settings.metrics_port}/metrics"
-        if settings.metrics_port
-        else "off",
-    )
-    following = updater.start(agent, settings.sync_url) if settings.sync_url else None
+    faces: list[http.HttpServer] = []  # the HTTP servers
+    following = None
     try:
+        faces.extend(await _http_faces(settings, agent, kserve, transport))
+        scheme = "https" if transport.tls else "http"
+        log.info(
+            "edge agent %s serving %s on %s:%d (Cascade, KServe v2, health, reflection; %s), "
+            "KServe v2 REST %s, model on %s, cloud %s, metrics %s",
+            agent.manifest.family,
+            agent.manifest.edge.key,
+            settings.host,
+            port,
+            describe_security(settings),
+            f"{scheme}://{settings.host}:{settings.http_port}/v2" if settings.http_port else "off",
+            agent.model.describe(),
+            settings.cloud_url or "disabled",
+            f"http://{settings.host}:{settings.metrics_port}/metrics"
+            if settings.metrics_port
+            else "off",
+        )
+        following = updater.start(agent, settings.sync_url) if settings.sync_url else None
         await (stop or asyncio.Event()).wait()
     finally:
         if following:

@@ -2,7 +2,9 @@
 agent, checked with unmodified tritonclient.http (and .grpc) against a real agent and the real
 local Triton with the same assertions where the two share a shape."""
 
+import socket
 import statistics
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -15,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from edgecascade.cloud.common import certs
+from edgecascade.cloud.common.launcher import edgecascade_command
 from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.cloud.common.ports import free_port
 from edgecascade.cloud.common.transport import PLAINTEXT
@@ -218,6 +221,8 @@ def test_statistics_and_repository_index_as_triton_has_them(clients, agent, fram
 
     index = edge.get_model_repository_index()
     assert index == [{"name": "fashion", "version": "1", "state": "READY"}]
+    (model,) = grpc_edge.get_model_repository_index().models
+    assert (model.name, model.version, model.state) == ("fashion", "1", "READY")
     assert {m["name"] for m in cloud.get_model_repository_index()} >= {TRITON_MODEL}
     assert all(m.keys() == index[0].keys() for m in cloud.get_model_repository_index())
     grpc_edge.close()
@@ -294,3 +299,19 @@ def test_rest_has_the_grpc_ports_tls_and_caller_check(triton, frames, tmp_path):
     finally:
         client.close()
         agent.process.stop()
+
+
+@pytest.mark.parametrize("option", ["--http-port", "--metrics-port"])
+def test_a_taken_http_port_is_one_error_line(fashion_manifest, option: str):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        command = edgecascade_command(
+            "edge", "serve", "--insecure", "--family", "fashion", "--port", "0", option, str(taken)
+        )
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and f"127.0.0.1:{taken}" in last and "in use" in last
+    assert "Traceback" not in result.stderr
