@@ -33,7 +33,7 @@ Parts: TypeAlias = list[asyncio.Future[Logits]]  # the callers awaiting one requ
 # an infer request's userdata: the loop, each part's number of images, and their callers
 Userdata: TypeAlias = tuple[asyncio.AbstractEventLoop, list[int], Parts]
 FOLD_VARIANTS = 8  # compiled crop-and-resize variants kept, one per frame shape (LRU)
-FOLD_COMPILES_QUEUED = 2  # variants compiling or waiting to (one at a time); more: cv2 meanwhile
+FOLD_COMPILES_QUEUED = 2  # variants compiling or waiting to (one at a time); more wait their turn
 
 
 # devices that pick among, or combine, the devices listed after their colon
@@ -125,9 +125,11 @@ class EdgeModel:
     blocks the event loop; up to `parallelism` requests run at once on the device, and images
     that arrive while all are busy are batched into the next free one (dynamic batch models).
 
-    With `fold` (the model's Preprocessing), images of any size are welcome: the first batch
-    of a new shape is prepared with cv2 while a variant that crops and resizes frames of that
-    shape inside the model compiles in a thread; later batches of that shape go through it."""
+    With `fold` (the model's Preprocessing), images of any size are welcome: each shape gets a
+    variant that crops and resizes frames of that shape inside the model, compiled in a thread
+    (tens of ms) while the first frames of that shape wait for it. Every frame of a shape takes
+    the same path, so an answer never depends on which frames came first; a shape that cannot
+    fold is always prepared with cv2."""
 
     def __init__(
         self,
@@ -195,7 +197,9 @@ class EdgeModel:
                 + ("" if self.fold else " (frames of other sizes need folding on)")
             )
         requests = self._folded_requests(shape, self.fold)
-        if requests is None:
+        if requests is None and await self.fold_ready(shape):
+            requests = self._folded.get(shape)
+        if requests is None:  # this shape cannot fold: always cv2, the same answers every time
             prepared = await off_loop(images, prepare_batch, images, self.fold)
             return await self._requests.infer_batch(prepared)
         return await requests.infer_batch(images)

@@ -1,9 +1,11 @@
 """The imagenet family through the whole cascade: EfficientNet-Lite0 INT8 at the edge,
 EfficientNet-Lite2 on Triton, on the 20 labelled smoke photos."""
 
+import cv2
 import pytest
 
 from edgecascade.cloud.common.paths import family_dir
+from edgecascade.cloud.common.preprocessing import decode_image
 from edgecascade.cloud.common.transport import PLAINTEXT
 from edgecascade.cloud.triton.repository import write_model
 from edgecascade.cloud.triton.server import TritonServer
@@ -41,3 +43,28 @@ def test_smoke_photos_at_both_tiers(imagenet_manifest, tmp_path):
     assert (
         edge_answers[0].top_k[0].name == imagenet_manifest.labels[edge_answers[0].top_k[0].class_id]
     )
+
+
+def test_a_photo_answers_the_same_as_the_first_and_as_a_later_frame_of_its_size(tmp_path):
+    """Issue 13 item 5, through the agent: frames of a new size wait for the variant of the
+    edge model that folds their crop and resize, so the first frame of a size and the later
+    ones get the very same confidence."""
+    photos = [decode_image(f.encoded) for f in labelled_frames("imagenet", 3)]
+    sizes = [(640, 480), (500, 375)]
+    encoded = [
+        cv2.imencode(".png", cv2.resize(photo, size, interpolation=cv2.INTER_AREA))[1].tobytes()
+        for size in sizes
+        for photo in photos
+    ]
+    with EdgeProcess("imagenet", None, tmp_path / "edge.log", "--threshold", "0") as edge:
+        with PLAINTEXT.channel(edge.address) as channel:
+            stub = pb_grpc.CascadeStub(channel)
+            rounds = [
+                [stub.Classify(pb.ClassifyRequest(encoded_image=e), timeout=30) for e in encoded]
+                for _ in range(2)
+            ]
+    for first, later in zip(*rounds):
+        assert first.edge_confidence == later.edge_confidence
+        assert [(c.class_id, c.score) for c in first.top_k] == [
+            (c.class_id, c.score) for c in later.top_k
+        ]
