@@ -1,9 +1,10 @@
-# The router gateway: HAProxy in front of the Triton replicas (k8s/triton.yaml), run by
+# The router gateway: HAProxy in front of the Triton replicas (k8s/base/triton.yaml), run by
 # `edgecascade router serve`. Build from the repository root:
 #   docker build -f deploy/gateway.Dockerfile -t edgecascade-gateway .
-# CMD: the StatefulSet's per-pod names in namespace default, in full (HAProxy re-resolves them
-# without the search list); k8s/gateway.yaml passes its own namespace's, and its certificates,
-# caller file and Triton's admin key, mounted from Secrets: none is in the image.
+# CMD: follow the Triton StatefulSet's replicas through its headless Service's SRV records in
+# namespace default; k8s/base/gateway.yaml passes its own namespace's, and its certificates,
+# caller file and Triton's admin key, mounted from Secrets: none is in the image. Port 8003:
+# plaintext gRPC health for the kubelet's readiness probe (SERVING while a Triton is ready).
 FROM python:3.11-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends haproxy \
@@ -17,6 +18,6 @@ COPY router router
 COPY cloud cloud
 RUN pip install --no-cache-dir ".[gateway]"
 USER 10001
-EXPOSE 8001 9101
-ENTRYPOINT ["edgecascade", "router", "serve", "--host", "0.0.0.0", "--port", "8001", "--metrics-port", "9101"]
-CMD ["--upstream", "triton-0.triton.default.svc.cluster.local:8001", "--upstream", "triton-1.triton.default.svc.cluster.local:8001"]
+EXPOSE 8001 8003 9101
+ENTRYPOINT ["edgecascade", "router", "serve", "--host", "0.0.0.0", "--port", "8001", "--health-port", "8003", "--metrics-port", "9101"]
+CMD ["--discover", "_grpc._tcp.triton.default.svc.cluster.local"]

@@ -1,7 +1,9 @@
-"""deploy/ agrees with the CLI it runs and with itself: flags, upstream names, ports (no Docker)."""
+"""deploy/ agrees with the CLI it runs and with itself: flags, discovered names, ports, secrets
+(no Docker; the Kubernetes objects as each overlay renders them, `kubectl kustomize`)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -13,16 +15,17 @@ import typer
 import yaml
 
 from edgecascade.edge.cli import app
+from tests.kustomize import K8S, OVERLAYS, find, rendered
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 GATEWAY_DOCKERFILE = DEPLOY / "gateway.Dockerfile"
 EDGE_DOCKERFILE = DEPLOY / "edge.Dockerfile"
 COMPOSE = DEPLOY / "compose.yaml"
-TRITON_K8S = DEPLOY / "k8s" / "triton.yaml"
-GATEWAY_K8S = DEPLOY / "k8s" / "gateway.yaml"
+TRITON_K8S = K8S / "base" / "triton.yaml"
+GATEWAY_K8S = K8S / "base" / "gateway.yaml"
 SCRIPT = "edgecascade"  # [project.scripts] in pyproject.toml
-# The gateway reaches each Triton pod by its full name: HAProxy re-resolves server names at
-# run time without the resolv.conf search list, so a short name stops resolving (DNS NX).
+# The gateway follows the Triton pods through the SRV records of their headless Service, by
+# its full name (no resolv.conf search list).
 NAMESPACE_VAR = "POD_NAMESPACE"
 CLUSTER_DOMAIN = "svc.cluster.local"
 
@@ -73,13 +76,6 @@ def manifests(path: Path) -> list[Manifest]:
         return [doc for doc in yaml.safe_load_all(f) if doc]
 
 
-def find(docs: Sequence[Manifest], kind: str, name: str | None = None) -> Manifest:
-    """The one manifest of `kind` (named `name` when given)."""
-    found = [d for d in docs if d["kind"] == kind and name in (None, d["metadata"]["name"])]
-    assert len(found) == 1, f"{len(found)} {kind} {name or ''} manifests, expected one"
-    return found[0]
-
-
 def container(workload: Manifest) -> Manifest:
     """The single container of a Deployment's or StatefulSet's pod template."""
     (only,) = workload["spec"]["template"]["spec"]["containers"]
@@ -95,9 +91,9 @@ def compose_service(name: str) -> Manifest:
     return doc["services"][name]
 
 
-def gateway_args() -> list[str]:
-    """What k8s/gateway.yaml passes to the gateway image: its args, after the ENTRYPOINT."""
-    gateway = container(find(manifests(GATEWAY_K8S), "Deployment"))
+def gateway_args(overlay: str) -> list[str]:
+    """What an overlay passes to the gateway image: its args, after the ENTRYPOINT."""
+    gateway = container(find(rendered(overlay), "Deployment", "edgecascade-gateway"))
     assert "command" not in gateway, "a command would replace the image's ENTRYPOINT"
     return gateway["args"]
 
@@ -133,22 +129,21 @@ def values(args: Sequence[str], flag: str) -> list[str]:
 # --- the Triton StatefulSet ---------------------------------------------------------------
 
 
-def triton() -> tuple[Manifest, Manifest]:
+def triton(overlay: str) -> tuple[Manifest, Manifest]:
     """The Triton StatefulSet and the Service that names its pods."""
-    docs = manifests(TRITON_K8S)
+    docs = rendered(overlay)
     statefulset = find(docs, "StatefulSet")
     return statefulset, find(docs, "Service", statefulset["spec"]["serviceName"])
 
 
-def triton_pods(namespace: str) -> list[str]:
-    """host:port of each Triton replica's gRPC endpoint, by its per-pod DNS name."""
-    statefulset, service = triton()
-    name, domain = statefulset["metadata"]["name"], service["metadata"]["name"]
-    port = container_ports(statefulset)["grpc"]  # headless: clients reach the pod's own port
-    return [
-        f"{name}-{i}.{domain}.{namespace}.{CLUSTER_DOMAIN}:{port}"
-        for i in range(statefulset["spec"]["replicas"])
-    ]
+def triton_srv_name(overlay: str, namespace: str) -> str:
+    """The SRV name of the Triton pods' gRPC port: _<port name>._tcp.<service>.<namespace>..."""
+    statefulset, service = triton(overlay)
+    (grpc,) = [p for p in service["spec"]["ports"] if p["name"] == "grpc"]
+    assert grpc.get("protocol", "TCP") == "TCP"
+    # headless: the SRV records carry the pods' own port
+    assert grpc["port"] == container_ports(statefulset)["grpc"]
+    return f"_grpc._tcp.{service['metadata']['name']}.{namespace}.{CLUSTER_DOMAIN}"
 
 
 # --- tests --------------------------------------------------------------------------------
@@ -160,7 +155,14 @@ INVOCATIONS: dict[str, tuple[Path, tuple[str, ...], Callable[[], list[str]]]] = 
         ("router", "serve"),
         lambda: exec_form(GATEWAY_DOCKERFILE, "CMD"),
     ),
-    "k8s/gateway.yaml args": (GATEWAY_DOCKERFILE, ("router", "serve"), gateway_args),
+    **{
+        f"k8s {overlay} gateway args": (
+            GATEWAY_DOCKERFILE,
+            ("router", "serve"),
+            functools.partial(gateway_args, overlay),
+        )
+        for overlay in OVERLAYS
+    },
     "edge.Dockerfile CMD": (
         EDGE_DOCKERFILE,
         ("edge", "serve"),
@@ -195,17 +197,22 @@ def test_compose_edge_is_built_from_edge_dockerfile() -> None:
     assert (COMPOSE.parent / build["context"] / build["dockerfile"]).resolve() == EDGE_DOCKERFILE
 
 
-def test_gateway_upstreams_are_the_triton_pods() -> None:
-    gateway = container(find(manifests(GATEWAY_K8S), "Deployment"))
-    assert values(gateway_args(), "--upstream") == triton_pods(f"$({NAMESPACE_VAR})")
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_gateway_discovers_the_triton_pods(overlay: str) -> None:
+    gateway = container(find(rendered(overlay), "Deployment", "edgecascade-gateway"))
+    srv = triton_srv_name(overlay, f"$({NAMESPACE_VAR})")
+    assert values(gateway_args(overlay), "--discover") == [srv]
+    assert values(gateway_args(overlay), "--upstream") == []  # no fixed list to go stale
     namespace = {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert {"name": NAMESPACE_VAR, "valueFrom": namespace} in gateway.get("env", [])
     # The image's own default: the same pods in namespace default.
-    assert values(exec_form(GATEWAY_DOCKERFILE, "CMD"), "--upstream") == triton_pods("default")
+    cmd = exec_form(GATEWAY_DOCKERFILE, "CMD")
+    assert values(cmd, "--discover") == [triton_srv_name(overlay, "default")]
 
 
-def test_triton_service_is_headless_over_the_statefulset_pods() -> None:
-    statefulset, service = triton()
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_triton_service_is_headless_over_the_statefulset_pods(overlay: str) -> None:
+    statefulset, service = triton(overlay)
     labels = statefulset["spec"]["template"]["metadata"]["labels"]
     assert service["spec"].get("clusterIP") == "None", "per-pod DNS names need a headless Service"
     assert service["spec"]["selector"] == statefulset["spec"]["selector"]["matchLabels"]
@@ -226,23 +233,32 @@ def assert_service_targets(service: Manifest, workload: Manifest) -> None:
         assert target in ports or target in ports.values(), f"{port}: no such container port"
 
 
-def test_gateway_service_and_container_ports_match_the_command() -> None:
-    docs = manifests(GATEWAY_K8S)
-    deployment = find(docs, "Deployment")
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_gateway_service_and_container_ports_match_the_command(overlay: str) -> None:
+    docs = rendered(overlay)
+    deployment = find(docs, "Deployment", "edgecascade-gateway")
     service = find(docs, "Service", "edgecascade-gateway")
     ports = container_ports(deployment)
-    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == ports
+    # Edges and Prometheus reach gRPC and metrics; only the kubelet asks the health port.
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {
+        "grpc": ports["grpc"],
+        "metrics": ports["metrics"],
+    }
     assert_service_targets(service, deployment)
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= labels.items()
-    probe = container(deployment)["readinessProbe"]["tcpSocket"]["port"]
-    assert probe in ("grpc", ports["grpc"])
+    gateway = container(deployment)
+    # Ready while a Triton is: gRPC health on the plaintext health port, not a TCP check.
+    assert gateway["readinessProbe"]["grpc"]["port"] == ports["health"]
+    for probe in ("startupProbe", "livenessProbe"):
+        assert gateway[probe]["tcpSocket"]["port"] in ("grpc", ports["grpc"])
     _, args = entrypoint(GATEWAY_DOCKERFILE)
     assert values(args, "--port") == [str(ports["grpc"])]
+    assert values(args, "--health-port") == [str(ports["health"])]
     assert values(args, "--metrics-port") == [str(ports["metrics"])]
     exposed = " ".join(dockerfile_instructions(GATEWAY_DOCKERFILE, "EXPOSE")).split()
     assert sorted(map(int, exposed)) == sorted(ports.values())
-    image = container(deployment)["image"].rsplit("/", 1)[-1].split(":")[0]
+    image = gateway["image"].rsplit("/", 1)[-1].split(":")[0]
     assert image == build_tag(GATEWAY_DOCKERFILE)
 
 
@@ -319,9 +335,14 @@ def created_secrets(path: Path) -> set[str]:
     return set(re.findall(r"kubectl create secret generic (\S+)", path.read_text()))
 
 
-@pytest.mark.parametrize("path", [GATEWAY_K8S, TRITON_K8S], ids=lambda p: p.name)
-def test_k8s_workloads_run_as_non_root_with_secrets_mounted(path: Path) -> None:
-    (workload,) = [d for d in manifests(path) if d["kind"] in ("Deployment", "StatefulSet")]
+WORKLOADS = {"Deployment": GATEWAY_K8S, "StatefulSet": TRITON_K8S}  # kind: its base file
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("kind", WORKLOADS)
+def test_k8s_workloads_run_as_non_root_with_secrets_mounted(overlay: str, kind: str) -> None:
+    path = WORKLOADS[kind]
+    workload = find(rendered(overlay), kind)
     pod = workload["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] != 0
@@ -341,18 +362,20 @@ def referenced_secrets(workload: Manifest) -> set[str]:
     return {ref["name"] for ref in refs}
 
 
-def test_the_gateway_gets_every_security_setting_from_a_secret() -> None:
-    args = gateway_args()
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_gateway_gets_every_security_setting_from_a_secret(overlay: str) -> None:
+    args = gateway_args(overlay)
     given = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in args if "=" in a}
     assert set(SECRET_FLAGS) <= set(given), set(SECRET_FLAGS) - set(given)
     assert "--require-client-cert" in args
-    mounts = secret_mounts(find(manifests(GATEWAY_K8S), "Deployment"))
+    mounts = secret_mounts(find(rendered(overlay), "Deployment"))
     for flag in SECRET_FLAGS:
         assert any(given[flag].startswith(m + "/") for m in mounts), flag
 
 
-def test_triton_restricts_model_control_with_a_key_from_a_secret() -> None:
-    statefulset, _ = triton()
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_triton_restricts_model_control_with_a_key_from_a_secret(overlay: str) -> None:
+    statefulset, _ = triton(overlay)
     args = container(statefulset)["args"]
     assert "--grpc-use-ssl-mutual=true" in args
     (restricted,) = [a for a in args if a.startswith("--grpc-restricted-protocol=")]
