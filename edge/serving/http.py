@@ -4,8 +4,9 @@ agent as it calls Triton's port 8000.
 
 Each route reads its request into the KServe protobuf message, calls the same method of the
 gRPC servicer (edge/serving/kserve.py) and writes the protobuf answer as Triton's JSON: one
-implementation under both faces. A caller file applies here too (a bearer token; the method's
-scope as on gRPC). The app runs on uvicorn in the agent's own event loop (`start`).
+implementation under both faces. A caller file applies here too (a bearer token or a mutual-TLS
+client certificate; the method's scope as on gRPC). The app runs on uvicorn in the agent's own
+event loop (`start`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.utils import deserialize_bytes_tensor, triton_to_np_dtype
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from edgecascade.cloud.common.auth import Authorizer, Denied
 from edgecascade.cloud.common.errors import InternalFailure, InvalidInput, RequestError
@@ -42,6 +44,7 @@ from edgecascade.edge.serving.kserve import KServeService
 log = logging.getLogger(__name__)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+COMMON_NAME = "x509_common_name"  # the request state's key of a client certificate's name
 SERVICE = "/inference.GRPCInferenceService/"
 # gRPC status -> HTTP status (google.rpc.Code's HTTP mapping)
 HTTP_STATUS = {
@@ -255,6 +258,14 @@ def error(code: grpc.StatusCode, message: str) -> JSONResponse:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+def _credentials(request: Request) -> tuple[list[tuple[str, str]], dict[str, list[bytes]]]:
+    """What Authorizer.authenticate reads on gRPC: the `authorization` headers, and the client
+    certificate's common name as gRPC's auth context has it."""
+    metadata = [("authorization", v) for v in request.headers.getlist("authorization")]
+    name = request.scope.get("state", {}).get(COMMON_NAME)
+    return metadata, {"x509_common_name": [name.encode()]} if name else {}
+
+
 def rest_app(service: KServeService, authorizer: Authorizer | None = None) -> Starlette:
     """Triton's KServe v2 HTTP routes over `service`, each checked by `authorizer` (when
     given) with the scope of its gRPC method."""
@@ -265,10 +276,9 @@ def rest_app(service: KServeService, authorizer: Authorizer | None = None) -> St
         async def endpoint(request: Request) -> Response:
             try:
                 if authorizer is not None:
-                    metadata = [
-                        ("authorization", v) for v in request.headers.getlist("authorization")
-                    ]
-                    authorizer.authorize(authorizer.authenticate(metadata, {}), SERVICE + method)
+                    authorizer.authorize(
+                        authorizer.authenticate(*_credentials(request)), SERVICE + method
+                    )
                 return await handle(request)
             except Denied as e:
                 return error(e.code, str(e))
@@ -364,6 +374,24 @@ def rest_app(service: KServeService, authorizer: Authorizer | None = None) -> St
     return Starlette(routes=routes)
 
 
+class _PeerCertificate(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol that puts the common name of a verified client certificate
+    into every request's `state` (scope["state"] is a copy of app_state per request)."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        certificate = ssl_object.getpeercert() if ssl_object is not None else None
+        names = [
+            value
+            for entry in (certificate or {}).get("subject", ())
+            for key, value in entry
+            if key == "commonName"
+        ]
+        if names:
+            self.app_state = {**self.app_state, COMMON_NAME: names[0]}
+
+
 class _Server(uvicorn.Server):
     @contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -422,6 +450,7 @@ async def start(
         }
     config = uvicorn.Config(
         app,
+        http=_PeerCertificate,
         lifespan="off",
         access_log=False,
         log_level="warning",

@@ -17,12 +17,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from edgecascade.cloud.common import certs
+from edgecascade.cloud.common.auth import Callers
 from edgecascade.cloud.common.launcher import edgecascade_command
 from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.cloud.common.ports import free_port
 from edgecascade.cloud.common.transport import PLAINTEXT
 from edgecascade.cloud.triton.server import TritonServer
-from edgecascade.edge.tools.process import CLIENT_CERT, TOKEN, development_security
+from edgecascade.edge.tools.process import CALLERS, CLIENT_CERT, TOKEN, development_security
 from edgecascade.edge.tools.samples import Frame
 from tests.helpers import Agent, start_agent
 
@@ -272,32 +273,43 @@ def test_metrics_share_triton_names_types_and_labels(agent, triton, clients, fra
 
 def test_rest_has_the_grpc_ports_tls_and_caller_check(triton, frames, tmp_path):
     security = development_security(tmp_path / "certs")
+    folder = security.folder
+    certs.issue(folder, "camera-7", kind="client")  # a caller known by its certificate
+    callers = Callers.load(folder / CALLERS).with_certificate("camera", "camera-7", ["infer"])
+    callers.save(folder / CALLERS)
     port = free_port()
     agent = start_agent(tmp_path, None, "--http-port", str(port), security=security)
-    folder = security.folder
-    options = {
-        "ca_certs": str(folder / certs.CA_CERT),
-        "certfile": str(folder / f"{CLIENT_CERT}.pem"),
-        "keyfile": str(folder / f"{CLIENT_CERT}.key"),
-    }
-    token = (folder / TOKEN).read_text().strip()
-    client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", ssl=True, ssl_options=options)
+
+    def client(cert: str) -> httpclient.InferenceServerClient:
+        options = {
+            "ca_certs": str(folder / certs.CA_CERT),
+            "certfile": str(folder / f"{cert}.pem"),
+            "keyfile": str(folder / f"{cert}.key"),
+        }
+        return httpclient.InferenceServerClient(f"127.0.0.1:{port}", ssl=True, ssl_options=options)
+
+    token = {"authorization": f"Bearer {(folder / TOKEN).read_text().strip()}"}
+    batch = pixel_input("pixels", pixels(frames[:1]), True)
+    with_token, camera = client(CLIENT_CERT), client("camera-7")
     try:
-        batch = pixel_input("pixels", pixels(frames[:1]), True)
-        answer = client.infer("fashion", [batch], headers={"authorization": f"Bearer {token}"})
-        assert answer.as_numpy("top1").shape == (1,)
-        with pytest.raises(InferenceServerException) as anonymous:
-            client.infer("fashion", [batch])
-        assert anonymous.value.status() == "401" and "authorization" in anonymous.value.message()
+        assert with_token.infer("fashion", [batch], headers=token).as_numpy("top1").shape == (1,)
+        assert camera.infer("fashion", [batch]).as_numpy("top1").shape == (1,)  # no token
+        with pytest.raises(InferenceServerException) as unknown:  # its certificate: no caller
+            with_token.infer("fashion", [batch])
+        assert unknown.value.status() == "401" and "'edge-client'" in unknown.value.message()
+        with pytest.raises(InferenceServerException) as scope:
+            camera.get_inference_statistics("fashion")  # needs the status scope
+        assert scope.value.status() == "403" and "'status'" in scope.value.message()
         with pytest.raises(InferenceServerException) as index:  # needs the admin scope
-            client.get_model_repository_index(headers={"authorization": f"Bearer {token}"})
+            with_token.get_model_repository_index(headers=token)
         assert index.value.status() == "403" and "'admin'" in index.value.message()
         plain = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
         with pytest.raises(Exception):  # noqa: B017  # a plaintext request on a TLS port
             plain.is_server_live()
         plain.close()
     finally:
-        client.close()
+        with_token.close()
+        camera.close()
         agent.process.stop()
 
 
