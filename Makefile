@@ -8,12 +8,12 @@ FAMILY ?= fashion
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export EDGECASCADE_ARTIFACTS := $(abspath $(ARTIFACTS))
 
-.PHONY: demo test reliability bootstrap data haproxy models proto lint typecheck clean
+.PHONY: demo test reliability bootstrap data haproxy kubectl models proto lint typecheck clean
 
 demo: bootstrap data $(ARTIFACTS)/$(FAMILY)/manifest.json
 	$(BIN)/edgecascade demo --family $(FAMILY)
 
-test: bootstrap data haproxy $(ARTIFACTS)/fashion/manifest.json
+test: bootstrap data haproxy kubectl $(ARTIFACTS)/fashion/manifest.json
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 	$(MAKE) --no-print-directory typecheck
 	$(BIN)/python -m pytest
@@ -44,6 +44,10 @@ $(FASHION_DIR)/t10k-images-idx3-ubyte.gz:
 # The router gateway's data plane (`edgecascade router serve`).
 haproxy:
 	@command -v haproxy >/dev/null || test -x /usr/sbin/haproxy || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq haproxy; }
+
+# Renders deploy/k8s for the tests (`kubectl kustomize`, offline).
+kubectl:
+	@command -v kubectl >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq kubectl; }
 
 $(ARTIFACTS)/%/manifest.json: cloud/build/families/weights/fashion_edge.onnx cloud/build/families/weights/fashion_cloud.onnx | bootstrap data
 	$(BIN)/edgecascade models build --family $*
