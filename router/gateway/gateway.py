@@ -57,7 +57,6 @@ from edgecascade.router.gateway.settings import GatewaySettings
 log = logging.getLogger(__name__)
 
 AGENT_TIMEOUT_S = 0.8  # within HAProxy's check timeout (CHECK_TIMEOUT_S)
-HealthServicer = health_aio.HealthServicer
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
@@ -72,7 +71,7 @@ class HealthAgent:
         upstreams: Sequence[str],
         timeout_s: float,
         transport: Transport = PLAINTEXT,
-        health: HealthServicer | None = None,
+        health: health_aio.HealthServicer | None = None,
     ):
         self.timeout_s, self.transport, self.health = timeout_s, transport, health
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -164,7 +163,7 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event | None = None) ->
     admin_key = (
         read_admin_key(settings.triton_admin_key_file) if settings.triton_admin_key_file else None
     )
-    health = HealthServicer()
+    health = health_aio.HealthServicer()
     agent = HealthAgent(urls, AGENT_TIMEOUT_S, Transport(tls=upstream), health)
     # Health says from the start whether a configured Triton is ready; HAProxy asks on.
     await asyncio.gather(*(agent.ready(GatewayConfig.server_name(i)) for i in range(len(urls))))
