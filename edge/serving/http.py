@@ -16,6 +16,7 @@ import json
 import logging
 import socket
 import ssl
+import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -80,6 +83,38 @@ _INTEGERS = {
     FieldDescriptor.TYPE_FIXED64,
     FieldDescriptor.TYPE_SFIXED64,
 }
+
+
+class BodyTooLarge(RequestError):
+    """A request body (or its decompressed form) past the agent's max_message_bytes."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's body, decompressed when its Content-Encoding is gzip or deflate (as Triton
+    takes it); BodyTooLarge past `limit` bytes either way, InvalidInput when it does not
+    decompress."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"the request body is over {limit} bytes (max_message_bytes)")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "identity").lower()
+    if encoding == "identity":
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise InvalidInput(f"Content-Encoding {encoding!r}: send gzip, deflate or none")
+    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    try:
+        body = inflater.decompress(body, limit + 1)
+    except zlib.error as e:
+        raise InvalidInput(f"the request body is not {encoding} data: {e}") from None
+    if len(body) > limit or inflater.unconsumed_tail:
+        raise BodyTooLarge(f"the {encoding} request body inflates past {limit} bytes")
+    return body
 
 
 class Aborted(Exception):
@@ -251,8 +286,9 @@ def infer_response(response: kpb.ModelInferResponse, binary: set[str] | None) ->
     )
 
 
-def error(code: grpc.StatusCode, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=HTTP_STATUS.get(code, 500))
+def error(code: grpc.StatusCode, message: str, status: int | None = None) -> JSONResponse:
+    """Triton's error answer, with the HTTP status of gRPC `code` unless `status` is given."""
+    return JSONResponse({"error": message}, status_code=status or HTTP_STATUS.get(code, 500))
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -266,9 +302,12 @@ def _credentials(request: Request) -> tuple[list[tuple[str, str]], dict[str, lis
     return metadata, {"x509_common_name": [name.encode()]} if name else {}
 
 
-def rest_app(service: KServeService, authorizer: Authorizer | None = None) -> Starlette:
+def rest_app(
+    service: KServeService, max_body_bytes: int, authorizer: Authorizer | None = None
+) -> Starlette:
     """Triton's KServe v2 HTTP routes over `service`, each checked by `authorizer` (when
-    given) with the scope of its gRPC method."""
+    given) with the scope of its gRPC method; bodies up to `max_body_bytes`, compressed with
+    gzip or deflate or not; answers gzipped for clients that accept it."""
 
     def route(path: str, method: str, handle: Handler, http_method: str = "GET") -> list[Route]:
         """`path` and its /versions/{version} form."""
@@ -282,6 +321,8 @@ def rest_app(service: KServeService, authorizer: Authorizer | None = None) -> St
                 return await handle(request)
             except Denied as e:
                 return error(e.code, str(e))
+            except BodyTooLarge as e:
+                return error(e.code, str(e), 413)
             except (RequestError, Aborted) as e:
                 return error(e.code, str(e))
             except Exception as e:
@@ -341,7 +382,7 @@ def rest_app(service: KServeService, authorizer: Authorizer | None = None) -> St
         return JSONResponse(as_json(answer))
 
     async def repository_index(request: Request) -> Response:
-        body = await request.body()
+        body = await read_body(request, max_body_bytes)
         try:
             ready_only = bool(json.loads(body).get("ready", False)) if body else False
         except (ValueError, AttributeError) as e:
@@ -355,7 +396,10 @@ def rest_app(service: KServeService, authorizer: Authorizer | None = None) -> St
     async def infer(request: Request) -> Response:
         name, version = names(request)
         message, binary = infer_request(
-            await request.body(), request.headers.get(HEADER_LENGTH), name, version
+            await read_body(request, max_body_bytes),
+            request.headers.get(HEADER_LENGTH),
+            name,
+            version,
         )
         return infer_response(await service.ModelInfer(message, context), binary)
 
@@ -371,7 +415,7 @@ def rest_app(service: KServeService, authorizer: Authorizer | None = None) -> St
         *route("/v2/repository/index", "RepositoryIndex", repository_index, "POST"),
         *route("/v2/models/{model}", "ModelMetadata", model_metadata),
     ]
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, middleware=[Middleware(GZipMiddleware)])
 
 
 class _PeerCertificate(H11Protocol):

@@ -175,7 +175,7 @@ async def _http_faces(
         authorizer = next(
             (i for i in transport.server_interceptors if isinstance(i, Authorizer)), None
         )
-        app = http.rest_app(kserve, authorizer)
+        app = http.rest_app(kserve, settings.max_message_bytes, authorizer)
         faces.append(
             await http.start(
                 app, settings.host, settings.http_port, transport.tls, settings.grace_s

@@ -171,6 +171,22 @@ def test_infer_answers_as_triton_does(clients, frames, fashion_manifest, binary:
     assert by_image.as_numpy("top1").tolist() == on_edge.as_numpy("top1")[:2].tolist()
 
 
+@pytest.mark.parametrize("compression", ["gzip", "deflate"])
+def test_compressed_requests_and_answers_as_on_triton(clients, frames, compression: str):
+    edge, cloud = clients
+    batch = pixels(frames[:3])
+    answers = [
+        client.infer(
+            model,
+            [pixel_input(name, batch, True)],
+            request_compression_algorithm=compression,
+            response_compression_algorithm=compression,
+        )
+        for client, model, name in ((edge, "fashion", "pixels"), (cloud, TRITON_MODEL, "image"))
+    ]
+    assert answers[0].as_numpy("top1").tolist() == answers[1].as_numpy("logits").argmax(1).tolist()
+
+
 def test_bad_requests_get_triton_like_errors_and_failures_count(clients, agent, http_port):
     edge, _ = clients
     model = {"model": "fashion", "version": "1"}

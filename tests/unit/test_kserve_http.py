@@ -2,17 +2,28 @@
 server): what tritonclient.http writes becomes the gRPC request, the answer becomes Triton's
 JSON or binary tensors."""
 
+import asyncio
+import gzip
 import json
+import zlib
 
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
+from starlette.requests import Request
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.utils import serialize_byte_tensor
 
 from edgecascade.cloud.common.errors import InvalidInput
-from edgecascade.edge.serving.http import HEADER_LENGTH, as_json, infer_request, infer_response
+from edgecascade.edge.serving.http import (
+    HEADER_LENGTH,
+    BodyTooLarge,
+    as_json,
+    infer_request,
+    infer_response,
+    read_body,
+)
 
 
 def tritonclient_body(inputs, outputs=None, request_id=""):
@@ -123,3 +134,31 @@ def test_protobuf_json_has_triton_numbers_and_every_field():
     (entry,) = as_json(stats)["model_stats"]
     assert entry["inference_count"] == 2**40 and entry["execution_count"] == 0
     assert entry["inference_stats"]["success"] == {"count": 0, "ns": 5}
+
+
+def read(body: bytes, limit: int = 1000, encoding: str | None = None) -> bytes:
+    """read_body of a request carrying `body` in two chunks (no server)."""
+    chunks = [body[: len(body) // 2], body[len(body) // 2 :]]
+
+    async def receive() -> dict:
+        chunk = chunks.pop(0)
+        return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+
+    headers = [(b"content-encoding", encoding.encode())] if encoding else []
+    request = Request({"type": "http", "method": "POST", "headers": headers}, receive)
+    return asyncio.run(read_body(request, limit))
+
+
+def test_request_bodies_are_capped_and_decompressed_as_triton_takes_them():
+    text = b'{"inputs": []}' * 20
+    assert read(text) == text
+    assert read(gzip.compress(text), encoding="gzip") == text
+    assert read(zlib.compress(text), encoding="deflate") == text
+    with pytest.raises(BodyTooLarge, match="over 100 bytes"):
+        read(text, limit=100)
+    with pytest.raises(BodyTooLarge, match="inflates past 1000 bytes"):
+        read(gzip.compress(b"\0" * 100_000), encoding="gzip")  # 100 kB from a 130-byte body
+    with pytest.raises(InvalidInput, match="not gzip data"):
+        read(b"plain", encoding="gzip")
+    with pytest.raises(InvalidInput, match="send gzip, deflate or none"):
+        read(text, encoding="br")
