@@ -9,14 +9,19 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from edgecascade.cloud.common.manifest import Manifest
+from edgecascade.cloud.common.paths import family_dir
 from edgecascade.cloud.common.preprocessing import InvalidImage
 from edgecascade.edge.serving.agent import Deployment, EdgeAgent, failure_reason
+from edgecascade.edge.serving.kserve import KServeService
 from edgecascade.edge.serving.limits import InFlightLimit, Overloaded
 from edgecascade.edge.serving.metrics import Metrics
 from edgecascade.edge.serving.settings import EdgeSettings
 from edgecascade.edge.serving.statistics import Stamps, Statistics
 from edgecascade.router.cascade.cascade import Answers
+from tests.family_files import copy_family
 from tests.unit.test_cascade_routing import manifest
+from tests.unit.test_kserve_requests import request
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -29,8 +34,8 @@ def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
     }
 
 
-def value(metrics: Metrics, name: str, **labels: str) -> float:
-    wanted = tuple(sorted({"model": "toy", **labels}.items()))
+def value(metrics: Metrics, name: str, model: str = "toy", **labels: str) -> float:
+    wanted = tuple(sorted({"model": model, **labels}.items()))
     return samples(metrics)[name, wanted]
 
 
@@ -150,3 +155,32 @@ def test_statistics_of_every_version_or_one(version: str):
     statistics.serving("2")
     names = [(s.name, s.version) for s in statistics.response(version).model_stats]
     assert names == ([("toy", "1"), ("toy", "2")] if not version else [("toy", "1")])
+
+
+def test_a_real_hot_update_moves_the_counts_to_the_new_version(tmp_path):
+    """The real fashion pair (OpenVINO), swapped for a copy published as version 2: KServe
+    answers, statistics and nv_inference_* count under version 2 from the swap on."""
+    folder = copy_family(tmp_path / "v2")
+    two = Manifest.load(folder / "manifest.json").model_copy(update={"version": 2})
+    two.save(folder / "manifest.json")
+    settings = EdgeSettings.model_validate(
+        {"family": "fashion", "insecure": True, "allow_unsigned": True}
+    )
+    message = request("pixels", "UINT8", [1, 28, 28, 1], bytes(784))
+    message.model_name = "fashion"
+
+    async def main() -> tuple[EdgeAgent, list[str]]:
+        agent = await EdgeAgent.load(settings)
+        service = KServeService(agent)
+        versions = [(await service._infer(message, None)).model_version]
+        await agent.activate(folder)
+        versions.append((await service._infer(message, None)).model_version)
+        return agent, versions
+
+    agent, versions = asyncio.run(main())
+    one = str(Manifest.load(family_dir("fashion") / "manifest.json").version)
+    assert versions == [one, "2"]
+    metrics = agent.metrics
+    assert value(metrics, "nv_inference_count_total", model="fashion", version=one) == 1
+    assert value(metrics, "nv_inference_count_total", model="fashion", version="2") == 1
+    assert [s.version for s in metrics.statistics.response().model_stats] == sorted({one, "2"})
