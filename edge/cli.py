@@ -215,5 +215,19 @@ def bench_gateway(
     console.print_json(data=run_bench(report, calls))
 
 
+@bench.command("cluster")
+def bench_cluster(
+    report: Annotated[Path, typer.Option(help="JSON report path")] = Path(
+        "reports/bench-cluster.json"
+    ),
+    p99_ms: Annotated[float, typer.Option(help="p99 latency target (ms)")] = 20.0,
+    seconds: Annotated[float, typer.Option(help="seconds per rate step")] = 2.0,
+) -> None:
+    """Capacity of one Triton replica and of one gateway at a p99 target, for sizing."""
+    from edgecascade.router.gateway.cluster_bench import run_cluster_bench
+
+    console.print_json(data=run_cluster_bench(report, p99_ms, seconds))
+
+
 if __name__ == "__main__":
     app()
