@@ -29,6 +29,7 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
@@ -320,6 +321,7 @@ def rest_app(
                     )
                 return await handle(request)
             except Denied as e:
+                log.warning("refused HTTP %s from %s: %s", method, request.client, e)
                 return error(e.code, str(e))
             except BodyTooLarge as e:
                 return error(e.code, str(e), 413)
@@ -415,7 +417,19 @@ def rest_app(
         *route("/v2/repository/index", "RepositoryIndex", repository_index, "POST"),
         *route("/v2/models/{model}", "ModelMetadata", model_metadata),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(GZipMiddleware)])
+
+    async def no_route(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 404
+        message = (
+            f"{request.method} {request.url.path}: {'no such route' if status == 404 else exc}"
+        )
+        return JSONResponse({"error": f"{message} (KServe v2 routes are under /v2)"}, status)
+
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(GZipMiddleware)],
+        exception_handlers={HTTPException: no_route},
+    )
 
 
 class _PeerCertificate(H11Protocol):

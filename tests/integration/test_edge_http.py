@@ -2,6 +2,7 @@
 agent, checked with unmodified tritonclient.http (and .grpc) against a real agent and the real
 local Triton with the same assertions where the two share a shape."""
 
+import json
 import socket
 import statistics
 import subprocess
@@ -210,6 +211,12 @@ def test_bad_requests_get_triton_like_errors_and_failures_count(clients, agent, 
     with pytest.raises(urllib.error.HTTPError) as raw:
         urllib.request.urlopen(request, timeout=5)
     assert raw.value.code == 400 and b"not a KServe v2 inference request" in raw.value.read()
+    for path, method, status in (("/v2/nothing", "GET", 404), ("/v2/health/live", "POST", 405)):
+        request = urllib.request.Request(f"http://127.0.0.1:{http_port}{path}", method=method)
+        with pytest.raises(urllib.error.HTTPError) as off_route:
+            urllib.request.urlopen(request, data=b"" if method == "POST" else None, timeout=5)
+        assert off_route.value.code == status
+        assert "routes are under /v2" in json.loads(off_route.value.read())["error"]
     # the agent counts the requests it answered wrongly as Triton's reason OTHER
     assert agent.metric("nv_inference_request_failure", **model, reason="OTHER") == before + 2
 
