@@ -4,9 +4,9 @@ Capacity is the highest request rate whose p99 latency stays within a target wit
 found by an open-loop ramp: requests are sent on a clock (each one's latency counted from when
 it was due, so a server that falls behind is charged for the wait), the rate doubled until the
 target is missed twice in a row, then bisected twice between the last rate that held and the
-first that did not; the paths take turns at each rate. Three paths, one Triton and one gateway in front of it: an escalation (single-image
-ModelInfer) straight to Triton, the same through the gateway, and ServerReady through the
-gateway (HAProxy's forwarding with almost no work behind it: the gateway's own ceiling, or the
+first that did not; the paths take turns at each rate. Three paths, one Triton and one gateway
+in front of it: an escalation (single-image ModelInfer) straight to Triton, the same through
+the gateway, and ServerReady through the gateway (HAProxy's forwarding with almost no work behind it: the gateway's own ceiling, or the
 load generator's when that is lower).
 """
 
@@ -152,7 +152,7 @@ def run_cluster_bench(report: Path, p99_ms: float = 20.0, seconds: float = 2.0) 
             GatewayProcess([triton.grpc_url], work / "gateway.log") as gateway,
         ):
             started = time.perf_counter()
-            paths = {
+            paths: dict[str, tuple[str, Call]] = {
                 "triton_infer": (triton.grpc_url, infer),
                 "gateway_infer": (gateway.url, infer),
                 "gateway_forwarding": (gateway.url, ready),
