@@ -6,8 +6,8 @@ it was due, so a server that falls behind is charged for the wait), the rate dou
 target is missed twice in a row, then bisected twice between the last rate that held and the
 first that did not; the paths take turns at each rate. Three paths, one Triton and one gateway
 in front of it: an escalation (single-image ModelInfer) straight to Triton, the same through
-the gateway, and ServerReady through the gateway (HAProxy's forwarding with almost no work behind it: the gateway's own ceiling, or the
-load generator's when that is lower).
+the gateway, and ServerReady through the gateway (HAProxy's forwarding with almost no work
+behind it: the gateway's own ceiling, or the load generator's when that is lower).
 """
 
 from __future__ import annotations
