@@ -450,6 +450,48 @@ class _PeerCertificate(H11Protocol):
             self.app_state = {**self.app_state, COMMON_NAME: names[0]}
 
 
+class _Certificates:
+    """The TLS context of a REST port from `tls` (mutual TLS when it requires client
+    certificates), made anew for the next handshake once its files changed, as the gRPC
+    port's are (transport.Tls): renewed certificates need no restart. A change that does not
+    load keeps the current context, logged once."""
+
+    def __init__(self, tls: Tls):
+        self._tls = tls
+        self._stamp = self._stamps()
+        self._failed: object = None
+        self.current = self._context()
+
+    def _stamps(self) -> tuple[tuple[int, int, int], ...]:
+        stats = [path.stat() for path in self._tls.files()]
+        return tuple((s.st_mtime_ns, s.st_size, s.st_ino) for s in stats)
+
+    def _context(self) -> ssl.SSLContext:
+        tls = self._tls
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(tls.cert), str(tls.key))
+        if tls.ca is not None:
+            context.load_verify_locations(str(tls.ca))
+        context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_NONE
+        context.sni_callback = self._handshake  # called for every handshake, SNI or not
+        return context
+
+    def _handshake(self, connection: ssl.SSLObject, name: str | None, _: ssl.SSLContext) -> None:
+        try:
+            stamp = self._stamps()
+        except OSError:
+            stamp = self._stamp  # a file is being replaced: keep the current context
+        if stamp != self._stamp and stamp != self._failed:
+            try:
+                self.current, self._stamp = self._context(), stamp
+                log.info("TLS certificate %s reloaded (REST)", self._tls.cert)
+            except (OSError, ssl.SSLError) as e:
+                log.warning("keeping the current TLS certificate (REST): %s", e)
+                self._failed = stamp
+        if connection.context is not self.current:
+            connection.context = self.current
+
+
 class _Server(uvicorn.Server):
     @contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -493,19 +535,14 @@ async def start(
     """Serve `app` on host:port (0: a free port), over `tls` when given (mutual TLS when it
     requires client certificates); PortInUse when the port is taken. Closed, it gives the
     requests in flight `grace_s` seconds (None: as long as they take)."""
+    certificates = None
+    if tls is not None:
+        tls.server_credentials()  # every file read and checked, as on the gRPC port
+        certificates = _Certificates(tls)
     try:
         sock = _listening(host.strip("[]"), port)
     except OSError as e:
         raise PortInUse(f"cannot listen on {host}:{port}: {e.strerror}") from e
-    options: dict[str, Any] = {}
-    if tls is not None:
-        tls.server_credentials()  # every file read and checked, as on the gRPC port
-        options = {
-            "ssl_certfile": str(tls.cert),
-            "ssl_keyfile": str(tls.key),
-            "ssl_ca_certs": str(tls.ca) if tls.ca else None,
-            "ssl_cert_reqs": ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_NONE,
-        }
     config = uvicorn.Config(
         app,
         http=_PeerCertificate,
@@ -513,8 +550,10 @@ async def start(
         access_log=False,
         log_level="warning",
         timeout_graceful_shutdown=None if grace_s is None else max(1, round(grace_s)),
-        **options,
     )
+    config.load()
+    if certificates is not None:
+        config.ssl = certificates.current  # the first context; each handshake picks the newest
     server = _Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:

@@ -4,6 +4,7 @@ local Triton with the same assertions where the two share a shape."""
 
 import json
 import socket
+import ssl
 import statistics
 import subprocess
 import time
@@ -24,7 +25,13 @@ from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.cloud.common.ports import free_port
 from edgecascade.cloud.common.transport import PLAINTEXT
 from edgecascade.cloud.triton.server import TritonServer
-from edgecascade.edge.tools.process import CALLERS, CLIENT_CERT, TOKEN, development_security
+from edgecascade.edge.tools.process import (
+    AGENT_CERT,
+    CALLERS,
+    CLIENT_CERT,
+    TOKEN,
+    development_security,
+)
 from edgecascade.edge.tools.samples import Frame
 from tests.helpers import Agent, start_agent
 
@@ -294,6 +301,16 @@ def test_metrics_share_triton_names_types_and_labels(agent, triton, clients, fra
     assert elsewhere.value.code == 404
 
 
+def served_certificate(port: int, folder) -> bytes:
+    """The PEM certificate the agent's REST port shows a new mutual-TLS connection."""
+    context = ssl.create_default_context(cafile=str(folder / certs.CA_CERT))
+    context.load_cert_chain(folder / f"{CLIENT_CERT}.pem", folder / f"{CLIENT_CERT}.key")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            der = tls.getpeercert(binary_form=True)
+    return ssl.DER_cert_to_PEM_cert(der).encode()
+
+
 def test_rest_has_the_grpc_ports_tls_and_caller_check(triton, frames, tmp_path):
     security = development_security(tmp_path / "certs")
     folder = security.folder
@@ -330,6 +347,16 @@ def test_rest_has_the_grpc_ports_tls_and_caller_check(triton, frames, tmp_path):
         with pytest.raises(Exception):  # noqa: B017  # a plaintext request on a TLS port
             plain.is_server_live()
         plain.close()
+
+        # A renewed certificate is used for new connections, without a restart.
+        before = served_certificate(port, folder)
+        time.sleep(0.01)  # a new mtime
+        certs.issue(folder, AGENT_CERT)
+        assert served_certificate(port, folder) != before
+        assert served_certificate(port, folder) == (folder / f"{AGENT_CERT}.pem").read_bytes()
+        renewed = client(CLIENT_CERT)
+        assert renewed.infer("fashion", [batch], headers=token).as_numpy("top1").shape == (1,)
+        renewed.close()
     finally:
         with_token.close()
         camera.close()
