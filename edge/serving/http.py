@@ -185,6 +185,17 @@ def _set_parameter(parameter: kpb.InferParameter, value: Any, where: str) -> Non
         raise InvalidInput(f"{where}: a parameter is a bool, number or string, got {value!r}")
 
 
+def _set_setting(setting: kpb.LogSettingsRequest.SettingValue, value: Any, name: str) -> None:
+    if isinstance(value, bool):
+        setting.bool_param = value
+    elif isinstance(value, int) and value >= 0:
+        setting.uint32_param = value
+    elif isinstance(value, str):
+        setting.string_param = value
+    else:
+        raise InvalidInput(f"log setting {name!r} is a bool, a whole number or a string")
+
+
 def _flat(data: Any) -> Iterator[Any]:
     if isinstance(data, list):
         for item in data:
@@ -310,8 +321,9 @@ def rest_app(
     given) with the scope of its gRPC method; bodies up to `max_body_bytes`, compressed with
     gzip or deflate or not; answers gzipped for clients that accept it."""
 
-    def route(path: str, method: str, handle: Handler, http_method: str = "GET") -> list[Route]:
-        """`path` and its /versions/{version} form."""
+    def route(path: str, method: str, handle: Handler, *http_methods: str) -> list[Route]:
+        """`path` and its /versions/{version} form, for `http_methods` (default GET), checked
+        as gRPC `method`."""
 
         async def endpoint(request: Request) -> Response:
             try:
@@ -334,7 +346,7 @@ def rest_app(
         paths = [path]
         if "{model}" in path:
             paths.append(path.replace("{model}", "{model}/versions/{version}"))
-        return [Route(p, endpoint, methods=[http_method]) for p in paths]
+        return [Route(p, endpoint, methods=list(http_methods or ["GET"])) for p in paths]
 
     context = RestContext()
 
@@ -395,6 +407,18 @@ def rest_app(
         models = as_json(answer)["models"]  # Triton leaves an empty reason out
         return JSONResponse([{k: v for k, v in m.items() if k != "reason" or v} for m in models])
 
+    async def log_settings(request: Request) -> Response:
+        message = kpb.LogSettingsRequest()
+        if request.method == "POST":
+            try:
+                changes = json.loads(await read_body(request, max_body_bytes))
+                for name, value in changes.items():
+                    _set_setting(message.settings[name], value, name)
+            except (ValueError, AttributeError) as e:
+                raise InvalidInput(f"log settings are a JSON object of settings: {e}") from None
+        answer = await service.LogSettings(message, context)
+        return JSONResponse({k: _parameter(v) for k, v in answer.settings.items()})
+
     async def infer(request: Request) -> Response:
         name, version = names(request)
         message, binary = infer_request(
@@ -415,6 +439,7 @@ def rest_app(
         *route("/v2/models/{model}/stats", "ModelStatistics", statistics),
         *route("/v2/models/{model}/infer", "ModelInfer", infer, "POST"),
         *route("/v2/repository/index", "RepositoryIndex", repository_index, "POST"),
+        *route("/v2/logging", "LogSettings", log_settings, "GET", "POST"),
         *route("/v2/models/{model}", "ModelMetadata", model_metadata),
     ]
 

@@ -12,8 +12,8 @@ parameters: tier (per image, comma-separated), edge_confidence (the lowest in th
 degraded, degraded_reason (comma-separated), edge_model, cloud_model. The model config states
 the same shapes as the metadata (max_batch_size 0: the batch is the first dimension, up to the
 config's `max_batch` parameter).
-ModelStatistics gives Triton's per-version statistics (edge/serving/statistics.py) and
-RepositoryIndex the one model.
+ModelStatistics gives Triton's per-version statistics (edge/serving/statistics.py),
+RepositoryIndex the one model, LogSettings Triton's log settings over Python's logging.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
-from edgecascade.cloud.common.errors import InternalFailure, NotFound
+from edgecascade.cloud.common.errors import InternalFailure, InvalidInput, NotFound
 from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.cloud.common.preprocessing import (
     Image,
@@ -43,6 +43,7 @@ from edgecascade.cloud.common.preprocessing import (
     raw_image,
     raw_images,
 )
+from edgecascade.edge.serving import logsettings
 from edgecascade.edge.serving.agent import EdgeAgent
 from edgecascade.edge.serving.rpc import RequestError, abort, deadline, ordered
 from edgecascade.router.cascade.cascade import Answers
@@ -197,6 +198,22 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
         return kpb.RepositoryIndexResponse(
             models=[index(name=self.model, version=self.version, state="READY")]
         )
+
+    async def LogSettings(
+        self, request: kpb.LogSettingsRequest, context: grpc.aio.ServicerContext
+    ) -> kpb.LogSettingsResponse:
+        """Triton's log settings, over Python's logging (edge/serving/logsettings.py)."""
+        changes = {}
+        for name, value in request.settings.items():
+            kind = value.WhichOneof("parameter_choice")
+            if kind is None:
+                raise InvalidInput(f"log setting {name!r} has no value")
+            changes[name] = getattr(value, kind)
+        response = kpb.LogSettingsResponse()
+        for name, setting in logsettings.update(changes).items():
+            field = {bool: "bool_param", int: "uint32_param", str: "string_param"}[type(setting)]
+            setattr(response.settings[name], field, setting)
+        return response
 
     async def ModelInfer(
         self, request: kpb.ModelInferRequest, context: grpc.aio.ServicerContext

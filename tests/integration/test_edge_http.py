@@ -259,6 +259,24 @@ def test_statistics_and_repository_index_as_triton_has_them(clients, agent, fram
     grpc_edge.close()
 
 
+def test_log_settings_as_triton_has_them(clients, agent):
+    edge, cloud = clients
+    ours, theirs = edge.get_log_settings(), cloud.get_log_settings()
+    assert ours.keys() == theirs.keys()
+    assert {k: type(v) for k, v in ours.items()} == {k: type(v) for k, v in theirs.items()}
+    assert edge.update_log_settings({"log_info": False})["log_info"] is False
+    on_grpc = PLAINTEXT.triton(agent.address)
+    assert on_grpc.get_log_settings(as_json=True)["settings"]["log_info"]["bool_param"] is False
+    assert edge.update_log_settings({"log_info": True})["log_info"] is True
+    with pytest.raises(InferenceServerException) as refused:
+        edge.update_log_settings({"log_file": "/tmp/agent.log"})
+    assert refused.value.status() == "400" and "cannot be changed" in refused.value.message()
+    with pytest.raises(InferenceServerException) as unknown:
+        on_grpc.update_log_settings({"log_colour": True})
+    assert "unknown log setting" in unknown.value.message()
+    on_grpc.close()
+
+
 def families(url: str) -> dict:
     text = urllib.request.urlopen(url, timeout=5).read().decode()
     return {family.name: family for family in text_string_to_metric_families(text)}
