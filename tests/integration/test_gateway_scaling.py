@@ -23,9 +23,14 @@ from edgecascade.cloud.common.launcher import wait_until
 from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.cloud.common.ports import free_port
 from edgecascade.cloud.common.transport import PLAINTEXT
+from edgecascade.cloud.registry.store import Registry
 from edgecascade.cloud.triton.server import TritonServer
 from edgecascade.edge.cli import app
 from edgecascade.router.gateway.process import GatewayProcess
+from edgecascade.v1 import model_sync_pb2 as sync_pb
+from edgecascade.v1 import model_sync_pb2_grpc as sync_grpc
+from tests.family_files import copy_family
+from tests.integration.test_model_sync import recalibrate
 from tests.integration.test_router_resilience import cloud_inferences, kill
 from tests.integration.test_triton_server import images, infer_input
 
@@ -287,3 +292,50 @@ def test_a_leaving_triton_finishes_what_is_in_flight_before_it_is_removed(
         assert wait_until(lambda: "drained and removed" in log.read_text(), 5)
     assert answers == [None] * 10
     assert served(a, fashion_manifest) == 10  # all on the stream's Triton
+
+
+def test_gateways_sharing_a_file_and_a_registry_are_interchangeable(
+    tritons, fashion_manifest, tmp_path
+):
+    """Two gateways behind one name (a Service): the same upstreams file, the same registry;
+    a publication and a joining Triton reach both."""
+    a, b, _ = tritons
+    registry = Registry(tmp_path / "registry")
+    registry.publish("fashion", copy_family(tmp_path / "build"))
+    path = tmp_path / "upstreams.txt"
+    upstreams("add", a.grpc_url, "--file", str(path))
+    options = ["--upstreams-file", str(path)]
+    gateways = [
+        GatewayProcess([], tmp_path / f"gateway{i}.log", PROBE_S, registry.root, options=options)
+        for i in range(2)
+    ]
+    with gateways[0] as one, gateways[1] as other:
+        manifests = {manifest_json(g.url) for g in (one, other)}
+        assert len(manifests) == 1  # the same current version from either
+        build = copy_family(tmp_path / "build2")
+        recalibrate(build, 0.5)
+        registry.publish("fashion", build)  # a new version: its policy changed
+        assert wait_until(lambda: {manifest_json(g.url) for g in (one, other)} != manifests, 5)
+        assert len({manifest_json(g.url) for g in (one, other)}) == 1
+        upstreams("add", b.grpc_url, "--file", str(path))
+        for gateway in (one, other):  # each one sends b requests within the join limit
+            assert sends_requests_to(gateway.url, b, fashion_manifest, JOIN_LIMIT_S)
+
+
+def sends_requests_to(url: str, triton: TritonServer, manifest: Manifest, timeout_s: float) -> bool:
+    """Whether requests through the gateway at `url` reach `triton` within `timeout_s`."""
+    before = served(triton, manifest)
+    batch = [infer_input(images(manifest, 1))]
+    with PLAINTEXT.triton(url) as client:
+
+        def reached() -> bool:
+            client.infer(manifest.cloud.name, batch)
+            return served(triton, manifest) > before
+
+        return wait_until(reached, timeout_s)
+
+
+def manifest_json(url: str) -> str:
+    with PLAINTEXT.channel(url) as channel:
+        request = sync_pb.GetManifestRequest(family="fashion")
+        return sync_grpc.ModelSyncStub(channel).GetManifest(request, timeout=5).manifest_json
