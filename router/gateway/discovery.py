@@ -23,6 +23,7 @@ from typing import Protocol
 import dns.asyncresolver
 import dns.exception
 import dns.rdtypes.IN.SRV
+import dns.resolver
 
 from edgecascade.cloud.common.errors import UserError
 from edgecascade.cloud.common.serving import check_address
@@ -43,6 +44,7 @@ class Source(Protocol):
 
 
 def split(address: str) -> tuple[str, int]:
+    """HOST:PORT (checked already) as host (IPv6 without brackets) and port."""
     host, _, port = address.rpartition(":")
     return host.strip("[]"), int(port)
 
@@ -105,10 +107,8 @@ class SrvRecords:
     async def endpoints(self) -> Endpoints:
         try:
             answer = await self.resolver.resolve(self.name, "SRV")
-        except dns.resolver.NXDOMAIN:
-            return {}  # the Service exists with no pod, or not yet
-        except dns.resolver.NoAnswer:
-            return {}
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            return {}  # a headless Service with no pod (or none yet)
         except dns.exception.DNSException as e:
             raise DiscoveryError(f"DNS SRV {self.name}: {e}") from None
         found = {}
