@@ -169,17 +169,21 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event | None = None) ->
     await asyncio.gather(*(agent.ready(GatewayConfig.server_name(i)) for i in range(len(urls))))
     await agent.publish()  # NOT_SERVING until a Triton is found ready
     agent_server = await asyncio.start_server(agent.answer, "127.0.0.1", 0)
-    # The gateway's own gRPC server: health for HAProxy to route to, and for probes on
-    # health_port; ModelSync with a registry (with callers, it checks each call's token).
+    # The gateway's own gRPC server, which HAProxy routes health and ModelSync to (with
+    # callers, ModelSync checks each call's token); the probes' plaintext port has health only.
     own = Transport(server_interceptors=(Authorizer(callers),) if callers else ())
     own_server = own.server()
     health_pb2_grpc.add_HealthServicer_to_server(health, own_server)
     own_url = f"127.0.0.1:{own.listen(own_server, '127.0.0.1:0')}"
-    if settings.health_port:
-        own.listen(own_server, f"{host}:{settings.health_port}")
     if settings.registry is not None:
         add_model_sync(own_server, Registry(settings.registry))
     await own_server.start()
+    probe_server = None
+    if settings.health_port:
+        probe_server = PLAINTEXT.server()
+        health_pb2_grpc.add_HealthServicer_to_server(health, probe_server)
+        PLAINTEXT.listen(probe_server, f"{host}:{settings.health_port}")
+        await probe_server.start()
     following: asyncio.Future[None] | None = None
     with tempfile.TemporaryDirectory(prefix="edgecascade-gateway-") as tmp:
         folder = Path(tmp)  # 0700: it holds keys, caller maps and the admin key
@@ -231,6 +235,8 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event | None = None) ->
             await haproxy.stop(settings.grace_s)
             agent_server.close()
             await own_server.stop(grace=settings.grace_s)
+            if probe_server is not None:
+                await probe_server.stop(grace=None)
             await agent.close()
 
 

@@ -251,6 +251,9 @@ def test_a_gateway_with_no_ready_triton_reports_not_ready(tritons, fashion_manif
     with gateway:
         assert wait_until(lambda: status(gateway.url) == "SERVING", 5)
         assert status(f"127.0.0.1:{health_port}") == "SERVING"  # the probes' plaintext port
+        with PLAINTEXT.triton(f"127.0.0.1:{health_port}") as client:  # ... serves health only
+            with pytest.raises(grpcclient.InferenceServerException, match="UNIMPLEMENTED"):
+                client.is_server_live(client_timeout=5)
         upstreams("remove", a.grpc_url, "--file", str(path))
         assert wait_until(lambda: status(gateway.url) == "NOT_SERVING", 5)
         assert status(f"127.0.0.1:{health_port}") == "NOT_SERVING"
