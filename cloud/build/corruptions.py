@@ -97,15 +97,19 @@ def corrupt(images: Images, name: str, severity: int, seed: int = 0) -> Images:
     return chosen(images, severity, rng)
 
 
-def _each(images: Images, fn: Callable[[Images], Images]) -> Images:
-    return np.stack([fn(image) for image in images])
+def _each(images: Images, fn: Callable[[Images], Any]) -> Images:
+    """``fn`` (an OpenCV call) applied to every image; its result is uint8 as its input."""
+    return np.stack([np.asarray(fn(image), np.uint8) for image in images])
 
 
 def _warp(images: Images, matrices: NDArray[np.float64]) -> Images:
     h, w = images.shape[1:3]
     return np.stack(
         [
-            cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=0)
+            np.asarray(
+                cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=(0.0,)),
+                np.uint8,
+            )
             for image, m in zip(images, matrices, strict=True)
         ]
     ).reshape(images.shape)
@@ -126,7 +130,7 @@ def _gaussian_blur(images: Images, sigma: float, rng: np.random.Generator) -> Im
 
 @register("contrast", True, [0.7, 0.5, 0.35, 0.25, 0.15])
 def _contrast(images: Images, factor: float, rng: np.random.Generator) -> Floats:
-    mean = images.mean(axis=(1, 2), keepdims=True)
+    mean: Floats = images.mean(axis=(1, 2), keepdims=True)
     return mean + factor * (images - mean)
 
 

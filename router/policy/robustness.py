@@ -43,9 +43,7 @@ GOAL_CLEAN_ESCALATION = 0.2
 GROUPS = {"in_training": True, "held_out": False}
 
 
-def outcome(
-    labels: Classes, edge: Classes, cloud: Classes, escalated: Booleans
-) -> dict[str, float]:
+def outcome(labels: Classes, edge: Classes, cloud: Classes, escalated: Booleans) -> dict[str, Any]:
     """Accuracies of the edge, the cloud and the cascade (the cloud's answer where escalated),
     the escalation rate and the cloud's accuracy on what is escalated."""
     cascade = np.where(escalated, cloud, edge)
@@ -108,7 +106,7 @@ class Cascade:
         )
         return answer, self.policy.confidence(views), _logits(self.cloud, batch).argmax(-1)
 
-    def outcome(self, images: NDArray[np.uint8], labels: Classes) -> dict[str, float]:
+    def outcome(self, images: NDArray[np.uint8], labels: Classes) -> dict[str, Any]:
         edge, confidence, cloud = self.run(images)
         escalated = np.asarray(self.policy.escalate(confidence), bool)
         return outcome(labels, edge, cloud, escalated)
@@ -116,7 +114,8 @@ class Cascade:
 
 def _logits(model: ov.CompiledModel, images: NDArray[np.uint8]) -> Floats:
     parts = [model(images[i : i + BATCH])[0] for i in range(0, len(images), BATCH)]
-    return np.concatenate(parts).astype(np.float64)
+    logits: Floats = np.concatenate(parts).astype(np.float64)
+    return logits
 
 
 def robustness_report(
