@@ -156,10 +156,16 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event | None = None) ->
         for tls in (frontend, upstream):
             if tls is not None:
                 tls.channel_credentials()  # reads the files, checks the key is the cert's
-        if settings.upstreams_file is not None:
-            read_upstreams(settings.upstreams_file)
-    except (AuthError, TlsError, OSError) as e:
+    except (AuthError, TlsError) as e:
         raise UserError(str(e)) from None
+    if settings.upstreams_file is not None:
+        try:
+            read_upstreams(settings.upstreams_file)  # a bad line is a UserError naming it
+        except OSError as e:
+            raise UserError(
+                f"cannot read the upstreams file {settings.upstreams_file}: {e.strerror} "
+                "(`edgecascade router upstreams add HOST:PORT --file FILE` creates it)"
+            ) from None
     admin_key = (
         read_admin_key(settings.triton_admin_key_file) if settings.triton_admin_key_file else None
     )

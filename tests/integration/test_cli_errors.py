@@ -177,3 +177,9 @@ def test_nothing_built_and_no_modelsync_to_start_from(tmp_path: Path, closed_por
     )  # fmt: skip
     assert message.startswith(f"nothing to serve: 'fashion' is not built under {tmp_path}")
     assert f"ModelSync 127.0.0.1:{closed_port} (UNAVAILABLE: " in message
+
+
+def test_a_missing_upstreams_file_names_the_command_that_creates_it(tmp_path: Path):
+    missing = tmp_path / "upstreams.txt"
+    message = fails("router", "serve", "--upstreams-file", str(missing), "--port", "0")
+    assert str(missing) in message and "router upstreams add" in message
