@@ -4,11 +4,13 @@ Reproducible: fixed seed, deterministic kernels, 2 threads. Trains on the train 
 reports accuracy on the calibration split (the test split is never touched here).
 
     python -m edgecascade.cloud.build.families.fashion_train \
-        [--tier edge|cloud|both] [--epochs 5 (edge) | 30 (cloud)] [--members 3]
+        [--tier edge|edge_wide|cloud|both] [--epochs 5 (edge) | 30 (cloud)] [--members 3]
 
 The edge model is an ensemble of `--members` copies of the edge CNN, trained alike from seeds
 seed, seed + 1, ...: one graph whose output is [N, members, K] logits; the router's escalation
 score can average all members (see router/policy/policies.py). It trains with flips only.
+`edge_wide` is one wider edge CNN with the compute of 3 members x 2 views, trained alike: the
+baseline `router evaluate` holds the ensemble and mirror against (not served).
 
 The cloud model is a small ResNet trained for robustness: SGD with Nesterov momentum and a
 OneCycle schedule, label smoothing 0.1, random shifts, flips and erasing on every image, and on
@@ -53,6 +55,17 @@ def edge_net() -> nn.Module:
     )  # fmt: skip
 
 
+def edge_wide_net() -> nn.Module:
+    """~38k parameters, ~6M MACs: the edge CNN widened to the compute of 3 members x 2 views
+    (~6.2M MACs), a single-model baseline for the ensemble and mirror (router evaluate)."""
+    return nn.Sequential(
+        *_block(1, 40), nn.MaxPool2d(2),
+        *_block(40, 80), nn.MaxPool2d(2),
+        *_block(80, 16, kernel=1),
+        nn.Flatten(), nn.Linear(16 * 7 * 7, NUM_CLASSES),
+    )  # fmt: skip
+
+
 class _Residual(nn.Module):
     """x + BN(conv(ReLU(BN(conv(x))))), then ReLU."""
 
@@ -87,7 +100,7 @@ class Mirrored(nn.Module):
         return logits
 
 
-NETS = {"edge": edge_net, "cloud": cloud_net}
+NETS = {"edge": edge_net, "edge_wide": edge_wide_net, "cloud": cloud_net}
 
 
 class Members(nn.Module):
@@ -154,7 +167,8 @@ RECIPES = {
         augment,
     ),
 }
-EPOCHS = {"edge": 5, "cloud": 30}
+RECIPES["edge_wide"] = RECIPES["edge"]
+EPOCHS = {"edge": 5, "edge_wide": 5, "cloud": 30}
 
 
 def train(tier: str, epochs: int, seed: int) -> Uint8Nhwc:
@@ -209,7 +223,7 @@ def _with_mirror_if_it_pays(model: nn.Module) -> nn.Module:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tier", choices=["edge", "cloud", "both"], default="both")
+    parser.add_argument("--tier", choices=["edge", "edge_wide", "cloud", "both"], default="both")
     parser.add_argument("--epochs", type=int, help="default: 5 (edge), 30 (cloud)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--members", type=int, default=3, help="edge ensemble size")
@@ -219,7 +233,10 @@ def main() -> None:
     torch.use_deterministic_algorithms(True)
     for tier in ["edge", "cloud"] if args.tier == "both" else [args.tier]:
         epochs = args.epochs or EPOCHS[tier]
-        if tier == "edge" and args.members > 1:
+        model: nn.Module
+        if tier == "edge_wide":
+            model = train(tier, epochs, args.seed)
+        elif tier == "edge" and args.members > 1:
             trained = [train(tier, epochs, args.seed + i) for i in range(args.members)]
             nets = Members([member.net for member in trained])
             model = Uint8Nhwc(nets, PIXEL_MEAN, PIXEL_STD)
