@@ -49,7 +49,7 @@ haproxy:
 kubectl:
 	@command -v kubectl >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq kubectl; }
 
-$(ARTIFACTS)/%/manifest.json: cloud/build/families/weights/fashion_edge.onnx cloud/build/families/weights/fashion_cloud.onnx | bootstrap data
+$(ARTIFACTS)/%/manifest.json: $(wildcard cloud/build/families/weights/*.onnx) | bootstrap data
 	$(BIN)/edgecascade models build --family $*
 
 models: bootstrap data

@@ -77,14 +77,13 @@ def models_build(
     """Build a family's edge (INT8 IR) and cloud (ONNX) models, manifest and threshold."""
     from edgecascade.cloud.build.builder import build_family
     from edgecascade.cloud.build.families import FAMILIES
-    from edgecascade.cloud.common.paths import manifest_path
-    from edgecascade.router.policy.calibration import calibrate_manifest
+    from edgecascade.router.policy.calibration import calibrate_family
 
     names = [known_family(name) for name in family or FAMILIES]
     for name in names:
         with console.status(f"building {name}"):
             manifest = build_family(name)
-        calibrated = calibrate_manifest(manifest_path(name))
+        calibrated = calibrate_family(name)
         console.print(f"[bold]{name}[/]: edge {manifest.edge.key}, cloud {manifest.cloud.key}")
         console.print_json(data={"edge": manifest.edge.metrics, "cloud": manifest.cloud.metrics})
         if calibrated:

@@ -5,7 +5,10 @@ Layout under family_dir(name):
     edge/model.xml|.bin        edge model, INT8 IR (post-training quantization with nncf)
     cloud/model.onnx           cloud model (served by Triton)
     labels.json  manifest.json
-    calibration.npz  test_predictions.npz   (fashion only: logits for the router team)
+    calibration.npz                         edge and cloud logits of the calibration split
+    test_predictions.npz                    (fashion only) the same of the test split
+    baselines/edge_wide/model.xml|.bin      (fashion only: a single wide edge CNN, INT8, not
+                                             served; compared with the ensemble by the router)
 
 Metrics are measured for reporting only; nothing here is tuned on them.
 
@@ -24,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import cv2
 import nncf
@@ -31,17 +35,18 @@ import numpy as np
 import openvino as ov
 from numpy.typing import NDArray
 
+from edgecascade.cloud.build.costs import LATENCY_ITERATIONS, interleaved_p50_ms, latency_request
 from edgecascade.cloud.build.datasets import LabelledImages, fashion, imagenet_smoke
 from edgecascade.cloud.build.families import FAMILIES, WEIGHTS_DIR, Family
 from edgecascade.cloud.common.manifest import (
-    INPUT_NAME,
     Manifest,
     ModelSpec,
+    Preprocessing,
     RoutingPolicy,
     labels_sha256,
     sha256_file,
 )
-from edgecascade.cloud.common.paths import edge_model_file, family_dir
+from edgecascade.cloud.common.paths import baseline_model_file, edge_model_file, family_dir
 from edgecascade.cloud.common.preprocessing import (
     Image,
     decode_image,
@@ -54,7 +59,6 @@ from edgecascade.cloud.registry.signing_keys import save_build_manifest
 Progress = Callable[[str], None]
 
 CALIBRATION_IMAGES = 300
-LATENCY_ITERATIONS = 300
 BATCH = 256
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}
 
@@ -62,6 +66,9 @@ F32 = {"INFERENCE_PRECISION_HINT": "f32"}
 EDGE_INT8 = edge_model_file(Path(), "int8").as_posix()
 EDGE_FP32 = edge_model_file(Path(), "fp32").as_posix()
 CLOUD_ONNX = "cloud/model.onnx"
+# Not served: a single edge CNN with the compute of the ensemble and mirror (router evaluate).
+EDGE_WIDE_INT8 = baseline_model_file(Path(), "edge_wide").as_posix()
+WIDE_ONNX = WEIGHTS_DIR / "fashion_edge_wide.onnx"
 
 
 def build_family(
@@ -116,11 +123,8 @@ def _build(family: Family, edge_onnx: Path, cloud_onnx: Path, out: Path, say: Pr
     ov.save_model(fp32, out / EDGE_FP32, compress_to_fp16=False)
 
     data = _data(family)
-    say(f"{family.name}: quantizing the edge model to INT8 ({len(data.calibration)} images)")
-    nncf.set_log_level(logging.WARNING)
-    items = [image[None] for image in data.calibration]
-    int8 = nncf.quantize(fp32, nncf.Dataset(items), subset_size=len(items))
-    ov.save_model(int8, out / EDGE_INT8, compress_to_fp16=False)
+    say(f"{family.name}: quantizing the edge model to INT8 ({len(data.quantization)} images)")
+    ov.save_model(_int8(fp32, data.quantization), out / EDGE_INT8, compress_to_fp16=False)
 
     say(f"{family.name}: evaluating on {data.notes['evaluation']}")
     edge_fp32 = core.compile_model(out / EDGE_FP32, "CPU", F32)
@@ -130,22 +134,31 @@ def _build(family: Family, edge_onnx: Path, cloud_onnx: Path, out: Path, say: Pr
     int8_logits = _logits(edge_int8, data.edge.images)
     cloud_logits = _logits(cloud, data.cloud.images)
     truth = data.edge.labels
+    say(f"{family.name}: edge and cloud logits of the calibration split")
+    calibration: dict[str, NDArray[Any]] = {
+        "edge_logits": _logits(edge_int8, data.calibration_edge.images),
+        "edge_logits_mirrored": _logits(edge_int8, mirrored(data.calibration_edge.images)),
+        "cloud_logits": _logits(cloud, data.calibration_cloud.images),
+        "labels": data.calibration_edge.labels,
+    }
     if family.name == "fashion":
-        calib = fashion("calibration")
-        np.savez_compressed(
-            out / "calibration.npz",
-            edge_logits=_logits(edge_int8, calib.images[..., None]),
-            edge_logits_mirrored=_logits(edge_int8, mirrored(calib.images[..., None])),
-            cloud_logits=_logits(cloud, calib.images[..., None]),
-            labels=calib.labels,
+        say(f"{family.name}: quantizing the single wide edge CNN (a baseline) to INT8")
+        ov.save_model(
+            _int8(ov.convert_model(WIDE_ONNX), data.quantization),
+            out / EDGE_WIDE_INT8,
+            compress_to_fp16=False,
         )
+        wide = core.compile_model(out / EDGE_WIDE_INT8, "CPU")
+        calibration["edge_wide_logits"] = _logits(wide, data.calibration_edge.images)
         np.savez_compressed(
             out / "test_predictions.npz",
             edge_logits=int8_logits,
             edge_logits_mirrored=_logits(edge_int8, mirrored(data.edge.images)),
+            edge_wide_logits=_logits(wide, data.edge.images),
             cloud_logits=cloud_logits,
             labels=truth,
         )
+    np.savez_compressed(out / "calibration.npz", **calibration)
 
     say(f"{family.name}: measuring edge latency ({LATENCY_ITERATIONS} interleaved runs)")
     latency = _latency_ms(core, out, data.edge.images[0])
@@ -191,13 +204,23 @@ def _build(family: Family, edge_onnx: Path, cloud_onnx: Path, out: Path, say: Pr
     return save_build_manifest(manifest, out / "manifest.json")
 
 
+def _int8(fp32: ov.Model, calibration: NDArray[np.uint8]) -> ov.Model:
+    """`fp32` quantized to INT8 by nncf (post-training) on the [N, H, W, C] images."""
+    nncf.set_log_level(logging.WARNING)
+    items = [image[None] for image in calibration]
+    return nncf.quantize(fp32, nncf.Dataset(items), subset_size=len(items))
+
+
 @dataclass(frozen=True)
 class _Data:
-    """Evaluation images per tier (same labels), calibration images for nncf, and notes."""
+    """Evaluation and calibration images per tier (same labels), the images nncf quantizes the
+    edge model on, and notes."""
 
     edge: LabelledImages
     cloud: LabelledImages
-    calibration: NDArray[np.uint8]  # [N, H, W, C]
+    calibration_edge: LabelledImages
+    calibration_cloud: LabelledImages
+    quantization: NDArray[np.uint8]  # [N, H, W, C]
     notes: dict[str, str]
 
 
@@ -205,37 +228,50 @@ def _data(family: Family) -> _Data:
     if family.name == "fashion":
         test = fashion("test")
         test = LabelledImages(test.images[..., None], test.labels)
-        calibration = fashion("calibration").images[:CALIBRATION_IMAGES, ..., None]
+        calibration = fashion("calibration")
+        calibration = LabelledImages(calibration.images[..., None], calibration.labels)
         return _Data(
             test,
             test,
             calibration,
+            calibration,
+            calibration.images[:CALIBRATION_IMAGES],
             {
                 "evaluation": f"Fashion-MNIST test split ({len(test)} images)",
                 "calibration": f"INT8 post-training quantization on the first "
                 f"{CALIBRATION_IMAGES} images of the calibration split",
+                "calibration_split": f"the Fashion-MNIST calibration split ({len(calibration)} "
+                "images, the last 5k of the train images, never trained on)",
             },
         )
     smoke = imagenet_smoke()
     photos = [decode_image(f.path.read_bytes()) for f in smoke]
     labels = np.array([f.label for f in smoke], np.int64)
     rng = np.random.default_rng(0)
-    calibration = np.stack(
-        [
-            prepare(_random_crop(photos[i % len(photos)], rng), family.edge)
-            for i in range(CALIBRATION_IMAGES)
-        ]
-    )
+    crops = [_random_crop(photos[i % len(photos)], rng) for i in range(CALIBRATION_IMAGES)]
+    crop_labels = labels[np.arange(CALIBRATION_IMAGES) % len(photos)]
+
+    def tier(images: list[Image], spec: Preprocessing, truth: NDArray[np.int64]) -> LabelledImages:
+        return LabelledImages(np.stack([prepare(image, spec) for image in images]), truth)
+
+    calibration_edge = tier(crops, family.edge, crop_labels)
     return _Data(
-        LabelledImages(np.stack([prepare(p, family.edge) for p in photos]), labels),
-        LabelledImages(np.stack([prepare(p, family.cloud) for p in photos]), labels),
-        calibration,
+        tier(photos, family.edge, labels),
+        tier(photos, family.cloud, labels),
+        calibration_edge,
+        tier(crops, family.cloud, crop_labels),
+        calibration_edge.images,
         {
             "evaluation": f"the {len(smoke)} labelled ImageNet photos of the foolbox wheel "
             "(a smoke check, not a benchmark)",
             "calibration": f"INT8 post-training quantization on {CALIBRATION_IMAGES} random "
             f"crops and flips of the same {len(smoke)} photos: the only labelled ImageNet "
             "images on the build machine, so the INT8 accuracy shown is optimistic",
+            "calibration_split": f"{CALIBRATION_IMAGES} random crops (35-100% of the area) and "
+            f"flips of the {len(smoke)} labelled smoke photos, labelled as their photo: the "
+            "only labelled ImageNet images on the build machine, so the threshold is fit to "
+            f"{len(smoke)} scenes and the same photos evaluate it; recalibrate "
+            "(`edgecascade router calibrate`) on labelled images of the deployment",
         },
     )
 
@@ -275,23 +311,12 @@ def _accuracy(logits: NDArray[np.float32], labels: NDArray[np.int64]) -> float:
 
 def _latency_ms(core: ov.Core, out: Path, image: NDArray[np.uint8]) -> dict[str, float]:
     """Single-image p50 latency of the FP32 and INT8 edge models, measured interleaved."""
-    requests = {}
-    for key, rel, config in [("fp32", EDGE_FP32, F32), ("int8", EDGE_INT8, {})]:
-        model = core.read_model(out / rel)
-        model.reshape({INPUT_NAME: [1, *image.shape]})
-        request = core.compile_model(model, "CPU", {**config, "PERFORMANCE_HINT": "LATENCY"})
-        request = request.create_infer_request()
-        request.set_input_tensor(ov.Tensor(np.ascontiguousarray(image[None])))
-        for _ in range(20):
-            request.infer()
-        requests[key] = request
-    times: dict[str, list[float]] = {key: [] for key in requests}
-    for _ in range(LATENCY_ITERATIONS):
-        for key, request in requests.items():
-            t0 = time.perf_counter()
-            request.infer()
-            times[key].append((time.perf_counter() - t0) * 1e3)
-    return {key: round(float(np.median(values)), 4) for key, values in times.items()}
+    return interleaved_p50_ms(
+        {
+            key: latency_request(core, core.read_model(out / rel), image[None], config)
+            for key, rel, config in [("fp32", EDGE_FP32, F32), ("int8", EDGE_INT8, {})]
+        }
+    )
 
 
 def main() -> None:

@@ -37,3 +37,8 @@ def edge_model_file(family_folder: Path, precision: str = "int8") -> Path:
     if precision not in ("int8", "fp32"):
         raise ValueError(f"edge precision {precision!r}: expected int8 or fp32")
     return family_folder / "edge" / ("model.xml" if precision == "int8" else "fp32/model.xml")
+
+
+def baseline_model_file(family_folder: Path, name: str) -> Path:
+    """The INT8 IR of baseline model `name` a build writes next to the family (never served)."""
+    return family_folder / "baselines" / name / "model.xml"

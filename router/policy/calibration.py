@@ -23,7 +23,9 @@ from statistics import NormalDist
 import numpy as np
 from numpy.typing import NDArray
 
+from edgecascade.cloud.build.families import FAMILIES
 from edgecascade.cloud.common.manifest import Manifest
+from edgecascade.cloud.common.paths import manifest_path
 from edgecascade.cloud.registry.signing_keys import save_build_manifest
 from edgecascade.router.policy.policies import (
     POLICIES,
@@ -56,6 +58,17 @@ class Target:
         for value in (self.accuracy, self.max_drop, self.max_escalation):
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"target {value} is not a fraction in [0, 1]")
+
+    @classmethod
+    def parse(cls, text: str) -> Target:
+        """`max_escalation=0.2`, or an accuracy target as `parse_accuracy` takes it."""
+        name, _, value = text.strip().partition("=")
+        if name == "max_escalation":
+            try:
+                return cls(max_escalation=float(value))
+            except ValueError:
+                raise ValueError(f"target {text!r}: give max_escalation=0.2") from None
+        return cls.parse_accuracy(text)
 
     @classmethod
     def parse_accuracy(cls, text: str) -> Target:
@@ -107,14 +120,15 @@ class Split:
                 object.__setattr__(self, name, member_logits(logits))
 
     @classmethod
-    def load(cls, path: Path) -> Split:
+    def load(cls, path: Path, edge: str = "edge_logits") -> Split:
         """An .npz with `edge_logits`, `cloud_logits`, `labels` and optionally
-        `edge_logits_mirrored` (as `models build` writes)."""
+        `edge_logits_mirrored` (as `models build` writes); with `edge`, the edge logits of
+        another model stored there (a baseline's, without mirrored views)."""
         data = np.load(path)
         labels = data["labels"]
-        mirrored = data.get("edge_logits_mirrored")
+        mirrored = data.get("edge_logits_mirrored") if edge == "edge_logits" else None
         return cls(
-            edge_logits=data["edge_logits"].astype(np.float64),
+            edge_logits=data[edge].astype(np.float64),
             labels=labels,
             cloud_correct=data["cloud_logits"].argmax(-1) == labels,
             mirrored_logits=None if mirrored is None else mirrored.astype(np.float64),
@@ -366,3 +380,9 @@ def calibrate_manifest(
     )
     save_build_manifest(manifest, manifest_file)  # signed again: the policy changed
     return result
+
+
+def calibrate_family(name: str) -> Calibration | None:
+    """Calibrate the built family `name` under the artifacts root for the target its Family
+    declares (as `models build` does after building); None without a calibration split."""
+    return calibrate_manifest(manifest_path(name), Target.parse(FAMILIES[name].calibration_target))

@@ -21,8 +21,10 @@ def fashion_manifest() -> Manifest:
     """The fashion family under the artifacts root, built first when missing."""
     if not manifest_path("fashion").exists():
         from edgecascade.cloud.build.builder import build_family
+        from edgecascade.router.policy.calibration import calibrate_family
 
         build_family("fashion")
+        calibrate_family("fashion")  # as `models build` does
     return Manifest.load(manifest_path("fashion"))
 
 
@@ -31,8 +33,10 @@ def imagenet_manifest() -> Manifest:
     """The imagenet family under the artifacts root, built first when missing (needs torch)."""
     if not manifest_path("imagenet").exists():
         from edgecascade.cloud.build.builder import build_family
+        from edgecascade.router.policy.calibration import calibrate_family
 
         build_family("imagenet")
+        calibrate_family("imagenet")  # as `models build` does
     return Manifest.load(manifest_path("imagenet"))
 
 

@@ -4,6 +4,7 @@ EfficientNet-Lite2 on Triton, on the 20 labelled smoke photos."""
 import cv2
 import pytest
 
+from edgecascade.cloud.build.families import FAMILIES
 from edgecascade.cloud.common.paths import family_dir
 from edgecascade.cloud.common.preprocessing import decode_image
 from edgecascade.cloud.common.transport import PLAINTEXT
@@ -68,3 +69,13 @@ def test_a_photo_answers_the_same_as_the_first_and_as_a_later_frame_of_its_size(
         assert [(c.class_id, c.score) for c in first.top_k] == [
             (c.class_id, c.score) for c in later.top_k
         ]
+
+
+def test_the_threshold_is_calibrated_and_says_on_what(imagenet_manifest):
+    """Issue 13 item 6: imagenet's threshold comes from calibration for its declared target (an
+    escalation budget), never the family default, and the manifest says what it was set on."""
+    notes = imagenet_manifest.notes
+    assert imagenet_manifest.policy.threshold != FAMILIES["imagenet"].threshold
+    assert imagenet_manifest.policy.temperature != 1.0
+    assert "at most 20.0% escalated" in notes["threshold"]
+    assert "crops" in notes["calibration_split"] and "smoke photos" in notes["calibration_split"]

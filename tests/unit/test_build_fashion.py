@@ -13,7 +13,7 @@ import pytest
 from edgecascade.cloud.build.builder import build_family
 from edgecascade.cloud.build.families import FAMILIES, WEIGHTS_DIR
 from edgecascade.cloud.common.manifest import INPUT_NAME, OUTPUT_NAME, Manifest
-from edgecascade.cloud.common.paths import family_dir, manifest_path
+from edgecascade.cloud.common.paths import baseline_model_file, family_dir, manifest_path
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +24,8 @@ def fashion_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # The edge model is an ensemble of 3 CNNs: logits [N, members, classes]; the cloud's [N, classes].
-LOGITS = {"edge": "[?,3,10]", "cloud": "[?,10]"}
+# The wide edge CNN, a baseline the build quantizes but never serves, is one model: [N, classes].
+LOGITS = {"edge": "[?,3,10]", "cloud": "[?,10]", "edge_wide": "[?,10]"}
 
 
 def _assert_signature(model: ov.Model, shape: str, logits_shape: str) -> None:
@@ -35,7 +36,7 @@ def _assert_signature(model: ov.Model, shape: str, logits_shape: str) -> None:
     assert str(logits.partial_shape) == logits_shape
 
 
-@pytest.mark.parametrize("tier", ["edge", "cloud"])
+@pytest.mark.parametrize("tier", ["edge", "cloud", "edge_wide"])
 def test_committed_onnx_has_the_agreed_signature(tier: str) -> None:
     model = ov.Core().read_model(WEIGHTS_DIR / f"fashion_{tier}.onnx")
     _assert_signature(model, "[?,28,28,1]", LOGITS[tier])
@@ -96,6 +97,10 @@ def test_prediction_files_for_the_router(fashion_root: Path) -> None:
         members = int(manifest.edge.metrics["members"])
         assert data["edge_logits"].shape == data["edge_logits_mirrored"].shape == (n, members, 10)
         assert data["cloud_logits"].shape == (n, 10) and data["labels"].shape == (n,)
+        assert data["edge_wide_logits"].shape == (n, 10)
+    wide = ov.Core().read_model(baseline_model_file(folder, "edge_wide"))
+    _assert_signature(wide, "[?,28,28,1]", LOGITS["edge_wide"])
+    assert not any(name.startswith("baselines/") for name in manifest.edge.files)  # not served
     test = np.load(folder / "test_predictions.npz")
     accuracy = (test["edge_logits"][:, 0].argmax(-1) == test["labels"]).mean()
     assert accuracy == pytest.approx(manifest.edge.metrics["int8_accuracy"])

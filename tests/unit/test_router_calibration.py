@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from edgecascade.cloud.build.families import FAMILIES
 from edgecascade.cloud.common.manifest import RoutingPolicy
 from edgecascade.router.policy.calibration import (
     Split,
@@ -90,6 +91,19 @@ def test_target_parsing():
             Target.parse_accuracy(bad)
     with pytest.raises(ValueError, match="exactly one"):
         Target(accuracy=0.9, max_escalation=0.2)
+    assert Target.parse("max_escalation=0.2") == Target(max_escalation=0.2)
+    assert Target.parse("cloud-0.3pt") == Target(max_drop=0.003)
+    for bad in ("max_escalation=lots", "max_escalation=2"):
+        with pytest.raises(ValueError):
+            Target.parse(bad)
+
+
+def test_every_family_declares_a_target_calibration_can_parse():
+    """`models build` calibrates each family for its own target; imagenet, whose 300 crops of
+    20 photos cannot say where its cloud is right, for an escalation budget."""
+    targets = {name: Target.parse(f.calibration_target) for name, f in FAMILIES.items()}
+    assert targets["fashion"] == Target(max_drop=0.003)
+    assert targets["imagenet"].max_escalation == 0.2
 
 
 def random_cascade(n: int = 4000, seed: int = 1):
