@@ -224,8 +224,33 @@ def evaluate_command(
             f"(worst {v['worst_deficit_pt']:+.2f} pt)"
             for name, v in versus.items()
         )
-        + f"\nwrote {report} and {report.with_suffix('.png')}"
     )
+    rprint(_edge_options_table(result))
+    rprint(f"wrote {report} and {report.with_suffix('.png')}")
+
+
+def _edge_options_table(report: dict[str, Any]) -> Any:
+    """Each way to compute the edge answer: its cost beside its accuracy and the escalation
+    `max_prob` on it needs to come within 0.3 pt of cloud-only (test split)."""
+    from rich.table import Table
+
+    from edgecascade.router.policy.evaluation import WIDE
+
+    table = Table(title="edge options (INT8, test split)")
+    for column in ("option", "views", "MACs/image", "p50 ms", "edge-only", "escalation to goal"):
+        table.add_column(column, justify="left" if column == "option" else "right")
+    least = report["least_escalation_meeting_accuracy_goal"]
+    for name, cost in report["edge_costs"].items():
+        curve = WIDE if name == WIDE else "max_prob" + ("" if name == "member 0" else f"+{name}")
+        table.add_row(
+            name,
+            str(cost["views"]),
+            f"{cost['macs_per_image'] / 1e6:.2f}M",
+            f"{cost['latency_ms_p50']:.3f}",
+            f"{report['edge_only_by_views'][name]:.2%}",
+            f"{least[curve]:.1%}",
+        )
+    return table
 
 
 app.command("robustness")(robustness_command)

@@ -16,9 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import openvino as ov
 from numpy.typing import NDArray
 
+from edgecascade.cloud.build.costs import (
+    interleaved_p50_ms,
+    latency_request,
+    macs_per_image,
+    member,
+)
 from edgecascade.cloud.common.manifest import Manifest
+from edgecascade.cloud.common.paths import baseline_model_file, edge_model_file
 from edgecascade.router.policy.calibration import (
     Split,
     candidate_policies,
@@ -41,6 +49,9 @@ from edgecascade.router.policy.policies import (
 SEDNA_FILTERS = {"sedna_threshold": MaxProbabilityPolicy, "sedna_cross_entropy": EntropyPolicy}
 SEDNA_DEFAULT_THRESHOLD = 0.5
 ONE_VIEW = "_member0"  # suffix of the Sedna filters on member 0's output alone
+# A single edge CNN with the compute of 3 members x 2 views, answering alone (max_prob).
+WIDE = "wide_cnn"
+WIDE_LOGITS = "edge_wide_logits"
 
 GOAL_MAX_DROP = 0.003
 GOAL_MAX_ESCALATION = 0.30
@@ -75,10 +86,56 @@ def baselines(split: Split, served: ScorePolicy) -> dict[str, Option]:
     return options
 
 
-def _options(split: Split, policies: list[ScorePolicy], served: ScorePolicy) -> dict[str, Option]:
+def _wide(family_folder: Path) -> Option | None:
+    """The single wide CNN's option on the test split, at the temperature that calibrates it on
+    the calibration split; None when the build has none."""
+    files = [family_folder / name for name in ("calibration.npz", "test_predictions.npz")]
+    if not all(WIDE_LOGITS in np.load(file) for file in files):
+        return None
+    calibration, test = (Split.load(file, edge=WIDE_LOGITS) for file in files)
+    one_view = MaxProbabilityPolicy(0.0)
+    policy = MaxProbabilityPolicy(0.0, calibration.fit_temperature(one_view))
+    return Option(test.confidence(policy), test.edge_correct(policy))
+
+
+def edge_costs(family_folder: Path, image_shape: tuple[int, ...]) -> dict[str, dict[str, float]]:
+    """Per way of looking (and the wide CNN): views computed, multiply-accumulates per image and
+    single-image latency p50 of the INT8 edge model(s), all measured interleaved."""
+    core = ov.Core()
+    ensemble = core.read_model(edge_model_file(family_folder))
+    members = ensemble.outputs[0].get_partial_shape()[1].get_length()
+    alone = member(ensemble, 0)
+    runs: dict[str, tuple[ov.Model, int, int]] = {
+        "member 0": (alone, 1, 1),
+        "mirror": (alone, 2, 2),
+        "ensemble": (ensemble, 1, members),
+        "ensemble+mirror": (ensemble, 2, 2 * members),
+    }
+    if (wide := baseline_model_file(family_folder, "edge_wide")).exists():
+        runs[WIDE] = (core.read_model(wide), 1, 1)
+    image = np.zeros((1, *image_shape), np.uint8)
+    latency = interleaved_p50_ms(
+        {
+            name: latency_request(core, model, np.repeat(image, images, 0), {})
+            for name, (model, images, _) in runs.items()
+        }
+    )
+    return {
+        name: {
+            "views": views,
+            "macs_per_image": macs_per_image(model, image_shape) * images,
+            "latency_ms_p50": latency[name],
+        }
+        for name, (model, images, views) in runs.items()
+    }
+
+
+def _options(
+    split: Split, policies: list[ScorePolicy], served: ScorePolicy, wide: Option | None
+) -> dict[str, Option]:
     """Every policy's option (by label), then the baselines'."""
     ours = {p.label: Option(split.confidence(p), split.edge_correct(p)) for p in policies}
-    return ours | baselines(split, served)
+    return ours | baselines(split, served) | ({WIDE: wide} if wide else {})
 
 
 def _bootstrap_curves(
@@ -159,9 +216,9 @@ def evaluate_family(family_folder: Path) -> dict[str, Any]:
     policies = candidate_policies(calibration, kind=None, mirror=None, ensemble=None)
     n = len(test.labels)
     cloud = float(test.cloud_correct.mean())
-    options = _options(test, policies, chosen)
+    options = _options(test, policies, chosen, _wide(family_folder))
     names = list(options)
-    baseline_names = [name for name in names if name.startswith("sedna_")]
+    baseline_names = names[len(policies) :]
     curves = {
         name: cascade_curve(o.score, o.edge_correct, test.cloud_correct)[1]
         for name, o in options.items()
@@ -190,7 +247,10 @@ def evaluate_family(family_folder: Path) -> dict[str, Any]:
         "accuracy": {"edge_only": float(served.edge_correct.mean()), "cloud_only": cloud},
         "edge_only_by_views": {
             label: float(test.edge_correct(p).mean()) for label, p in views.items()
-        },
+        }
+        | ({WIDE: float(options[WIDE].edge_correct.mean())} if WIDE in options else {}),
+        "edge_costs": edge_costs(family_folder, manifest.edge.preprocessing.shape),
+        "baselines": baseline_names,
         "curves": {
             name: {
                 "escalation_rate": (grid / n).round(4).tolist(),
@@ -206,6 +266,7 @@ def evaluate_family(family_folder: Path) -> dict[str, Any]:
             name: {"threshold": SEDNA_DEFAULT_THRESHOLD}
             | _point(options[name], SEDNA_DEFAULT_THRESHOLD, test.cloud_correct)
             for name in baseline_names
+            if name != WIDE
         },
         "operating_point": {
             "policy": manifest.policy.model_dump(),
@@ -264,7 +325,7 @@ def plot_report(report: dict[str, Any], png: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(18, 5))
     # Baselines first (dashed, wide) so that our policies stay visible on top of them; the zoom
     # shows the baselines, the calibrated policy and the same kind with one view only.
-    baselines = [name for name in curves if name.startswith("sedna_")]
+    baselines = report["baselines"]
     names = sorted(curves, key=lambda name: name not in baselines)
     colors = dict(zip(names, plt.get_cmap("tab20")(range(20))))  # its 20 colours, in order
     zoomed = [name for name in names if name in {*baselines, chosen, point["policy"]["kind"]}]

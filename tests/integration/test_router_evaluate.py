@@ -16,6 +16,7 @@ from edgecascade.router.policy.policies import policy_from_manifest
 
 SPLIT_FILES = ("manifest.json", "calibration.npz", "test_predictions.npz")
 SEDNA = ("sedna_threshold", "sedna_cross_entropy")
+MODEL_FOLDERS = ("edge", "baselines")
 
 
 @pytest.fixture()
@@ -26,6 +27,8 @@ def artifacts_copy(fashion_manifest, tmp_path, monkeypatch) -> Iterator[Path]:
     (tmp_path / "fashion").mkdir()
     for name in SPLIT_FILES:
         shutil.copy2(source / name, tmp_path / "fashion" / name)
+    for folder in MODEL_FOLDERS:  # the edge models whose costs the report measures
+        shutil.copytree(source / folder, tmp_path / "fashion" / folder)
     monkeypatch.setenv("EDGECASCADE_ARTIFACTS", str(tmp_path))
     yield tmp_path
     assert (source / "manifest.json").read_bytes() == real_manifest
@@ -73,9 +76,18 @@ def test_calibrate_then_evaluate(artifacts_copy: Path):
         for view in ("", "+mirror")
     }
     sedna = {f"{name}{one}" for name in SEDNA for one in ("", "_member0")}
-    assert set(data["curves"]) == ours | sedna
+    assert set(data["curves"]) == ours | sedna | {"wide_cnn"}
+    assert set(data["baselines"]) == sedna | {"wide_cnn"}
+    costs = data["edge_costs"]
+    assert [costs[look]["views"] for look in costs] == [1, 2, 3, 6, 1]
+    one = costs["member 0"]["macs_per_image"]
+    assert costs["ensemble+mirror"]["macs_per_image"] == 6 * one
+    # The wide CNN is the single model of equal compute: within 10% of the 6 views' MACs.
+    assert abs(costs["wide_cnn"]["macs_per_image"] / (6 * one) - 1) < 0.1
+    assert all(cost["latency_ms_p50"] > 0 for cost in costs.values())
     by_views = data["edge_only_by_views"]
-    assert set(by_views) == {"member 0", "ensemble", "mirror", "ensemble+mirror"}
+    assert set(by_views) == {"member 0", "ensemble", "mirror", "ensemble+mirror", "wide_cnn"}
+    assert set(by_views) == set(costs)  # every option's accuracy stands beside its cost
     # The edge answers with the mean of its views: more views, better answers.
     assert by_views["ensemble+mirror"] > by_views["ensemble"] > by_views["member 0"]
     served = policy_from_manifest(policy)
@@ -87,7 +99,9 @@ def test_calibrate_then_evaluate(artifacts_copy: Path):
         # Each option keeps its own edge answers: Sedna on the served views keeps the served
         # answers, Sedna on member 0 member 0's.
         looks = (
-            "member 0"
+            name
+            if name == "wide_cnn"
+            else "member 0"
             if name.endswith("_member0")
             else served.looks
             if name in sedna
@@ -104,7 +118,8 @@ def test_calibrate_then_evaluate(artifacts_copy: Path):
     assert point["label"] == policy_from_manifest(policy).label
     assert point["label"].startswith(f"{policy.kind}+ensemble")
     assert 0 < point["test"]["escalation_rate"] < 1
-    assert set(data["goal"]["calibrated_policy_vs_baselines"]) == set(data["sedna_defaults"])
+    assert set(data["goal"]["calibrated_policy_vs_baselines"]) == set(data["baselines"])
+    assert set(data["sedna_defaults"]) == sedna
     assert isinstance(data["goal"]["met_at_operating_point"], bool)
     bootstrap = data["goal"]["calibrated_policy_vs_baselines_bootstrap"]
     for name in data["sedna_defaults"]:
