@@ -19,6 +19,7 @@ class DegradedReason(StrEnum):
     CLOUD_ERROR = "cloud-error"
     DEADLINE = "deadline"
     VERSION_MISMATCH = "version-mismatch"
+    BUDGET = "budget"
 
     @property
     def code(self) -> pb.DegradedReason:

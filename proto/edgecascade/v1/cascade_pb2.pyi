@@ -21,6 +21,7 @@ class DegradedReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CLOUD_ERROR: _ClassVar[DegradedReason]
     DEADLINE: _ClassVar[DegradedReason]
     VERSION_MISMATCH: _ClassVar[DegradedReason]
+    BUDGET: _ClassVar[DegradedReason]
 TIER_UNSPECIFIED: Tier
 EDGE: Tier
 CLOUD: Tier
@@ -30,6 +31,7 @@ CLOUD_TIMEOUT: DegradedReason
 CLOUD_ERROR: DegradedReason
 DEADLINE: DegradedReason
 VERSION_MISMATCH: DegradedReason
+BUDGET: DegradedReason
 
 class RawImage(_message.Message):
     __slots__ = ("shape", "data")
@@ -122,7 +124,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("versions", "device", "policy", "threshold", "cloud_url", "cloud_ready", "requests", "escalations", "degraded", "errors", "bytes_to_cloud", "breaker", "cloud_latency_ewma_ms", "cloud_latency_p95_ms", "manifest_version", "previous_version", "update_error", "version_mismatch", "insecure_hops")
+    __slots__ = ("versions", "device", "policy", "threshold", "cloud_url", "cloud_ready", "requests", "escalations", "degraded", "errors", "bytes_to_cloud", "breaker", "cloud_latency_ewma_ms", "cloud_latency_p95_ms", "manifest_version", "previous_version", "update_error", "version_mismatch", "insecure_hops", "audit")
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
@@ -142,6 +144,7 @@ class GetStatusResponse(_message.Message):
     UPDATE_ERROR_FIELD_NUMBER: _ClassVar[int]
     VERSION_MISMATCH_FIELD_NUMBER: _ClassVar[int]
     INSECURE_HOPS_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_FIELD_NUMBER: _ClassVar[int]
     versions: ModelVersions
     device: str
     policy: str
@@ -161,4 +164,25 @@ class GetStatusResponse(_message.Message):
     update_error: str
     version_mismatch: str
     insecure_hops: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, versions: _Optional[_Union[ModelVersions, _Mapping]] = ..., device: _Optional[str] = ..., policy: _Optional[str] = ..., threshold: _Optional[float] = ..., cloud_url: _Optional[str] = ..., cloud_ready: _Optional[bool] = ..., requests: _Optional[int] = ..., escalations: _Optional[int] = ..., degraded: _Optional[int] = ..., errors: _Optional[int] = ..., bytes_to_cloud: _Optional[int] = ..., breaker: _Optional[str] = ..., cloud_latency_ewma_ms: _Optional[float] = ..., cloud_latency_p95_ms: _Optional[float] = ..., manifest_version: _Optional[int] = ..., previous_version: _Optional[int] = ..., update_error: _Optional[str] = ..., version_mismatch: _Optional[str] = ..., insecure_hops: _Optional[_Iterable[str]] = ...) -> None: ...
+    audit: _containers.RepeatedCompositeFieldContainer[AuditAgreement]
+    def __init__(self, versions: _Optional[_Union[ModelVersions, _Mapping]] = ..., device: _Optional[str] = ..., policy: _Optional[str] = ..., threshold: _Optional[float] = ..., cloud_url: _Optional[str] = ..., cloud_ready: _Optional[bool] = ..., requests: _Optional[int] = ..., escalations: _Optional[int] = ..., degraded: _Optional[int] = ..., errors: _Optional[int] = ..., bytes_to_cloud: _Optional[int] = ..., breaker: _Optional[str] = ..., cloud_latency_ewma_ms: _Optional[float] = ..., cloud_latency_p95_ms: _Optional[float] = ..., manifest_version: _Optional[int] = ..., previous_version: _Optional[int] = ..., update_error: _Optional[str] = ..., version_mismatch: _Optional[str] = ..., insecure_hops: _Optional[_Iterable[str]] = ..., audit: _Optional[_Iterable[_Union[AuditAgreement, _Mapping]]] = ...) -> None: ...
+
+class AuditAgreement(_message.Message):
+    __slots__ = ("family", "edge_version", "audited", "agreed", "agreement", "lower", "upper", "below_bound")
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    EDGE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    AUDITED_FIELD_NUMBER: _ClassVar[int]
+    AGREED_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    LOWER_FIELD_NUMBER: _ClassVar[int]
+    UPPER_FIELD_NUMBER: _ClassVar[int]
+    BELOW_BOUND_FIELD_NUMBER: _ClassVar[int]
+    family: str
+    edge_version: str
+    audited: int
+    agreed: int
+    agreement: float
+    lower: float
+    upper: float
+    below_bound: bool
+    def __init__(self, family: _Optional[str] = ..., edge_version: _Optional[str] = ..., audited: _Optional[int] = ..., agreed: _Optional[int] = ..., agreement: _Optional[float] = ..., lower: _Optional[float] = ..., upper: _Optional[float] = ..., below_bound: _Optional[bool] = ...) -> None: ...

@@ -24,23 +24,27 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x65\x64gecascade/v1/model_sync.proto\x12\x0e\x65\x64gecascade.v1\"5\n\x12GetManifestRequest\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\">\n\x15WatchManifestsRequest\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\t\x12\x15\n\rafter_version\x18\x02 \x01(\r\"t\n\x10ManifestResponse\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x15\n\rmanifest_json\x18\x03 \x01(\t\x12\x17\n\x0fmanifest_sha256\x18\x04 \x01(\t\x12\x0f\n\x07\x63urrent\x18\x05 \x01(\x08\"6\n\x14\x46\x65tchArtifactRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"A\n\rArtifactChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\x32\x95\x02\n\tModelSync\x12S\n\x0bGetManifest\x12\".edgecascade.v1.GetManifestRequest\x1a .edgecascade.v1.ManifestResponse\x12[\n\x0eWatchManifests\x12%.edgecascade.v1.WatchManifestsRequest\x1a .edgecascade.v1.ManifestResponse0\x01\x12V\n\rFetchArtifact\x12$.edgecascade.v1.FetchArtifactRequest\x1a\x1d.edgecascade.v1.ArtifactChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x65\x64gecascade/v1/model_sync.proto\x12\x0e\x65\x64gecascade.v1\"\xd4\x01\n\x0fUploadedExample\x12\x0f\n\x07\x65\x64ge_id\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x03 \x01(\t\x12\x14\n\x0c\x65\x64ge_version\x18\x04 \x01(\t\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12\x13\n\x0bimage_shape\x18\x06 \x03(\x03\x12\r\n\x05image\x18\x07 \x01(\x0c\x12\x1b\n\x13\x63loud_probabilities\x18\x08 \x03(\x02\x12\x1a\n\x12\x65\x64ge_probabilities\x18\t \x03(\x02\x12\x0f\n\x07seen_at\x18\n \x01(\x01\"c\n\x16UploadExamplesResponse\x12\x0c\n\x04kept\x18\x01 \x01(\x04\x12\x12\n\nduplicates\x18\x02 \x01(\x04\x12\x12\n\nedge_bytes\x18\x03 \x01(\x04\x12\x13\n\x0bquota_bytes\x18\x04 \x01(\x04\"5\n\x12GetManifestRequest\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\">\n\x15WatchManifestsRequest\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\t\x12\x15\n\rafter_version\x18\x02 \x01(\r\"t\n\x10ManifestResponse\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x15\n\rmanifest_json\x18\x03 \x01(\t\x12\x17\n\x0fmanifest_sha256\x18\x04 \x01(\t\x12\x0f\n\x07\x63urrent\x18\x05 \x01(\x08\"6\n\x14\x46\x65tchArtifactRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"A\n\rArtifactChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\x32\xf2\x02\n\tModelSync\x12S\n\x0bGetManifest\x12\".edgecascade.v1.GetManifestRequest\x1a .edgecascade.v1.ManifestResponse\x12[\n\x0eWatchManifests\x12%.edgecascade.v1.WatchManifestsRequest\x1a .edgecascade.v1.ManifestResponse0\x01\x12V\n\rFetchArtifact\x12$.edgecascade.v1.FetchArtifactRequest\x1a\x1d.edgecascade.v1.ArtifactChunk0\x01\x12[\n\x0eUploadExamples\x12\x1f.edgecascade.v1.UploadedExample\x1a&.edgecascade.v1.UploadExamplesResponse(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'edgecascade.v1.model_sync_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETMANIFESTREQUEST']._serialized_start=51
-  _globals['_GETMANIFESTREQUEST']._serialized_end=104
-  _globals['_WATCHMANIFESTSREQUEST']._serialized_start=106
-  _globals['_WATCHMANIFESTSREQUEST']._serialized_end=168
-  _globals['_MANIFESTRESPONSE']._serialized_start=170
-  _globals['_MANIFESTRESPONSE']._serialized_end=286
-  _globals['_FETCHARTIFACTREQUEST']._serialized_start=288
-  _globals['_FETCHARTIFACTREQUEST']._serialized_end=342
-  _globals['_ARTIFACTCHUNK']._serialized_start=344
-  _globals['_ARTIFACTCHUNK']._serialized_end=409
-  _globals['_MODELSYNC']._serialized_start=412
-  _globals['_MODELSYNC']._serialized_end=689
+  _globals['_UPLOADEDEXAMPLE']._serialized_start=52
+  _globals['_UPLOADEDEXAMPLE']._serialized_end=264
+  _globals['_UPLOADEXAMPLESRESPONSE']._serialized_start=266
+  _globals['_UPLOADEXAMPLESRESPONSE']._serialized_end=365
+  _globals['_GETMANIFESTREQUEST']._serialized_start=367
+  _globals['_GETMANIFESTREQUEST']._serialized_end=420
+  _globals['_WATCHMANIFESTSREQUEST']._serialized_start=422
+  _globals['_WATCHMANIFESTSREQUEST']._serialized_end=484
+  _globals['_MANIFESTRESPONSE']._serialized_start=486
+  _globals['_MANIFESTRESPONSE']._serialized_end=602
+  _globals['_FETCHARTIFACTREQUEST']._serialized_start=604
+  _globals['_FETCHARTIFACTREQUEST']._serialized_end=658
+  _globals['_ARTIFACTCHUNK']._serialized_start=660
+  _globals['_ARTIFACTCHUNK']._serialized_end=725
+  _globals['_MODELSYNC']._serialized_start=728
+  _globals['_MODELSYNC']._serialized_end=1098
 # @@protoc_insertion_point(module_scope)

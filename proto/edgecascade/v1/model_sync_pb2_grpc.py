@@ -52,6 +52,11 @@ class ModelSyncStub:
                 request_serializer=edgecascade_dot_v1_dot_model__sync__pb2.FetchArtifactRequest.SerializeToString,
                 response_deserializer=edgecascade_dot_v1_dot_model__sync__pb2.ArtifactChunk.FromString,
                 _registered_method=True)
+        self.UploadExamples = channel.stream_unary(
+                '/edgecascade.v1.ModelSync/UploadExamples',
+                request_serializer=edgecascade_dot_v1_dot_model__sync__pb2.UploadedExample.SerializeToString,
+                response_deserializer=edgecascade_dot_v1_dot_model__sync__pb2.UploadExamplesResponse.FromString,
+                _registered_method=True)
 
 
 class ModelSyncServicer:
@@ -86,6 +91,17 @@ class ModelSyncServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadExamples(self, request_iterator, context):
+        """An edge's collected examples (escalated and audited inputs with the cloud's answers), kept
+        per family and per edge as each arrives, so a broken upload keeps what came through and
+        is resumed by sending again: an example whose sha256 is already kept is counted as a
+        duplicate, not kept twice. INVALID_ARGUMENT for a malformed example (the message says
+        which field), RESOURCE_EXHAUSTED once the edge's quota of bytes is used up.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelSyncServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -103,6 +119,11 @@ def add_ModelSyncServicer_to_server(servicer, server):
                     servicer.FetchArtifact,
                     request_deserializer=edgecascade_dot_v1_dot_model__sync__pb2.FetchArtifactRequest.FromString,
                     response_serializer=edgecascade_dot_v1_dot_model__sync__pb2.ArtifactChunk.SerializeToString,
+            ),
+            'UploadExamples': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadExamples,
+                    request_deserializer=edgecascade_dot_v1_dot_model__sync__pb2.UploadedExample.FromString,
+                    response_serializer=edgecascade_dot_v1_dot_model__sync__pb2.UploadExamplesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -189,6 +210,33 @@ class ModelSync:
             '/edgecascade.v1.ModelSync/FetchArtifact',
             edgecascade_dot_v1_dot_model__sync__pb2.FetchArtifactRequest.SerializeToString,
             edgecascade_dot_v1_dot_model__sync__pb2.ArtifactChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadExamples(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/edgecascade.v1.ModelSync/UploadExamples',
+            edgecascade_dot_v1_dot_model__sync__pb2.UploadedExample.SerializeToString,
+            edgecascade_dot_v1_dot_model__sync__pb2.UploadExamplesResponse.FromString,
             options,
             channel_credentials,
             insecure,
