@@ -4,10 +4,11 @@ of images takes one edge inference and at most one cloud call."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -21,7 +22,9 @@ from edgecascade.cloud.common.preprocessing import (
     prepare_batch,
     with_mirrors,
 )
+from edgecascade.router.cascade.audit import Auditor
 from edgecascade.router.cascade.breaker import CircuitBreaker
+from edgecascade.router.cascade.budget import EscalationBudget
 from edgecascade.router.cascade.cloud_client import CloudClient, CloudError
 from edgecascade.router.cascade.degraded import DegradedReason
 from edgecascade.router.cascade.latency import LatencyTracker
@@ -32,6 +35,21 @@ from edgecascade.v1 import cascade_pb2 as pb
 # ensemble), in one inference. An edge model that folds preprocessing takes colour-converted
 # frames of one shape at any size instead.
 EdgeInfer = Callable[[NDArray[Any]], Awaitable[NDArray[Any]]]
+log = logging.getLogger(__name__)
+
+
+class ExampleSink(Protocol):
+    """Takes inputs the cloud answered (escalated or audited) without blocking the caller."""
+
+    def collect(
+        self,
+        kind: Literal["escalated", "audit"],
+        pair: Manifest,
+        images: list[Image],
+        edge_probabilities: NDArray[Any],
+        cloud_probabilities: NDArray[Any],
+    ) -> None: ...
+
 
 # Below this much time left there is no point in starting a cloud call.
 MIN_CLOUD_BUDGET_S = 0.002
@@ -124,7 +142,10 @@ class Cascade:
     and never when the cloud does not hold the version the manifest pairs with the edge model
     (`mismatch` says why; escalations then come back degraded with VERSION_MISMATCH).
     `edge_folds`: the edge model crops and resizes itself; it gets colour-converted frames, one
-    inference per frame shape in the batch."""
+    inference per frame shape in the batch.
+    `budget` caps what is sent to the cloud (escalations and audits; over it, BUDGET);
+    `auditor` sends a sample of confident answers to the cloud in the background; `sink` gets
+    every input the cloud answered, escalated or audited."""
 
     def __init__(
         self,
@@ -136,6 +157,9 @@ class Cascade:
         latency: LatencyTracker | None = None,
         breaker: CircuitBreaker | None = None,
         edge_folds: bool = False,
+        budget: EscalationBudget | None = None,
+        auditor: Auditor | None = None,
+        sink: ExampleSink | None = None,
     ):
         self.manifest = manifest
         self.policy = policy
@@ -145,6 +169,9 @@ class Cascade:
         self._edge_folds = edge_folds
         self._cloud = cloud
         self._cloud_timeout_s = cloud_timeout_s
+        self.budget = budget
+        self.auditor = auditor
+        self._sink = sink
         self.mismatch: str | None = None
 
     async def classify(
@@ -168,11 +195,16 @@ class Cascade:
         edge_class_id = probabilities.argmax(axis=-1)
         edge_done = time.perf_counter()
         escalated = np.asarray(self.policy.escalate(confidence))
+        if self.auditor is not None:
+            self._audit(images, probabilities, self.auditor.sample(~escalated))
         reason, sent, cloud_ms = None, 0, 0.0
         if escalated.any():
             chosen = [images[i] for i in np.flatnonzero(escalated)]
             reason, sent, cloud_probabilities = await self._ask_cloud(chosen, deadline)
             if cloud_probabilities is not None:
+                if self._sink is not None:
+                    edge, cloud = probabilities[escalated], cloud_probabilities
+                    self._sink.collect("escalated", self.manifest, chosen, edge, cloud)
                 probabilities[escalated] = cloud_probabilities
             cloud_ms = (time.perf_counter() - edge_done) * 1e3
         return Answers(
@@ -224,6 +256,8 @@ class Cascade:
         expected_to_fit = expected is not None and expected <= timeout
         if timeout < MIN_CLOUD_BUDGET_S or not self.latency.admit(timeout):
             return DegradedReason.DEADLINE, 0, None
+        if self.budget is not None and not self.budget.take(len(images)):
+            return DegradedReason.BUDGET, 0, None
         if not self.breaker.allow():
             return DegradedReason.CLOUD_UNAVAILABLE, 0, None
         batch = await off_loop(images, prepare_batch, images, self.manifest.cloud.preprocessing)
@@ -237,6 +271,37 @@ class Cascade:
         self.latency.record(time.perf_counter() - sent)
         self.breaker.success()
         return None, per_image, softmax(np.asarray(logits, np.float64))
+
+    def _audit(self, images: Images, probabilities: NDArray[Any], picked: NDArray[Any]) -> None:
+        """Start the audit of the `picked` answers in the background, if the cloud is usable,
+        the auditor has room and the budget allows; else they are skipped."""
+        auditor, n = self.auditor, int(picked.sum())
+        if auditor is None or n == 0:
+            return
+        usable = self._cloud is not None and not self.mismatch and self.breaker.state == "closed"
+        if not (usable and auditor.has_room and (self.budget is None or self.budget.take(n))):
+            auditor.skipped += n
+            return
+        chosen = [images[i] for i in np.flatnonzero(picked)]
+        auditor.start(self._ask_audit(auditor, chosen, probabilities[picked]))
+
+    async def _ask_audit(
+        self, auditor: Auditor, images: list[Image], edge_probabilities: NDArray[Any]
+    ) -> None:
+        """One audit call: the cloud's answers, compared with the edge's top-1."""
+        assert self._cloud is not None
+        try:
+            batch = await off_loop(images, prepare_batch, images, self.manifest.cloud.preprocessing)
+            logits = await self._cloud.infer_batch(batch, self._cloud_timeout_s)
+        except CloudError as e:
+            auditor.failed += len(images)
+            log.debug("audit of %d answers not done: %s", len(images), e)
+            return
+        cloud = softmax(np.asarray(logits, np.float64))
+        agreed = cloud.argmax(axis=-1) == edge_probabilities.argmax(axis=-1)
+        auditor.tracker.record(self.manifest.family, self.manifest.edge.key, agreed)
+        if self._sink is not None:
+            self._sink.collect("audit", self.manifest, images, edge_probabilities, cloud)
 
     def _cloud_failed(
         self, reason: DegradedReason, timeout_s: float, elapsed_s: float, expected_to_fit: bool
