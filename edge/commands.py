@@ -58,6 +58,18 @@ def serve_command(
     breaker_cooldown_s: Annotated[
         float | None, _setting("breaker_cooldown_s", "--breaker-cooldown")
     ] = None,
+    escalations_per_second: Annotated[float | None, _setting("escalations_per_second")] = None,
+    escalation_burst: Annotated[float | None, _setting("escalation_burst")] = None,
+    escalations_per_day: Annotated[int | None, _setting("escalations_per_day")] = None,
+    audit_rate: Annotated[float | None, _setting("audit_rate")] = None,
+    audit_min_agreement: Annotated[float | None, _setting("audit_min_agreement")] = None,
+    collect: Annotated[bool | None, _setting("collect", "--collect/--no-collect")] = None,
+    examples_file: Annotated[Path | None, _setting("examples_file")] = None,
+    examples_max_bytes: Annotated[int | None, _setting("examples_max_bytes")] = None,
+    upload_interval_s: Annotated[
+        float | None, _setting("upload_interval_s", "--upload-interval")
+    ] = None,
+    edge_id: Annotated[str | None, _setting("edge_id")] = None,
     artifacts: Annotated[Path | None, _setting("artifacts")] = None,
     max_in_flight: Annotated[int | None, _setting("max_in_flight")] = None,
     max_batch: Annotated[int | None, _setting("max_batch")] = None,

@@ -46,6 +46,7 @@ def serve_command(
         float | None, _setting("probe_interval_s", "--probe-interval")
     ] = None,
     registry: Annotated[Path | None, _setting("registry")] = None,
+    examples_quota_bytes: Annotated[int | None, _setting("examples_quota_bytes")] = None,
     metrics_port: Annotated[int | None, _setting("metrics_port")] = None,
     health_port: Annotated[int | None, _setting("health_port")] = None,
     grace_s: Annotated[int | None, _setting("grace_s", "--grace")] = None,

@@ -72,7 +72,10 @@ METHOD_SCOPES: Mapping[str, Scope] = {
             "LogSettings",
         )
     },
-    **{_SYNC + m: "sync" for m in ("GetManifest", "WatchManifests", "FetchArtifact")},
+    **{
+        _SYNC + m: "sync"
+        for m in ("GetManifest", "WatchManifests", "FetchArtifact", "UploadExamples")
+    },
     **{prefix + "ServerReflectionInfo": "status" for prefix in _REFLECTION},
 }
 

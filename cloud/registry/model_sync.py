@@ -1,5 +1,7 @@
 """The ModelSync gRPC service (grpc.aio): edges read manifests, watch for new current versions
-and download artifacts from the registry. Serve it with `add_model_sync(server, registry)`.
+and download artifacts from the registry, and upload the examples they collected (kept per
+family and edge under the registry, within a quota per edge). Serve it with
+`add_model_sync(server, registry)`.
 
 One background task polls the registry's current pointers while anyone watches, so any
 process may publish (`edgecascade models publish`) and every watcher hears of it within one
@@ -11,13 +13,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 from typing import NoReturn
 
 import grpc
 
+from edgecascade.cloud.common.example_messages import from_message
 from edgecascade.cloud.registry.store import CorruptBlob, NotFound, Registry
+from edgecascade.cloud.registry.uploads import DEFAULT_QUOTA_BYTES, QuotaExceeded, ReceivedExamples
 from edgecascade.v1 import model_sync_pb2 as pb
 from edgecascade.v1 import model_sync_pb2_grpc as pb_grpc
 
@@ -35,8 +39,14 @@ async def _abort(
 
 
 class ModelSyncService(pb_grpc.ModelSyncServicer):
-    def __init__(self, registry: Registry, poll_interval_s: float = POLL_INTERVAL_S) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        poll_interval_s: float = POLL_INTERVAL_S,
+        examples_quota_bytes: int = DEFAULT_QUOTA_BYTES,
+    ) -> None:
         self.registry = registry
+        self.received = ReceivedExamples(registry.root, examples_quota_bytes)
         self.poll_interval_s = poll_interval_s
         self._current: dict[str, int] = {}
         self._changed = asyncio.Event()
@@ -121,6 +131,37 @@ class ModelSyncService(pb_grpc.ModelSyncServicer):
         finally:
             blob.close()
 
+    async def UploadExamples(
+        self,
+        request_iterator: AsyncIterable[pb.UploadedExample],
+        context: grpc.aio.ServicerContext,
+    ) -> pb.UploadExamplesResponse:
+        kept = duplicates = 0
+        edge_id = ""
+        async for message in request_iterator:
+            number = kept + duplicates + 1
+            try:
+                if edge_id and message.edge_id != edge_id:
+                    raise ValueError(
+                        f"edge_id {message.edge_id!r}: the upload began as {edge_id!r}"
+                    )
+                edge_id = message.edge_id
+                self.registry.check_family(message.family)
+                example = from_message(message)
+                added = await asyncio.to_thread(self.received.keep, edge_id, example)
+            except QuotaExceeded as exc:
+                await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            except ValueError as exc:
+                await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"example {number}: {exc}")
+            kept += added
+            duplicates += not added
+        return pb.UploadExamplesResponse(
+            kept=kept,
+            duplicates=duplicates,
+            edge_bytes=self.received.used_bytes(edge_id) if edge_id else 0,
+            quota_bytes=self.received.quota_bytes,
+        )
+
     def _response(self, family: str, version: int) -> pb.ManifestResponse:
         path = self.registry.manifest_file(family, version)
         text = path.read_text()
@@ -161,9 +202,12 @@ class ModelSyncService(pb_grpc.ModelSyncServicer):
 
 
 def add_model_sync(
-    server: grpc.aio.Server, registry: Registry, poll_interval_s: float = POLL_INTERVAL_S
+    server: grpc.aio.Server,
+    registry: Registry,
+    poll_interval_s: float = POLL_INTERVAL_S,
+    examples_quota_bytes: int = DEFAULT_QUOTA_BYTES,
 ) -> ModelSyncService:
     """Serve ModelSync for `registry` on `server` (before it starts); return the servicer."""
-    service = ModelSyncService(registry, poll_interval_s)
+    service = ModelSyncService(registry, poll_interval_s, examples_quota_bytes)
     pb_grpc.add_ModelSyncServicer_to_server(service, server)
     return service

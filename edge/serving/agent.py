@@ -15,22 +15,28 @@ import numpy as np
 
 from edgecascade.cloud.common import signing
 from edgecascade.cloud.common.errors import InternalFailure, RequestError, UserError
+from edgecascade.cloud.common.examples import ExampleStore
 from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.cloud.common.paths import edge_model_file, family_dir
 from edgecascade.cloud.common.preprocessing import Images, InvalidImage, pixel_limit
 from edgecascade.cloud.common.signing import SignatureError, TrustedKeys
 from edgecascade.cloud.common.transport import PLAINTEXT, Transport
+from edgecascade.edge.serving.collection import Collector, store_path
 from edgecascade.edge.serving.limits import InFlightLimit, Overloaded
 from edgecascade.edge.serving.metrics import Metrics
 from edgecascade.edge.serving.runtime import EdgeModel
 from edgecascade.edge.serving.security import cloud_transport, insecure_hops, trusted_keys
 from edgecascade.edge.serving.settings import EdgeSettings
 from edgecascade.edge.serving.statistics import Stamps
+from edgecascade.router.cascade.audit import AgreementTracker, Auditor
 from edgecascade.router.cascade.breaker import CircuitBreaker
+from edgecascade.router.cascade.budget import EscalationBudget
 from edgecascade.router.cascade.cascade import Answers, Cascade
 from edgecascade.router.cascade.cloud_client import CloudClient
 from edgecascade.router.cascade.latency import LatencyTracker
 from edgecascade.router.policy.policies import policy_from_manifest
+from edgecascade.router.sync.uploader import ExampleUploader
+from edgecascade.v1 import cascade_pb2 as pb
 
 log = logging.getLogger(__name__)
 WARM_UP_RUNS = 3
@@ -104,7 +110,8 @@ class EdgeAgent:
     """The agent's state. `deployment` is swapped atomically (one assignment on the event
     loop) when a new pair has been verified, compiled and warmed up; the one it replaces is
     closed once its requests have finished. `previous` is the pair replaced last (the one a
-    rollback returns to, from the edge cache)."""
+    rollback returns to, from the edge cache). The escalation budget, the auditor and the
+    collector of examples (with its uploader to sync_url) carry over from pair to pair."""
 
     settings: EdgeSettings
     deployment: Deployment
@@ -117,6 +124,7 @@ class EdgeAgent:
     previous: Manifest | None = None
     update_error: str = ""
     counters: Counters = field(default_factory=Counters)
+    feedback: Feedback = field(default_factory=lambda: Feedback())
 
     @property
     def manifest(self) -> Manifest:
@@ -147,22 +155,68 @@ class EdgeAgent:
         breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s)
         latency = LatencyTracker()
         trusted, transport = trusted_keys(settings), cloud_transport(settings)
+        feedback = Feedback.of(settings)
         try:
-            deployment = await _deploy(settings, folder, breaker, latency, trusted, transport)
+            deployment = await _deploy(
+                settings, folder, breaker, latency, trusted, transport, feedback
+            )
         except SignatureError as e:
             raise UserError(
                 f"{folder / 'manifest.json'}: {e} (--allow-unsigned serves it anyway)"
             ) from None
         limit = InFlightLimit(settings.max_in_flight)
         metrics = Metrics(deployment.manifest, lambda: limit.current, insecure_hops(settings))
-        return cls(settings, deployment, limit, metrics, breaker, latency, trusted, transport)
+        if feedback.auditor:
+            metrics.watch_audit(feedback.auditor.tracker)
+        if feedback.collector and settings.sync_url:
+            uploader = ExampleUploader(feedback.collector.store, settings.edge_id)
+            channel = transport.aio_channel(settings.sync_url)
+            feedback.uploading = asyncio.create_task(
+                uploader.run(channel, settings.upload_interval_s)
+            )
+        return cls(
+            settings,
+            deployment,
+            limit,
+            metrics,
+            breaker,
+            latency,
+            trusted,
+            transport,
+            feedback=feedback,
+        )
+
+    def audit_status(self) -> list[pb.AuditAgreement]:
+        """Agreement with the cloud per family and edge version audited (GetStatus.audit)."""
+        if self.feedback.auditor is None:
+            return []
+        tracker = self.feedback.auditor.tracker
+        return [
+            pb.AuditAgreement(
+                family=entry.family,
+                edge_version=entry.edge_version,
+                audited=entry.audited,
+                agreed=entry.agreed,
+                agreement=entry.rate,
+                lower=entry.interval[0],
+                upper=entry.interval[1],
+                below_bound=tracker.below(entry),
+            )
+            for entry in tracker.entries.values()
+        ]
 
     async def activate(self, folder: Path) -> Deployment:
         """Verify, compile and warm up the pair in `folder`, then swap it in. On any failure
         the serving pair stays, `update_error` says why, and the error is raised."""
         try:
             deployment = await _deploy(
-                self.settings, folder, self.breaker, self.latency, self.trusted, self.transport
+                self.settings,
+                folder,
+                self.breaker,
+                self.latency,
+                self.trusted,
+                self.transport,
+                self.feedback,
             )
         except Exception as e:
             self.update_failed(
@@ -255,6 +309,33 @@ class EdgeAgent:
         return response
 
 
+@dataclass
+class Feedback:
+    """What the agent sends the cloud beyond escalations and keeps of its answers: the
+    escalation budget, the auditor, the collector of examples and its upload task."""
+
+    budget: EscalationBudget | None = None
+    auditor: Auditor | None = None
+    collector: Collector | None = None
+    uploading: asyncio.Task[None] | None = None
+
+    @classmethod
+    def of(cls, settings: EdgeSettings) -> Feedback:
+        limited = settings.escalations_per_second or settings.escalations_per_day
+        budget = EscalationBudget(
+            settings.escalations_per_second, settings.escalations_per_day, settings.escalation_burst
+        )
+        tracker = AgreementTracker(settings.audit_min_agreement)
+        store = settings.examples_file or store_path(settings.artifacts, settings.family)
+        return cls(
+            budget if limited else None,
+            Auditor(settings.audit_rate, tracker) if settings.audit_rate else None,
+            Collector(ExampleStore(store, settings.examples_max_bytes))
+            if settings.collect and settings.cloud_url
+            else None,
+        )
+
+
 async def _deploy(
     settings: EdgeSettings,
     folder: Path,
@@ -262,6 +343,7 @@ async def _deploy(
     latency: LatencyTracker,
     trusted: TrustedKeys | None,
     transport: Transport,
+    feedback: Feedback,
 ) -> Deployment:
     """A verified, compiled and warmed-up deployment of the pair in `folder`, its manifest
     signed by a `trusted` key (any manifest when None; SignatureError otherwise); the cloud
@@ -297,6 +379,9 @@ async def _deploy(
         latency=latency,
         breaker=breaker,
         edge_folds=fold is not None,
+        budget=feedback.budget,
+        auditor=feedback.auditor,
+        sink=feedback.collector,
     )
     if cloud:
         cascade.mismatch = await cloud.pairing_problem(manifest)

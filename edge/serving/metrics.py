@@ -26,6 +26,7 @@ from starlette.routing import Route
 
 from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.edge.serving.statistics import Stamps, Statistics, VersionStatistics
+from edgecascade.router.cascade.audit import AgreementTracker
 from edgecascade.router.cascade.cascade import Answers
 from edgecascade.router.cascade.degraded import DegradedReason
 
@@ -74,6 +75,36 @@ class _TritonSeries(Collector):
         for version, stats in versions:
             pending.add_sample(PENDING, {"model": model, "version": version}, stats.pending)
         yield pending
+
+
+class _AuditSeries(Collector):
+    """The audit's agreement with the cloud per family and edge version, at each scrape."""
+
+    def __init__(self, tracker: AgreementTracker):
+        self._tracker = tracker
+
+    def collect(self) -> Iterator[Metric]:
+        entries = list(self._tracker.entries.values())
+        audited = Metric("edgecascade_audited", "Confident edge answers audited", "counter")
+        agreed = Metric(
+            "edgecascade_audit_agreed", "Audited answers the cloud agreed with", "counter"
+        )
+        agreement = Metric(
+            "edgecascade_audit_agreement",
+            "Agreement of audited edge answers with the cloud: the estimate and its 95% Wilson "
+            "interval (bound=estimate|lower|upper)",
+            "gauge",
+        )
+        for entry in entries:
+            labels = {"family": entry.family, "edge": entry.edge_version}
+            audited.add_sample("edgecascade_audited_total", labels, entry.audited)
+            agreed.add_sample("edgecascade_audit_agreed_total", labels, entry.agreed)
+            lower, upper = entry.interval
+            for bound, value in (("estimate", entry.rate), ("lower", lower), ("upper", upper)):
+                agreement.add_sample(
+                    "edgecascade_audit_agreement", {**labels, "bound": bound}, value
+                )
+        yield from (audited, agreed, agreement)
 
 
 def _counter(name: str, stats: VersionStatistics) -> float:
@@ -185,6 +216,10 @@ class Metrics:
         reason = answers.degraded_reason
         if reason is not None and escalations:
             self._degraded.labels(reason.value).inc(escalations)
+
+    def watch_audit(self, tracker: AgreementTracker) -> None:
+        """Export the audit's agreement from `tracker`."""
+        self.registry.register(_AuditSeries(tracker))
 
     def update_failed(self, reason: str) -> None:
         """A model update not applied, for one of UPDATE_FAILURES."""

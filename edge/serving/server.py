@@ -162,6 +162,7 @@ class CascadeService(pb_grpc.CascadeServicer):
             cloud_latency_ewma_ms=(agent.cascade.latency.ewma_s or 0.0) * 1e3,
             cloud_latency_p95_ms=(agent.cascade.latency.p95_s or 0.0) * 1e3,
             insecure_hops=insecure_hops(agent.settings),
+            audit=agent.audit_status(),
         )
 
 

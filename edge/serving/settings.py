@@ -9,6 +9,7 @@ must be signed by a trusted key unless `allow_unsigned`.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -58,6 +59,58 @@ class EdgeSettings(BaseSettings):
     )
     threshold: float | None = Field(
         None, ge=0, le=1, description="escalation threshold; none: the manifest's"
+    )
+    # The family's escalation budget, the audit of confident answers, the examples collected.
+    escalations_per_second: float | None = Field(
+        None,
+        gt=0,
+        description="escalations and audits sent to the cloud per second at most "
+        "(token bucket); more: degraded `budget`; none: no ceiling",
+    )
+    escalation_burst: float | None = Field(
+        None,
+        ge=1,
+        description="escalations at once the per-second bucket holds; none: "
+        "max(1, escalations_per_second)",
+    )
+    escalations_per_day: int | None = Field(
+        None, ge=1, description="escalations and audits per UTC day at most; none: no ceiling"
+    )
+    audit_rate: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of confident edge answers also sent to the cloud in "
+        "the background, e.g. 0.01; 0: no audit",
+    )
+    audit_min_agreement: float = Field(
+        0.8,
+        ge=0,
+        le=1,
+        description="audited agreement with the cloud below which a warning "
+        "is logged and shown (when the 95% interval lies below it)",
+    )
+    collect: bool = Field(
+        True,
+        description="keep escalated and audited inputs with the cloud's answers (and "
+        "upload them to sync_url); false: keep nothing",
+    )
+    examples_file: Path | None = Field(
+        None,
+        description="SQLite file of the collected examples; none: "
+        "<artifacts>/edge-examples/<family>.sqlite",
+    )
+    examples_max_bytes: int = Field(
+        256 << 20, ge=4096, description="size cap of the collected examples (oldest dropped)"
+    )
+    upload_interval_s: float = Field(
+        60.0, gt=0, description="seconds between uploads of collected examples to sync_url"
+    )
+    edge_id: str = Field(
+        default_factory=socket.gethostname,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
+        description="this edge's name on the cloud side (examples are kept per edge); "
+        "default: the host name",
     )
     host: str = Field("127.0.0.1", min_length=1, description="address to listen on")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0: a free one")

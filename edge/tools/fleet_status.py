@@ -53,7 +53,28 @@ def agent_status(
         "version_mismatch": status.version_mismatch,
         "update_error": status.update_error,
         "insecure_hops": list(status.insecure_hops),
+        "audit": [
+            {
+                "family": a.family,
+                "edge": a.edge_version,
+                "audited": a.audited,
+                "agreement": a.agreement,
+                "interval": [a.lower, a.upper],
+                "below_bound": a.below_bound,
+            }
+            for a in status.audit
+        ],
     }
+
+
+def audit_note(audit: dict[str, Any]) -> str:
+    """One audit entry as a table note; a WARNING when its agreement is below the bound."""
+    lower, upper = audit["interval"]
+    text = (
+        f"audit {audit['edge']}: {100 * audit['agreement']:.1f}% agree "
+        f"({100 * lower:.1f}-{100 * upper:.1f}%) of {audit['audited']}"
+    )
+    return f"[red]WARNING {text}, below the bound[/red]" if audit["below_bound"] else text
 
 
 def status_table(rows: list[dict[str, Any]]) -> Table:
@@ -79,7 +100,10 @@ def status_table(rows: list[dict[str, Any]]) -> Table:
             continue
         latency = r["cloud_latency_ms"]
         insecure = f"INSECURE: {', '.join(r['insecure_hops'])}" if r["insecure_hops"] else ""
-        notes = "; ".join(n for n in (insecure, r["version_mismatch"], r["update_error"]) if n)
+        audits = [audit_note(a) for a in r["audit"]]
+        notes = "; ".join(
+            n for n in (insecure, r["version_mismatch"], r["update_error"], *audits) if n
+        )
         previous = f" (prev {r['previous_version']})" if r["previous_version"] else ""
         table.add_row(
             r["address"],

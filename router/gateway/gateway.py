@@ -182,7 +182,11 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event | None = None) ->
     health_pb2_grpc.add_HealthServicer_to_server(health, own_server)
     own_url = f"127.0.0.1:{own.listen(own_server, '127.0.0.1:0')}"
     if settings.registry is not None:
-        add_model_sync(own_server, Registry(settings.registry))
+        add_model_sync(
+            own_server,
+            Registry(settings.registry),
+            examples_quota_bytes=settings.examples_quota_bytes,
+        )
     await own_server.start()
     probe_server = None
     if settings.health_port:

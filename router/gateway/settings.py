@@ -51,6 +51,12 @@ class GatewaySettings(BaseSettings):
     registry: Path | None = Field(
         None, description="also serve ModelSync for this model registry folder"
     )
+    examples_quota_bytes: int = Field(
+        1 << 30,
+        ge=1,
+        description="bytes of uploaded examples kept per edge (ModelSync UploadExamples, under "
+        "<registry>/examples); more: RESOURCE_EXHAUSTED",
+    )
     health_port: int = Field(
         0,
         ge=0,
