@@ -73,6 +73,12 @@ def serve_command(
     artifacts: Annotated[Path | None, _setting("artifacts")] = None,
     max_in_flight: Annotated[int | None, _setting("max_in_flight")] = None,
     max_batch: Annotated[int | None, _setting("max_batch")] = None,
+    dynamic_batching: Annotated[
+        bool | None, _setting("dynamic_batching", "--dynamic-batching/--no-dynamic-batching")
+    ] = None,
+    max_queue_delay_us: Annotated[int | None, _setting("max_queue_delay_us")] = None,
+    preferred_batch_sizes: Annotated[list[int] | None, _setting("preferred_batch_sizes")] = None,
+    batch_instances: Annotated[int | None, _setting("batch_instances")] = None,
     max_message_bytes: Annotated[int | None, _setting("max_message_bytes")] = None,
     grace_s: Annotated[float | None, _setting("grace_s", "--grace")] = None,
     http_port: Annotated[int | None, _setting("http_port")] = None,

@@ -21,6 +21,7 @@ from edgecascade.cloud.common.paths import edge_model_file, family_dir
 from edgecascade.cloud.common.preprocessing import Images, InvalidImage, pixel_limit
 from edgecascade.cloud.common.signing import SignatureError, TrustedKeys
 from edgecascade.cloud.common.transport import PLAINTEXT, Transport
+from edgecascade.edge.serving.batching import Batcher, BatchPolicy
 from edgecascade.edge.serving.collection import Collector, store_path
 from edgecascade.edge.serving.limits import InFlightLimit, Overloaded
 from edgecascade.edge.serving.metrics import Metrics
@@ -80,19 +81,23 @@ class Deployment:
     model: EdgeModel
     cascade: Cascade
     cloud: CloudClient | None
+    batching: BatchPolicy = BatchPolicy(enabled=False)
     in_flight: int = 0
+    batcher: Batcher = field(init=False, repr=False)
     _drained: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     def __post_init__(self) -> None:
+        self.batcher = Batcher(self.cascade, self.batching)
         self._drained.set()
 
     @contextmanager
-    def serving(self) -> Iterator[Cascade]:
-        """The cascade, with this request counted in flight on the deployment while it runs."""
+    def serving(self) -> Iterator[Batcher]:
+        """The cascade's batcher, with this request counted in flight on the deployment while
+        it runs."""
         self.in_flight += 1
         self._drained.clear()
         try:
-            yield self.cascade
+            yield self.batcher
         finally:
             self.in_flight -= 1
             if self.in_flight == 0:
@@ -286,15 +291,14 @@ class EdgeAgent:
             with (
                 self.limit.admit(),
                 pixel_limit(self.settings.max_image_pixels),
-                deployment.serving() as cascade,
+                deployment.serving() as batcher,
                 self.metrics.statistics.pending(version),
             ):
                 admitted = time.perf_counter_ns()
                 images = await asyncio.to_thread(decode)  # the thread sees the pixel limit
                 decoded = time.perf_counter_ns()
-                answers = await cascade.classify_batch(
-                    images, received_at=received_at, deadline=deadline
-                )
+                batched = await batcher.classify(images, received_at=received_at, deadline=deadline)
+                answers = batched.answers
                 inferred = time.perf_counter_ns()
                 response = build(answers)
         except (Exception, asyncio.CancelledError) as e:
@@ -304,8 +308,9 @@ class EdgeAgent:
                 raise
             raise InternalFailure.logged("answering a request", e) from e
         self.counters.record(answers)
-        stamps = Stamps(received, admitted, decoded, inferred, time.perf_counter_ns())
-        self.metrics.answered(answers, stamps)
+        responded = time.perf_counter_ns()
+        stamps = Stamps(received, admitted, decoded, inferred, responded, batched.queued_ns)
+        self.metrics.answered(answers, stamps, batched.batch if batched.leader else 0)
         return response
 
 
@@ -387,4 +392,4 @@ async def _deploy(
         cascade.mismatch = await cloud.pairing_problem(manifest)
         if cascade.mismatch:
             log.warning("%s: no escalation: %s", manifest.edge.key, cascade.mismatch)
-    return Deployment(manifest, folder, model, cascade, cloud)
+    return Deployment(manifest, folder, model, cascade, cloud, BatchPolicy.of(settings))

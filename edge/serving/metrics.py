@@ -36,7 +36,7 @@ TRITON_COUNTERS = {
     "nv_inference_request_success": "Number of successful inference requests, all batch sizes",
     "nv_inference_request_failure": "Number of failed inference requests, all batch sizes",
     "nv_inference_count": "Number of inferences performed (does not include cached requests)",
-    "nv_inference_exec_count": "Number of model executions performed (one per request here)",
+    "nv_inference_exec_count": "Number of model executions performed (one per batch)",
     "nv_inference_request_duration_us": "Cumulative inference request duration in microseconds",
     "nv_inference_queue_duration_us": "Cumulative inference queuing duration in microseconds",
     "nv_inference_compute_input_duration_us": "Cumulative compute input duration in microseconds",
@@ -200,9 +200,11 @@ class Metrics:
             }
         )
 
-    def answered(self, answers: Answers, stamps: Stamps) -> None:
-        """One request answered (`answers`: one per input of its batch) by the pair it ran on."""
-        self.statistics.succeeded(str(answers.pair.version), len(answers), stamps)
+    def answered(self, answers: Answers, stamps: Stamps, executed: int | None = None) -> None:
+        """One request answered (`answers`: one per input) by the pair it ran on; `executed`:
+        the images of the execution it counts (0: another request of its batch counts it;
+        None: one of its own)."""
+        self.statistics.succeeded(str(answers.pair.version), len(answers), stamps, executed)
         self._latency.labels("total").observe((stamps.responded - stamps.received) / 1e9)
         observe_edge = self._latency.labels("edge").observe
         for _ in range(len(answers)):

@@ -9,6 +9,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -163,7 +164,20 @@ class CascadeService(pb_grpc.CascadeServicer):
             cloud_latency_p95_ms=(agent.cascade.latency.p95_s or 0.0) * 1e3,
             insecure_hops=insecure_hops(agent.settings),
             audit=agent.audit_status(),
+            **batching_status(agent),
         )
+
+
+def batching_status(agent: EdgeAgent) -> dict[str, Any]:
+    """GetStatus' batches and queue_duration_us, from the serving version's statistics."""
+    stats = agent.metrics.statistics.serving(str(agent.manifest.version))
+    return {
+        "batches": [
+            pb.BatchCount(size=size, executions=stages["compute_infer"].count)
+            for size, stages in sorted(stats.batches.items())
+        ],
+        "queue_duration_us": stats.stages["queue"].ns // 1000,
+    }
 
 
 async def _http_faces(

@@ -119,7 +119,27 @@ class EdgeSettings(BaseSettings):
     max_in_flight: int = Field(
         64, ge=1, description="requests answered at once; more get RESOURCE_EXHAUSTED"
     )
-    max_batch: int = Field(32, ge=1, description="images in one KServe ModelInfer request")
+    max_batch: int = Field(
+        32, ge=1, description="images in one KServe ModelInfer request and in one dynamic batch"
+    )
+    # Dynamic batching (Triton's dynamic_batching): requests queued together share an inference.
+    dynamic_batching: bool = Field(
+        True, description="batch requests and stream frames queued together (Triton's batcher)"
+    )
+    max_queue_delay_us: int = Field(
+        0,
+        ge=0,
+        description="microseconds a request may wait for others to join its batch; 0: only "
+        "those queued at once",
+    )
+    preferred_batch_sizes: Annotated[list[int], NoDecode] = Field(
+        default_factory=list,
+        description="batch sizes (images) started as soon as the queue makes one, without "
+        "waiting out the delay",
+    )
+    batch_instances: int = Field(
+        2, ge=1, description="batches run at once (Triton's instance count); more wait and join"
+    )
     max_message_bytes: int = Field(16 << 20, ge=1024, description="largest gRPC message either way")
     grace_s: float = Field(5.0, ge=0, description="seconds in-flight calls get on shutdown")
     http_port: int = Field(
@@ -193,6 +213,19 @@ class EdgeSettings(BaseSettings):
     def _split_keys(cls, value: Any) -> Any:
         """The environment gives one string: `path,path`."""
         return [part.strip() for part in value.split(",")] if isinstance(value, str) else value
+
+    @field_validator("preferred_batch_sizes", mode="before")
+    @classmethod
+    def _split_sizes(cls, value: Any) -> Any:
+        """The environment gives one string: `4,8`."""
+        return [part.strip() for part in value.split(",")] if isinstance(value, str) else value
+
+    @field_validator("preferred_batch_sizes", mode="after")
+    @classmethod
+    def _positive_sizes(cls, value: list[int]) -> list[int]:
+        if any(size < 1 for size in value):
+            raise ValueError(f"preferred batch sizes are images, 1 or more: got {value}")
+        return value
 
     @field_validator("tls_cert", "tls_key", mode="after")
     @classmethod

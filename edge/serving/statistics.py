@@ -3,8 +3,8 @@ ModelStatistics answers (perf_analyzer reads it) and what the nv_inference_* met
 
 A request's stages, as Triton names them: queue (arrival to admission, a stream frame waiting
 for room), compute_input (decoding and checking its images), compute_infer (the cascade: edge
-model, policy, cloud call), compute_output (building the response). One request is one
-execution of the cascade on its batch of images.
+model, policy, cloud call), compute_output (building the response). Requests batched together
+(edge.serving.batching) are one execution of the cascade, counted with its batch size.
 """
 
 from __future__ import annotations
@@ -43,12 +43,16 @@ class Stamps:
     decoded: int
     inferred: int
     responded: int
+    queued: int = 0  # of decoded..inferred, the time in the dynamic batcher's queue
 
     def stages(self) -> dict[str, int]:
-        """Nanoseconds in each of STAGES."""
+        """Nanoseconds in each of STAGES (the batcher's queue counts as queue)."""
         ends = (self.admitted, self.decoded, self.inferred, self.responded)
         starts = (self.received, *ends[:-1])
-        return {stage: end - start for stage, start, end in zip(STAGES, starts, ends)}
+        stages = {stage: end - start for stage, start, end in zip(STAGES, starts, ends)}
+        stages["queue"] += self.queued
+        stages["compute_infer"] -= self.queued
+        return stages
 
 
 @dataclass
@@ -112,16 +116,24 @@ class Statistics:
         finally:
             stats.pending -= 1
 
-    def succeeded(self, version: str, batch: int, stamps: Stamps) -> None:
+    def succeeded(
+        self, version: str, images: int, stamps: Stamps, executed: int | None = None
+    ) -> None:
+        """A request of `images` answered; `executed`: the images of the cascade execution it
+        counts (0: another request of its batch counts it; None: an execution of its own)."""
+        executed = images if executed is None else executed
         stats = self.serving(version)
         stats.last_inference_ms = time.time_ns() // 1_000_000
-        stats.inference_count += batch
-        stats.execution_count += 1
+        stats.inference_count += images
         stats.success.add(stamps.responded - stamps.received)
-        by_batch = stats.batches.setdefault(batch, {s: Duration() for s in STAGES})
-        for stage, ns in stamps.stages().items():
+        stages = stamps.stages()
+        for stage, ns in stages.items():
             stats.stages[stage].add(ns)
-            by_batch[stage].add(ns)
+        if executed:
+            stats.execution_count += 1
+            by_batch = stats.batches.setdefault(executed, {s: Duration() for s in STAGES})
+            for stage, ns in stages.items():
+                by_batch[stage].add(ns)
 
     def failed(self, version: str, reason: str, ns: int) -> None:
         """A request refused or failed for one of FAILURE_REASONS after `ns` nanoseconds."""

@@ -124,7 +124,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("versions", "device", "policy", "threshold", "cloud_url", "cloud_ready", "requests", "escalations", "degraded", "errors", "bytes_to_cloud", "breaker", "cloud_latency_ewma_ms", "cloud_latency_p95_ms", "manifest_version", "previous_version", "update_error", "version_mismatch", "insecure_hops", "audit")
+    __slots__ = ("versions", "device", "policy", "threshold", "cloud_url", "cloud_ready", "requests", "escalations", "degraded", "errors", "bytes_to_cloud", "breaker", "cloud_latency_ewma_ms", "cloud_latency_p95_ms", "manifest_version", "previous_version", "update_error", "version_mismatch", "insecure_hops", "audit", "batches", "queue_duration_us")
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +145,8 @@ class GetStatusResponse(_message.Message):
     VERSION_MISMATCH_FIELD_NUMBER: _ClassVar[int]
     INSECURE_HOPS_FIELD_NUMBER: _ClassVar[int]
     AUDIT_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_DURATION_US_FIELD_NUMBER: _ClassVar[int]
     versions: ModelVersions
     device: str
     policy: str
@@ -165,7 +167,17 @@ class GetStatusResponse(_message.Message):
     version_mismatch: str
     insecure_hops: _containers.RepeatedScalarFieldContainer[str]
     audit: _containers.RepeatedCompositeFieldContainer[AuditAgreement]
-    def __init__(self, versions: _Optional[_Union[ModelVersions, _Mapping]] = ..., device: _Optional[str] = ..., policy: _Optional[str] = ..., threshold: _Optional[float] = ..., cloud_url: _Optional[str] = ..., cloud_ready: _Optional[bool] = ..., requests: _Optional[int] = ..., escalations: _Optional[int] = ..., degraded: _Optional[int] = ..., errors: _Optional[int] = ..., bytes_to_cloud: _Optional[int] = ..., breaker: _Optional[str] = ..., cloud_latency_ewma_ms: _Optional[float] = ..., cloud_latency_p95_ms: _Optional[float] = ..., manifest_version: _Optional[int] = ..., previous_version: _Optional[int] = ..., update_error: _Optional[str] = ..., version_mismatch: _Optional[str] = ..., insecure_hops: _Optional[_Iterable[str]] = ..., audit: _Optional[_Iterable[_Union[AuditAgreement, _Mapping]]] = ...) -> None: ...
+    batches: _containers.RepeatedCompositeFieldContainer[BatchCount]
+    queue_duration_us: int
+    def __init__(self, versions: _Optional[_Union[ModelVersions, _Mapping]] = ..., device: _Optional[str] = ..., policy: _Optional[str] = ..., threshold: _Optional[float] = ..., cloud_url: _Optional[str] = ..., cloud_ready: _Optional[bool] = ..., requests: _Optional[int] = ..., escalations: _Optional[int] = ..., degraded: _Optional[int] = ..., errors: _Optional[int] = ..., bytes_to_cloud: _Optional[int] = ..., breaker: _Optional[str] = ..., cloud_latency_ewma_ms: _Optional[float] = ..., cloud_latency_p95_ms: _Optional[float] = ..., manifest_version: _Optional[int] = ..., previous_version: _Optional[int] = ..., update_error: _Optional[str] = ..., version_mismatch: _Optional[str] = ..., insecure_hops: _Optional[_Iterable[str]] = ..., audit: _Optional[_Iterable[_Union[AuditAgreement, _Mapping]]] = ..., batches: _Optional[_Iterable[_Union[BatchCount, _Mapping]]] = ..., queue_duration_us: _Optional[int] = ...) -> None: ...
+
+class BatchCount(_message.Message):
+    __slots__ = ("size", "executions")
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    EXECUTIONS_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    executions: int
+    def __init__(self, size: _Optional[int] = ..., executions: _Optional[int] = ...) -> None: ...
 
 class AuditAgreement(_message.Message):
     __slots__ = ("family", "edge_version", "audited", "agreed", "agreement", "lower", "upper", "below_bound")
