@@ -51,6 +51,8 @@ def test_the_wilson_interval_matches_known_values() -> None:
     lower, upper = wilson_interval(8, 10)
     assert lower == pytest.approx(0.4902, abs=1e-3) and upper == pytest.approx(0.9433, abs=1e-3)
     assert wilson_interval(100, 100)[1] == 1.0 and wilson_interval(100, 100)[0] > 0.96
+    for n in range(1, 300):  # no rounding below the ends
+        assert wilson_interval(n, n)[1] == 1.0 and wilson_interval(0, n)[0] == 0.0
 
 
 def test_a_slow_cloud_never_delays_an_answer_while_audits_run_in_the_background() -> None:
