@@ -294,6 +294,18 @@ class Transport:
             url, creds=self._triton_credentials(), channel_args=self._options(options)
         )
 
+    def triton_http(self, url: str) -> Any:
+        """A blocking tritonclient.http client to a KServe v2 REST server (Triton or agent),
+        verifying against this transport's CA and showing its certificate; pass `headers` per
+        call. Imported here: only REST callers need tritonclient's http extra (gevent)."""
+        import tritonclient.http as httpclient
+
+        if self.tls is None:
+            return httpclient.InferenceServerClient(url)
+        files = {"ca_certs": self.tls.ca, "certfile": self.tls.cert, "keyfile": self.tls.key}
+        options = {name: str(path) for name, path in files.items() if path is not None}
+        return httpclient.InferenceServerClient(url, ssl=True, ssl_options=options)
+
     @property
     def headers(self) -> dict[str, str]:
         """Per-call metadata as tritonclient's `headers`."""

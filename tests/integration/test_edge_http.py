@@ -23,7 +23,7 @@ from edgecascade.cloud.common.auth import Callers
 from edgecascade.cloud.common.launcher import edgecascade_command
 from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.cloud.common.ports import free_port
-from edgecascade.cloud.common.transport import PLAINTEXT
+from edgecascade.cloud.common.transport import PLAINTEXT, Tls, Transport
 from edgecascade.cloud.triton.server import TritonServer
 from edgecascade.edge.tools.process import (
     AGENT_CERT,
@@ -63,8 +63,8 @@ def agent(triton: TritonServer, tmp_path_factory, http_port: int):
 @pytest.fixture(scope="module")
 def clients(agent: Agent, triton: TritonServer, http_port: int):
     """tritonclient.http to the agent and to Triton."""
-    edge = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
-    cloud = httpclient.InferenceServerClient(triton.http_url)
+    edge = PLAINTEXT.triton_http(f"127.0.0.1:{http_port}")
+    cloud = PLAINTEXT.triton_http(triton.http_url)
     yield edge, cloud
     edge.close()
     cloud.close()
@@ -339,12 +339,8 @@ def test_rest_has_the_grpc_ports_tls_and_caller_check(triton, frames, tmp_path):
     agent = start_agent(tmp_path, None, "--http-port", str(port), security=security)
 
     def client(cert: str) -> httpclient.InferenceServerClient:
-        options = {
-            "ca_certs": str(folder / certs.CA_CERT),
-            "certfile": str(folder / f"{cert}.pem"),
-            "keyfile": str(folder / f"{cert}.key"),
-        }
-        return httpclient.InferenceServerClient(f"127.0.0.1:{port}", ssl=True, ssl_options=options)
+        tls = Tls(folder / certs.CA_CERT, folder / f"{cert}.pem", folder / f"{cert}.key")
+        return Transport(tls=tls).triton_http(f"127.0.0.1:{port}")
 
     token = {"authorization": f"Bearer {(folder / TOKEN).read_text().strip()}"}
     batch = pixel_input("pixels", pixels(frames[:1]), True)
@@ -361,7 +357,7 @@ def test_rest_has_the_grpc_ports_tls_and_caller_check(triton, frames, tmp_path):
         with pytest.raises(InferenceServerException) as index:  # needs the admin scope
             with_token.get_model_repository_index(headers=token)
         assert index.value.status() == "403" and "'admin'" in index.value.message()
-        plain = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        plain = PLAINTEXT.triton_http(f"127.0.0.1:{port}")
         with pytest.raises(Exception):  # noqa: B017  # a plaintext request on a TLS port
             plain.is_server_live()
         plain.close()
