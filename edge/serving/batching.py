@@ -12,6 +12,7 @@ request, so one bad request gets its own error and the others their answers.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from numpy.typing import NDArray
 from edgecascade.cloud.common.preprocessing import Images
 from edgecascade.edge.serving.settings import EdgeSettings
 from edgecascade.router.cascade.cascade import Answers, Cascade
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,7 @@ class Batcher:
                     _settle(entry.future, error=e)
                 return
             # one of them is to blame: each alone gets its own answers or error
+            log.debug("a batch of %d requests failed (%s): answering each alone", len(entries), e)
             await asyncio.gather(*(self._run([entry]) for entry in entries))
             return
         start, first = 0, answers.edge_ms
@@ -212,14 +216,15 @@ def _settle(
 
 
 def _joined(parts: list[Images]) -> Images:
-    """The requests' images as one batch: one array when they share a shape."""
+    """The requests' images as one batch: one array when they all are [N, H, W, C] arrays of
+    one shape (KServe tensors), else the list of their images."""
     if len(parts) == 1:
         return parts[0]
-    images = [image for part in parts for image in part]
-    if all(image.shape == images[0].shape for image in images):
-        stacked: NDArray[np.uint8] = np.stack(images)
-        return stacked
-    return images
+    first = parts[0]
+    if all(isinstance(p, np.ndarray) and p.shape[1:] == first[0].shape for p in parts):
+        joined: NDArray[np.uint8] = np.concatenate(parts)
+        return joined
+    return [image for part in parts for image in part]
 
 
 def rows_of(answers: Answers, rows: slice, edge_ms: float) -> Answers:

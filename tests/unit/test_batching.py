@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgecascade.edge.serving.batching import Batcher, BatchPolicy
+from edgecascade.edge.serving.batching import Batched, Batcher, BatchPolicy
 from edgecascade.router.cascade.cascade import Answers
 
 
@@ -21,6 +21,7 @@ class FakeCascade:
         self.seconds = seconds
 
     async def classify_batch(self, images: Any, *, received_at: float, deadline: Any) -> Answers:
+        assert not isinstance(images, np.ndarray) or images.ndim == 4
         self.batches.append(len(images))
         await asyncio.sleep(self.seconds)
         values = np.array([int(image.flat[0]) for image in images])
@@ -124,3 +125,21 @@ def test_a_preferred_size_goes_without_waiting_out_the_delay(preferred: tuple[in
     run(Batcher(cascade, policy), [1, 2, 3])  # type: ignore[arg-type]
     assert time.perf_counter() - start < 1.0
     assert cascade.batches == [3]
+
+
+def test_decoded_images_of_any_shape_go_together_as_a_list() -> None:
+    cascade = FakeCascade()
+    batcher = Batcher(cascade, BatchPolicy())  # type: ignore[arg-type]
+    shapes = [(28, 28), (28, 28), (30, 20, 3)]
+
+    async def calls() -> list[Batched]:
+        return await asyncio.gather(
+            *(
+                batcher.classify([np.full(s, i + 1, np.uint8)], received_at=0.0, deadline=None)
+                for i, s in enumerate(shapes)
+            )
+        )
+
+    results = asyncio.run(calls())
+    assert cascade.batches == [3]
+    assert [int(r.answers.edge_class_id[0]) for r in results] == [1, 2, 3]
