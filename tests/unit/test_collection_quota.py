@@ -1,0 +1,40 @@
+"""The cloud side's quota per edge (cloud/registry/uploads.py): all of an edge's families count,
+each edge has its own, and what is kept counts again after a restart of the gateway."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgecascade.cloud.common.examples import Example
+from edgecascade.cloud.registry.uploads import QuotaExceeded, ReceivedExamples
+
+
+def example(i: int, family: str = "fashion") -> Example:
+    image = np.random.default_rng(i).integers(0, 256, (8, 8, 1), np.uint8)
+    probabilities = np.full(4, 0.25, np.float32)
+    return Example.of(family, f"{family}_edge:1", "audit", image, probabilities, probabilities)
+
+
+def test_the_quota_counts_every_family_of_an_edge_and_survives_a_restart(tmp_path: Path) -> None:
+    one = example(0).nbytes
+    received = ReceivedExamples(tmp_path, quota_bytes=4 * one)
+    assert received.keep("cam-1", example(0)) and received.keep("cam-1", example(1, "other"))
+    assert not received.keep("cam-1", example(0))  # a duplicate takes nothing more
+    assert received.keep("cam-1", example(2)) and received.used_bytes("cam-1") == 3 * one
+    received.close()
+
+    restarted = ReceivedExamples(tmp_path, quota_bytes=4 * one)
+    assert restarted.used_bytes("cam-1") == 3 * one
+    assert restarted.keep("cam-1", example(3, "other"))
+    with pytest.raises(QuotaExceeded, match=f"edge 'cam-1' has {4 * one} bytes"):
+        restarted.keep("cam-1", example(4))
+    assert restarted.keep("cam-2", example(4))  # another edge, its own quota
+    restarted.close()
+
+
+def test_an_edge_id_that_is_not_a_safe_name_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="edge id"):
+        ReceivedExamples(tmp_path).keep("../cam", example(0))
