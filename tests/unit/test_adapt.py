@@ -1,0 +1,54 @@
+import numpy as np
+import openvino as ov
+import pytest
+import torch
+
+from edgecascade.cloud.build.adapt import Recipe, distil, load_edge_members
+from edgecascade.cloud.build.datasets import fashion
+from edgecascade.cloud.build.families import WEIGHTS_DIR
+
+EDGE_ONNX = WEIGHTS_DIR / "fashion_edge.onnx"
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return fashion("calibration").images[:256, ..., None]
+
+
+def logits(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model.eval()(torch.from_numpy(images)).numpy()
+
+
+def test_the_serving_onnx_loads_back_into_the_training_nets(images: np.ndarray) -> None:
+    reference = ov.Core().compile_model(EDGE_ONNX, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    expected = reference(images)[0]
+    got = logits(load_edge_members(EDGE_ONNX), images)
+    assert got.shape == expected.shape == (len(images), 3, 10)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_distillation_moves_every_member_towards_the_cloud_answers(images: np.ndarray) -> None:
+    torch.set_num_threads(1)
+    model = load_edge_members(EDGE_ONNX)
+    collected, original = images[:128], images[128:]
+    before = logits(model, collected).argmax(-1)
+    # a "cloud" that answers the class the edge never picks for these images
+    rarest = int(np.bincount(before[:, 0], minlength=10).argmin())
+    soft = np.full((len(collected), 10), 0.02 / 9, np.float32)
+    soft[:, rarest] = 0.98
+    labels = fashion("calibration").labels[128:256]
+    steps: list[int] = []
+    distil(
+        model,
+        collected,
+        soft,
+        original,
+        labels,
+        Recipe(epochs=4, batch=32, lr=3e-3),
+        lambda done, total, loss: steps.append(done),
+    )
+    after = logits(model, collected).argmax(-1)
+    assert steps == list(range(1, 17))
+    assert ((after == rarest).mean(0) > 0.5).all()  # each member follows the soft labels
+    assert ((before == rarest).mean(0) < 0.2).all()
