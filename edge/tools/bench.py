@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from tempfile import TemporaryDirectory
 from typing import Any
 
 import numpy as np
+import psutil
 from numpy.typing import NDArray
 from rich.console import Console
 from rich.table import Table
@@ -37,8 +39,27 @@ PRECISIONS = ("int8", "fp32")
 # KServe ModelInfer runners: raw `pixels` [N, H, W, C], N images per request.
 KSERVE_BATCHES = {"agent_kserve_batch": 16, "agent_kserve_batch64": 64}
 AGENT_RUNNERS = ("agent_unary", "agent_stream", *KSERVE_BATCHES)
+# The agent with dynamic batching off ("unbatched", the agent before it) and on (the default).
+BATCHING = {"unbatched": ["--no-dynamic-batching"], "batched": []}
+# the rows that are no agent: the ceiling (OpenVINO alone) and the floor (gRPC alone, per call)
+RATIO_LABELS = {"benchmark_app": "ceiling", "echo": "floor"}
 BENCHMARK_APP = "import sys; from openvino.tools.benchmark.main import main; sys.exit(main())"
 _UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+# A bare grpc.aio server answering each call with its own bytes: the transport's floor. It
+# prints its port, then serves until killed.
+ECHO_SERVER = """
+import asyncio, sys, grpc
+async def echo(request, context):
+    return request
+async def main():
+    server = grpc.aio.server()
+    methods = {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("Echo", methods)])
+    print(server.add_insecure_port("127.0.0.1:0"), flush=True)
+    await server.start()
+    await server.wait_for_termination()
+asyncio.run(main())
+"""
 
 
 def _latency_ms(output: str, label: str) -> float:
@@ -52,13 +73,17 @@ def benchmark_app(model_xml: Path, shape: list[int], hint: str, seconds: float) 
     """OpenVINO's benchmark_app at batch 1: images/s and latency p50 (one run) and p99 (a
     second run: it reports one percentile per run); the throughput is the mean of both."""
     runs: dict[int, tuple[float, float]] = {}  # percentile -> (images/s, latency ms)
+    cpu_s: dict[int, float] = {}  # percentile -> CPU seconds of that run
+    images: dict[int, int] = {}  # percentile -> images (iterations) of that run
     for percentile in (50, 99):
         command = [
             sys.executable, "-c", BENCHMARK_APP, "-m", str(model_xml), "-d", "CPU",
             "-hint", hint.lower(), "-shape", str([1, *shape]).replace(" ", ""),
             "-t", str(max(1, round(seconds / 2))), "-latency_percentile", str(percentile),
         ]  # fmt: skip
+        cpu_before = _children_cpu_s()
         done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600)
+        cpu_s[percentile] = _children_cpu_s() - cpu_before
         if done.returncode != 0:
             raise RuntimeError(f"benchmark_app failed ({done.returncode}):\n{done.stdout[-2000:]}")
         throughput = re.search(r"Throughput:\s+([\d.]+)\s+FPS", done.stdout)
@@ -66,10 +91,28 @@ def benchmark_app(model_xml: Path, shape: list[int], hint: str, seconds: float) 
             raise RuntimeError(f"benchmark_app printed no throughput:\n{done.stdout[-2000:]}")
         label = "Median" if percentile == 50 else "99 percentile"
         runs[percentile] = (float(throughput[1]), _latency_ms(done.stdout, label))
+        count = re.search(r"Count:\s+(\d+)\s+iterations", done.stdout)
+        images[percentile] = int(count[1]) if count else 0
     return {
         "images_per_s": round((runs[50][0] + runs[99][0]) / 2, 1),
         "latency_ms": {"p50": round(runs[50][1], 3), "p99": round(runs[99][1], 3)},
+        # its whole process (model compilation included) over the images it ran
+        "cpu_ms_per_image": round(sum(cpu_s.values()) * 1e3 / max(1, sum(images.values())), 4),
     }
+
+
+def _children_cpu_s() -> float:
+    """User + system CPU seconds of this process's finished children."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _cpu_s(agent: EdgeProcess) -> float:
+    """User + system CPU seconds of the running `agent` so far (all its threads)."""
+    if agent.pid is None:
+        raise RuntimeError(f"the edge agent exited ({agent.returncode}): see {agent.log_path}")
+    times = psutil.Process(agent.pid).cpu_times()
+    return float(times.user + times.system)
 
 
 def bench_images(manifest: Manifest, count: int = 64) -> NDArray[np.uint8]:
@@ -196,6 +239,44 @@ async def kserve_batch_load(
     return result | {"images_per_s": round(result["images_per_s"] * batch, 1), "batch": batch}
 
 
+async def echo_load(address: str, payload: bytes, clients: int, seconds: float) -> dict[str, Any]:
+    """`clients` concurrent callers of the echo server, each one call at a time."""
+    latencies: list[float] = []
+    async with PLAINTEXT.aio_channel(address) as channel:
+        call = channel.unary_unary("/Echo/Echo")
+        await call(payload)  # connected and warm
+        end = time.perf_counter() + seconds
+
+        async def client() -> None:
+            while (start := time.perf_counter()) < end:
+                await call(payload)
+                latencies.append(time.perf_counter() - start)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        return _result(latencies, time.perf_counter() - started)
+
+
+def echo_floor(payload: bytes, clients: int, seconds: float) -> dict[str, Any]:
+    """The bare grpc.aio echo server's calls/s and CPU time per call under `clients` callers
+    sending `payload` (a Classify request's bytes): what any Python gRPC server pays."""
+    server = subprocess.Popen(
+        [sys.executable, "-c", ECHO_SERVER], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert server.stdout is not None
+        address = f"127.0.0.1:{int(server.stdout.readline())}"
+        process = psutil.Process(server.pid)
+        before = process.cpu_times()
+        result = asyncio.run(echo_load(address, payload, clients, seconds))
+        after = process.cpu_times()
+    finally:
+        server.kill()
+        server.wait()
+    cpu_s = after.user + after.system - before.user - before.system
+    return result | {"cpu_ms_per_call": round(cpu_s * 1e3 / max(1, result["n"]), 4)}
+
+
 def _status(address: str) -> pb.GetStatusResponse:
     with PLAINTEXT.channel(address) as channel:
         status: pb.GetStatusResponse = pb_grpc.CascadeStub(channel).GetStatus(
@@ -221,30 +302,61 @@ def bench_precision(
         row["benchmark_app"] = benchmark_app(model_xml, shape, "THROUGHPUT", seconds)
     images = bench_images(manifest)
     requests = bench_requests(images)
+    with console.status(f"{manifest.family} {precision}: grpc.aio echo server"):
+        row["echo"] = echo_floor(requests[0].SerializeToString(), clients, seconds)
     extra = ["--precision", precision, "--hint", "THROUGHPUT", "--threshold", "0",
              "--max-batch", str(max(KSERVE_BATCHES.values()))]  # fmt: skip
-    with EdgeProcess(
-        manifest.family, None, logs / f"bench-{manifest.family}-{precision}.log", *extra
-    ) as agent:
-        with console.status(f"{manifest.family} {precision}: agent, unary x{clients}"):
-            row["agent_unary"] = asyncio.run(unary_load(agent.address, requests, clients, seconds))
-        with console.status(f"{manifest.family} {precision}: agent, {streams} streams"):
-            row["agent_stream"] = asyncio.run(
-                stream_load(agent.address, requests, streams, window, seconds)
-            )
-        for runner, batch in KSERVE_BATCHES.items():
-            with console.status(f"{manifest.family} {precision}: agent, KServe x{batch}"):
-                row[runner] = asyncio.run(
-                    kserve_batch_load(agent.address, manifest.family, images, batch,
-                                      max(1, clients // 4), seconds)
-                )  # fmt: skip
-        status = _status(agent.address)
+    for batching, flags in BATCHING.items():
+        log = logs / f"bench-{manifest.family}-{precision}-{batching}.log"
+        with EdgeProcess(manifest.family, None, log, *extra, *flags) as agent:
+            runs = {
+                runner: _agent_run(agent, runner, manifest, images, requests, clients, streams,
+                                   window, seconds, f"{manifest.family} {precision} {batching}")
+                for runner in AGENT_RUNNERS
+            }  # fmt: skip
+            status = _status(agent.address)
+        if batching == "batched":
+            row.update(runs)
+        else:
+            row[batching] = runs
     row["device"] = status.device
     row["escalations"] = status.escalations
+    row["batches"] = {b.size: b.executions for b in status.batches}
     ceiling = row["benchmark_app"]["images_per_s"]
     for mode in AGENT_RUNNERS:
-        row[mode]["ratio"] = round(row[mode]["images_per_s"] / ceiling, 3)
+        for runs in (row, row["unbatched"]):
+            runs[mode]["ratio"] = round(runs[mode]["images_per_s"] / ceiling, 3)
     return row
+
+
+def _agent_run(
+    agent: EdgeProcess,
+    runner: str,
+    manifest: Manifest,
+    images: NDArray[np.uint8],
+    requests: list[pb.ClassifyRequest],
+    clients: int,
+    streams: int,
+    window: int,
+    seconds: float,
+    label: str,
+) -> dict[str, Any]:
+    """One runner's load on `agent`, with the agent's own CPU time per image it answered."""
+    cpu_before = _cpu_s(agent)
+    with console.status(f"{label}: {runner}"):
+        if runner == "agent_unary":
+            result = asyncio.run(unary_load(agent.address, requests, clients, seconds))
+        elif runner == "agent_stream":
+            result = asyncio.run(stream_load(agent.address, requests, streams, window, seconds))
+        else:
+            batch = KSERVE_BATCHES[runner]
+            result = asyncio.run(
+                kserve_batch_load(agent.address, manifest.family, images, batch,
+                                  max(1, clients // 4), seconds)
+            )  # fmt: skip
+    answered = result["n"] * result.get("batch", 1)
+    cpu_ms = (_cpu_s(agent) - cpu_before) * 1e3
+    return result | {"cpu_ms_per_image": round(cpu_ms / max(1, answered), 4)}
 
 
 def tls_cost(
@@ -351,15 +463,19 @@ def bench_table(report: dict[str, Any]) -> Table:
         + (" (mirroring policy)" if views == 2 else "")
         + (f", an ensemble of {report['edge_members']}" if report["edge_members"] > 1 else "")
     )
-    for column in ("precision", "runner", "images/s", "p50 ms", "p99 ms", "vs benchmark_app"):
+    for column in ("precision", "runner", "images/s", "p50 ms", "p99 ms", "vs app", "unbatched",
+                   "CPU ms/img", "unbatched CPU"):  # fmt: skip
         table.add_column(column, justify="left" if column in ("precision", "runner") else "right")
     for precision, row in report["results"].items():
-        for runner in ("benchmark_app", *AGENT_RUNNERS):
-            r = row[runner]
-            ratio = f"{r['ratio']:.0%}" if "ratio" in r else "ceiling"
+        for runner in ("benchmark_app", "echo", *AGENT_RUNNERS):
+            r, before = row[runner], row["unbatched"].get(runner, {})
+            ratio = f"{r['ratio']:.0%}" if "ratio" in r else RATIO_LABELS[runner]
             table.add_row(
                 precision, runner, f"{r['images_per_s']:,.0f}", f"{r['latency_ms']['p50']:.3f}",
                 f"{r['latency_ms']['p99']:.3f}", ratio,
+                f"{before['ratio']:.0%}" if before else "",
+                f"{r.get('cpu_ms_per_image', r.get('cpu_ms_per_call')):.3f}",
+                f"{before['cpu_ms_per_image']:.3f}" if before else "",
             )  # fmt: skip
     return table
 
