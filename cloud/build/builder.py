@@ -124,37 +124,37 @@ def _build(family: Family, edge_onnx: Path, cloud_onnx: Path, out: Path, say: Pr
 
     data = _data(family)
     say(f"{family.name}: quantizing the edge model to INT8 ({len(data.quantization)} images)")
-    ov.save_model(_int8(fp32, data.quantization), out / EDGE_INT8, compress_to_fp16=False)
+    ov.save_model(quantize_int8(fp32, data.quantization), out / EDGE_INT8, compress_to_fp16=False)
 
     say(f"{family.name}: evaluating on {data.notes['evaluation']}")
     edge_fp32 = core.compile_model(out / EDGE_FP32, "CPU", F32)
     edge_int8 = core.compile_model(out / EDGE_INT8, "CPU")
     cloud = core.compile_model(out / CLOUD_ONNX, "CPU", F32)
-    fp32_logits = _logits(edge_fp32, data.edge.images)
-    int8_logits = _logits(edge_int8, data.edge.images)
-    cloud_logits = _logits(cloud, data.cloud.images)
+    fp32_logits = batched_logits(edge_fp32, data.edge.images)
+    int8_logits = batched_logits(edge_int8, data.edge.images)
+    cloud_logits = batched_logits(cloud, data.cloud.images)
     truth = data.edge.labels
     say(f"{family.name}: edge and cloud logits of the calibration split")
     calibration: dict[str, NDArray[Any]] = {
-        "edge_logits": _logits(edge_int8, data.calibration_edge.images),
-        "edge_logits_mirrored": _logits(edge_int8, mirrored(data.calibration_edge.images)),
-        "cloud_logits": _logits(cloud, data.calibration_cloud.images),
+        "edge_logits": batched_logits(edge_int8, data.calibration_edge.images),
+        "edge_logits_mirrored": batched_logits(edge_int8, mirrored(data.calibration_edge.images)),
+        "cloud_logits": batched_logits(cloud, data.calibration_cloud.images),
         "labels": data.calibration_edge.labels,
     }
     if family.name == "fashion":
         say(f"{family.name}: quantizing the single wide edge CNN (a baseline) to INT8")
         ov.save_model(
-            _int8(ov.convert_model(WIDE_ONNX), data.quantization),
+            quantize_int8(ov.convert_model(WIDE_ONNX), data.quantization),
             out / EDGE_WIDE_INT8,
             compress_to_fp16=False,
         )
         wide = core.compile_model(out / EDGE_WIDE_INT8, "CPU")
-        calibration["edge_wide_logits"] = _logits(wide, data.calibration_edge.images)
+        calibration["edge_wide_logits"] = batched_logits(wide, data.calibration_edge.images)
         np.savez_compressed(
             out / "test_predictions.npz",
             edge_logits=int8_logits,
-            edge_logits_mirrored=_logits(edge_int8, mirrored(data.edge.images)),
-            edge_wide_logits=_logits(wide, data.edge.images),
+            edge_logits_mirrored=batched_logits(edge_int8, mirrored(data.edge.images)),
+            edge_wide_logits=batched_logits(wide, data.edge.images),
             cloud_logits=cloud_logits,
             labels=truth,
         )
@@ -204,7 +204,7 @@ def _build(family: Family, edge_onnx: Path, cloud_onnx: Path, out: Path, say: Pr
     return save_build_manifest(manifest, out / "manifest.json")
 
 
-def _int8(fp32: ov.Model, calibration: NDArray[np.uint8]) -> ov.Model:
+def quantize_int8(fp32: ov.Model, calibration: NDArray[np.uint8]) -> ov.Model:
     """`fp32` quantized to INT8 by nncf (post-training) on the [N, H, W, C] images."""
     nncf.set_log_level(logging.WARNING)
     items = [image[None] for image in calibration]
@@ -295,7 +295,7 @@ def _hashes(out: Path, *rels: str) -> dict[str, str]:
     return {rel: sha256_file(out / rel) for rel in rels}
 
 
-def _logits(model: ov.CompiledModel, images: NDArray[np.uint8]) -> NDArray[np.float32]:
+def batched_logits(model: ov.CompiledModel, images: NDArray[np.uint8]) -> NDArray[np.float32]:
     """Batched inference: float32 logits [N, classes] ([N, members, classes] for an ensemble)."""
     parts: list[NDArray[np.float32]] = [
         model(images[i : i + BATCH])[0] for i in range(0, len(images), BATCH)

@@ -1,0 +1,120 @@
+"""One adaptation round on a simulated drift, offline: a corruption the edge was not trained on
+shifts Fashion-MNIST train images, the family's real cloud model (its ONNX, OpenVINO on CPU)
+answers them as soft labels (no human label), the edge ensemble is distilled on them and
+quantized to INT8 as a build does, and both edge models and the cloud are run on the shifted
+and the clean test split (never used for adaptation)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+from numpy.typing import NDArray
+
+from edgecascade.cloud.build.adapt import Recipe, Step, distil, load_edge_members
+from edgecascade.cloud.build.builder import (
+    CALIBRATION_IMAGES,
+    F32,
+    batched_logits,
+    quantize_int8,
+)
+from edgecascade.cloud.build.corruptions import corrupt, corruption
+from edgecascade.cloud.build.datasets import fashion
+from edgecascade.cloud.build.families import WEIGHTS_DIR
+from edgecascade.cloud.build.families.onnx_export import export_onnx
+from edgecascade.cloud.common.examples import Example
+from edgecascade.cloud.common.paths import edge_model_file
+from edgecascade.cloud.common.preprocessing import mirrored
+
+Logits = NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Views:
+    """Edge logits [N, members, K] of the images and of their mirror images."""
+
+    plain: Logits
+    mirror: Logits
+
+
+@dataclass(frozen=True)
+class DriftRound:
+    """What one round used and what each model answers on the shifted and clean test split."""
+
+    examples: int
+    uplink_bytes: int  # the examples as a store keeps them (image and both probability vectors)
+    train_seconds: float
+    labels: NDArray[np.int64]  # test split labels (the same images, shifted or not)
+    cloud: dict[str, Logits]  # "shifted" | "clean" -> cloud logits
+    before: dict[str, Views]  # the serving INT8 edge model
+    after: dict[str, Views]  # the adapted INT8 edge model
+
+
+def _softmax(logits: Logits) -> Logits:
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    probabilities: Logits = (e / e.sum(-1, keepdims=True)).astype(np.float32)
+    return probabilities
+
+
+def _views(model: ov.CompiledModel, images: NDArray[np.uint8]) -> Views:
+    return Views(batched_logits(model, images), batched_logits(model, mirrored(images)))
+
+
+def drift_round(
+    family_folder: Path,
+    kind: str,
+    severity: int,
+    examples: int,
+    recipe: Recipe,
+    workdir: Path,
+    step: Step | None = None,
+) -> DriftRound:
+    """Adapt the fashion edge model of `family_folder` once on `examples` train images shifted
+    by corruption `kind` at `severity`, and answer the shifted and clean test split."""
+    if corruption(kind).in_training:
+        raise ValueError(f"corruption {kind!r} is in the cloud's training: pick a held-out one")
+    core = ov.Core()
+    cloud = core.compile_model(family_folder / "cloud" / "model.onnx", "CPU", F32)
+    serving = core.compile_model(edge_model_file(family_folder), "CPU")
+    train = fashion("train")
+    rng = np.random.default_rng(recipe.seed)
+    chosen = rng.permutation(len(train))
+    shifted = corrupt(train.images[chosen[:examples]], kind, severity, seed=recipe.seed)[..., None]
+    soft = _softmax(batched_logits(cloud, shifted))
+    original = chosen[examples:]
+    uplink = sum(
+        Example.of("fashion", "fashion_edge", "escalated", image, p, p).nbytes
+        for image, p in zip(shifted, soft)
+    )
+    model = load_edge_members(WEIGHTS_DIR / "fashion_edge.onnx")
+    start = time.perf_counter()
+    distil(
+        model,
+        shifted,
+        soft,
+        train.images[original][..., None],
+        train.labels[original],
+        recipe,
+        step,
+    )
+    train_seconds = time.perf_counter() - start
+    onnx_path = export_onnx(model, workdir / "adapted.onnx", 28, 1)
+    quantization = fashion("calibration").images[:CALIBRATION_IMAGES, ..., None]
+    adapted = core.compile_model(quantize_int8(ov.convert_model(onnx_path), quantization), "CPU")
+    test = fashion("test")
+    splits = {
+        "shifted": corrupt(test.images, kind, severity, seed=recipe.seed + 1)[..., None],
+        "clean": test.images[..., None],
+    }
+    return DriftRound(
+        examples=examples,
+        uplink_bytes=uplink,
+        train_seconds=train_seconds,
+        labels=test.labels,
+        cloud={k: batched_logits(cloud, v) for k, v in splits.items()},
+        before={k: _views(serving, v) for k, v in splits.items()},
+        after={k: _views(adapted, v) for k, v in splits.items()},
+    )
