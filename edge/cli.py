@@ -13,6 +13,7 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from edgecascade.cloud.common import auth_commands, certs_commands
+from edgecascade.cloud.common.errors import UserError
 from edgecascade.cloud.common.serving import user_errors
 from edgecascade.cloud.registry import commands as registry_commands
 from edgecascade.cloud.triton import commands as cloud_commands
@@ -212,6 +213,32 @@ def bench_gateway(
     from edgecascade.router.gateway.bench import run_bench
 
     console.print_json(data=run_bench(report, calls))
+
+
+@bench.command("adapt")
+def bench_adapt(
+    family: Annotated[str, typer.Option(help="the family (fashion)")] = "fashion",
+    corruption: Annotated[str, typer.Option(help="a held-out corruption")] = "pixelate",
+    severity: Annotated[int, typer.Option(help="1-5")] = 3,
+    examples: Annotated[
+        int, typer.Option(min=1, max=50_000, help="cloud-answered images for the round")
+    ] = 5000,
+    epochs: Annotated[int, typer.Option(min=1, help="passes over the examples")] = 6,
+    fps: Annotated[float, typer.Option(min=0.0, help="camera frames/s, for the uplink")] = 5.0,
+    report: Annotated[Path, typer.Option(help="JSON report path")] = Path(
+        "reports/bench-adapt.json"
+    ),
+) -> None:
+    """One `models adapt` round on a simulated drift, judged on the shifted and clean test
+    split: escalation to come within 0.3 pt of cloud-only, edge accuracy, uplink bytes."""
+    from edgecascade.cloud.build.adapt import Recipe
+    from edgecascade.edge.tools.bench_adapt import run_bench
+
+    if family != "fashion":
+        raise UserError(f"bench adapt runs on Fashion-MNIST: family {family!r}; use fashion")
+    folder = built_family(family).parent
+    recipe = Recipe(epochs=epochs)
+    console.print_json(data=run_bench(folder, corruption, severity, examples, recipe, report, fps))
 
 
 @bench.command("cluster")

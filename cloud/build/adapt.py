@@ -66,10 +66,10 @@ class Recipe:
     """One distillation round: epochs over the collected examples, batch sizes of each half of
     a mixed batch, the learning rate and the softmax temperature of the soft targets."""
 
-    epochs: int = 3
+    epochs: int = 6
     batch: int = 64
-    original_batch: int = 64
-    lr: float = 1e-3
+    original_batch: int = 128
+    lr: float = 2e-3
     temperature: float = 2.0
     seed: int = 0
 

@@ -21,10 +21,11 @@ from edgecascade.cloud.build.builder import (
     batched_logits,
     quantize_int8,
 )
-from edgecascade.cloud.build.corruptions import corrupt, corruption
+from edgecascade.cloud.build.corruptions import checked_severity, corrupt, corruption
 from edgecascade.cloud.build.datasets import fashion
 from edgecascade.cloud.build.families import WEIGHTS_DIR
 from edgecascade.cloud.build.families.onnx_export import export_onnx
+from edgecascade.cloud.common.errors import UserError
 from edgecascade.cloud.common.examples import Example
 from edgecascade.cloud.common.paths import edge_model_file
 from edgecascade.cloud.common.preprocessing import mirrored
@@ -74,8 +75,9 @@ def drift_round(
 ) -> DriftRound:
     """Adapt the fashion edge model of `family_folder` once on `examples` train images shifted
     by corruption `kind` at `severity`, and answer the shifted and clean test split."""
+    checked_severity(severity)
     if corruption(kind).in_training:
-        raise ValueError(f"corruption {kind!r} is in the cloud's training: pick a held-out one")
+        raise UserError(f"corruption {kind!r} is in the cloud's training: pick a held-out one")
     core = ov.Core()
     cloud = core.compile_model(family_folder / "cloud" / "model.onnx", "CPU", F32)
     serving = core.compile_model(edge_model_file(family_folder), "CPU")

@@ -52,3 +52,41 @@ def test_distillation_moves_every_member_towards_the_cloud_answers(images: np.nd
     assert steps == list(range(1, 17))
     assert ((after == rarest).mean(0) > 0.5).all()  # each member follows the soft labels
     assert ((before == rarest).mean(0) < 0.2).all()
+
+
+def test_escalation_needed_is_the_least_share_that_reaches_the_cloud() -> None:
+    from edgecascade.edge.tools.bench_adapt import escalation_needed
+    from edgecascade.router.policy.calibration import Split
+    from edgecascade.router.policy.policies import MaxProbabilityPolicy
+
+    rng = np.random.default_rng(0)
+    n = 1000
+    labels = rng.integers(0, 10, n)
+    logits = rng.normal(0, 1, (n, 10)).astype(np.float32)
+    confident = np.arange(n) >= 200  # the first 200 are unsure and wrong, the rest right
+    logits[confident, labels[confident]] += 8
+    logits[~confident, (labels[~confident] + 1) % 10] += 0.5
+    split = Split(logits, labels, np.ones(n, bool))
+    policy = MaxProbabilityPolicy(0.5, 1.0, False, False)
+    needed = escalation_needed(split, policy)
+    assert 0.196 <= needed <= 0.2  # all but 0.3 pt of the 20% wrong ones
+    assert escalation_needed(Split(logits, labels, confident), policy) == 0.0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--family", "imagenet"], "runs on Fashion-MNIST"),
+        (["--corruption", "gaussian_noise"], "in the cloud's training"),
+        (["--corruption", "nosuch"], "nosuch"),
+        (["--severity", "9"], "severity"),
+    ],
+)
+def test_bench_adapt_mistakes_are_one_line_and_exit_2(args: list[str], message: str) -> None:
+    from typer.testing import CliRunner
+
+    from edgecascade.edge.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "adapt", *args])
+    assert result.exit_code == 2 and message in result.output
+    assert "Traceback" not in result.output
