@@ -138,7 +138,10 @@ class EdgeSettings(BaseSettings):
         "waiting out the delay",
     )
     batch_instances: int = Field(
-        2, ge=1, description="batches run at once (Triton's instance count); more wait and join"
+        2,
+        ge=1,
+        description="batches run at once (Triton's instance count; an escalated batch holds "
+        "one through its cloud call); requests arriving meanwhile wait and join the next",
     )
     max_message_bytes: int = Field(16 << 20, ge=1024, description="largest gRPC message either way")
     grace_s: float = Field(5.0, ge=0, description="seconds in-flight calls get on shutdown")
