@@ -112,10 +112,18 @@ def test_a_bad_image_among_batched_calls_gets_its_error_and_the_others_answers(
     assert stub.GetStatus(pb.GetStatusRequest(), timeout=10).requests > 0  # still serving
 
 
-def test_a_lone_call_waits_the_queue_delay(channel: grpc.Channel, frames: list[Frame]) -> None:
+def test_a_lone_call_waits_the_queue_delay_and_it_counts_as_queue_time(
+    agent: Agent, channel: grpc.Channel, frames: list[Frame]
+) -> None:
     stub = pb_grpc.CascadeStub(channel)
+    labels = {"model": "fashion", "version": agent_version(agent)}
+    queued_us = agent.metric("nv_inference_queue_duration_us", **labels)
+    status_us = stub.GetStatus(pb.GetStatusRequest(), timeout=10).queue_duration_us
     response = stub.Classify(request(frames[0], 0), timeout=30)
     assert response.timings.total_ms >= DELAY_MS
+    assert agent.metric("nv_inference_queue_duration_us", **labels) - queued_us >= DELAY_MS * 1e3
+    status = stub.GetStatus(pb.GetStatusRequest(), timeout=10)
+    assert status.queue_duration_us - status_us >= DELAY_MS * 1000
 
 
 def test_stream_frames_in_flight_are_batched_and_answered_in_order(
