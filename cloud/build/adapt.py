@@ -68,7 +68,7 @@ class Recipe:
 
     epochs: int = 6
     batch: int = 64
-    original_batch: int = 128
+    original_batch: int = 256
     lr: float = 2e-3
     temperature: float = 2.0
     seed: int = 0
