@@ -209,7 +209,9 @@ def _settle(
 ) -> None:
     if future.done():
         return
-    if error is not None:
+    if isinstance(error, asyncio.CancelledError):
+        future.cancel()
+    elif error is not None:
         future.set_exception(error)
     elif result is not None:
         future.set_result(result)

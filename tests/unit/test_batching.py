@@ -143,3 +143,20 @@ def test_decoded_images_of_any_shape_go_together_as_a_list() -> None:
     results = asyncio.run(calls())
     assert cascade.batches == [3]
     assert [int(r.answers.edge_class_id[0]) for r in results] == [1, 2, 3]
+
+
+def test_a_cancelled_batch_cancels_its_callers() -> None:
+    batcher = Batcher(FakeCascade(10.0), BatchPolicy())  # type: ignore[arg-type]
+
+    async def cancelled() -> list[Any]:
+        calls = [
+            asyncio.ensure_future(batcher.classify(image(v), received_at=0.0, deadline=None))
+            for v in (1, 2)
+        ]
+        await asyncio.sleep(0.05)
+        for task in list(batcher._tasks):
+            task.cancel()
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    results = asyncio.run(cancelled())
+    assert all(isinstance(r, asyncio.CancelledError) for r in results)
