@@ -324,6 +324,13 @@ class Feedback:
     collector: Collector | None = None
     uploading: asyncio.Task[None] | None = None
 
+    async def close(self) -> None:
+        """Stop uploading, then write what is still queued into the store and close it."""
+        if self.uploading:
+            self.uploading.cancel()
+        if self.collector:
+            await asyncio.to_thread(self.collector.close)
+
     @classmethod
     def of(cls, settings: EdgeSettings) -> Feedback:
         limited = settings.escalations_per_second or settings.escalations_per_day

@@ -266,4 +266,5 @@ async def serve(settings: EdgeSettings, stop: asyncio.Event | None = None) -> No
         await health_servicer.enter_graceful_shutdown()
         await asyncio.gather(server.stop(grace=settings.grace_s), *(f.close() for f in faces))
         await agent.deployment.close()
+        await agent.feedback.close()  # examples queued at the stop are kept
         log.info("stopped")

@@ -143,3 +143,20 @@ def test_collection_off_keeps_nothing(triton, frames, tmp_path: Path) -> None:
         assert wait_until(lambda: status(edge.address).audit, 10)  # the cloud answered audits
         time.sleep(0.5)
     assert not path.exists() and not list(tmp_path.glob("*.sqlite*"))
+
+
+def test_a_graceful_stop_keeps_every_example_still_queued(triton, frames, tmp_path: Path) -> None:
+    """The agent stops at once after its last answer: what the collector had queued is written
+    before the store closes (one example per distinct escalated image)."""
+    path = tmp_path / "examples.sqlite"
+    args = ("--examples-file", str(path))
+    with (
+        EdgeProcess("fashion", triton.grpc_url, tmp_path / "edge.log", *args) as edge,
+        PLAINTEXT.channel(edge.address) as channel,
+    ):
+        stub = pb_grpc.CascadeStub(channel)
+        escalated = {f.encoded for f in frames[:200] if classify(stub, f).tier == pb.CLOUD}
+    assert len(escalated) > 10
+    store = ExampleStore(path, 2**30)
+    assert len(store) == len(escalated)
+    store.close()
