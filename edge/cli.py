@@ -97,6 +97,54 @@ def models_build(
             )
 
 
+@models.command("adapt")
+def models_adapt(
+    family: Annotated[str, typer.Option(help="the family (fashion)")],
+    registry: registry_commands.RegistryOption = None,
+    examples: Annotated[
+        list[Path] | None,
+        typer.Option(help="an example store file (repeatable); default: every edge's uploads"),
+    ] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="passes over the training examples")] = 6,
+    publish: Annotated[
+        bool, typer.Option(help="publish the new version when the gate passes")
+    ] = True,
+    report: Annotated[Path, typer.Option(help="JSON report path")] = Path(
+        "reports/models-adapt.json"
+    ),
+) -> None:
+    """Distil the cloud's answers on collected examples into a new edge model and publish it,
+    signed, only if it is no worse on the calibration split and better on held-out examples."""
+    from edgecascade.cloud.build.adapt import Recipe
+    from edgecascade.cloud.build.adapt_examples import adapt, collect
+    from edgecascade.cloud.registry.examples import received_files
+    from edgecascade.cloud.registry.store import Registry
+    from edgecascade.edge.tools.bench_adapt import distil_progress
+
+    known_family(family)
+    store = Registry(registry)
+    files = examples or received_files(store.root, family)
+    collected = collect(files, family)
+    with distil_progress() as step:
+        out = adapt(store, family, collected, Recipe(epochs=epochs), publish, step)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(json.dumps(out, indent=1) + "\n")
+    old, new = out["accuracy"]["old"], out["accuracy"]["new"]
+    console.print(
+        f"[bold]{family}[/]: {out['examples']['training']} examples trained on, "
+        f"{out['examples']['held_out']} held out ({out['examples']['bytes']:,} bytes)"
+    )
+    console.print(
+        f"calibration split {old['calibration']:.2%} -> {new['calibration']:.2%}, held-out "
+        f"agreement with the cloud {old['held_out']:.2%} -> {new['held_out']:.2%}"
+    )
+    verdict = "[green]passed[/]" if out["gate"]["passed"] else "[red]refused[/]"
+    console.print(f"gate {verdict}: {'; '.join(out['gate']['reasons'])}")
+    version = out["published_version"]
+    console.print(f"published {family} v{version}" if version else "nothing published")
+    console.print(f"report: {report}")
+
+
 @app.command()
 def status(
     agent: Annotated[list[str], typer.Option(help="edge agent host:port (repeatable)")],

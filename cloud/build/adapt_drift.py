@@ -64,6 +64,29 @@ def _views(model: ov.CompiledModel, images: NDArray[np.uint8]) -> Views:
     return Views(batched_logits(model, images), batched_logits(model, mirrored(images)))
 
 
+def distilled_onnx(
+    edge_onnx: Path,
+    images: NDArray[np.uint8],
+    cloud_probabilities: Logits,
+    original_images: NDArray[np.uint8],
+    original_labels: NDArray[np.int64],
+    recipe: Recipe,
+    workdir: Path,
+    step: Step | None = None,
+) -> Path:
+    """The fashion edge ensemble `edge_onnx` distilled on `images` against the cloud's
+    probabilities (mixed with the original images), exported to `workdir`/adapted.onnx."""
+    model = load_edge_members(edge_onnx)
+    distil(model, images, cloud_probabilities, original_images, original_labels, recipe, step)
+    return export_onnx(model, workdir / "adapted.onnx", 28, 1)
+
+
+def int8_edge(fp32: ov.Model) -> ov.Model:
+    """`fp32` quantized to INT8 as a fashion build does (the calibration split's first
+    CALIBRATION_IMAGES images)."""
+    return quantize_int8(fp32, fashion("calibration").images[:CALIBRATION_IMAGES, ..., None])
+
+
 def drift_round(
     family_folder: Path,
     kind: str,
@@ -91,21 +114,19 @@ def drift_round(
         Example.of("fashion", "fashion_edge", "escalated", image, p, p).nbytes
         for image, p in zip(shifted, soft)
     )
-    model = load_edge_members(WEIGHTS_DIR / "fashion_edge.onnx")
     start = time.perf_counter()
-    distil(
-        model,
+    onnx_path = distilled_onnx(
+        WEIGHTS_DIR / "fashion_edge.onnx",
         shifted,
         soft,
         train.images[original][..., None],
         train.labels[original],
         recipe,
+        workdir,
         step,
     )
     train_seconds = time.perf_counter() - start
-    onnx_path = export_onnx(model, workdir / "adapted.onnx", 28, 1)
-    quantization = fashion("calibration").images[:CALIBRATION_IMAGES, ..., None]
-    adapted = core.compile_model(quantize_int8(ov.convert_model(onnx_path), quantization), "CPU")
+    adapted = core.compile_model(int8_edge(ov.convert_model(onnx_path)), "CPU")
     test = fashion("test")
     splits = {
         "shifted": corrupt(test.images, kind, severity, seed=recipe.seed + 1)[..., None],

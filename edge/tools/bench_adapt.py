@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import torch
 from numpy.typing import NDArray
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from edgecascade.cloud.build.adapt import Recipe
+from edgecascade.cloud.build.adapt import Recipe, Step
 from edgecascade.cloud.build.adapt_drift import DriftRound, Views, drift_round
 from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.router.policy.calibration import Split, cascade_curve
@@ -94,6 +96,22 @@ def report(result: DriftRound, policy: ScorePolicy, fps: float, escalated: float
     }
 
 
+@contextmanager
+def distil_progress() -> Iterator[Step]:
+    """A rich progress bar of distillation steps and their loss, and the Step that feeds it."""
+    columns = (
+        TextColumn("distilling"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.3f}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns) as progress:
+        task = progress.add_task("distil", total=None, loss=0.0)
+        yield lambda done, total, loss: progress.update(
+            task, completed=done, total=total, loss=loss
+        )
+
+
 def run_bench(
     family_folder: Path,
     kind: str,
@@ -107,23 +125,8 @@ def run_bench(
     """Run one round with a progress bar, write the JSON report to `path` and return it."""
     torch.set_num_threads(1)
     policy = policy_from_manifest(Manifest.load(family_folder / "manifest.json").policy)
-    columns = (
-        TextColumn("distilling"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.3f}"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns) as progress, tempfile.TemporaryDirectory() as tmp:
-        task = progress.add_task("distil", total=None, loss=0.0)
-        result = drift_round(
-            family_folder,
-            kind,
-            severity,
-            examples,
-            recipe,
-            Path(tmp),
-            lambda done, total, loss: progress.update(task, completed=done, total=total, loss=loss),
-        )
+    with distil_progress() as step, tempfile.TemporaryDirectory() as tmp:
+        result = drift_round(family_folder, kind, severity, examples, recipe, Path(tmp), step)
     out = report(
         result, policy, fps, escalated if escalated is not None else report_rate(result, policy)
     )
