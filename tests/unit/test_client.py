@@ -2,6 +2,7 @@
 answers and statuses map to typed results, every failed call is a CascadeError."""
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -188,10 +189,28 @@ def test_a_failed_frame_is_a_result_whose_answer_raises_its_error() -> None:
     assert CascadeError.from_frame(pb.Error(code=99, message="?")).code is grpc.StatusCode.UNKNOWN
 
 
+# A value for every field of GetStatus's repeated messages (a new field fails the mapping).
+MESSAGES: dict[str, dict[str, Any]] = {
+    "audit": {
+        "family": "fashion",
+        "edge_version": "fashion_edge:2",
+        "audited": 40,
+        "agreed": 39,
+        "agreement": 0.975,
+        "lower": 0.87,
+        "upper": 0.996,
+        "below_bound": True,
+    },
+    "batches": {"size": 8, "executions": 3},
+}
+
+
 def test_every_status_field_is_mapped() -> None:
     response = pb.GetStatusResponse(versions=VERSIONS)
     for number, field in enumerate(response.DESCRIPTOR.fields, start=1):
-        if field.label == field.LABEL_REPEATED:
+        if field.label == field.LABEL_REPEATED and field.type == field.TYPE_MESSAGE:
+            getattr(response, field.name).add(**MESSAGES[field.name])
+        elif field.label == field.LABEL_REPEATED:
             getattr(response, field.name).append(f"{field.name}!")
         elif field.type == field.TYPE_STRING:
             setattr(response, field.name, f"{field.name}!")
@@ -204,6 +223,10 @@ def test_every_status_field_is_mapped() -> None:
     for field in response.DESCRIPTOR.fields:
         if field.name != "versions":
             value = getattr(response, field.name)
+            if field.name in MESSAGES:  # one message, mapped field by field
+                (entry,) = getattr(mapped, field.name)
+                assert dataclasses.asdict(entry) == MESSAGES[field.name], field.name
+                continue
             expected = tuple(value) if field.label == field.LABEL_REPEATED else value
             assert getattr(mapped, field.name) == expected, field.name
 

@@ -11,6 +11,8 @@ from edgecascade.client._blocking import CascadeClient
 from edgecascade.client._calls import Image
 from edgecascade.client.errors import CascadeError
 from edgecascade.client.results import (
+    AuditAgreement,
+    BatchCount,
     ClassifyResult,
     DegradedReason,
     ModelVersions,
@@ -22,6 +24,8 @@ from edgecascade.client.results import (
 from edgecascade.cloud.common.transport import Tls
 
 __all__ = [
+    "AuditAgreement",
+    "BatchCount",
     "CascadeClient",
     "CascadeError",
     "ClassifyResult",

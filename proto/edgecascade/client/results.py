@@ -26,6 +26,7 @@ class DegradedReason(enum.Enum):
     CLOUD_ERROR = "cloud-error"
     DEADLINE = "deadline"
     VERSION_MISMATCH = "version-mismatch"
+    BUDGET = "budget"
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,29 @@ class ClassifyResult:
 
 
 @dataclass(frozen=True)
+class BatchCount:
+    """How many executions of the agent's batcher held `size` images."""
+
+    size: int
+    executions: int
+
+
+@dataclass(frozen=True)
+class AuditAgreement:
+    """Agreement of audited confident edge answers with the cloud, with its 95% Wilson
+    interval, for one family and edge model version."""
+
+    family: str
+    edge_version: str
+    audited: int
+    agreed: int
+    agreement: float
+    lower: float
+    upper: float
+    below_bound: bool  # `upper` is below the agent's audit_min_agreement
+
+
+@dataclass(frozen=True)
 class Status:
     """What an agent serves and how it has been doing (GetStatus)."""
 
@@ -113,6 +137,9 @@ class Status:
     update_error: str  # "" when the last update was applied
     version_mismatch: str  # "" when the cloud serves the paired version
     insecure_hops: tuple[str, ...]  # run without TLS, switched off: "agent", "cloud"
+    audit: tuple[AuditAgreement, ...]
+    batches: tuple[BatchCount, ...]
+    queue_duration_us: int  # in the batcher's queue, all requests together
 
 
 def _versions(versions: pb.ModelVersions) -> ModelVersions:
@@ -142,4 +169,18 @@ def status(response: pb.GetStatusResponse) -> Status:
         f.name: getattr(response, f.name) for f in fields(Status) if f.name != "versions"
     }
     plain["insecure_hops"] = tuple(response.insecure_hops)
+    plain["audit"] = tuple(
+        AuditAgreement(
+            a.family,
+            a.edge_version,
+            a.audited,
+            a.agreed,
+            a.agreement,
+            a.lower,
+            a.upper,
+            a.below_bound,
+        )
+        for a in response.audit
+    )
+    plain["batches"] = tuple(BatchCount(b.size, b.executions) for b in response.batches)
     return Status(versions=_versions(response.versions), **plain)
