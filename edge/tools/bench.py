@@ -41,7 +41,10 @@ KSERVE_BATCHES = {"agent_kserve_batch": 16, "agent_kserve_batch64": 64}
 AGENT_RUNNERS = ("agent_unary", "agent_stream", *KSERVE_BATCHES)
 # The agent with dynamic batching off ("unbatched", the agent before it) and on, one batch at a
 # time: with threshold 0 nothing escalates, so no batch holds its instance through a cloud call.
-BATCHING = {"unbatched": ["--no-dynamic-batching"], "batched": ["--batch-instances", "1"]}
+BATCHING = {
+    "unbatched": ["--no-dynamic-batching"],
+    "batched": ["--dynamic-batching", "--batch-instances", "1"],
+}
 # the rows that are no agent: the ceiling (OpenVINO alone) and the floor (gRPC alone, per call)
 RATIO_LABELS = {"benchmark_app": "ceiling", "echo": "floor"}
 BENCHMARK_APP = "import sys; from openvino.tools.benchmark.main import main; sys.exit(main())"

@@ -31,6 +31,7 @@ def agent(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Ite
     agent = start_agent(
         tmp_path_factory.mktemp("edge"),
         triton.grpc_url,
+        "--dynamic-batching",
         "--max-queue-delay-us",
         str(DELAY_MS * 1000),
     )
