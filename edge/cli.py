@@ -116,9 +116,9 @@ def models_adapt(
     """Distil the cloud's answers on collected examples into a new edge model and publish it,
     signed, only if it is no worse on the calibration split and better on held-out examples."""
     from edgecascade.cloud.build.adapt import Recipe
-    from edgecascade.cloud.build.adapt_examples import adapt, collect
     from edgecascade.cloud.registry.examples import received_files
     from edgecascade.cloud.registry.store import Registry
+    from edgecascade.edge.tools.adapt_examples import adapt, collect
     from edgecascade.edge.tools.bench_adapt import distil_progress
 
     known_family(family)
