@@ -7,6 +7,14 @@ Layout, one model per family (``<cloud.name>``), one folder per version::
     <repository>/<cloud.name>/<version>/model.onnx
     <repository>/<cloud.name>/<version>/model.py      (CPU variant only)
 
+and, on CPU, the family model next to it (``cloud/triton/family.py``): the edge agent's KServe
+model under the family's name, answered by the cloud model, one version per manifest::
+
+    <repository>/<family>/config.pbtxt
+    <repository>/<family>/labels.txt
+    <repository>/<family>/<manifest version>/model.py      (cloud/triton/family_model.py)
+    <repository>/<family>/<manifest version>/manifest.json (the pair it answers for)
+
 CPU (default, local): the wheel's Triton runs the ONNX file through OpenVINO inside the
 python backend (``cloud/triton/python_model.py`` copied as ``model.py``).
 GPU (``gpu=True``, production in NVIDIA's Triton container): ``onnxruntime_onnx`` on
@@ -29,12 +37,21 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from edgecascade.cloud.common.manifest import INPUT_NAME, LABELS_PARAMETER, OUTPUT_NAME, Manifest
 from edgecascade.cloud.common.paths import family_dir as default_family_dir
+from edgecascade.cloud.triton import family
 
 MAX_BATCH_SIZE = 64
 PREFERRED_BATCH_SIZES = (8, 32)
 MAX_QUEUE_DELAY_US = 100
 LABEL_FILE = "labels.txt"
 CPU_MODEL_SOURCE = Path(__file__).with_name("python_model.py")
+FAMILY_MODEL_SOURCE = Path(__file__).with_name("family_model.py")
+FAMILY_INSTANCES = 2  # a family model instance waits for the cloud model: two overlap
+KSERVE_TYPES = {
+    "BYTES": mc.TYPE_STRING,
+    "UINT8": mc.TYPE_UINT8,
+    "FP32": mc.TYPE_FP32,
+    "INT32": mc.TYPE_INT32,
+}
 
 
 def model_config(
@@ -85,8 +102,48 @@ def write_model(
     shutil.copyfile(Path(family_dir) / onnx, version_dir / "model.onnx")
     if not gpu:
         shutil.copyfile(CPU_MODEL_SOURCE, version_dir / "model.py")
-    (model_dir / LABEL_FILE).write_text("".join(f"{label}\n" for label in manifest.labels))
+    _write_labels(model_dir, manifest.labels)
     config = model_config(manifest, version_folders(model_dir), gpu=gpu)
+    (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))
+    return model_dir
+
+
+def family_model_config(manifest: Manifest, versions: Iterable[int]) -> mc.ModelConfig:
+    """The Triton config of the family model serving manifest `versions`: the edge agent's
+    inputs and outputs (max_batch_size 0, the batch in `dims`; `max_batch` images a request);
+    edge_model and cloud_model are `manifest`'s pair."""
+    config = mc.ModelConfig(name=manifest.family, backend="python", max_batch_size=0)
+    config.version_policy.specific.versions.extend(sorted(set(versions)))
+    inputs, outputs = family.tensors(len(manifest.labels))
+    for name, kind, dims in inputs:
+        config.input.add(name=name, data_type=KSERVE_TYPES[kind], dims=dims, optional=True)
+    for name, kind, dims in outputs:
+        config.output.add(name=name, data_type=KSERVE_TYPES[kind], dims=dims)
+    config.output[0].label_filename = LABEL_FILE  # probabilities: Triton's classification
+    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=FAMILY_INSTANCES)
+    for key, value in {
+        LABELS_PARAMETER: manifest.labels_sha256,
+        "edge_model": manifest.edge.key,
+        "cloud_model": manifest.cloud.key,
+        "max_batch": str(MAX_BATCH_SIZE),
+        "site_packages": os.pathsep.join(_site_packages()),
+    }.items():
+        config.parameters[key].string_value = value
+    return config
+
+
+def write_family_model(manifest: Manifest, repository: Path) -> Path:
+    """Write (or add a version to) the family model in `repository`; return its folder. The
+    cloud model it asks is written by `write_model`."""
+    model_dir = Path(repository) / manifest.family
+    version_dir = model_dir / str(manifest.version)
+    if version_dir.exists():
+        shutil.rmtree(version_dir)
+    version_dir.mkdir(parents=True)
+    shutil.copyfile(FAMILY_MODEL_SOURCE, version_dir / "model.py")
+    manifest.save(version_dir / family.PAIR_FILE)
+    _write_labels(model_dir, manifest.labels)
+    config = family_model_config(manifest, version_folders(model_dir))
     (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))
     return model_dir
 
@@ -111,16 +168,28 @@ def write_repository(
     gpu: bool = False,
     root: Path | None = None,
 ) -> list[Path]:
-    """Write the cloud model of every manifest (family folders under `root`)."""
+    """Write the cloud model of every manifest (family folders under `root`) and, on CPU, its
+    family model; return the cloud models' folders. (The GPU variant has no family model: it
+    needs `edgecascade` in the Triton image.)"""
     Path(repository).mkdir(parents=True, exist_ok=True)
-    return [
-        write_model(m, default_family_dir(m.family, root), repository, gpu=gpu) for m in manifests
-    ]
+    written = []
+    for manifest in manifests:
+        written.append(
+            write_model(manifest, default_family_dir(manifest.family, root), repository, gpu=gpu)
+        )
+        if not gpu:
+            write_family_model(manifest, repository)
+    return written
 
 
 def read_config(model_dir: Path) -> mc.ModelConfig:
     """Parse a model folder's config.pbtxt back into a ModelConfig."""
     return text_format.Parse((Path(model_dir) / "config.pbtxt").read_text(), mc.ModelConfig())
+
+
+def _write_labels(model_dir: Path, labels: list[str]) -> None:
+    """The label file (one label a line) that Triton's classification extension reads."""
+    (model_dir / LABEL_FILE).write_text("".join(f"{label}\n" for label in labels))
 
 
 def _onnx_file(manifest: Manifest) -> str:
