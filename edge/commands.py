@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from edgecascade.cloud.common import logs, tracing
 from edgecascade.cloud.common.serving import check_address, log_to_stderr, run_until_signalled
 from edgecascade.cloud.common.settings import command_options, option_help
 from edgecascade.edge.serving.server import serve
@@ -102,6 +103,10 @@ def serve_command(
     cloud_token_file: Annotated[Path | None, _setting("cloud_token_file")] = None,
     trusted_keys: Annotated[list[Path] | None, _setting("trusted_keys")] = None,
     allow_unsigned: Annotated[bool | None, _setting("allow_unsigned", "--allow-unsigned")] = None,
+    log_format: Annotated[str | None, _setting("log_format")] = None,
+    log_level: Annotated[str | None, _setting("log_level")] = None,
+    otlp_endpoint: Annotated[str | None, _setting("otlp_endpoint")] = None,
+    trace_ratio: Annotated[float | None, _setting("trace_ratio")] = None,
 ) -> None:
     """Serve the Cascade and KServe v2 gRPC APIs until SIGINT/SIGTERM. Settings come from
     --config (TOML), then EDGECASCADE_<SETTING> environment variables, then these options."""
@@ -112,6 +117,8 @@ def serve_command(
     settings = load_settings(config, options, flags)  # a ConfigError is a UserError
     if not settings.sync_url:  # else a family not built here is fetched from ModelSync
         built_family(settings.family, settings.artifacts)
+    logs.configure(settings.log_format, settings.log_level)
+    tracing.configure("edgecascade-edge", settings.otlp_endpoint, settings.trace_ratio)
     run_until_signalled(lambda stop: serve(settings, stop))
 
 

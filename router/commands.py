@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand
 
+from edgecascade.cloud.common import logs
 from edgecascade.cloud.common.serving import run_until_signalled
 from edgecascade.cloud.common.settings import command_options, option_help
 from edgecascade.router.gateway.commands import upstreams_app
@@ -60,6 +61,9 @@ def serve_command(
     triton_key: Annotated[Path | None, _setting("triton_key")] = None,
     triton_server_name: Annotated[str | None, _setting("triton_server_name")] = None,
     triton_admin_key_file: Annotated[Path | None, _setting("triton_admin_key_file")] = None,
+    log_format: Annotated[str | None, _setting("log_format")] = None,
+    log_level: Annotated[str | None, _setting("log_level")] = None,
+    access_log: Annotated[bool | None, _setting("access_log", "--access-log")] = None,
 ) -> None:
     """Serve KServe v2 gRPC in front of Triton endpoints through HAProxy (per-request load
     balancing, readiness checks, failover). Settings come from --config (TOML), then
@@ -75,6 +79,7 @@ def serve_command(
     except RuntimeError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
+    logs.configure(settings.log_format, settings.log_level)
     run_until_signalled(lambda stop: serve(settings, stop))
 
 

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from edgecascade.cloud.common import tracing
 from edgecascade.cloud.common.errors import UserError
 from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.cloud.common.paths import artifacts_root, manifest_path, triton_repository
@@ -86,6 +87,20 @@ def serve_command(
             f"trace and logging calls must send as the `{ADMIN_KEY_HEADER}` header"
         ),
     ] = None,
+    otlp_endpoint: Annotated[
+        str | None,
+        typer.Option(
+            envvar=tracing.ENDPOINT_VARIABLE,
+            help="Triton exports traces over OTLP/HTTP to this collector (http://host:4318): "
+            "every request that carries a W3C trace context, in the caller's trace",
+        ),
+    ] = None,
+    trace_rate: Annotated[
+        int,
+        typer.Option(
+            min=0, help="with --otlp-endpoint, also trace 1 in N requests without a trace context"
+        ),
+    ] = 0,
 ) -> None:
     """Serve the families' cloud models with the local Triton until Ctrl-C or SIGTERM."""
     repository = repository or triton_repository()
@@ -97,6 +112,8 @@ def serve_command(
             raise ValueError("TLS options need --tls-cert and --tls-key")
         if require_client_cert and client_cert is None:
             raise ValueError("--require-client-cert needs --client-cert/--client-key")
+        if otlp_endpoint is not None:
+            tracing.check_endpoint(otlp_endpoint)
     except (ValueError, UserError) as e:
         raise typer.BadParameter(str(e)) from None
     write_repository(load_manifests(family), repository)
@@ -110,6 +127,8 @@ def serve_command(
             tls=tls,
             client_tls=own,
             admin_key=admin_key,
+            otlp_endpoint=otlp_endpoint,
+            trace_rate=trace_rate,
         )
     except ValueError as e:  # a TlsError too
         raise typer.BadParameter(str(e)) from None
@@ -124,6 +143,8 @@ def serve_command(
         console.print(f"  HTTP     http://{server.http_url}")
         console.print(f"  metrics  {server.metrics_url}")
         console.print(f"  log      {server.log_path}")
+        if otlp_endpoint:
+            console.print(f"  traces   {tracing.traces_url(otlp_endpoint)}")
         while not stop.wait(0.5):
             if not server.is_running():
                 console.print(f"[red]Triton exited[/]:\n{server.log_tail()}")

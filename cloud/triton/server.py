@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, Self
 
+from edgecascade.cloud.common import tracing
 from edgecascade.cloud.common.errors import UserError
 from edgecascade.cloud.common.launcher import ChildFailed, ChildProcess
 from edgecascade.cloud.common.ports import free_port
@@ -59,6 +60,8 @@ class TritonServer(ChildProcess):
     `client_tls`. `admin_key` restricts RESTRICTED_PROTOCOLS on gRPC and HTTP to calls that
     send it in ADMIN_KEY_HEADER (its own calls do). Triton takes the key on its command line:
     local users of the host can read it there, so run Triton where they cannot.
+
+    `otlp_endpoint` turns on Triton's OpenTelemetry tracing (`triton_tracing`).
     """
 
     name = "tritonserver"
@@ -77,6 +80,8 @@ class TritonServer(ChildProcess):
         tls: Tls | None = None,
         client_tls: Tls | None = None,
         admin_key: str | None = None,
+        otlp_endpoint: str | None = None,
+        trace_rate: int = 0,
     ) -> None:
         if load_models and model_control_mode != "explicit":
             raise ValueError("load_models needs model_control_mode='explicit'")
@@ -111,6 +116,7 @@ class TritonServer(ChildProcess):
             f"--model-control-mode={model_control_mode}",
             *(f"--load-model={name}" for name in self.load_models),
             *_tls_options(tls),
+            *(triton_tracing(otlp_endpoint, trace_rate) if otlp_endpoint else []),
         ]
         headers: tuple[tuple[str, str], ...] = ()
         if admin_key is not None:
@@ -209,6 +215,26 @@ def read_admin_key(path: Path) -> str:
     if not key.isalnum():
         raise UserError(f"admin key file {path}: {ADMIN_KEY_RULE}")
     return key
+
+
+def triton_tracing(otlp_endpoint: str, rate: int = 0) -> list[str]:
+    """tritonserver's options that export its spans (request, model, compute) over OTLP/HTTP to
+    the collector at `otlp_endpoint` (http://host:port) as service `triton`. Every request that
+    carries a W3C trace context is traced, as a child of the caller's span; `rate` N also
+    traces one in N of the others (0: none)."""
+    if rate < 0:
+        raise ValueError(f"the trace rate is one request in N, N >= 0 (0: none), got {rate}")
+    return [
+        f"--trace-config={setting}"
+        for setting in (
+            "mode=opentelemetry",
+            f"opentelemetry,url={tracing.traces_url(tracing.check_endpoint(otlp_endpoint))}",
+            "opentelemetry,resource=service.name=triton",
+            f"rate={rate}",
+            "count=-1",
+            "level=TIMESTAMPS",
+        )
+    ]
 
 
 def _tls_options(tls: Tls | None) -> list[str]:

@@ -17,7 +17,7 @@ import logging
 import socket
 import ssl
 import zlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -125,11 +125,18 @@ class Aborted(Exception):
 
 
 class RestContext:
-    """What the servicer reads of a grpc.aio.ServicerContext: no deadline (HTTP has none);
-    `abort` raises Aborted."""
+    """What the servicer reads of a grpc.aio.ServicerContext: no deadline (HTTP has none), the
+    request's headers as its metadata (where a trace context comes in); `abort` raises
+    Aborted."""
+
+    def __init__(self, headers: Mapping[str, str] | None = None) -> None:
+        self.headers = headers or {}
 
     def time_remaining(self) -> float | None:
         return None
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return tuple((key.lower(), value) for key, value in self.headers.items())
 
     async def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
         raise Aborted(code, details)
@@ -427,7 +434,8 @@ def rest_app(
             name,
             version,
         )
-        return infer_response(await service.ModelInfer(message, context), binary)
+        answer = await service.ModelInfer(message, RestContext(request.headers))
+        return infer_response(answer, binary)
 
     routes: list[BaseRoute] = [
         *route("/v2/health/live", "ServerLive", live),

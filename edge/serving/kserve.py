@@ -33,6 +33,7 @@ from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
+from edgecascade.cloud.common import tracing
 from edgecascade.cloud.common.errors import InternalFailure, InvalidInput, NotFound
 from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.cloud.common.preprocessing import (
@@ -45,7 +46,7 @@ from edgecascade.cloud.common.preprocessing import (
 )
 from edgecascade.edge.serving import logsettings
 from edgecascade.edge.serving.agent import EdgeAgent
-from edgecascade.edge.serving.rpc import RequestError, abort, deadline, ordered
+from edgecascade.edge.serving.rpc import RequestError, abort, deadline, metadata, ordered
 from edgecascade.router.cascade.cascade import Answers
 
 PLATFORM = "edgecascade"
@@ -218,23 +219,28 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: kpb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> kpb.ModelInferResponse:
-        try:
-            return await self._infer(request, deadline(context))
-        except RequestError as e:
-            await abort(context, e.code, str(e))
+        with tracing.server_span("ModelInfer", metadata(context)):
+            try:
+                return await self._infer(request, deadline(context))
+            except RequestError as e:
+                await abort(context, e.code, str(e))
 
     async def ModelStreamInfer(
         self, requests: AsyncIterator[kpb.ModelInferRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[kpb.ModelStreamInferResponse]:
-        """In order, up to stream_window at once; a failed request gets `error_message`."""
-        async for response in ordered(
-            requests, self._stream_item, self.agent.settings.stream_window
-        ):
+        """In order, up to stream_window at once; a failed request gets `error_message`. Each
+        request has a span of its own in the stream's trace."""
+        carrier = metadata(context)
+        window = self.agent.settings.stream_window
+        async for response in ordered(requests, lambda r: self._stream_item(r, carrier), window):
             yield response
 
-    async def _stream_item(self, request: kpb.ModelInferRequest) -> kpb.ModelStreamInferResponse:
+    async def _stream_item(
+        self, request: kpb.ModelInferRequest, carrier: dict[str, str]
+    ) -> kpb.ModelStreamInferResponse:
         try:
-            response = await self._infer(request, None, frame=True)
+            with tracing.server_span("ModelStreamInfer", carrier):
+                response = await self._infer(request, None, frame=True)
             return kpb.ModelStreamInferResponse(infer_response=response)
         except RequestError as e:
             message = f"{e.code.name}: {e}"
@@ -257,8 +263,9 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
         self._check_model(request.model_name, request.model_version)
 
         def decode() -> Images:
-            requested_outputs(request)
-            return images_of(request, self.agent.settings.max_batch)
+            with tracing.span("decode"):
+                requested_outputs(request)
+                return images_of(request, self.agent.settings.max_batch)
 
         if frame:
             await self.agent.limit.room()

@@ -14,7 +14,15 @@ import grpc
 
 from edgecascade.cloud.common.errors import InternalFailure, InvalidInput, RequestError
 
-__all__ = ["InternalErrors", "RequestError", "abort", "deadline", "ordered", "request_deadline"]
+__all__ = [
+    "InternalErrors",
+    "RequestError",
+    "abort",
+    "deadline",
+    "metadata",
+    "ordered",
+    "request_deadline",
+]
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
@@ -27,6 +35,14 @@ def deadline(context: grpc.aio.ServicerContext) -> float | None:
     """The call's gRPC deadline as a time.perf_counter() value (None: the caller set none)."""
     remaining = context.time_remaining()
     return None if remaining is None else time.perf_counter() + remaining
+
+
+def metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    """The call's text metadata by key (gRPC keys are lower case): where a caller's trace
+    context comes in."""
+    return {
+        key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)
+    }
 
 
 def request_deadline(deadline: float | None, received_at: float, budget_ms: float) -> float | None:

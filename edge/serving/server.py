@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
+from edgecascade.cloud.common import tracing
 from edgecascade.cloud.common.auth import Authorizer
 from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.cloud.common.paths import family_dir
@@ -29,6 +30,7 @@ from edgecascade.edge.serving.rpc import (
     RequestError,
     abort,
     deadline,
+    metadata,
     ordered,
     request_deadline,
 )
@@ -80,9 +82,12 @@ class CascadeService(pb_grpc.CascadeServicer):
         request_id = request.request_id or uuid.uuid4().hex
         if frame:
             await self.agent.limit.room()
-        answers = await self.agent.answer(
-            lambda: [decode_request(request)], received_at=received_at, deadline=deadline
-        )
+
+        def decode() -> list[Image]:
+            with tracing.span("decode"):
+                return [decode_request(request)]
+
+        answers = await self.agent.answer(decode, received_at=received_at, deadline=deadline)
         answer = answers[0]
         return self._response(request_id, answer, request.top_k, received_at)
 
@@ -111,21 +116,28 @@ class CascadeService(pb_grpc.CascadeServicer):
     async def Classify(
         self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ClassifyResponse:
-        try:
-            return await self._answer(request, deadline(context))
-        except RequestError as e:
-            await abort(context, e.code, str(e))
+        with tracing.server_span("Classify", metadata(context)):
+            try:
+                return await self._answer(request, deadline(context))
+            except RequestError as e:
+                await abort(context, e.code, str(e))
 
     async def ClassifyStream(
         self, requests: AsyncIterator[pb.ClassifyRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ClassifyResponse]:
-        """Frames are answered concurrently (up to stream_window at once), in order."""
-        async for response in ordered(requests, self._frame, self.agent.settings.stream_window):
+        """Frames are answered concurrently (up to stream_window at once), in order; each has
+        a span of its own in the stream's trace."""
+        carrier = metadata(context)
+        window = self.agent.settings.stream_window
+        async for response in ordered(requests, lambda r: self._frame(r, carrier), window):
             yield response
 
-    async def _frame(self, request: pb.ClassifyRequest) -> pb.ClassifyResponse:
+    async def _frame(
+        self, request: pb.ClassifyRequest, carrier: dict[str, str]
+    ) -> pb.ClassifyResponse:
         try:
-            return await self._answer(request, None, frame=True)
+            with tracing.server_span("ClassifyStream", carrier):
+                return await self._answer(request, None, frame=True)
         except RequestError as e:
             return pb.ClassifyResponse(
                 request_id=request.request_id,

@@ -16,7 +16,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from edgecascade.cloud.common import settings
+from edgecascade.cloud.common import settings, tracing
+from edgecascade.cloud.common.logs import LogFormat, LogLevel
 from edgecascade.cloud.common.paths import artifacts_root, keys_dir
 from edgecascade.cloud.common.preprocessing import MAX_IMAGE_PIXELS
 from edgecascade.cloud.common.serving import address_validator
@@ -28,6 +29,7 @@ PerformanceHint = Literal["LATENCY", "THROUGHPUT"]
 
 
 Address = Annotated[str, AfterValidator(address_validator("address"))]
+OtlpEndpoint = Annotated[str, AfterValidator(tracing.check_endpoint)]
 
 
 class EdgeSettings(BaseSettings):
@@ -210,6 +212,21 @@ class EdgeSettings(BaseSettings):
     )
     allow_unsigned: bool = Field(
         False, description="serve manifests without a trusted signature (development builds)"
+    )
+    # What the agent tells its operators.
+    log_format: LogFormat = Field("default", description="log lines: default (text) or json")
+    log_level: LogLevel = Field("info", description="lowest level logged")
+    otlp_endpoint: OtlpEndpoint | None = Field(
+        None,
+        description="export traces over OTLP/HTTP to this collector (http://host:4318); none: "
+        "OTEL_EXPORTER_OTLP_ENDPOINT, else no export",
+    )
+    trace_ratio: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="share of requests traced when the caller sent no trace context (a "
+        "caller's sampling decision is kept)",
     )
 
     @field_validator("trusted_keys", mode="before")

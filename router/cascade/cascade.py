@@ -13,6 +13,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from edgecascade.cloud.common import tracing
 from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.cloud.common.preprocessing import (
     Image,
@@ -190,17 +191,23 @@ class Cascade:
     ) -> Answers:
         """`images` are decoded (uint8 [H, W] or [H, W, C] each, or one [N, H, W, C] array): one
         edge inference for them all, one cloud call for those the policy escalates."""
-        logits, mirrored = await self._edge_logits(images)
-        probabilities, confidence = self.policy.answer(self.policy.views(logits, mirrored))
-        edge_class_id = probabilities.argmax(axis=-1)
-        edge_done = time.perf_counter()
-        escalated = np.asarray(self.policy.escalate(confidence))
+        with tracing.span("edge_inference", images=len(images)):
+            logits, mirrored = await self._edge_logits(images)
+        with tracing.span("policy", policy=self.policy.label) as span:
+            probabilities, confidence = self.policy.answer(self.policy.views(logits, mirrored))
+            edge_class_id = probabilities.argmax(axis=-1)
+            edge_done = time.perf_counter()
+            escalated = np.asarray(self.policy.escalate(confidence))
+            span.set_attribute("escalated", int(escalated.sum()))
         if self.auditor is not None:
             self._audit(images, probabilities, self.auditor.sample(~escalated))
         reason, sent, cloud_ms = None, 0, 0.0
         if escalated.any():
             chosen = [images[i] for i in np.flatnonzero(escalated)]
-            reason, sent, cloud_probabilities = await self._ask_cloud(chosen, deadline)
+            with tracing.span("cloud_call", images=len(chosen)) as span:
+                reason, sent, cloud_probabilities = await self._ask_cloud(chosen, deadline)
+                if reason is not None:
+                    span.set_attribute("degraded_reason", str(reason))
             if cloud_probabilities is not None:
                 if self._sink is not None:
                     edge, cloud = probabilities[escalated], cloud_probabilities
@@ -291,8 +298,11 @@ class Cascade:
         """One audit call: the cloud's answers, compared with the edge's top-1."""
         assert self._cloud is not None
         try:
-            batch = await off_loop(images, prepare_batch, images, self.manifest.cloud.preprocessing)
-            logits = await self._cloud.infer_batch(batch, self._cloud_timeout_s)
+            with tracing.span("audit_call", images=len(images)):
+                batch = await off_loop(
+                    images, prepare_batch, images, self.manifest.cloud.preprocessing
+                )
+                logits = await self._cloud.infer_batch(batch, self._cloud_timeout_s)
         except CloudError as e:
             auditor.failed += len(images)
             log.debug("audit of %d answers not done: %s", len(images), e)

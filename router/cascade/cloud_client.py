@@ -8,6 +8,7 @@ import tritonclient.grpc as grpcclient
 from numpy.typing import NDArray
 from tritonclient.utils import InferenceServerException
 
+from edgecascade.cloud.common import tracing
 from edgecascade.cloud.common.manifest import (
     INPUT_NAME,
     LABELS_PARAMETER,
@@ -54,7 +55,8 @@ class CloudClient:
 
     def __init__(self, url: str, spec: ModelSpec, transport: Transport = PLAINTEXT):
         """`transport`: TLS and the token (sent as `headers` on every call: tritonclient's
-        calls do not pass through the transport's metadata interceptors)."""
+        calls do not pass through the transport's metadata interceptors). An inference also
+        sends the current span's W3C trace context, which Triton's own spans continue."""
         self.url = url
         self.spec = spec
         self._client = transport.triton_aio(url, options=CLOUD_CHANNEL_OPTIONS)
@@ -75,7 +77,7 @@ class CloudClient:
                 [tensor],
                 model_version=str(self.spec.version),
                 outputs=[grpcclient.InferRequestedOutput(OUTPUT_NAME)],
-                headers=self._headers,
+                headers={**(self._headers or {}), **tracing.outgoing_headers()} or None,
                 client_timeout=timeout_s,
             )
         except InferenceServerException as e:

@@ -212,6 +212,8 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event | None = None) ->
             admin_key=admin_key,
             health=own_url,
             admin_socket=folder / "admin.sock" if sources else None,
+            access_log=settings.access_log,
+            log_format=settings.log_format,
         )
         if callers and config.tls is None:
             log.warning("callers are checked but edges call in plaintext: tokens can be read")

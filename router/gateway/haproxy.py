@@ -23,6 +23,11 @@ then let through for `admin` callers only, with Triton's restricted-protocol key
 way (`admin_key`; the header is stripped from every other request). gRPC health stays open;
 ModelSync calls go on to the gateway's own server, whose `auth.Authorizer` checks them.
 
+With `access_log`, HAProxy writes one line per request to its stdout (the gateway's), in the
+gateway's log format (HAProxy's HTTP log format, or a JSON object with logger "haproxy"), with
+the W3C trace id and parent span id of the request's `traceparent`, which goes on to Triton
+untouched: that line is the gateway's hop in an edge's trace.
+
 TLS: `FrontendTls` terminates TLS from edges (HTTP/2 by ALPN; client certificates verified
 against a CA, optional or required), `BackendTls` re-encrypts to Triton, verifying its
 certificate and showing the gateway's own for Triton's mutual TLS.
@@ -160,6 +165,8 @@ class GatewayConfig:
     admin_key: str | None = None  # Triton's restricted-protocol key, for admin callers
     health: str | None = None  # host:port of the gateway's own gRPC health server
     admin_socket: Path | None = None  # HAProxy's runtime API, for endpoints added later
+    access_log: bool = False  # one line per request on stdout, with its trace id
+    log_format: str = "default"  # of the access log: "default" (HAProxy's) or "json"
 
     @staticmethod
     def server_name(index: int) -> str:
@@ -217,6 +224,7 @@ class GatewayConfig:
         lines = [
             "global",
             *[admin] * bool(self.admin_socket),
+            *["    log stdout format raw local0 info"] * self.access_log,
             "    noreuseport",  # a port held by another program is an error, never shared
             f"    tune.bufsize {BUFFER_BYTES}",
             f"    hard-stop-after {self.grace_s:g}s",
@@ -229,6 +237,7 @@ class GatewayConfig:
             "    timeout server 1h",
             "frontend kserve",
             f"    bind {self.listen} proto h2{self.tls.bind_options() if self.tls else ''}",
+            *(access_log(self.log_format) if self.access_log else []),
             *deny,
             *routes,
             f"    use_backend {STREAMS} if {{ path {KSERVE}ModelStreamInfer }}",
@@ -332,6 +341,33 @@ class GatewayConfig:
                 f"    http-request set-header {ADMIN_KEY_HEADER} {self.admin_key} if needs_admin"
             )
         return rules
+
+
+TRACEPARENT = "txn.traceparent"
+_TRACE_ID = f"%[var({TRACEPARENT}),field(2,-),json(utf8s)]"
+_PARENT_ID = f"%[var({TRACEPARENT}),field(3,-),json(utf8s)]"
+# HAProxy's own HTTP log format (option httplog), then the trace id; "-" when none came.
+ACCESS_TEXT = (
+    "%ci:%cp [%tr] %ft %b/%s %TR/%Tw/%Tc/%Tr/%Ta %ST %B %tsc %{+Q}r "
+    f"trace_id={_TRACE_ID} span_id={_PARENT_ID}"
+)
+ACCESS_JSON = (
+    '{"time":"%[date,utime(%Y-%m-%dT%H:%M:%S+00:00)]","level":"INFO","logger":"haproxy",'
+    '"message":"%HM %[capture.req.uri,json(utf8s)] %ST",'
+    f'"trace_id":"{_TRACE_ID}","span_id":"{_PARENT_ID}",'
+    '"status":%ST,"duration_ms":%Ta,"server":"%b/%s","client":"%ci:%cp"}'
+)
+
+
+def access_log(log_format: str) -> list[str]:
+    """The frontend's lines that log each request in `log_format` ("default" or "json")."""
+    text = {"default": ACCESS_TEXT, "json": ACCESS_JSON}[log_format]
+    quoted = text.replace("\\", "\\\\").replace('"', '\\"')
+    return [
+        "    log global",
+        f"    http-request set-var({TRACEPARENT}) req.hdr(traceparent)",
+        f'    log-format "{quoted}"',
+    ]
 
 
 def _grpc_answer(status: int, message: str, condition: str) -> str:

@@ -11,6 +11,7 @@ from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from edgecascade.cloud.common import settings
+from edgecascade.cloud.common.logs import LogFormat, LogLevel
 from edgecascade.cloud.common.serving import address_validator
 
 Upstream = Annotated[str, AfterValidator(address_validator("upstream"))]
@@ -101,6 +102,15 @@ class GatewaySettings(BaseSettings):
         None,
         description="file with Triton's restricted-protocol key, added to admin callers' "
         "model-control calls only",
+    )
+    log_format: LogFormat = Field(
+        "default", description="log lines (the gateway's and HAProxy's): default (text) or json"
+    )
+    log_level: LogLevel = Field("info", description="lowest level the gateway logs")
+    access_log: bool = Field(
+        False,
+        description="HAProxy logs one line per request (method, status, time, server) with the "
+        "trace id of its W3C traceparent",
     )
 
     @field_validator("upstream", mode="before")

@@ -46,7 +46,7 @@ def test_the_switches_set_the_lowest_enabled_level():
         ({"log_info": 1}, "log_info is true or false"),
         ({"log_verbose_level": True}, "whole number"),
         ({"log_colour": True}, "unknown log setting 'log_colour'"),
-        ({"log_info": False, "log_format": "ISO8601"}, "log_format cannot be changed"),
+        ({"log_info": False, "log_format": "ISO8601"}, "log_format is one of default, json"),
     ],
 )
 def test_a_setting_that_cannot_apply_changes_nothing(settings, expected: str):

@@ -1,0 +1,120 @@
+"""OpenTelemetry traces, the same way in every tier.
+
+A process exports spans over OTLP/HTTP only when it is given a collector (`--otlp-endpoint`, or
+the standard OTEL_EXPORTER_OTLP_ENDPOINT variable); otherwise the API's no-op tracer is used and
+a span costs a context switch, nothing more. W3C trace context comes in with a request's gRPC
+metadata or HTTP headers (its spans then continue the caller's trace) and goes out with calls to
+the cloud only when the current span is sampled, so one sampling decision holds end to end
+(Triton traces every request that carries a context).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from urllib.parse import urlsplit
+
+from opentelemetry import trace
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import AttributeValue
+
+from edgecascade.cloud.common.errors import UserError
+
+ENDPOINT_VARIABLE = "OTEL_EXPORTER_OTLP_ENDPOINT"
+TRACES_PATH = "/v1/traces"  # appended to a base endpoint, as OTLP/HTTP exporters do
+INSTALL_HINT = "pip install 'edgecascade[tracing]'"
+
+_W3C = TraceContextTextMapPropagator()
+_tracer = trace.get_tracer("edgecascade")  # follows the provider `configure` sets
+
+
+def check_endpoint(endpoint: str) -> str:
+    """`endpoint` if it is an http(s)://host:port base URL; else a ValueError saying so."""
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        raise ValueError(
+            f"OTLP endpoint {endpoint!r} is not http(s)://HOST:PORT (the collector's OTLP/HTTP "
+            f"base URL, e.g. http://127.0.0.1:4318; {TRACES_PATH} is added)"
+        )
+    return endpoint
+
+
+def traces_url(endpoint: str) -> str:
+    """The OTLP/HTTP traces URL of a collector's base `endpoint`."""
+    return endpoint.rstrip("/") + TRACES_PATH
+
+
+def endpoint_of(option: str | None) -> str | None:
+    """The collector to export to: `option`, else OTEL_EXPORTER_OTLP_ENDPOINT, else None."""
+    endpoint = option or os.environ.get(ENDPOINT_VARIABLE) or None
+    if endpoint is None:
+        return None
+    try:
+        return check_endpoint(endpoint)
+    except ValueError as e:
+        raise UserError(str(e) if option else f"{ENDPOINT_VARIABLE}: {e}") from None
+
+
+def provider(service: str, endpoint: str, ratio: float) -> trace.TracerProvider:
+    """An SDK tracer provider for `service` that samples `ratio` of the traces started here
+    (a caller's decision is kept) and exports them in batches to `endpoint`."""
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+    except ImportError as e:
+        raise UserError(
+            f"exporting traces needs the OpenTelemetry SDK ({e}): {INSTALL_HINT}"
+        ) from None
+    sdk = TracerProvider(
+        sampler=ParentBased(TraceIdRatioBased(ratio)),
+        resource=Resource.create({SERVICE_NAME: service}),
+    )
+    sdk.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=traces_url(endpoint))))
+    return sdk
+
+
+def configure(service: str, endpoint: str | None, ratio: float = 1.0) -> str | None:
+    """Export this process's spans as `service` to `endpoint` (or OTEL_EXPORTER_OTLP_ENDPOINT);
+    the collector used, or None: no exporter, the no-op tracer stays. Once per process."""
+    collector = endpoint_of(endpoint)
+    if collector is not None:
+        trace.set_tracer_provider(provider(service, collector, ratio))
+    return collector
+
+
+@contextmanager
+def span(name: str, **attributes: AttributeValue) -> Iterator[trace.Span]:
+    """A child span of the current one, current inside the block."""
+    with _tracer.start_as_current_span(name, attributes=attributes) as current:
+        yield current
+
+
+@contextmanager
+def server_span(name: str, carrier: Mapping[str, str]) -> Iterator[trace.Span]:
+    """The span of one request received, continuing the trace context in `carrier` (the
+    request's metadata or headers, keys in lower case) when it has one."""
+    parent = _W3C.extract(carrier)
+    with _tracer.start_as_current_span(name, parent, kind=trace.SpanKind.SERVER) as current:
+        yield current
+
+
+def outgoing_headers() -> dict[str, str]:
+    """The W3C trace context (traceparent, tracestate) to send with a call made now; empty
+    outside a sampled span."""
+    if not trace.get_current_span().get_span_context().trace_flags.sampled:
+        return {}
+    carrier: dict[str, str] = {}
+    _W3C.inject(carrier)
+    return carrier
+
+
+def current_ids() -> tuple[str, str] | None:
+    """(trace id, span id) in hex of the current span, or None outside one."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return trace.format_trace_id(context.trace_id), trace.format_span_id(context.span_id)
