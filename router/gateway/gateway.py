@@ -102,8 +102,12 @@ class HealthAgent:
         except grpc.aio.AioRpcError as e:
             ready, why = False, f" ({e.code().name}: {e.details()})"
         if name in self._urls and self._ready.get(name) != ready:
-            log.warning(
-                "Triton %s is %s%s", self._urls[name], "ready" if ready else "NOT ready", why
+            log.log(
+                logging.INFO if ready else logging.WARNING,
+                "Triton %s is %s%s",
+                self._urls[name],
+                "ready" if ready else "NOT ready",
+                why,
             )
             self._ready[name] = ready
             await self.publish()

@@ -365,6 +365,7 @@ def access_log(log_format: str) -> list[str]:
     quoted = text.replace("\\", "\\\\").replace('"', '\\"')
     return [
         "    log global",
+        "    option dontlognull",  # connections that send nothing (HAProxy's own ready check)
         f"    http-request set-var({TRACEPARENT}) req.hdr(traceparent)",
         f'    log-format "{quoted}"',
     ]
