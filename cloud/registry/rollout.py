@@ -7,11 +7,14 @@ several Tritons may share one repository). The steps:
 1. on each Triton in turn, write the version's cloud model (from the registry's verified blobs)
    into its repository, next to the versions already there, listed in the version policy; load
    the model and check that Triton reports the new version ready; the versions already served
-   keep answering meanwhile. If any Triton fails, the new version is taken out of every
-   repository and Triton again, and the registry's current pointer does not move;
+   keep answering meanwhile. On CPU the family model (the edge's KServe model served by the
+   cloud, cloud/triton/family.py) gets the manifest's version the same way. If any Triton
+   fails, the new versions are taken out of every repository and Triton again, and the
+   registry's current pointer does not move;
 2. move the registry's current pointer (edges watching the registry now switch);
-3. on each Triton, serve only the cloud versions of the last `keep` manifests made current (the
-   current one and the one edges may roll back to) and delete the other version folders.
+3. on each Triton, serve only the cloud (and family) versions of the last `keep` manifests made
+   current (the current one and the one edges may roll back to) and delete the other version
+   folders.
 """
 
 from __future__ import annotations
@@ -20,14 +23,19 @@ import contextlib
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.cloud.registry.store import Registry
 from edgecascade.cloud.triton.control import ModelControl, TritonControlError
-from edgecascade.cloud.triton.repository import set_version_policy, version_folders, write_model
+from edgecascade.cloud.triton.repository import (
+    set_version_policy,
+    version_folders,
+    write_family_model,
+    write_model,
+)
 
 DEFAULT_KEEP = 2
 
@@ -64,39 +72,67 @@ def roll_out(
     start = time.perf_counter()
     manifest = registry.get(family, version or max(registry.versions(family), default=0))
     name = manifest.cloud.name
-    added: list[tuple[CloudTarget, list[int]]] = []  # where this roll-out added the version
+    added: list[tuple[CloudTarget, str, int, list[int]]] = []  # what this roll-out added where
     with tempfile.TemporaryDirectory(prefix="edgecascade-rollout-") as tmp:
         source = registry.checkout(manifest, Path(tmp))
         try:
             for target in targets:
-                before = _load(target, manifest, source, gpu)
-                if before is not None:
-                    added.append((target, before))
+                for model, version, write in _models(manifest, source, target, gpu):
+                    before = _load(target, model, version, write)
+                    if before is not None:
+                        added.append((target, model, version, before))
         except TritonControlError:
-            for target, before in added:
-                _retract(target, name, manifest.cloud.version, before)
+            for target, model, version, before in reversed(added):
+                _retract(target, model, version, before)
             raise
     ready_s = time.perf_counter() - start
 
     registry.activate(family, manifest.version)
 
-    needed = {m.cloud.version for m in registry.in_use(family, keep) if m.cloud.name == name}
+    in_use = registry.in_use(family, keep)
+    needed = {m.cloud.version for m in in_use if m.cloud.name == name}
     unloaded: set[int] = set()
     for target in targets:
         unloaded |= _keep_only(target, name, needed)
+        if not gpu:
+            _keep_only(target, manifest.family, {m.version for m in in_use})
     serving = {target.control.url: target.control.ready_versions(name) for target in targets}
     return Rollout(manifest, ready_s, serving, sorted(unloaded))
 
 
-def _load(target: CloudTarget, manifest: Manifest, source: Path, gpu: bool) -> list[int] | None:
-    """Serve the manifest's cloud version on `target`. Returns the versions its repository held
-    before (None: it was served already, nothing changed); a failed load is retracted here."""
-    name, version = manifest.cloud.name, manifest.cloud.version
+def _models(
+    manifest: Manifest, source: Path, target: CloudTarget, gpu: bool
+) -> list[tuple[str, int, Callable[[], object]]]:
+    """The models a roll-out serves on `target`: (name, version, what writes it), cloud first."""
+    models: list[tuple[str, int, Callable[[], object]]] = [
+        (
+            manifest.cloud.name,
+            manifest.cloud.version,
+            lambda: write_model(manifest, source, target.repository, gpu=gpu),
+        )
+    ]
+    if not gpu:  # the GPU image has no edgecascade for the family model
+        models.append(
+            (
+                manifest.family,
+                manifest.version,
+                lambda: write_family_model(manifest, target.repository),
+            )
+        )
+    return models
+
+
+def _load(
+    target: CloudTarget, name: str, version: int, write: Callable[[], object]
+) -> list[int] | None:
+    """Serve `version` of model `name` on `target` (`write` puts it in the repository). Returns
+    the versions its repository held before (None: it was served already, nothing changed); a
+    failed load is retracted here."""
     model_dir = target.repository / name
     if (model_dir / str(version)).is_dir() and version in target.control.ready_versions(name):
         return None
     before = [v for v in version_folders(model_dir) if v != version] if model_dir.is_dir() else []
-    write_model(manifest, source, target.repository, gpu=gpu)
+    write()
     try:
         target.control.load(name)
         if version not in target.control.ready_versions(name):
@@ -127,7 +163,8 @@ def _retract(
 
 
 def _keep_only(target: CloudTarget, name: str, needed: set[int]) -> set[int]:
-    """Unload and delete the cloud versions not `needed` on `target`; the versions dropped."""
+    """Unload and delete the versions of model `name` not `needed` on `target`; the versions
+    dropped."""
     model_dir = target.repository / name
     present = set(version_folders(model_dir)) | set(target.control.ready_versions(name))
     dropped = present - needed

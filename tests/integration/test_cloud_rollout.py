@@ -80,6 +80,8 @@ def test_cloud_version_is_served_before_it_becomes_current_then_old_ones_unload(
         registry.publish("fashion", build, activate=False)
         first = roll_out(registry, [CloudTarget(triton.control, repository)], "fashion")
         assert (first.serving, registry.current_version("fashion")) == ({triton.grpc_url: [1]}, 1)
+        # the family model (the edge's KServe model, served by the cloud) follows each manifest
+        assert triton.control.ready_versions("fashion") == [1]
         v1_logits = infer(triton.grpc_url, 1)
 
         # v2: requests pinned to v1 go on while v2 loads and becomes current.
@@ -111,6 +113,7 @@ def test_cloud_version_is_served_before_it_becomes_current_then_old_ones_unload(
         assert (second.manifest.version, second.manifest.cloud.version) == (2, 2)
         assert (second.serving[triton.grpc_url], second.unloaded) == ([1, 2], [])  # v1: rollback
         assert 0 < second.ready_s < 60
+        assert triton.control.ready_versions("fashion") == [1, 2]
 
         # v3 (class 0 +3 in all): keep=2 keeps the cloud versions of v3 and v2; v1 goes.
         retrain(build, bias=2.0)
@@ -119,6 +122,8 @@ def test_cloud_version_is_served_before_it_becomes_current_then_old_ones_unload(
         assert (third.serving[triton.grpc_url], third.unloaded) == ([2, 3], [1])
         assert registry.seen_at_activation[3][0] == [1, 2, 3]
         assert not (repository / "fashion_cloud" / "1").exists()
+        assert triton.control.ready_versions("fashion") == [2, 3]
+        assert not (repository / "fashion" / "1").exists()
         config = read_config(repository / "fashion_cloud")
         assert list(config.version_policy.specific.versions) == [2, 3]
         with pytest.raises(grpcclient.InferenceServerException, match="version 1"):
@@ -132,6 +137,8 @@ def test_cloud_version_is_served_before_it_becomes_current_then_old_ones_unload(
         assert 4 not in registry.seen_at_activation and registry.current_version("fashion") == 3
         assert triton.control.ready_versions("fashion_cloud") == [2, 3]
         assert not (repository / "fashion_cloud" / "4").exists()
+        assert not (repository / "fashion" / "4").exists()
+        assert triton.control.ready_versions("fashion") == [2, 3]
         assert list(read_config(repository / "fashion_cloud").version_policy.specific.versions) == [
             2,
             3,
