@@ -56,7 +56,8 @@ class CloudClient:
     def __init__(self, url: str, spec: ModelSpec, transport: Transport = PLAINTEXT):
         """`transport`: TLS and the token (sent as `headers` on every call: tritonclient's
         calls do not pass through the transport's metadata interceptors). An inference also
-        sends the current span's W3C trace context, which Triton's own spans continue."""
+        sends the current span's W3C trace context, which Triton's own spans continue, and
+        its trace id as Triton's request id."""
         self.url = url
         self.spec = spec
         self._client = transport.triton_aio(url, options=CLOUD_CHANNEL_OPTIONS)
@@ -71,13 +72,16 @@ class CloudClient:
         """Logits [N, classes] for uint8 [N, H, W, C] images, or CloudError."""
         tensor = grpcclient.InferInput(INPUT_NAME, list(batch.shape), "UINT8")
         tensor.set_data_from_numpy(batch)
+        trace_headers = tracing.outgoing_headers()
+        ids = tracing.current_ids() if trace_headers else None
         try:
             result = await self._client.infer(
                 self.spec.name,
                 [tensor],
                 model_version=str(self.spec.version),
                 outputs=[grpcclient.InferRequestedOutput(OUTPUT_NAME)],
-                headers={**(self._headers or {}), **tracing.outgoing_headers()} or None,
+                headers={**(self._headers or {}), **trace_headers} or None,
+                request_id=ids[0] if ids else "",  # Triton's request id: the trace id
                 client_timeout=timeout_s,
             )
         except InferenceServerException as e:

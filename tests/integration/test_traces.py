@@ -99,6 +99,7 @@ def test_an_escalated_request_is_one_trace_across_edge_gateway_and_triton(tiers,
     assert edge_spans["policy"].attributes["escalated"] == 1
     # Triton's spans (request, model, compute) continue the trace under the edge's cloud call.
     assert triton_spans["InferRequest"].parent_id == cloud_call.span_id
+    assert triton_spans["fashion_cloud"].attributes["triton.request_id"] == caller_trace
     assert {"InferRequest", "fashion_cloud", "compute"} <= set(triton_spans)
     for span in triton_spans.values():
         assert descends_from(span, cloud_call, spans), span
