@@ -7,8 +7,11 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+import tritonclient.http as httpclient
 
+from edgecascade.cloud.common.ports import free_port
 from edgecascade.cloud.common.transport import PLAINTEXT
 from edgecascade.cloud.triton.server import TritonServer
 from edgecascade.edge.tools.process import EdgeProcess
@@ -52,6 +55,7 @@ def tiers(
             gateway.url,
             logs / "edge.log",
             *("--threshold", "1.0", "--otlp-endpoint", receiver.endpoint, "--log-format", "json"),
+            *("--http-port", str(free_port())),
         )
         with triton, gateway, edge:
             yield edge, logs / "gateway.log", logs / "edge.log"
@@ -125,3 +129,25 @@ def test_an_escalated_request_is_one_trace_across_edge_gateway_and_triton(tiers,
     # The agent's own lines are JSON objects, each saying which logger wrote it.
     records = [json.loads(line) for line in edge_log.read_text().splitlines()]
     assert records and all({"time", "level", "logger", "message"} <= set(r) for r in records)
+
+
+def test_a_rest_inference_continues_the_callers_trace_too(tiers, receiver, frames):
+    edge = tiers[0]
+    http_port = edge.args[edge.args.index("--http-port") + 1]
+    caller_trace, caller_span = secrets.token_hex(16), secrets.token_hex(8)
+    image = httpclient.InferInput("image", [1], "BYTES")
+    image.set_data_from_numpy(np.array([frames[2].encoded], object))
+    answer = PLAINTEXT.triton_http(f"127.0.0.1:{http_port}").infer(
+        "fashion", [image], headers={"traceparent": f"00-{caller_trace}-{caller_span}-01"}
+    )
+    assert answer.as_numpy("tier")[0] == b"cloud"
+
+    def complete(spans: list[Span]) -> bool:
+        return {"ModelInfer", "cloud_call"} <= set(by_name(spans, EDGE)) and any(
+            s.service == "triton" for s in spans
+        )
+
+    spans = receiver.wait_for(caller_trace, complete)
+    request, cloud_call = by_name(spans, EDGE)["ModelInfer"], by_name(spans, EDGE)["cloud_call"]
+    assert request.parent_id == caller_span and cloud_call.parent_id == request.span_id
+    assert by_name(spans, "triton")["InferRequest"].parent_id == cloud_call.span_id
