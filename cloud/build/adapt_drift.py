@@ -29,6 +29,7 @@ from edgecascade.cloud.common.errors import UserError
 from edgecascade.cloud.common.examples import Example
 from edgecascade.cloud.common.paths import edge_model_file
 from edgecascade.cloud.common.preprocessing import mirrored
+from edgecascade.cloud.common.probabilities import softmax
 
 Logits = NDArray[np.float32]
 
@@ -52,12 +53,6 @@ class DriftRound:
     cloud: dict[str, Logits]  # "shifted" | "clean" -> cloud logits
     before: dict[str, Views]  # the serving INT8 edge model
     after: dict[str, Views]  # the adapted INT8 edge model
-
-
-def _softmax(logits: Logits) -> Logits:
-    e = np.exp(logits - logits.max(-1, keepdims=True))
-    probabilities: Logits = (e / e.sum(-1, keepdims=True)).astype(np.float32)
-    return probabilities
 
 
 def _views(model: ov.CompiledModel, images: NDArray[np.uint8]) -> Views:
@@ -108,7 +103,7 @@ def drift_round(
     rng = np.random.default_rng(recipe.seed)
     chosen = rng.permutation(len(train))
     shifted = corrupt(train.images[chosen[:examples]], kind, severity, seed=recipe.seed)[..., None]
-    soft = _softmax(batched_logits(cloud, shifted))
+    soft = softmax(batched_logits(cloud, shifted)).astype(np.float32)
     original = chosen[examples:]
     uplink = sum(
         Example.of("fashion", "fashion_edge", "escalated", image, p, p).nbytes

@@ -26,6 +26,7 @@ from edgecascade.cloud.common.preprocessing import (
     prepare_batch,
     raw_images,
 )
+from edgecascade.cloud.common.probabilities import softmax
 
 IMAGE, PIXELS = "image", "pixels"
 TIER = "cloud"
@@ -70,9 +71,7 @@ def prepared_images(
 
 def answer(logits: NDArray[np.floating[Any]]) -> dict[str, NDArray[Any]]:
     """The output tensors for the cloud model's logits [N, K], by name."""
-    z = np.asarray(logits, np.float64)
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    probabilities = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+    probabilities = softmax(np.asarray(logits, np.float64)).astype(np.float32)
     n = len(probabilities)
     return {
         "probabilities": probabilities,

@@ -23,13 +23,14 @@ from edgecascade.cloud.common.preprocessing import (
     prepare_batch,
     with_mirrors,
 )
+from edgecascade.cloud.common.probabilities import softmax
 from edgecascade.router.cascade.audit import Auditor
 from edgecascade.router.cascade.breaker import CircuitBreaker
 from edgecascade.router.cascade.budget import EscalationBudget
 from edgecascade.router.cascade.cloud_client import CloudClient, CloudError
 from edgecascade.router.cascade.degraded import DegradedReason
 from edgecascade.router.cascade.latency import LatencyTracker
-from edgecascade.router.policy.policies import ScorePolicy, member_logits, softmax
+from edgecascade.router.policy.policies import ScorePolicy, member_logits
 from edgecascade.v1 import cascade_pb2 as pb
 
 # uint8 [N, H, W, C] prepared images -> logits [N, classes] ([N, members, classes] for an

@@ -24,18 +24,11 @@ from numpy.typing import NDArray
 
 from edgecascade.cloud.common.errors import UserError
 from edgecascade.cloud.common.manifest import RoutingPolicy, plain_name
+from edgecascade.cloud.common.probabilities import softmax
 
 Floats = NDArray[np.floating[Any]]  # logits, probabilities and scores, [..., K] or [...]
 Classes = NDArray[np.integer[Any]]  # class ids
 Booleans = NDArray[np.bool_]  # per input: escalated, or answered right
-
-
-def softmax(logits: Floats) -> Floats:
-    """Row-wise softmax of [..., K] logits, numerically stable."""
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e: Floats = np.exp(z)
-    total: Floats = e.sum(axis=-1, keepdims=True)
-    return e / total
 
 
 def member_logits(logits: Floats) -> Floats:

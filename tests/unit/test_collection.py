@@ -12,10 +12,11 @@ import numpy as np
 
 from edgecascade.cloud.common.examples import ExampleStore, image_sha256
 from edgecascade.cloud.common.preprocessing import prepare_batch
+from edgecascade.cloud.common.probabilities import softmax
 from edgecascade.edge.serving.collection import Collector
 from edgecascade.router.cascade.audit import Auditor
 from edgecascade.router.cascade.cascade import Cascade
-from edgecascade.router.policy.policies import MaxProbabilityPolicy, softmax
+from edgecascade.router.policy.policies import MaxProbabilityPolicy
 from tests.unit.test_cascade_routing import CLOUD, CONFIDENT, UNSURE, FakeCloud, manifest
 
 
