@@ -172,30 +172,83 @@ def status(
         raise typer.Exit(1)
 
 
+DRIFT = "drift scenario"
+SCENARIOS = ("basic", "drift")
+
+
 @app.command()
 def demo(
     family: Annotated[str, typer.Option(help="fashion or imagenet")] = "fashion",
+    scenario: Annotated[
+        str,
+        typer.Option(
+            help="basic: stream the test frames; drift: they turn to a corruption midway, the "
+            "edge collects, one adapt round, the new version rolls out (fashion)"
+        ),
+    ] = "basic",
     limit: Annotated[int | None, typer.Option(help="number of test frames (default: all)")] = None,
     threshold: Annotated[
-        float | None, typer.Option(help="override the manifest's threshold")
+        float | None, typer.Option(help="override the manifest's threshold (basic)")
     ] = None,
-    fps: Annotated[float, typer.Option(help="camera frame rate; 0: as fast as answered")] = 0.0,
+    fps: Annotated[
+        float | None,
+        typer.Option(help="camera frame rate; 0: as fast as answered (default: 0; drift: 30)"),
+    ] = None,
     in_flight: Annotated[int, typer.Option(help="frames awaiting an answer at once")] = 1,
     report: Annotated[Path | None, typer.Option(help="JSON report path")] = None,
     insecure: Annotated[
         bool,
         typer.Option(
-            "--insecure", help="the agent serves plaintext, without TLS and caller checks"
+            "--insecure", help="the agent serves plaintext, without TLS and caller checks (basic)"
         ),
     ] = False,
+    corruption: Annotated[
+        str, typer.Option(help="a corruption held out of training", rich_help_panel=DRIFT)
+    ] = "pixelate",
+    severity: Annotated[int, typer.Option(help="1-5", rich_help_panel=DRIFT)] = 3,
+    clean_frames: Annotated[
+        int, typer.Option(help="frames before the corruption starts", rich_help_panel=DRIFT)
+    ] = 300,
+    examples: Annotated[
+        int,
+        typer.Option(help="examples the cloud holds when the round starts", rich_help_panel=DRIFT),
+    ] = 600,
+    after_frames: Annotated[
+        int, typer.Option(help="frames streamed after the roll-out", rich_help_panel=DRIFT)
+    ] = 1000,
+    epochs: Annotated[
+        int, typer.Option(help="the round's passes over the examples", rich_help_panel=DRIFT)
+    ] = 6,
+    audit_rate: Annotated[
+        float, typer.Option(help="share of confident answers audited", rich_help_panel=DRIFT)
+    ] = 0.25,
 ) -> None:
     """Start Triton and an edge agent, stream test frames camera-style, report. The agent
-    serves mutual TLS and checks a token, with certificates made for the run."""
+    serves mutual TLS and checks a token, with certificates made for the run. --scenario
+    drift adds a registry the agent follows and one adapt round (plaintext on loopback),
+    and writes a PNG beside the report."""
+    if scenario not in SCENARIOS:
+        raise UserError(f"--scenario {scenario!r}: give one of {', '.join(SCENARIOS)}")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop children on SIGTERM too
+    suffix = "-drift" if scenario == "drift" else ""
+    path = report or Path("reports") / f"demo-{family}{suffix}.json"
+    if scenario == "drift":
+        from edgecascade.edge.tools.demo_drift import DriftOptions, run_drift
+
+        if family != "fashion" or threshold is not None:
+            raise UserError(
+                "--scenario drift runs on fashion with each version's calibrated threshold: "
+                "drop --family and --threshold"
+            )
+        options = DriftOptions(
+            corruption, severity, clean_frames, examples, after_frames, epochs, audit_rate,
+            30.0 if fps is None else fps, in_flight, limit,
+        )  # fmt: skip
+        run_drift(options, path)
+        return
     from edgecascade.edge.tools.demo import run_demo
 
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop children on SIGTERM too
-    path = report or Path("reports") / f"demo-{family}.json"
-    run_demo(family, limit, threshold, path, fps, in_flight, insecure)
+    run_demo(family, limit, threshold, path, fps or 0.0, in_flight, insecure)
 
 
 @bench.command("edge")
