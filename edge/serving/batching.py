@@ -4,9 +4,12 @@ through the cascade together: one edge inference, and one cloud call for those e
 
 A batch leaves the queue when its images reach the largest batch allowed, when a prefix of the
 queue makes a preferred batch size, or when its oldest request has waited the maximum queue
-delay; at most `instances` batches run at once (Triton's instance count), so requests that
-arrive while they all run wait and leave together. A batch that fails is answered request by
-request, so one bad request gets its own error and the others their answers.
+delay; at most `instances` batches run their edge stage at once (Triton's instance count), so
+requests that arrive while they all run wait and leave together. A batch frees its instance once
+its edge answers are in: its cloud call (for the escalated) goes on while the next batch runs at
+the edge, so a slow or stalled cloud never holds up the edge answers of later requests. A batch
+that fails is answered request by request, so one bad request gets its own error and the others
+their answers.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -96,7 +100,7 @@ class Batcher:
         future: asyncio.Future[Batched] = asyncio.get_running_loop().create_future()
         entry = _Entry(images, received_at, deadline, future)
         if not self.policy.enabled:  # each request alone, at once
-            return Batched(await self._classify([entry]), 0, len(images), True)
+            return Batched(await self._classify([entry], _nothing), 0, len(images), True)
         self._queue.append(entry)
         if not self._soon:  # once the requests arriving in this event-loop turn are queued
             self._soon = True
@@ -160,19 +164,25 @@ class Batcher:
         if not entries:
             return
         self._running += 1
-        task = asyncio.get_running_loop().create_task(self._run(entries))
+        released = False
+
+        def release() -> None:
+            """Free the batch's instance (once): at the end of its edge stage, or of its run."""
+            nonlocal released
+            if not released:
+                released = True
+                self._running -= 1
+                self._schedule()
+
+        task = asyncio.get_running_loop().create_task(self._run(entries, release))
         self._tasks.add(task)
-        task.add_done_callback(self._finished)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: release())
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._running -= 1
-        self._schedule()
-
-    async def _run(self, entries: list[_Entry]) -> None:
+    async def _run(self, entries: list[_Entry], release: Callable[[], None]) -> None:
         started = time.perf_counter_ns()
         try:
-            answers = await self._classify(entries)
+            answers = await self._classify(entries, release)
         except (Exception, asyncio.CancelledError) as e:
             if len(entries) == 1 or isinstance(e, asyncio.CancelledError):
                 for entry in entries:
@@ -180,7 +190,7 @@ class Batcher:
                 return
             # one of them is to blame: each alone gets its own answers or error
             log.debug("a batch of %d requests failed (%s): answering each alone", len(entries), e)
-            await asyncio.gather(*(self._run([entry]) for entry in entries))
+            await asyncio.gather(*(self._run([entry], _nothing) for entry in entries))
             return
         start, first = 0, answers.edge_ms
         earliest = min(entry.received_at for entry in entries)
@@ -193,13 +203,18 @@ class Batcher:
             )
             _settle(entry.future, batched)
 
-    async def _classify(self, entries: list[_Entry]) -> Answers:
+    async def _classify(self, entries: list[_Entry], after_edge: Callable[[], None]) -> Answers:
         deadlines = [entry.deadline for entry in entries if entry.deadline is not None]
         return await self.cascade.classify_batch(
             _joined([entry.images for entry in entries]),
             received_at=min(entry.received_at for entry in entries),
             deadline=min(deadlines) if deadlines else None,
+            after_edge=after_edge,
         )
+
+
+def _nothing() -> None:
+    """A request that runs alone holds no instance to free."""
 
 
 def _settle(

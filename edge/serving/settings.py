@@ -124,10 +124,10 @@ class EdgeSettings(BaseSettings):
     max_batch: int = Field(
         32, ge=1, description="images in one KServe ModelInfer request and in one dynamic batch"
     )
-    # Dynamic batching (Triton's dynamic_batching, opt-in as there): requests queued together
-    # share an inference. Off by default: with it, a stalled cloud breaks test_cloud_stall.
+    # Dynamic batching (Triton's dynamic_batching): requests queued together share an edge
+    # inference and a cloud call; a batch frees its instance before its cloud call.
     dynamic_batching: bool = Field(
-        False, description="batch requests and stream frames queued together (Triton's batcher)"
+        True, description="batch requests and stream frames queued together (Triton's batcher)"
     )
     max_queue_delay_us: int = Field(
         0,

@@ -189,9 +189,11 @@ class Cascade:
         *,
         received_at: float,
         deadline: float | None = None,
+        after_edge: Callable[[], None] | None = None,
     ) -> Answers:
         """`images` are decoded (uint8 [H, W] or [H, W, C] each, or one [N, H, W, C] array): one
-        edge inference for them all, one cloud call for those the policy escalates."""
+        edge inference for them all, one cloud call for those the policy escalates.
+        `after_edge` is called once the edge's answers are in, before any cloud call."""
         with tracing.span("edge_inference", images=len(images)):
             logits, mirrored = await self._edge_logits(images)
         with tracing.span("policy", policy=self.policy.label) as span:
@@ -200,6 +202,8 @@ class Cascade:
             edge_done = time.perf_counter()
             escalated = np.asarray(self.policy.escalate(confidence))
             span.set_attribute("escalated", int(escalated.sum()))
+        if after_edge is not None:
+            after_edge()
         if self.auditor is not None:
             self._audit(images, probabilities, self.auditor.sample(~escalated))
         reason, sent, cloud_ms = None, 0, 0.0

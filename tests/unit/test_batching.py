@@ -14,13 +14,17 @@ from edgecascade.router.cascade.cascade import Answers
 
 
 class FakeCascade:
-    """Answers each image with its own pixel value as the class; a 0-valued image fails."""
+    """Answers each image with its own pixel value as the class; a 0-valued image fails; values
+    over 100 escalate, and their batch's cloud call takes `cloud_seconds` after the edge's."""
 
-    def __init__(self, seconds: float = 0.0) -> None:
+    def __init__(self, seconds: float = 0.0, cloud_seconds: float = 0.0) -> None:
         self.batches: list[int] = []
         self.seconds = seconds
+        self.cloud_seconds = cloud_seconds
 
-    async def classify_batch(self, images: Any, *, received_at: float, deadline: Any) -> Answers:
+    async def classify_batch(
+        self, images: Any, *, received_at: float, deadline: Any, after_edge: Any = None
+    ) -> Answers:
         assert not isinstance(images, np.ndarray) or images.ndim == 4
         self.batches.append(len(images))
         await asyncio.sleep(self.seconds)
@@ -30,6 +34,10 @@ class FakeCascade:
         n = len(values)
         probabilities = np.eye(256)[values]
         escalated = values > 100
+        if after_edge is not None:
+            after_edge()
+        if escalated.any():
+            await asyncio.sleep(self.cloud_seconds)
         return Answers(
             None,  # type: ignore[arg-type]
             probabilities,
@@ -73,6 +81,29 @@ def test_a_batch_is_capped_at_max_batch_and_instances_run_at_once() -> None:
     results = run(Batcher(cascade, policy), list(range(1, 11)))  # type: ignore[arg-type]
     assert cascade.batches == [4, 4, 2]
     assert [int(r.answers.edge_class_id[0]) for r in results] == list(range(1, 11))
+
+
+def test_a_batch_frees_its_instance_while_it_waits_for_the_cloud() -> None:
+    # One instance; the first request escalates to a cloud that takes 0.5 s. The edge answers
+    # of the requests after it do not wait for that cloud call.
+    cascade = FakeCascade(cloud_seconds=0.5)
+    batcher = Batcher(cascade, BatchPolicy(instances=1))  # type: ignore[arg-type]
+    done: dict[int, float] = {}
+
+    async def staggered() -> None:
+        start = time.perf_counter()
+
+        async def one(value: int) -> None:
+            await batcher.classify(image(value), received_at=start, deadline=None)
+            done[value] = time.perf_counter() - start
+
+        first = asyncio.ensure_future(one(200))
+        await asyncio.sleep(0.05)  # the first batch is in its cloud call
+        await asyncio.gather(first, one(1), one(2))
+
+    asyncio.run(staggered())
+    assert cascade.batches == [1, 2]
+    assert done[1] < 0.3 and done[2] < 0.3 and done[200] >= 0.5
 
 
 def test_off_each_request_runs_alone() -> None:
