@@ -4,7 +4,7 @@ Reproducible: fixed seed, deterministic kernels, 2 threads. Trains on the train 
 reports accuracy on the calibration split (the test split is never touched here).
 
     python -m edgecascade.cloud.build.families.fashion_train \
-        [--tier edge|edge_wide|cloud|both] [--epochs 5 (edge) | 30 (cloud)] [--members 3]
+        [--tier edge|edge_wide|cloud|both] [--epochs 5 (edge) | 20 (cloud)] [--members 3]
 
 The edge model is an ensemble of `--members` copies of the edge CNN, trained alike from seeds
 seed, seed + 1, ...: one graph whose output is [N, members, K] logits; the router's escalation
@@ -17,6 +17,8 @@ OneCycle schedule, label smoothing 0.1, random shifts, flips and erasing on ever
 30% of each batch one common corruption (noise, blur, contrast, brightness, rotation and shift;
 fashion_augment.py). It is exported with a test-time mirror average (the mean logits of the
 image and its mirror, twice the FLOPs) when that is more accurate on the calibration split.
+The committed weights: `--tier cloud` (seed 0, 20 epochs), 49 min on 2 shared CPU cores;
+calibration split 93.96% (94.10% with the mirror), test split 93.71%.
 """
 
 from __future__ import annotations
@@ -168,7 +170,7 @@ RECIPES = {
     ),
 }
 RECIPES["edge_wide"] = RECIPES["edge"]
-EPOCHS = {"edge": 5, "edge_wide": 5, "cloud": 30}
+EPOCHS = {"edge": 5, "edge_wide": 5, "cloud": 20}
 
 
 def train(tier: str, epochs: int, seed: int) -> Uint8Nhwc:
@@ -224,7 +226,7 @@ def _with_mirror_if_it_pays(model: nn.Module) -> nn.Module:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tier", choices=["edge", "edge_wide", "cloud", "both"], default="both")
-    parser.add_argument("--epochs", type=int, help="default: 5 (edge), 30 (cloud)")
+    parser.add_argument("--epochs", type=int, help="default: 5 (edge), 20 (cloud)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--members", type=int, default=3, help="edge ensemble size")
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR)
