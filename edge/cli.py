@@ -105,7 +105,7 @@ def models_adapt(
         list[Path] | None,
         typer.Option(help="an example store file (repeatable); default: every edge's uploads"),
     ] = None,
-    epochs: Annotated[int, typer.Option(min=1, help="passes over the training examples")] = 6,
+    epochs: Annotated[int, typer.Option(min=1, help="passes over the training examples")] = 3,
     publish: Annotated[
         bool, typer.Option(help="publish the new version when the gate passes")
     ] = True,
@@ -218,7 +218,7 @@ def demo(
     ] = 1000,
     epochs: Annotated[
         int, typer.Option(help="the round's passes over the examples", rich_help_panel=DRIFT)
-    ] = 6,
+    ] = 3,
     audit_rate: Annotated[
         float, typer.Option(help="share of confident answers audited", rich_help_panel=DRIFT)
     ] = 0.25,
