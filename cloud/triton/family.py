@@ -36,7 +36,9 @@ Tensor = tuple[str, str, list[int]]  # name, KServe datatype, shape (batch first
 
 
 def tensors(classes: int) -> tuple[list[Tensor], list[Tensor]]:
-    """(inputs, outputs) of the family model, as the edge agent's KServe model has them."""
+    """(inputs, outputs) of a family's KServe model, at the edge agent and on Triton, batch
+    first; the model metadata and config both say these (config: max_batch_size 0, the batch
+    in `dims`)."""
     inputs = [(IMAGE, "BYTES", [-1]), (PIXELS, "UINT8", [-1, -1, -1, -1])]
     outputs = [
         ("probabilities", "FP32", [-1, classes]),

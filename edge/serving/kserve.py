@@ -44,13 +44,13 @@ from edgecascade.cloud.common.preprocessing import (
     raw_image,
     raw_images,
 )
+from edgecascade.cloud.triton.family import IMAGE, PIXELS, tensors  # one contract, both tiers
 from edgecascade.edge.serving import logsettings
 from edgecascade.edge.serving.agent import EdgeAgent
 from edgecascade.edge.serving.rpc import RequestError, abort, deadline, metadata, ordered
 from edgecascade.router.cascade.cascade import Answers
 
 PLATFORM = "edgecascade"
-IMAGE, PIXELS = "image", "pixels"
 OUTPUTS = ("probabilities", "top1", "edge_confidence", "tier")
 DATATYPES = {
     np.dtype(np.float32): "FP32",
@@ -63,22 +63,6 @@ CONFIG_TYPES = {
     "FP32": mc.TYPE_FP32,
     "INT32": mc.TYPE_INT32,
 }
-
-
-Tensor = tuple[str, str, list[int]]  # name, datatype, shape
-
-
-def tensors(classes: int) -> tuple[list[Tensor], list[Tensor]]:
-    """(inputs, outputs) as (name, datatype, shape) with the batch dimension first; the model
-    metadata and config both say these (config: max_batch_size 0, the batch in `dims`)."""
-    inputs = [(IMAGE, "BYTES", [-1]), (PIXELS, "UINT8", [-1, -1, -1, -1])]
-    outputs = [
-        ("probabilities", "FP32", [-1, classes]),
-        ("top1", "INT32", [-1]),
-        ("edge_confidence", "FP32", [-1]),
-        ("tier", "BYTES", [-1]),
-    ]
-    return inputs, outputs
 
 
 class KServeService(kpb_grpc.GRPCInferenceServiceServicer):

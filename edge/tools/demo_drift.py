@@ -89,7 +89,7 @@ class DriftOptions:
     clean_frames: int = 300
     examples: int = 600
     after_frames: int = 1000
-    epochs: int = 6
+    epochs: int = 3
     audit_rate: float = 0.25
     fps: float = 30.0
     window: int = 1

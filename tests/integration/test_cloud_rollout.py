@@ -33,7 +33,8 @@ def retrain(folder: Path, bias: float | None) -> None:
         (folder / ONNX).write_bytes(b"not an ONNX model")
     else:
         model = onnx.load(folder / ONNX)
-        (init,) = [i for i in model.graph.initializer if i.name == "net.15.bias"]
+        last_gemm = [node for node in model.graph.node if node.op_type == "Gemm"][-1]
+        (init,) = [i for i in model.graph.initializer if i.name == last_gemm.input[2]]
         values = numpy_helper.to_array(init).copy()
         values[0] += bias
         init.CopyFrom(numpy_helper.from_array(values, init.name))

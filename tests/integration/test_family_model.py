@@ -15,6 +15,7 @@ from tritonclient.utils import InferenceServerException
 from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.cloud.common.ports import free_port
 from edgecascade.cloud.common.preprocessing import decode_image, prepare_batch
+from edgecascade.cloud.common.transport import PLAINTEXT
 from edgecascade.cloud.triton.repository import write_repository
 from edgecascade.cloud.triton.server import TritonServer
 from edgecascade.edge.tools.samples import Frame
@@ -76,7 +77,7 @@ def http_urls(family_triton: TritonServer, edge_http_port: int, agent: Agent) ->
 
 # The request code a user writes once: nothing in it knows which tier it talks to.
 def ask_grpc(url: str, images: list[bytes]) -> dict[str, np.ndarray]:
-    client = grpcclient.InferenceServerClient(url)
+    client = PLAINTEXT.triton(url)
     tensor = grpcclient.InferInput("image", [len(images)], "BYTES")
     tensor.set_data_from_numpy(np.array(images, dtype=np.object_))
     result = client.infer(MODEL, [tensor])
@@ -89,7 +90,7 @@ def ask_grpc(url: str, images: list[bytes]) -> dict[str, np.ndarray]:
 def ask_http(url: str, images: list[bytes], binary: bool = True) -> dict[str, np.ndarray]:
     """Encoded images go as binary data (JSON carries only UTF-8 strings); the outputs come
     back as binary data or as JSON."""
-    client = httpclient.InferenceServerClient(url)
+    client = PLAINTEXT.triton_http(url)
     tensor = httpclient.InferInput("image", [len(images)], "BYTES")
     tensor.set_data_from_numpy(np.array(images, dtype=np.object_), binary_data=True)
     wanted = [httpclient.InferRequestedOutput(name, binary_data=binary) for name in OUTPUTS]
@@ -132,7 +133,7 @@ def test_the_same_grpc_request_code_on_edge_triton_and_gateway(
     assert np.isnan(answers[1]["edge_confidence"]).all()  # Triton: no edge model ran
     tensors = []
     for url in grpc_urls:
-        client = grpcclient.InferenceServerClient(url)
+        client = PLAINTEXT.triton(url)
         metadata = client.get_model_metadata(MODEL, as_json=True)
         client.close()
         assert metadata["versions"] == [str(fashion_manifest.version)]
@@ -166,7 +167,7 @@ def test_the_cloud_answer_is_the_cloud_model_on_the_prepared_image(
     cloud = fashion_manifest.cloud
     images = [f.encoded for f in frames[10:18]]
     prepared = prepare_batch([decode_image(i) for i in images], cloud.preprocessing)
-    client = grpcclient.InferenceServerClient(family_triton.grpc_url)
+    client = PLAINTEXT.triton(family_triton.grpc_url)
     tensor = grpcclient.InferInput("image", list(prepared.shape), "UINT8")
     tensor.set_data_from_numpy(prepared)
     logits = client.infer(cloud.name, [tensor], model_version=str(cloud.version)).as_numpy("logits")
@@ -210,7 +211,7 @@ def test_a_bad_image_is_invalid_argument_and_the_next_request_is_answered(
 def test_too_many_images_or_no_input_are_refused_with_the_reason(
     family_triton: TritonServer, frames: list[Frame]
 ) -> None:
-    client = grpcclient.InferenceServerClient(family_triton.grpc_url)
+    client = PLAINTEXT.triton(family_triton.grpc_url)
     calls: list[tuple[Callable[[], Any], str]] = [
         (lambda: ask_grpc(family_triton.grpc_url, [frames[0].encoded] * 65), "send 1 to 64"),
         (lambda: client.infer(MODEL, []), "send exactly one of 'image'"),

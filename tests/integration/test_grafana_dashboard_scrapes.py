@@ -6,10 +6,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-import grpc
 import pytest
 
 from edgecascade.cloud.common.ports import free_port
+from edgecascade.cloud.common.transport import PLAINTEXT
 from edgecascade.cloud.triton.server import TritonServer
 from edgecascade.edge.tools.samples import Frame
 from edgecascade.router.gateway.process import GatewayProcess
@@ -29,7 +29,7 @@ def test_the_agent_queries_read_a_real_agent_scrape(
 ) -> None:
     agent: Agent = start_agent(tmp_path, triton.grpc_url, "--audit-rate", "1")
     try:
-        with grpc.insecure_channel(agent.address) as channel:
+        with PLAINTEXT.channel(agent.address) as channel:
             stub = pb_grpc.CascadeStub(channel)
             for frame in frames[:40]:
                 classify(stub, frame)

@@ -49,5 +49,5 @@ def test_a_bug_in_one_model_stream_infer_request_is_its_error_message():
     service._check_model = lambda name, version: None
     message = request("image", "BYTES", [1], bytes_contents=[PNG])
     message.id = "7"
-    response = asyncio.run(service._stream_item(message))
+    response = asyncio.run(service._stream_item(message, {}))  # no trace context
     assert response.error_message.startswith("INTERNAL: ") and response.infer_response.id == "7"
