@@ -47,7 +47,8 @@ def test_the_drift_demo_adapts_and_rolls_out_with_no_failed_request(fashion_mani
     if report["adapt"]["gate"]["passed"]:
         assert old != new and report["edge_versions"] == [old, new]
         assert report["versions"]["manifest"] == [1, 2]
-        assert moments["round_end"] <= moments["rollout"]
+        # published before the round's process exits, the agent may switch before round_end
+        assert moments["round_start"] < moments["rollout"]
         assert phases["shifted_after"]["answered"] == AFTER
         escalation = report["shifted"]["escalation_rate"]
         assert escalation["after"] < escalation["before"]
