@@ -20,6 +20,7 @@ from edgecascade.cloud.common import signing
 from edgecascade.cloud.common.examples import Example, ExampleStore
 from edgecascade.cloud.common.launcher import edgecascade_command
 from edgecascade.cloud.common.paths import family_dir
+from edgecascade.cloud.common.probabilities import softmax
 from edgecascade.cloud.registry.examples import received_path
 from edgecascade.cloud.registry.signing_keys import dev_key
 from edgecascade.cloud.registry.store import Registry
@@ -35,8 +36,7 @@ def answered() -> tuple[np.ndarray, np.ndarray]:
     images = corrupt(fashion("calibration").images[:EXAMPLES], "pixelate", 3)[..., None]
     cloud = ov.Core().compile_model(family_dir("fashion") / "cloud" / "model.onnx", "CPU", F32)
     logits = batched_logits(cloud, images)
-    e = np.exp(logits - logits.max(-1, keepdims=True))
-    return images, (e / e.sum(-1, keepdims=True)).astype(np.float32)
+    return images, softmax(logits).astype(np.float32)
 
 
 def registry_with(tmp_path: Path, images: np.ndarray, cloud: np.ndarray) -> Path:
