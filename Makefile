@@ -8,12 +8,12 @@ FAMILY ?= fashion
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export EDGECASCADE_ARTIFACTS := $(abspath $(ARTIFACTS))
 
-.PHONY: demo test reliability bootstrap data haproxy kubectl models proto lint typecheck clean
+.PHONY: demo test reliability bootstrap data haproxy kubectl perf-analyzer models proto lint typecheck clean
 
 demo: bootstrap data $(ARTIFACTS)/$(FAMILY)/manifest.json
 	$(BIN)/edgecascade demo --family $(FAMILY)
 
-test: bootstrap data haproxy kubectl $(ARTIFACTS)/fashion/manifest.json
+test: bootstrap data haproxy kubectl perf-analyzer $(ARTIFACTS)/fashion/manifest.json
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 	$(MAKE) --no-print-directory typecheck
 	$(BIN)/python -m pytest
@@ -48,6 +48,22 @@ haproxy:
 # Renders deploy/k8s for the tests (`kubectl kustomize`, offline).
 kubectl:
 	@command -v kubectl >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq kubectl; }
+
+# Triton's load tool (`edgecascade bench perf-analyzer`): the binary in tritonclient's manylinux
+# wheel of the Triton in use; it needs libb64 (Debian) and libcudart (nvidia-cuda-runtime-cu12,
+# in the dev extra), even on CPU.
+PERF_ANALYZER_WHEEL := tritonclient==2.51.0
+perf-analyzer: $(BIN)/perf_analyzer
+
+$(BIN)/perf_analyzer: | bootstrap
+	@dpkg -s libb64-0d >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq libb64-0d; }
+	rm -rf build/perf_analyzer
+	$(BIN)/pip download --quiet --no-deps --only-binary=:all: --platform manylinux1_x86_64 \
+		--dest build/perf_analyzer '$(PERF_ANALYZER_WHEEL)'
+	$(BIN)/python -c "import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); \
+		name = next(n for n in z.namelist() if n.endswith('/bin/perf_analyzer')); \
+		open(sys.argv[2], 'wb').write(z.read(name))" build/perf_analyzer/*.whl $@
+	chmod +x $@
 
 $(ARTIFACTS)/%/manifest.json: $(wildcard cloud/build/families/weights/*.onnx) | bootstrap data
 	$(BIN)/edgecascade models build --family $*

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -340,6 +341,33 @@ def bench_adapt(
     folder = built_family(family).parent
     recipe = Recipe(epochs=epochs)
     console.print_json(data=run_bench(folder, corruption, severity, examples, recipe, report, fps))
+
+
+@bench.command("perf-analyzer")
+def bench_perf_analyzer(
+    report: Annotated[Path, typer.Option(help="JSON report path")] = Path(
+        "reports/bench-perf-analyzer.json"
+    ),
+    concurrency_range: Annotated[
+        str, typer.Option(help="perf_analyzer's --concurrency-range, start:end:step")
+    ] = "1:4:3",
+    measurement_interval: Annotated[
+        int, typer.Option(min=100, help="ms per measurement window")
+    ] = 2000,
+    stability_percentage: Annotated[
+        int, typer.Option(min=1, help="% the last 3 windows may differ")
+    ] = 10,
+    images: Annotated[int, typer.Option(min=1, max=10_000, help="test images sent")] = 100,
+) -> None:
+    """Triton's perf_analyzer, unmodified, on the edge agent, the gateway and Triton, one run."""
+    from edgecascade.edge.tools.bench_perf_analyzer import Window, run_bench
+
+    if not re.fullmatch(r"[1-9][0-9]*(:[1-9][0-9]*(:[1-9][0-9]*)?)?", concurrency_range):
+        raise UserError(
+            f"--concurrency-range {concurrency_range!r}: give start[:end[:step]], e.g. 1:4:3"
+        )
+    window = Window(concurrency_range, measurement_interval, stability_percentage)
+    run_bench(report, window, images)
 
 
 @bench.command("cluster")

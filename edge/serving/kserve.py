@@ -51,6 +51,9 @@ from edgecascade.edge.serving.rpc import RequestError, abort, deadline, metadata
 from edgecascade.router.cascade.cascade import Answers
 
 PLATFORM = "edgecascade"
+# Triton's names for the protocol extensions served (perf_analyzer reads server-side times only
+# from a server that lists "statistics"); binary_tensor_data on HTTP/REST (edge/serving/http.py)
+EXTENSIONS = ("classification", "parameters", "statistics", "logging", "binary_tensor_data")
 OUTPUTS = ("probabilities", "top1", "edge_confidence", "tier")
 DATATYPES = {
     np.dtype(np.float32): "FP32",
@@ -109,7 +112,7 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
         return kpb.ServerMetadataResponse(
             name="edgecascade",
             version=package_version("edgecascade"),
-            extensions=["classification", "parameters"],
+            extensions=list(EXTENSIONS),
         )
 
     async def ModelMetadata(

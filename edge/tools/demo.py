@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -71,10 +71,11 @@ def stream(
             ),
             window,
         )
-        for answer in answers:
-            result.round_trip_ms.append(answer.round_trip_ms)
-            result.responses.append(answer.response)
-            progress.advance(task)
+        with closing(answers):  # interrupted (Ctrl-C): the call and its request thread end
+            for answer in answers:
+                result.round_trip_ms.append(answer.round_trip_ms)
+                result.responses.append(answer.response)
+                progress.advance(task)
     return result
 
 

@@ -64,6 +64,7 @@ def test_interrupted_demo_stops_every_process_it_started(fashion_manifest, tmp_p
     before = {p.pid for p in psutil.process_iter()}
     demo = subprocess.Popen(
         edgecascade_command("demo", "--fps", "50", "--report", str(tmp_path / "r")),
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -74,7 +75,12 @@ def test_interrupted_demo_stops_every_process_it_started(fashion_manifest, tmp_p
     time.sleep(1.0)
     assert len(leftovers(before)) >= 2, "Triton and the edge agent should be running"
     demo.send_signal(sig)
-    demo.communicate(timeout=60)
+    try:
+        demo.communicate(timeout=60)
+    except subprocess.TimeoutExpired:  # where it hangs: faulthandler's dump of every thread
+        demo.send_signal(signal.SIGABRT)
+        output = demo.communicate(timeout=30)[0]
+        pytest.fail(f"the demo did not stop within 60 s of {sig.name}:\n{output[-6000:]}")
     assert demo.returncode != 0 and not (tmp_path / "r").exists()
     deadline = time.monotonic() + 15
     while leftovers(before) and time.monotonic() < deadline:

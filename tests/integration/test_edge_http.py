@@ -99,6 +99,7 @@ def test_health_and_metadata_as_triton_has_them(clients, fashion_manifest: Manif
         assert not client.is_model_ready("no_such_model")
         server = client.get_server_metadata()
         assert {"name", "version", "extensions"} <= server.keys()
+        assert {"statistics", "binary_tensor_data"} <= set(server["extensions"])  # perf_analyzer
         metadata = client.get_model_metadata(model)
         assert metadata["name"] == model and version in metadata["versions"]
         for tensor in metadata["inputs"] + metadata["outputs"]:

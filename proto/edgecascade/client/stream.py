@@ -7,7 +7,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+)
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -45,7 +52,7 @@ def classify_stream(
     items: Iterable[T],
     request: Callable[[T], pb.ClassifyRequest],
     window: int,
-) -> Iterator[Answered[T]]:
+) -> Generator[Answered[T], None, None]:
     """Send `request(item)` for each item, in order, through one ClassifyStream call and yield
     the answers as they come. The next item is taken only once fewer than `window` requests
     await an answer, so a producer behind `items` (a camera buffer, a pacing clock) sees the
