@@ -230,7 +230,12 @@ def demo(
     and writes a PNG beside the report."""
     if scenario not in SCENARIOS:
         raise UserError(f"--scenario {scenario!r}: give one of {', '.join(SCENARIOS)}")
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop children on SIGTERM too
+    # SIGINT and SIGTERM stop the children, also where the demo was started with them ignored
+    # or blocked (a background job of a non-interactive shell; Python keeps what it inherits)
+    stops = {signal.SIGINT, signal.SIGTERM}
+    for stop in stops:
+        signal.signal(stop, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
     suffix = "-drift" if scenario == "drift" else ""
     path = report or Path("reports") / f"demo-{family}{suffix}.json"
     if scenario == "drift":
