@@ -20,7 +20,6 @@ import importlib.util
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
@@ -29,14 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
+from tritonclient.utils import serialize_byte_tensor
 
-from edgecascade.cloud.build import datasets
 from edgecascade.cloud.common.errors import UserError
 from edgecascade.cloud.common.manifest import INPUT_NAME, Manifest
-from edgecascade.cloud.common.preprocessing import prepare
+from edgecascade.cloud.common.preprocessing import decode_image, prepare
 from edgecascade.cloud.triton.repository import write_repository
 from edgecascade.cloud.triton.server import TritonServer
 from edgecascade.edge.tools.families import built_family
@@ -99,20 +99,11 @@ def _input_files(manifest: Manifest, work: Path, images: int) -> dict[str, Path]
     """perf_analyzer's --input-data: the camera's PNG frames for the family's `image` input,
     and the same images preprocessed (uint8 pixels) for the bare cloud model."""
     frames = labelled_frames(manifest.family, images)
-    # perf_analyzer sends "b64" content as it is: a BYTES tensor's serialized form, each
-    # element after its 4-byte little-endian length
+    # perf_analyzer sends "b64" content as it is: a BYTES tensor's serialized form
     encoded = [
-        {
-            INPUT_NAME: {
-                "b64": base64.b64encode(struct.pack("<I", len(f.encoded)) + f.encoded).decode()
-            }
-        }
-        for f in frames
+        {INPUT_NAME: {"b64": base64.b64encode(_serialized(f.encoded)).decode()}} for f in frames
     ]
-    pixels = [
-        prepare(image, manifest.cloud.preprocessing)
-        for image in datasets.fashion("test").images[:images]
-    ]
+    pixels = [prepare(decode_image(f.encoded), manifest.cloud.preprocessing) for f in frames]
     raw = [
         {INPUT_NAME: {"content": p.reshape(-1).tolist(), "shape": list(p.shape)}} for p in pixels
     ]
@@ -120,6 +111,11 @@ def _input_files(manifest: Manifest, work: Path, images: int) -> dict[str, Path]
     files["encoded"].write_text(json.dumps({"data": encoded}))
     files["pixels"].write_text(json.dumps({"data": raw}))
     return files
+
+
+def _serialized(encoded: bytes) -> bytes:
+    serialized: bytes = serialize_byte_tensor(np.array([encoded], dtype=object)).item()
+    return serialized
 
 
 def run_perf_analyzer(
