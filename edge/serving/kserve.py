@@ -1,6 +1,6 @@
 """KServe v2 on the edge agent: Triton's `inference.GRPCInferenceService`, so an unmodified
 `tritonclient.grpc` client calls an edge agent exactly as it calls Triton. The REST face
-(edge/serving/http.py) maps its routes onto this same servicer.
+(cloud/common/kserve_rest.py) maps its routes onto this same servicer.
 
 One model, named after the family (e.g. "fashion"), version = the manifest's. Inputs (send one):
   image   BYTES [N]           encoded JPEG/PNG, one element per image
@@ -52,7 +52,7 @@ from edgecascade.router.cascade.cascade import Answers
 
 PLATFORM = "edgecascade"
 # Triton's names for the protocol extensions served (perf_analyzer reads server-side times only
-# from a server that lists "statistics"); binary_tensor_data on HTTP/REST (edge/serving/http.py)
+# from a server that lists "statistics"); binary_tensor_data on HTTP/REST (cloud/common/kserve_rest)
 EXTENSIONS = ("classification", "parameters", "statistics", "logging", "binary_tensor_data")
 OUTPUTS = ("probabilities", "top1", "edge_confidence", "tier")
 DATATYPES = {

@@ -17,13 +17,13 @@ from grpc_reflection.v1alpha import reflection
 from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
-from edgecascade.cloud.common import tracing
+from edgecascade.cloud.common import asgi, kserve_rest, tracing
 from edgecascade.cloud.common.auth import Authorizer
 from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.cloud.common.paths import family_dir
 from edgecascade.cloud.common.preprocessing import Image, InvalidImage, decode_image, raw_image
 from edgecascade.cloud.common.transport import Transport
-from edgecascade.edge.serving import http, updater
+from edgecascade.edge.serving import updater
 from edgecascade.edge.serving.agent import EdgeAgent
 from edgecascade.edge.serving.kserve import KServeService
 from edgecascade.edge.serving.rpc import (
@@ -194,7 +194,7 @@ def batching_status(agent: EdgeAgent) -> dict[str, Any]:
 
 async def _http_faces(
     settings: EdgeSettings, agent: EdgeAgent, kserve: KServeService, transport: Transport
-) -> list[http.HttpServer]:
+) -> list[asgi.HttpServer]:
     """KServe v2 over REST on http_port (the gRPC port's TLS and caller check) and /metrics
     on metrics_port (plaintext, as Triton's), each when set."""
     faces = []
@@ -202,16 +202,16 @@ async def _http_faces(
         authorizer = next(
             (i for i in transport.server_interceptors if isinstance(i, Authorizer)), None
         )
-        app = http.rest_app(kserve, settings.max_message_bytes, authorizer)
+        app = kserve_rest.rest_app(kserve, settings.max_message_bytes, authorizer)
         faces.append(
-            await http.start(
+            await asgi.start(
                 app, settings.host, settings.http_port, transport.tls, settings.grace_s
             )
         )
     try:
         if settings.metrics_port:
             faces.append(
-                await http.start(agent.metrics.app(), settings.host, settings.metrics_port)
+                await asgi.start(agent.metrics.app(), settings.host, settings.metrics_port)
             )
     except BaseException:
         await asyncio.gather(*(face.close() for face in faces))
@@ -247,7 +247,7 @@ async def serve(settings: EdgeSettings, stop: asyncio.Event | None = None) -> No
     address = f"{settings.host}:{settings.port}"
     port = transport.listen(server, address)
     await server.start()
-    faces: list[http.HttpServer] = []  # the HTTP servers
+    faces: list[asgi.HttpServer] = []  # the HTTP servers
     following = None
     try:
         faces.extend(await _http_faces(settings, agent, kserve, transport))

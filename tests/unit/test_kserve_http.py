@@ -16,7 +16,7 @@ from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.utils import serialize_byte_tensor
 
 from edgecascade.cloud.common.errors import InvalidInput
-from edgecascade.edge.serving.http import (
+from edgecascade.cloud.common.kserve_rest import (
     HEADER_LENGTH,
     BodyTooLarge,
     as_json,

@@ -1,30 +1,25 @@
-"""KServe v2 over HTTP/REST on the edge agent: Triton's HTTP routes, JSON tensors and the binary
-tensor extension (Inference-Header-Content-Length), so an unmodified `tritonclient.http` calls an
-agent as it calls Triton's port 8000.
+"""KServe v2 over HTTP/REST: Triton's HTTP routes, JSON tensors and the binary tensor extension
+(Inference-Header-Content-Length), over any servicer of KServe v2 gRPC methods, so that an
+unmodified `tritonclient.http` calls the edge agent, or the router gateway, as it calls Triton's
+port 8000.
 
 Each route reads its request into the KServe protobuf message, calls the same method of the
-gRPC servicer (edge/serving/kserve.py) and writes the protobuf answer as Triton's JSON: one
-implementation under both faces. A caller file applies here too (a bearer token or a mutual-TLS
-client certificate; the method's scope as on gRPC). The app runs on uvicorn in the agent's own
-event loop (`start`).
+servicer (the agent's own, edge/serving/kserve.py; the gateway's, which forwards it over gRPC)
+and writes the protobuf answer as Triton's JSON: one mapping under every face. A caller file
+applies here too (a bearer token or a mutual-TLS client certificate; the method's scope as on
+gRPC). `cloud.common.asgi` serves the app.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import socket
-import ssl
 import zlib
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 import grpc
 import numpy as np
-import uvicorn
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
@@ -35,20 +30,16 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp
 from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.utils import deserialize_bytes_tensor, triton_to_np_dtype
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from edgecascade.cloud.common.asgi import COMMON_NAME
 from edgecascade.cloud.common.auth import Authorizer, Denied
 from edgecascade.cloud.common.errors import InternalFailure, InvalidInput, RequestError
-from edgecascade.cloud.common.transport import PortInUse, Tls
-from edgecascade.edge.serving.kserve import KServeService
 
 log = logging.getLogger(__name__)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-COMMON_NAME = "x509_common_name"  # the request state's key of a client certificate's name
 SERVICE = "/inference.GRPCInferenceService/"
 # gRPC status -> HTTP status (google.rpc.Code's HTTP mapping)
 HTTP_STATUS = {
@@ -140,6 +131,41 @@ class RestContext:
 
     async def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
         raise Aborted(code, details)
+
+
+class KServeServicer(Protocol):
+    """The KServe v2 gRPC methods the routes call; `context` is a RestContext."""
+
+    async def ServerLive(
+        self, request: kpb.ServerLiveRequest, context: Any
+    ) -> kpb.ServerLiveResponse: ...
+    async def ServerReady(
+        self, request: kpb.ServerReadyRequest, context: Any
+    ) -> kpb.ServerReadyResponse: ...
+    async def ModelReady(
+        self, request: kpb.ModelReadyRequest, context: Any
+    ) -> kpb.ModelReadyResponse: ...
+    async def ServerMetadata(
+        self, request: kpb.ServerMetadataRequest, context: Any
+    ) -> kpb.ServerMetadataResponse: ...
+    async def ModelMetadata(
+        self, request: kpb.ModelMetadataRequest, context: Any
+    ) -> kpb.ModelMetadataResponse: ...
+    async def ModelConfig(
+        self, request: kpb.ModelConfigRequest, context: Any
+    ) -> kpb.ModelConfigResponse: ...
+    async def ModelStatistics(
+        self, request: kpb.ModelStatisticsRequest, context: Any
+    ) -> kpb.ModelStatisticsResponse: ...
+    async def RepositoryIndex(
+        self, request: kpb.RepositoryIndexRequest, context: Any
+    ) -> kpb.RepositoryIndexResponse: ...
+    async def LogSettings(
+        self, request: kpb.LogSettingsRequest, context: Any
+    ) -> kpb.LogSettingsResponse: ...
+    async def ModelInfer(
+        self, request: kpb.ModelInferRequest, context: Any
+    ) -> kpb.ModelInferResponse: ...
 
 
 def as_json(message: Message) -> Any:
@@ -322,7 +348,7 @@ def _credentials(request: Request) -> tuple[list[tuple[str, str]], dict[str, lis
 
 
 def rest_app(
-    service: KServeService, max_body_bytes: int, authorizer: Authorizer | None = None
+    service: KServeServicer, max_body_bytes: int, authorizer: Authorizer | None = None
 ) -> Starlette:
     """Triton's KServe v2 HTTP routes over `service`, each checked by `authorizer` (when
     given) with the scope of its gRPC method; bodies up to `max_body_bytes`, compressed with
@@ -463,135 +489,3 @@ def rest_app(
         middleware=[Middleware(GZipMiddleware)],
         exception_handlers={HTTPException: no_route},
     )
-
-
-class _PeerCertificate(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol that puts the common name of a verified client certificate
-    into every request's `state` (scope["state"] is a copy of app_state per request)."""
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        ssl_object = transport.get_extra_info("ssl_object")
-        certificate = ssl_object.getpeercert() if ssl_object is not None else None
-        names = [
-            value
-            for entry in (certificate or {}).get("subject", ())
-            for key, value in entry
-            if key == "commonName"
-        ]
-        if names:
-            self.app_state = {**self.app_state, COMMON_NAME: names[0]}
-
-
-class _Certificates:
-    """The TLS context of a REST port from `tls` (mutual TLS when it requires client
-    certificates), made anew for the next handshake once its files changed, as the gRPC
-    port's are (transport.Tls): renewed certificates need no restart. A change that does not
-    load keeps the current context, logged once."""
-
-    def __init__(self, tls: Tls):
-        self._tls = tls
-        self._stamp = self._stamps()
-        self._failed: object = None
-        self.current = self._context()
-
-    def _stamps(self) -> tuple[tuple[int, int, int], ...]:
-        stats = [path.stat() for path in self._tls.files()]
-        return tuple((s.st_mtime_ns, s.st_size, s.st_ino) for s in stats)
-
-    def _context(self) -> ssl.SSLContext:
-        tls = self._tls
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(str(tls.cert), str(tls.key))
-        if tls.ca is not None:
-            context.load_verify_locations(str(tls.ca))
-        context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_NONE
-        context.sni_callback = self._handshake  # called for every handshake, SNI or not
-        return context
-
-    def _handshake(self, connection: ssl.SSLObject, name: str | None, _: ssl.SSLContext) -> None:
-        try:
-            stamp = self._stamps()
-        except OSError:
-            stamp = self._stamp  # a file is being replaced: keep the current context
-        if stamp != self._stamp and stamp != self._failed:
-            try:
-                self.current, self._stamp = self._context(), stamp
-                log.info("TLS certificate %s reloaded (REST)", self._tls.cert)
-            except (OSError, ssl.SSLError) as e:
-                log.warning("keeping the current TLS certificate (REST): %s", e)
-                self._failed = stamp
-        if connection.context is not self.current:
-            connection.context = self.current
-
-
-class _Server(uvicorn.Server):
-    @contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield  # the agent handles SIGINT and SIGTERM itself (cloud.common.serving)
-
-
-@dataclass
-class HttpServer:
-    """An ASGI app served by uvicorn in the running event loop; `close` stops it."""
-
-    server: _Server
-    task: asyncio.Task[None]
-    port: int
-
-    async def close(self) -> None:
-        self.server.should_exit = True
-        await self.task
-
-
-def _listening(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on host:port. Its protocol is named (IPPROTO_TCP), as asyncio
-    needs to set TCP_NODELAY on the connections it accepts: without it a response written in
-    two parts (head, then body) waits for the client's delayed ACK, 40 ms."""
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-    )[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # not SO_REUSEPORT
-        sock.bind(address)
-        sock.listen()
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-async def start(
-    app: ASGIApp, host: str, port: int, tls: Tls | None = None, grace_s: float | None = None
-) -> HttpServer:
-    """Serve `app` on host:port (0: a free port), over `tls` when given (mutual TLS when it
-    requires client certificates); PortInUse when the port is taken. Closed, it gives the
-    requests in flight `grace_s` seconds (None: as long as they take)."""
-    certificates = None
-    if tls is not None:
-        tls.server_credentials()  # every file read and checked, as on the gRPC port
-        certificates = _Certificates(tls)
-    try:
-        sock = _listening(host.strip("[]"), port)
-    except OSError as e:
-        raise PortInUse(f"cannot listen on {host}:{port}: {e.strerror}") from e
-    config = uvicorn.Config(
-        app,
-        http=_PeerCertificate,
-        lifespan="off",
-        access_log=False,
-        log_level="warning",
-        timeout_graceful_shutdown=None if grace_s is None else max(1, round(grace_s)),
-    )
-    config.load()
-    if certificates is not None:
-        config.ssl = certificates.current  # the first context; each handshake picks the newest
-    server = _Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            task.result()  # raises what stopped it
-            raise RuntimeError(f"the HTTP server on {host}:{port} stopped at start")
-        await asyncio.sleep(0.01)
-    return HttpServer(server, task, sock.getsockname()[1])
