@@ -4,7 +4,8 @@ Edges call it exactly as they would call Triton. HAProxy carries the requests (`
 per-request balancing over HTTP/2, retry on another endpoint when one is gone); this process runs
 it, answers its health agent with each endpoint's Triton readiness, answers gRPC health itself
 (SERVING while at least one Triton is ready), follows the endpoints that join and leave
-(`discovery.py`), and serves ModelSync when it has a registry.
+(`discovery.py`), serves ModelSync when it has a registry, KServe v2 over HTTP/REST
+(`rest.py`) and /metrics (`metrics.py`) when given their ports.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from edgecascade.cloud.common import asgi, kserve_rest
 from edgecascade.cloud.common.auth import AuthError, Authorizer, Callers
 from edgecascade.cloud.common.errors import UserError
 from edgecascade.cloud.common.ports import free_port, port_is_free
@@ -51,12 +53,15 @@ from edgecascade.router.gateway.haproxy import (
     GatewayConfig,
     HAProxy,
 )
+from edgecascade.router.gateway.metrics import metrics_app
+from edgecascade.router.gateway.rest import Forwarder
 from edgecascade.router.gateway.runtime import RuntimeApi
 from edgecascade.router.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 
 AGENT_TIMEOUT_S = 0.8  # within HAProxy's check timeout (CHECK_TIMEOUT_S)
+REST_MAX_BODY_BYTES = 64 << 20  # the largest REST request body (413 past it)
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
@@ -149,9 +154,10 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event | None = None) ->
     """Run the gateway until `stop` is set (or forever, or until HAProxy exits); in-flight
     calls get `grace_s`. With a `registry`, edges can also sync their models here (ModelSync);
     with a `metrics_port`, Prometheus scrapes http://host:metrics_port/metrics; with an
-    upstreams file or a DNS name to discover, endpoints join and leave while it runs."""
+    upstreams file or a DNS name to discover, endpoints join and leave while it runs; with an
+    `http_port`, it serves KServe v2 over HTTP/REST there."""
     host, port, urls = settings.host, settings.port, settings.upstream
-    for taken in (port, settings.health_port):
+    for taken in (port, settings.health_port, settings.http_port, settings.metrics_port):
         if taken and not port_is_free(taken, host):
             raise PortInUse(f"cannot listen on {host}:{taken}: the port is in use")
     try:  # every file is read and checked before anything starts
@@ -208,16 +214,18 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event | None = None) ->
             agent_port=agent_server.sockets[0].getsockname()[1],
             check_interval_s=settings.probe_interval_s,
             model_sync=own_url if settings.registry is not None else None,
-            metrics=f"{host}:{settings.metrics_port}" if settings.metrics_port else None,
+            metrics=f"unix@{folder / 'exporter.sock'}" if settings.metrics_port else None,
             grace_s=settings.grace_s,
             tls=_frontend_config(frontend, folder),
             upstream_tls=_backend_config(upstream, folder),
             callers=CallerMaps.write(callers, folder) if callers else None,
             admin_key=admin_key,
             health=own_url,
-            admin_socket=folder / "admin.sock" if sources else None,
+            admin_socket=folder / "admin.sock" if sources or settings.metrics_port else None,
             access_log=settings.access_log,
             log_format=settings.log_format,
+            rest_socket=folder / "rest.sock" if settings.http_port else None,
+            count_codes=bool(settings.metrics_port),
         )
         if callers and config.tls is None:
             log.warning("callers are checked but edges call in plaintext: tokens can be read")
@@ -225,10 +233,26 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event | None = None) ->
         config_path.touch(mode=0o600)
         config_path.write_text(config.render())
         haproxy = HAProxy(config_path, config.listen)
+        faces: list[asgi.HttpServer] = []
+        forwarder = None
         try:
+            # The HTTP faces listen before HAProxy does: a gateway that answers gRPC has them.
+            if config.metrics is not None and config.admin_socket is not None:
+                app = metrics_app(RuntimeApi(config.admin_socket), folder / "exporter.sock")
+                faces.append(await asgi.start(app, host, settings.metrics_port))
+            if config.rest_socket is not None:
+                forwarder = Forwarder(config.rest_socket)
+                rest = kserve_rest.rest_app(
+                    forwarder, REST_MAX_BODY_BYTES, Authorizer(callers) if callers else None
+                )
+                faces.append(
+                    await asgi.start(rest, host, settings.http_port, frontend, settings.grace_s)
+                )
+                log.info("KServe v2 HTTP/REST on %s:%d", host, faces[-1].port)
             await haproxy.start()
             log.info("router gateway on %s -> %s", config.listen, ", ".join(urls) or "discovered")
-            if config.admin_socket is not None:
+            if sources:
+                assert config.admin_socket is not None
                 membership = Membership(
                     RuntimeApi(config.admin_socket),
                     lambda backend, name, address: config.servers(backend, name, address, False),
@@ -248,6 +272,9 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event | None = None) ->
         finally:
             if following is not None:
                 following.cancel()
+            await asyncio.gather(*(face.close() for face in faces))
+            if forwarder is not None:
+                await forwarder.close()
             await haproxy.stop(settings.grace_s)
             agent_server.close()
             await own_server.stop(grace=settings.grace_s)

@@ -7,12 +7,15 @@ agent, which answers for each endpoint whether Triton says it is ready; while no
 A unary call is buffered (up to `BUFFER_BYTES`) so that one whose endpoint refuses the
 connection or dies before answering is retried on another. ModelStreamInfer streams go through
 unbuffered, without retry; the ModelSync service, when served, goes to the gateway's own gRPC
-server. HAProxy's Prometheus exporter serves the per-endpoint counters, health and timings.
+server. HAProxy's Prometheus exporter serves the per-endpoint counters, health and timings;
+with `count_codes`, every answer is also counted by method and gRPC status in a stick table
+(`GRPC_CODES`), which `metrics.py` reads.
 
 Only an allow-list of methods goes through (`ALLOWED_METHODS`): inference, metadata, readiness
 and liveness, statistics, gRPC health and ModelSync. Without a caller file, anything else,
 Triton's model-repository (load, unload, index), shared-memory, trace and log methods included,
-is answered by HAProxy itself with gRPC status PERMISSION_DENIED.
+is answered by HAProxy itself with gRPC status PERMISSION_DENIED. Each refusal rule only marks
+the request (the first one wins); one rule then answers it, counted like any other answer.
 
 With a caller file (`CallerMaps`), HAProxy itself authorizes every KServe call against maps
 generated from it, so that inference costs no Python on the way: the sha256 of the bearer token
@@ -21,7 +24,9 @@ scopes, and each method needs the scope `auth.METHOD_SCOPES` gives it (UNAUTHENT
 PERMISSION_DENIED otherwise, as `auth.Authorizer` answers). Model control and shared memory are
 then let through for `admin` callers only, with Triton's restricted-protocol key added on the
 way (`admin_key`; the header is stripped from every other request). gRPC health stays open;
-ModelSync calls go on to the gateway's own server, whose `auth.Authorizer` checks them.
+ModelSync calls go on to the gateway's own server, whose `auth.Authorizer` checks them. Calls
+that come in on `rest_socket` (a unix socket in the gateway's 0700 folder) are the gateway's
+REST face's, which has checked the caller the same way: they skip this check, not the allow-list.
 
 With `access_log`, HAProxy writes one line per request to its stdout (the gateway's), in the
 gateway's log format (HAProxy's HTTP log format, or a JSON object with logger "haproxy"), with
@@ -68,6 +73,12 @@ ALLOWED_METHODS = (
 )
 # With a caller file, the KServe methods that `admin` callers may also use.
 KSERVE_ADMIN = tuple(KSERVE + m for m in service_methods(KSERVE, "admin"))
+# The methods answers are counted under by name, allowed or not; any other path is OTHER_METHOD.
+KNOWN_METHODS = (
+    *ALLOWED_METHODS,
+    *KSERVE_ADMIN,
+    *(MODEL_SYNC + m for m in MODEL_SYNC_METHODS),
+)
 GRPC_PERMISSION_DENIED = 7
 GRPC_UNAUTHENTICATED = 16
 DENIED_MESSAGE = "is not allowed through the gateway (model control goes to Triton directly)"
@@ -84,6 +95,14 @@ _DEFAULT_SERVER = (
     "    default-server init-addr last,libc,none resolvers system resolve-opts allow-dup-ip"
 )
 TRITON, STREAMS = "triton", "triton_streams"  # the backends of unary calls and of streams
+REST_BIND = "rest"  # the bind of the gateway's REST face, whose calls it has checked itself
+# Answers counted by "method|grpc-status header|HTTP status" (at most a few hundred keys: methods
+# outside the allow-list count as OTHER_METHOD); `router.gateway.metrics` reads it.
+GRPC_CODES = "grpc_codes"
+GRPC_CODES_TABLE = "type string len 128 size 4k store gpc0"
+OTHER_METHOD = "other"
+CODE, MESSAGE = "txn.grpc_code", "txn.grpc_message"  # of a refusal, when one is made
+METHOD, KEY = "txn.grpc_method", "txn.grpc_key"
 # How often a unary call is retried on another endpoint when its own fails (connect, or dies
 # before answering): more than the endpoints leaving at once.
 RETRIES = 3
@@ -157,16 +176,18 @@ class GatewayConfig:
     agent_port: int
     check_interval_s: float = 0.5
     model_sync: str | None = None  # host:port of the gateway's ModelSync server
-    metrics: str | None = None  # host:port for HAProxy's Prometheus exporter (GET /metrics)
+    metrics: str | None = None  # bind address of HAProxy's Prometheus exporter (GET /metrics)
     grace_s: float = 5.0
     tls: FrontendTls | None = None
     upstream_tls: BackendTls | None = None
     callers: CallerMaps | None = None
     admin_key: str | None = None  # Triton's restricted-protocol key, for admin callers
     health: str | None = None  # host:port of the gateway's own gRPC health server
-    admin_socket: Path | None = None  # HAProxy's runtime API, for endpoints added later
+    admin_socket: Path | None = None  # HAProxy's runtime API: endpoints added later, counts
     access_log: bool = False  # one line per request on stdout, with its trace id
     log_format: str = "default"  # of the access log: "default" (HAProxy's) or "json"
+    rest_socket: Path | None = None  # where the gateway's REST face sends its checked calls
+    count_codes: bool = False  # count answers by method and gRPC status (`GRPC_CODES` table)
 
     @staticmethod
     def server_name(index: int) -> str:
@@ -217,8 +238,12 @@ class GatewayConfig:
         deny = [
             f"    http-request del-header {ADMIN_KEY_HEADER}",  # only the gateway adds it
             f"    acl allowed_method path {' '.join(allowed)}",
-            _grpc_answer(GRPC_PERMISSION_DENIED, f"%[path] {message}", "!allowed_method"),
+            f"    acl refused var({CODE}) -m found",
+            *self._method_label(),
+            *_refuse(GRPC_PERMISSION_DENIED, f"%[path] {message}", "!allowed_method"),
             *self._authorization(),
+            *self._answer_refused(),
+            *self._admin_key(),
         ]
         admin = f"    stats socket {self.admin_socket} mode 600 level admin"
         lines = [
@@ -237,9 +262,12 @@ class GatewayConfig:
             "    timeout server 1h",
             "frontend kserve",
             f"    bind {self.listen} proto h2{self.tls.bind_options() if self.tls else ''}",
+            *[f"    bind unix@{self.rest_socket} mode 600 name {REST_BIND} proto h2"]
+            * bool(self.rest_socket),
             *(access_log(self.log_format) if self.access_log else []),
             *deny,
             *routes,
+            *self._count_responses(),
             f"    use_backend {STREAMS} if {{ path {KSERVE}ModelStreamInfer }}",
             f"    default_backend {TRITON}",
             # Endpoint names resolve at run time too (k8s pods come and go), without resolv.conf's
@@ -277,25 +305,70 @@ class GatewayConfig:
             ]
         if self.health:
             lines += ["backend health", f"    server health {self.health} proto h2"]
+        if self.count_codes:
+            lines += [f"backend {GRPC_CODES}", f"    stick-table {GRPC_CODES_TABLE}"]
         return "\n".join(lines) + "\n"
+
+    def _method_label(self) -> list[str]:
+        """The method each answer is counted under: its path when it is one of KNOWN_METHODS,
+        else OTHER_METHOD (so that a scan of paths cannot grow the table)."""
+        if not self.count_codes:
+            return []
+        return [
+            f"    acl known_method path {' '.join(KNOWN_METHODS)}",
+            f"    http-request set-var({METHOD}) path if known_method",
+            f"    http-request set-var({METHOD}) str({OTHER_METHOD}) unless known_method",
+        ]
+
+    def _count(self, key: str, phase: str, condition: str = "") -> list[str]:
+        """`phase`'s rules that count one answer under `key` (a log-format) in GRPC_CODES."""
+        if not self.count_codes:
+            return []
+        when = f" if {condition}" if condition else ""
+        return [
+            f'    {phase} set-var-fmt({KEY}) "{key}"{when}',
+            f"    {phase} track-sc0 var({KEY}) table {GRPC_CODES}{when}",
+            f"    {phase} sc-inc-gpc0(0){when}",
+        ]
+
+    def _count_responses(self) -> list[str]:
+        """Count every answer that came from a server (Triton, the gateway's own): a gRPC
+        error is a trailers-only answer, its status in the headers; without one, the status
+        came in the trailers after the answer (OK for a unary call that has a message)."""
+        return self._count(f"%[var({METHOD})]|%[res.hdr(grpc-status)]|%[status]", "http-response")
+
+    def _answer_refused(self) -> list[str]:
+        """The one rule that answers a refused request (the first refusal's status), counted."""
+        return [
+            *self._count(f"%[var({METHOD})]|%[var({CODE})]|200", "http-request", "refused"),
+            "    http-request return status 200 content-type application/grpc "
+            f'hdr grpc-status "%[var({CODE})]" hdr grpc-message "%[var({MESSAGE})]" if refused',
+        ]
+
+    def _admin_key(self) -> list[str]:
+        """Triton's restricted-protocol key on admin callers' admin calls (only they get this
+        far with an admin method)."""
+        if self.admin_key is None:
+            return []
+        return [f"    http-request set-header {ADMIN_KEY_HEADER} {self.admin_key} if needs_admin"]
 
     def _authorization(self) -> list[str]:
         """The frontend's rules that identify the caller and check its scope (see the module
         docstring); none without a caller file."""
         if self.callers is None:
             return []
-        checked = "!open_method"
+        checked = f"!open_method !{{ so_name {REST_BIND} }}"  # REST: checked by its face
         token = "req.fhdr(authorization),regsub(^[Bb]earer\\ ,),digest(sha256),hex,lower"
         rules = [
             f"    acl open_method path_beg {HEALTH} {MODEL_SYNC}",  # ModelSync: its Authorizer
             "    acl has_token req.hdr_cnt(authorization) gt 0",
             f"    acl bearer req.fhdr(authorization) -m reg ^[Bb]earer\\ {TOKEN.pattern}$",
-            _grpc_answer(
+            *_refuse(
                 GRPC_UNAUTHENTICATED,
                 "send one authorization entry, not two",
                 f"{checked} {{ req.hdr_cnt(authorization) gt 1 }}",
             ),
-            _grpc_answer(
+            *_refuse(
                 GRPC_UNAUTHENTICATED,
                 f"the authorization metadata is not Bearer <token>: {HOW_TO_AUTHENTICATE}",
                 f"{checked} has_token !bearer",
@@ -310,13 +383,13 @@ class GatewayConfig:
             )
         unknown = f"{checked} !{{ var(txn.scopes) -m found }}"
         rules += [
-            _grpc_answer(
+            *_refuse(
                 GRPC_UNAUTHENTICATED,
                 "the bearer token is not known to this gateway (revoked, mistyped or made for "
                 f"another deployment): {HOW_TO_AUTHENTICATE}",
                 f"{unknown} has_token",
             ),
-            _grpc_answer(
+            *_refuse(
                 GRPC_UNAUTHENTICATED,
                 "no credentials, or a client certificate that is not a caller of this gateway: "
                 + HOW_TO_AUTHENTICATE,
@@ -329,17 +402,13 @@ class GatewayConfig:
                 continue
             rules += [
                 f"    acl needs_{scope} path {' '.join(methods)}",
-                _grpc_answer(
+                *_refuse(
                     GRPC_PERMISSION_DENIED,
                     f"%[path] needs scope '{scope}': use a token with '{scope}' or add the "
                     "scope to this caller",
-                    f"needs_{scope} !{{ var(txn.scopes) -m sub ,{scope}, }}",
+                    f"{checked} needs_{scope} !{{ var(txn.scopes) -m sub ,{scope}, }}",
                 ),
             ]
-        if self.admin_key is not None:  # reached only by admin callers of admin methods
-            rules.append(
-                f"    http-request set-header {ADMIN_KEY_HEADER} {self.admin_key} if needs_admin"
-            )
         return rules
 
 
@@ -371,13 +440,15 @@ def access_log(log_format: str) -> list[str]:
     ]
 
 
-def _grpc_answer(status: int, message: str, condition: str) -> str:
-    """HAProxy answering a request itself with gRPC `status` when `condition` holds: a gRPC
-    "trailers-only" answer, HTTP 200 whose headers carry the status."""
-    return (
-        "    http-request return status 200 content-type application/grpc "
-        f'hdr grpc-status {status} hdr grpc-message "{message}" if {condition}'
-    )
+def _refuse(status: int, message: str, condition: str) -> list[str]:
+    """Rules that mark a request refused with gRPC `status` and `message` (a log-format) when
+    `condition` holds and no earlier rule refused it; `_answer_refused` then answers it with a
+    gRPC "trailers-only" answer, HTTP 200 whose headers carry the status."""
+    first = f"{condition} !refused"
+    return [
+        f'    http-request set-var-fmt({MESSAGE}) "{message}" if {first}',
+        f"    http-request set-var({CODE}) int({status}) if {first}",
+    ]
 
 
 def haproxy_binary() -> str:

@@ -46,6 +46,13 @@ class GatewaySettings(BaseSettings):
     )
     host: str = Field("127.0.0.1", min_length=1, description="address to listen on")
     port: int = Field(8001, ge=0, le=65535, description="KServe v2 gRPC port; 0: a free one")
+    http_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="also serve KServe v2 over HTTP/REST on this port (Triton's 8000), with the "
+        "gRPC port's TLS and callers, each call forwarded as gRPC; 0: off",
+    )
     probe_interval_s: float = Field(
         0.5, gt=0, description="seconds between health checks of each endpoint"
     )
@@ -66,7 +73,11 @@ class GatewaySettings(BaseSettings):
         "port, for probes that cannot speak TLS (kubelet); 0: off",
     )
     metrics_port: int = Field(
-        0, ge=0, le=65535, description="serve Prometheus metrics (HAProxy's) on this port; 0: off"
+        0,
+        ge=0,
+        le=65535,
+        description="serve Prometheus /metrics on this port (HAProxy's, and calls by gRPC method "
+        "and status); 0: off",
     )
     grace_s: int = Field(  # whole seconds: HAProxy's hard-stop-after is rendered in seconds
         5, ge=0, description="seconds in-flight calls get on shutdown"

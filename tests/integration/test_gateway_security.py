@@ -1,8 +1,9 @@
 """The gateway secured end to end, on the real HAProxy and Triton: mutual TLS from edges (TLS
 terminated by HAProxy), re-encrypted mutual TLS to a Triton whose model control is restricted to
 a key, and callers from a caller file: model control only for `admin` callers, inference only
-with `infer`, ModelSync only with `sync`. The two critical holes of issue 11 (anonymous model
-load with a model.py, and unload, through the gateway) are refused here."""
+with `infer`, ModelSync only with `sync`, on gRPC and on the KServe v2 REST face alike. The two
+critical holes of issue 11 (anonymous model load with a model.py, and unload, through the
+gateway) are refused here."""
 
 import subprocess
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from typer.testing import CliRunner
 
@@ -19,6 +21,7 @@ from edgecascade.cloud.common.auth import Callers
 from edgecascade.cloud.common.launcher import edgecascade_command, wait_until
 from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.cloud.common.paths import family_dir
+from edgecascade.cloud.common.ports import free_port
 from edgecascade.cloud.common.transport import Tls, Transport
 from edgecascade.cloud.registry.store import Registry
 from edgecascade.cloud.triton.repository import write_model
@@ -128,6 +131,7 @@ def gateway(
         [triton.grpc_url],
         folder / "gateway.log",
         registry=registry.root,
+        http_port=free_port(),
         options=secured.gateway_options(),
         client=secured.client("watcher"),
     ) as process:
@@ -221,6 +225,42 @@ def test_each_bad_caller_gets_its_own_answer(
         serving = health_pb2.HealthCheckResponse.SERVING
         request = health_pb2.HealthCheckRequest()
         assert wait_until(lambda: health.Check(request, timeout=5).status == serving, 5)
+
+
+def test_the_rest_face_checks_callers_as_grpc_does(
+    secured: Secured, gateway: GatewayProcess, fashion_manifest: Manifest
+) -> None:
+    name = fashion_manifest.cloud.name
+    url = f"127.0.0.1:{gateway.http_port}"
+    tensor = httpclient.InferInput("image", [1, *fashion_manifest.cloud.input_shape], "UINT8")
+    tensor.set_data_from_numpy(images(fashion_manifest, 1))
+    for caller, cert in (("edge", "nobody"), (None, "camera")):  # a token, a certificate
+        transport = secured.client(caller, cert)
+        client = transport.triton_http(url)
+        logits = client.infer(name, [tensor], headers=transport.headers).as_numpy("logits")
+        assert logits.shape == (1, len(fashion_manifest.labels))
+        client.close()
+    for caller, cert, status, words, call in (
+        (None, "nobody", "401", "not a caller", "infer"),
+        ("watcher", "nobody", "403", "needs scope 'infer'", "infer"),
+        ("edge", "camera", "403", "needs scope 'admin'", "index"),
+    ):
+        transport = secured.client(caller, cert)
+        client = transport.triton_http(url)
+        with pytest.raises(httpclient.InferenceServerException) as caught:
+            if call == "infer":
+                client.infer(name, [tensor], headers=transport.headers)
+            else:
+                client.get_model_repository_index(headers=transport.headers)
+        assert caught.value.status() == status and words in str(caught.value), caught.value
+        client.close()
+    admin = secured.client("operator")
+    client = admin.triton_http(url)
+    index = client.get_model_repository_index(headers=admin.headers)  # Triton's key added
+    client.close()
+    assert {m["name"] for m in index if m.get("state") == "READY"} == {name}
+    with pytest.raises(Exception):  # noqa: B017  # the REST port has the gRPC port's mutual TLS
+        Transport(tls=secured.tls(None)).triton_http(url).is_server_live()
 
 
 @pytest.mark.parametrize("who", ["no certificate", "another CA", "plaintext"])

@@ -1,6 +1,6 @@
 """Every metric and label the fleet dashboard (deploy/grafana/edgecascade-fleet.json) queries is
 in a real scrape: a real agent's /metrics (it escalated and audited against the real Triton) for
-the agent's queries, a real gateway's HAProxy /metrics for the gateway's."""
+the agent's queries, a real gateway's /metrics (HAProxy's, and its gRPC codes) for the gateway's."""
 
 import time
 import urllib.request
@@ -52,3 +52,4 @@ def test_the_gateway_queries_read_a_real_gateway_scrape(
         series = exposed(scrape(f"http://127.0.0.1:{port}/metrics"))
     assert unknown(dashboard(), series, gateway=True) == []
     assert "haproxy_backend_active_servers" in series
+    assert "grpc_server_handled_total" in series  # its own ready check counted

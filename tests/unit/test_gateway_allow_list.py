@@ -52,14 +52,17 @@ def test_only_inference_metadata_health_and_statistics_reach_triton(tmp_path) ->
 
 
 def test_everything_else_gets_a_grpc_permission_denied(tmp_path) -> None:
-    text = render(tmp_path)
-    (rule,) = [line for line in text.splitlines() if "http-request return" in line]
-    assert "status 200 content-type application/grpc" in rule  # trailers-only gRPC answer
-    assert "hdr grpc-status 7 " in rule and "not allowed through the gateway" in rule
-    assert rule.endswith("if !allowed_method")
-    lines = text.splitlines()
+    lines = render(tmp_path).splitlines()
+    (message,) = [i for i, line in enumerate(lines) if "not allowed through the gateway" in line]
+    (mark,) = [i for i, line in enumerate(lines) if "int(7)" in line]
+    (answer,) = [i for i, line in enumerate(lines) if "http-request return" in line]
+    assert lines[message].endswith("if !allowed_method !refused")  # the first refusal wins
+    assert lines[mark].endswith("if !allowed_method !refused")
+    assert "status 200 content-type application/grpc" in lines[answer]  # trailers-only gRPC
+    assert 'hdr grpc-status "%[var(txn.grpc_code)]"' in lines[answer]
+    assert lines[answer].endswith("if refused")
     frontend = lines.index("frontend kserve")
-    assert lines.index(rule) < lines.index("    default_backend triton", frontend)
+    assert message < mark < answer < lines.index("    default_backend triton", frontend)
 
 
 def test_model_sync_methods_are_allowed_when_served(tmp_path) -> None:
@@ -83,9 +86,15 @@ def test_with_callers_every_kserve_method_needs_its_scope(tmp_path) -> None:
         needed = {m.removeprefix(KSERVE) for m in acl.split()[3:]}
         assert needed == set(service_methods(KSERVE, scope))
     (grant,) = [i for i, line in enumerate(lines) if "set-header" in line]
-    (check,) = [i for i, line in enumerate(lines) if "!{ var(txn.scopes) -m sub ,admin, }" in line]
+    (check,) = [
+        i
+        for i, line in enumerate(lines)
+        if "!{ var(txn.scopes) -m sub ,admin, }" in line and "set-var(txn.grpc_code)" in line
+    ]
+    (answer,) = [i for i, line in enumerate(lines) if "http-request return" in line]
     strip = lines.index(f"    http-request del-header {ADMIN_KEY_HEADER}")
-    assert strip < check < grant  # the key is added only once the caller is known as admin
+    # the key is added only once the caller is known as admin, and refusals are answered
+    assert strip < check < answer < grant
     assert lines[grant].endswith(f"{ADMIN_KEY_HEADER} s3cret if needs_admin")
 
 

@@ -1,6 +1,6 @@
 """deploy/grafana/edgecascade-fleet.json is a Grafana dashboard whose queries read what the agent
 really exports: every metric and label of every PromQL expression is in the exposition of the
-agent's own Metrics registry (haproxy_* are the gateway's: tests/integration/
+agent's own Metrics registry (haproxy_* and grpc_server_* are the gateway's: tests/integration/
 test_grafana_dashboard_scrapes.py checks them, and these again, on real scrapes)."""
 
 import json
@@ -20,7 +20,7 @@ from tests.unit.test_cascade_routing import manifest
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "edgecascade-fleet.json"
 TARGET_LABELS = {"instance", "job"}  # added by Prometheus to every series it scrapes
-GATEWAY_PREFIX = "haproxy_"
+GATEWAY_PREFIXES = ("haproxy_", "grpc_server_")
 GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
 SELECTOR = re.compile(r"([A-Za-z_:][A-Za-z0-9_:]*)\s*(\{[^}]*\})?\s*(\()?")
 MATCHER = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)")
@@ -69,7 +69,7 @@ def unknown(board: dict, series: dict[str, set[str]], gateway: bool) -> list[str
     wrong = []
     for expr, legend in queries(board):
         metrics, labels = parsed(expr)
-        if any(m.startswith(GATEWAY_PREFIX) for m in metrics) != gateway:
+        if any(m.startswith(GATEWAY_PREFIXES) for m in metrics) != gateway:
             continue
         wrong += [f"{expr}: no metric {m}" for m in sorted(metrics - series.keys())]
         known = TARGET_LABELS.union(*(series.get(m, set()) for m in metrics))
