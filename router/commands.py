@@ -43,6 +43,7 @@ def serve_command(
     dns_server: Annotated[str | None, _setting("dns_server")] = None,
     host: Annotated[str | None, _setting("host")] = None,
     port: Annotated[int | None, _setting("port")] = None,
+    http_port: Annotated[int | None, _setting("http_port")] = None,
     probe_interval_s: Annotated[
         float | None, _setting("probe_interval_s", "--probe-interval")
     ] = None,
