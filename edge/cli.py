@@ -363,16 +363,24 @@ def bench_perf_analyzer(
         int, typer.Option(min=1, help="% the last 3 windows may differ")
     ] = 10,
     images: Annotated[int, typer.Option(min=1, max=10_000, help="test images sent")] = 100,
+    protocol: Annotated[
+        list[str] | None,
+        typer.Option(help="grpc or http (KServe v2 REST); repeat for both, side by side"),
+    ] = None,
 ) -> None:
     """Triton's perf_analyzer, unmodified, on the edge agent, the gateway and Triton, one run."""
-    from edgecascade.edge.tools.bench_perf_analyzer import Window, run_bench
+    from edgecascade.edge.tools.bench_perf_analyzer import PROTOCOLS, Window, run_bench
+
+    protocols = tuple(dict.fromkeys(protocol or ["grpc"]))
+    if unknown := [p for p in protocols if p not in PROTOCOLS]:
+        raise UserError(f"--protocol {unknown[0]!r}: give {' or '.join(PROTOCOLS)}")
 
     if not re.fullmatch(r"[1-9][0-9]*(:[1-9][0-9]*(:[1-9][0-9]*)?)?", concurrency_range):
         raise UserError(
             f"--concurrency-range {concurrency_range!r}: give start[:end[:step]], e.g. 1:4:3"
         )
     window = Window(concurrency_range, measurement_interval, stability_percentage)
-    run_bench(report, window, images)
+    run_bench(report, window, images, protocols)
 
 
 @bench.command("cluster")

@@ -306,6 +306,20 @@ class Transport:
         options = {name: str(path) for name, path in files.items() if path is not None}
         return httpclient.InferenceServerClient(url, ssl=True, ssl_options=options)
 
+    def triton_http_aio(self, url: str) -> Any:
+        """An asyncio tritonclient.http client (aiohttp) to a KServe v2 REST server, with the
+        same TLS as `triton_http`; create it inside the loop that uses it."""
+        import ssl
+
+        import tritonclient.http.aio as aiohttpclient
+
+        if self.tls is None:
+            return aiohttpclient.InferenceServerClient(url)
+        context = ssl.create_default_context(cafile=str(self.tls.ca) if self.tls.ca else None)
+        if self.tls.cert is not None and self.tls.key is not None:
+            context.load_cert_chain(str(self.tls.cert), str(self.tls.key))
+        return aiohttpclient.InferenceServerClient(url, ssl=True, ssl_context=context)
+
     @property
     def headers(self) -> dict[str, str]:
         """Per-call metadata as tritonclient's `headers`."""

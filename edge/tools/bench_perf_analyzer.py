@@ -1,9 +1,10 @@
 """`edgecascade bench perf-analyzer`: Triton's own load tool, unmodified, on every tier.
 
 perf_analyzer (from tritonclient's manylinux wheel, `make perf-analyzer`) drives KServe v2
-gRPC at a fixed concurrency and reads the server's ModelStatistics before and after each
-window, so it reports the server-side queue and compute times next to the client's latency.
-It is pointed, in one run and with the same camera images, at:
+gRPC, or HTTP/REST (binary tensors), at a fixed concurrency and reads the server's
+ModelStatistics before and after each window, so it reports the server-side queue and compute
+times next to the client's latency. It is pointed, in one run and with the same camera images,
+for each protocol asked (targets over HTTP are named `<target>_http`), at:
 
 - `agent`: the edge agent's `fashion` (escalating what its policy escalates, through the
   gateway);
@@ -36,6 +37,7 @@ from tritonclient.utils import serialize_byte_tensor
 
 from edgecascade.cloud.common.errors import UserError
 from edgecascade.cloud.common.manifest import INPUT_NAME, Manifest
+from edgecascade.cloud.common.ports import free_port
 from edgecascade.cloud.common.preprocessing import decode_image, prepare
 from edgecascade.cloud.triton.repository import write_repository
 from edgecascade.cloud.triton.server import TritonServer
@@ -118,13 +120,24 @@ def _serialized(encoded: bytes) -> bytes:
     return serialized
 
 
+PROTOCOLS = ("grpc", "http")
+
+
 def run_perf_analyzer(
-    url: str, model: str, data: Path, window: Window, csv_path: Path, *, shape: str | None
+    url: str,
+    model: str,
+    data: Path,
+    window: Window,
+    csv_path: Path,
+    *,
+    shape: str | None,
+    protocol: str = "grpc",
 ) -> list[dict[str, float]]:
-    """One perf_analyzer run on `model` at `url` (KServe v2 gRPC); a row per concurrency."""
+    """One perf_analyzer run on `model` at `url` (KServe v2 over `protocol`, one of
+    PROTOCOLS); a row per concurrency."""
     command = [
         str(perf_analyzer_binary()),
-        *("-m", model, "-u", url, "-i", "grpc"),
+        *("-m", model, "-u", url, "-i", protocol),
         *("--input-data", str(data)),
         *(["--shape", shape] if shape else []),
         *("--concurrency-range", window.concurrency),
@@ -139,15 +152,22 @@ def run_perf_analyzer(
         raise RuntimeError(f"perf_analyzer on {model} at {url} failed:\n{tail}")
     with csv_path.open() as f:
         rows = list(csv.DictReader(f))
-    return [
+    measured = [
         {"concurrency": int(row["Concurrency"])}
         | {name: float(row[column]) for column, name in COLUMNS.items()}
         for row in rows
     ]
+    return sorted(measured, key=lambda row: row["concurrency"])  # its CSV is by throughput
 
 
-def run_bench(report: Path, window: Window = Window(), images: int = 100) -> dict[str, Any]:
-    """Run perf_analyzer on the four targets, write the JSON report and return it."""
+def run_bench(
+    report: Path,
+    window: Window = Window(),
+    images: int = 100,
+    protocols: tuple[str, ...] = ("grpc",),
+) -> dict[str, Any]:
+    """Run perf_analyzer on the four targets over each of `protocols`, write the JSON report
+    and return it."""
     perf_analyzer_binary()  # fail before starting servers
     manifest = Manifest.load(built_family("fashion"))
     with tempfile.TemporaryDirectory(prefix="edgecascade-perf-") as tmp, ExitStack() as stack:
@@ -157,29 +177,57 @@ def run_bench(report: Path, window: Window = Window(), images: int = 100) -> dic
         triton = stack.enter_context(
             TritonServer(work / "repository", log_path=work / "triton.log")
         )
-        gateway = stack.enter_context(GatewayProcess([triton.grpc_url], work / "gateway.log"))
-        agent = stack.enter_context(EdgeProcess("fashion", gateway.url, work / "agent.log"))
+        http = {"agent": free_port(), "gateway": free_port()}
+        gateway = stack.enter_context(
+            GatewayProcess([triton.grpc_url], work / "gateway.log", http_port=http["gateway"])
+        )
+        agent = stack.enter_context(
+            EdgeProcess(
+                "fashion", gateway.url, work / "agent.log", "--http-port", str(http["agent"])
+            )
+        )
+        urls = {
+            "grpc": {"agent": agent.address, "gateway": gateway.url, "triton": triton.grpc_url},
+            "http": {name: f"127.0.0.1:{port}" for name, port in http.items()}
+            | {"triton": triton.http_url},
+        }
+        encoded = (files["encoded"], f"{INPUT_NAME}:1")
         targets = {
-            "agent": (agent.address, manifest.family, files["encoded"], f"{INPUT_NAME}:1"),
-            "gateway": (gateway.url, manifest.family, files["encoded"], f"{INPUT_NAME}:1"),
-            "triton": (triton.grpc_url, manifest.family, files["encoded"], f"{INPUT_NAME}:1"),
-            "triton_cloud_model": (triton.grpc_url, manifest.cloud.name, files["pixels"], None),
+            f"{name}{'' if protocol == 'grpc' else '_' + protocol}": (protocol, url, model, data)
+            for protocol in protocols
+            for name, url, model, data in (
+                ("agent", urls[protocol]["agent"], manifest.family, encoded),
+                ("gateway", urls[protocol]["gateway"], manifest.family, encoded),
+                ("triton", urls[protocol]["triton"], manifest.family, encoded),
+                (
+                    "triton_cloud_model",
+                    urls[protocol]["triton"],
+                    manifest.cloud.name,
+                    (files["pixels"], None),
+                ),
+            )
         }
         results = {
-            name: run_perf_analyzer(url, model, data, window, work / f"{name}.csv", shape=shape)
-            for name, (url, model, data, shape) in track(
+            name: run_perf_analyzer(
+                url, model, data, window, work / f"{name}.csv", shape=shape, protocol=protocol
+            )
+            for name, (protocol, url, model, (data, shape)) in track(
                 targets.items(), description="perf_analyzer", console=console
             )
         }
     result = {
-        "tool": "perf_analyzer (tritonclient 2.51 manylinux wheel), KServe v2 gRPC",
+        "tool": "perf_analyzer (tritonclient 2.51 manylinux wheel), KServe v2 over "
+        + " and ".join("gRPC" if p == "grpc" else "HTTP/REST" for p in protocols),
         "images": images,
         "window": {
             "concurrency_range": window.concurrency,
             "interval_ms": window.interval_ms,
             "stability_percent": window.stability,
         },
-        "targets": {name: {"model": targets[name][1], "rows": results[name]} for name in results},
+        "targets": {
+            name: {"protocol": targets[name][0], "model": targets[name][2], "rows": results[name]}
+            for name in results
+        },
     }
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(json.dumps(result, indent=2))

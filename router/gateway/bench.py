@@ -1,11 +1,14 @@
-"""Benchmark: what the router gateway, and mutual TLS, add to an escalation, side by side.
+"""Benchmark: what the router gateway, mutual TLS, its count of gRPC codes and its REST face
+add to an escalation, side by side.
 
 Two Triton servers (fashion family), one in plaintext and one requiring mutual TLS, each with
 a gateway in front of it speaking the same (plaintext, or mutual TLS from the client and again
-to Triton, with a caller file checked by HAProxy). The same single-image ModelInfer goes
-alternately over the four paths, one call in flight, the order rotated every round so that
-drift on a shared machine lands on every path alike. Connections are kept, as the edge keeps
-its own: the handshake is paid once, the per-call cost of encryption on every call.
+to Triton, with a caller file checked by HAProxy). A second plaintext gateway also counts
+answers by gRPC code (it serves /metrics) and serves KServe v2 REST. The same single-image
+ModelInfer goes alternately over every path (gRPC, and tritonclient.http for REST), one call in
+flight, the order rotated every round so that drift on a shared machine lands on every path
+alike. Connections are kept, as the edge keeps its own: the handshake is paid once, the
+per-call cost of encryption on every call.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
 from numpy.typing import NDArray
 
 from edgecascade.cloud.build import datasets
@@ -29,6 +33,7 @@ from edgecascade.cloud.common import certs
 from edgecascade.cloud.common.auth import Callers
 from edgecascade.cloud.common.manifest import INPUT_NAME, Manifest
 from edgecascade.cloud.common.paths import family_dir, manifest_path
+from edgecascade.cloud.common.ports import free_port
 from edgecascade.cloud.common.preprocessing import prepare
 from edgecascade.cloud.common.transport import PLAINTEXT, Tls, Transport
 from edgecascade.cloud.triton.repository import write_model
@@ -48,17 +53,25 @@ def _stats(seconds: list[float]) -> dict[str, float]:
     }
 
 
+Path_ = tuple[str, Transport, str]  # ("grpc" or "http", the client's transport, its URL)
+
+
 async def _measure(
-    paths: dict[str, tuple[Transport, str]],
+    paths: dict[str, Path_],
     manifest: Manifest,
     image: NDArray[np.uint8],
     calls: int,
     warmup: int,
 ) -> dict[str, list[float]]:
-    clients = {name: t.triton_aio(url) for name, (t, url) in paths.items()}
-    headers = {name: t.headers for name, (t, _) in paths.items()}
-    tensor = grpcclient.InferInput(INPUT_NAME, [1, *image.shape], "UINT8")
-    tensor.set_data_from_numpy(image[None])
+    clients = {
+        name: t.triton_aio(url) if kind == "grpc" else t.triton_http_aio(url)
+        for name, (kind, t, url) in paths.items()
+    }
+    headers = {name: t.headers for name, (_, t, _) in paths.items()}
+    tensors = {"grpc": grpcclient.InferInput(INPUT_NAME, [1, *image.shape], "UINT8")}
+    tensors["http"] = httpclient.InferInput(INPUT_NAME, [1, *image.shape], "UINT8")
+    for tensor in tensors.values():
+        tensor.set_data_from_numpy(image[None])
     version = str(manifest.cloud.version)
     times: dict[str, list[float]] = {name: [] for name in clients}
     order = list(clients)
@@ -66,13 +79,15 @@ async def _measure(
         for i in range(warmup + calls):
             shift = i % len(order)
             for name in order[shift:] + order[:shift]:
+                kind = paths[name][0]
+                timeout = {"client_timeout": 5.0} if kind == "grpc" else {"timeout": 5}
                 start = time.perf_counter()
                 await clients[name].infer(
                     manifest.cloud.name,
-                    [tensor],
+                    [tensors[kind]],
                     model_version=version,
                     headers=headers[name],
-                    client_timeout=5.0,
+                    **timeout,
                 )
                 if i >= warmup:
                     times[name].append(time.perf_counter() - start)
@@ -127,17 +142,28 @@ def run_bench(report: Path, calls: int = 3000, warmup: int = 200) -> dict[str, A
             )
         )
         plain_gateway = stack.enter_context(GatewayProcess([plain.grpc_url], work / "gateway.log"))
+        faces = stack.enter_context(
+            GatewayProcess(
+                [plain.grpc_url],
+                work / "gateway-faces.log",
+                metrics_port=free_port(),
+                http_port=free_port(),
+            )
+        )
         secure_gateway = stack.enter_context(
             GatewayProcess(
                 [secure.grpc_url], work / "gateway-tls.log", options=options, client=client
             )
         )
         direct = Transport(tls=Tls(ca, pki / "gateway-client.pem", pki / "gateway-client.key"))
-        paths = {
-            "direct": (PLAINTEXT, plain.grpc_url),
-            "gateway": (PLAINTEXT, plain_gateway.url),
-            "direct_mtls": (direct, secure.grpc_url),
-            "gateway_mtls": (client, secure_gateway.url),
+        paths: dict[str, Path_] = {
+            "direct": ("grpc", PLAINTEXT, plain.grpc_url),
+            "gateway": ("grpc", PLAINTEXT, plain_gateway.url),
+            "gateway_counting": ("grpc", PLAINTEXT, faces.url),
+            "direct_mtls": ("grpc", direct, secure.grpc_url),
+            "gateway_mtls": ("grpc", client, secure_gateway.url),
+            "direct_rest": ("http", PLAINTEXT, plain.http_url),
+            "gateway_rest": ("http", PLAINTEXT, f"127.0.0.1:{faces.http_port}"),
         }
         times = asyncio.run(_measure(paths, manifest, image, calls, warmup))
     stats = {name: _stats(seconds) for name, seconds in times.items()}
@@ -153,13 +179,20 @@ def run_bench(report: Path, calls: int = 3000, warmup: int = 200) -> dict[str, A
     tls_share = stats["gateway_mtls"]["p50"] / stats["gateway"]["p50"] - 1
     result: dict[str, Any] = {
         "what": "single-image ModelInfer (fashion cloud model), tritonclient asyncio, one call "
-        "in flight, interleaved over four paths: straight to Triton and through the router "
+        "in flight, interleaved over seven paths: straight to Triton and through the router "
         "gateway, in plaintext and with mutual TLS on every hop (the gateway also checking "
-        "a bearer token against its caller file)",
+        "a bearer token against its caller file); through a gateway that counts answers by "
+        "gRPC code; and KServe v2 REST (tritonclient.http.aio, binary tensors) straight to "
+        "Triton's HTTP port and through that gateway's REST face",
         "calls_per_path": calls,
         "latency_ms": stats,
         "gateway_added_ms": added("gateway", "direct"),
         "gateway_added_ms_mtls": added("gateway_mtls", "direct_mtls"),
+        "counting_added_ms": added("gateway_counting", "gateway"),
+        "rest": {
+            "gateway_added_ms": added("gateway_rest", "direct_rest"),
+            "gateway_rest_vs_grpc_ms": added("gateway_rest", "gateway_counting"),
+        },
         "mtls_added_ms": {
             "direct": added("direct_mtls", "direct"),
             "gateway": added("gateway_mtls", "gateway"),

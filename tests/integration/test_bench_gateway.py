@@ -1,5 +1,6 @@
-"""`bench gateway` measures the four paths side by side (plaintext and mutual TLS, straight to
-Triton and through the gateway) on the real Triton and HAProxy, and reports what each adds."""
+"""`bench gateway` measures every path side by side (plaintext and mutual TLS, straight to
+Triton and through the gateway; a gateway counting gRPC codes; REST straight and through the
+gateway) on the real Triton and HAProxy, and reports what each adds."""
 
 import json
 from pathlib import Path
@@ -19,10 +20,20 @@ def test_the_report_holds_every_path_and_what_mutual_tls_adds(
     result = run_bench(report, calls=20, warmup=5)
     assert json.loads(report.read_text()) == result
     latency = result["latency_ms"]
-    assert set(latency) == {"direct", "gateway", "direct_mtls", "gateway_mtls"}
+    assert set(latency) == {
+        "direct",
+        "gateway",
+        "gateway_counting",
+        "direct_mtls",
+        "gateway_mtls",
+        "direct_rest",
+        "gateway_rest",
+    }
     assert all(0 < path["p50"] <= path["p99"] for path in latency.values())
     share = latency["gateway_mtls"]["p50"] / latency["gateway"]["p50"] - 1
     assert result["mtls_added_share_of_gateway_p50"] == pytest.approx(share)
     assert result["goal"]["mtls_met"] == (share <= 0.10)
     added = result["mtls_added_ms"]["gateway"]["p50_difference"]
     assert added == pytest.approx(latency["gateway_mtls"]["p50"] - latency["gateway"]["p50"])
+    rest = result["rest"]["gateway_added_ms"]["p50_difference"]
+    assert rest == pytest.approx(latency["gateway_rest"]["p50"] - latency["direct_rest"]["p50"])

@@ -1,6 +1,7 @@
 """Triton's perf_analyzer, unmodified, runs against a real edge agent, a real gateway and a real
-Triton (`edgecascade bench perf-analyzer`): it reads each server's ModelStatistics, and the
-server-side times it derives from them fit inside the latency it measured (issue 15, item 2)."""
+Triton (`edgecascade bench perf-analyzer`), over gRPC and over HTTP/REST: it reads each
+server's ModelStatistics, and the server-side times it derives from them fit inside the
+latency it measured (issue 15, item 2)."""
 
 import json
 from pathlib import Path
@@ -13,18 +14,22 @@ from tests.integration.test_cli_errors import fails
 
 pytestmark = pytest.mark.integration
 
-TARGETS = {"agent", "gateway", "triton", "triton_cloud_model"}
+TIERS = {"agent", "gateway", "triton", "triton_cloud_model"}
+TARGETS = TIERS | {f"{name}_http" for name in TIERS}
 
 
 def test_perf_analyzer_measures_every_tier_with_its_server_statistics(
     fashion_manifest: Manifest, tmp_path: Path
 ) -> None:
     report = tmp_path / "perf.json"
-    result = run_bench(report, Window("1:2:1", interval_ms=500, stability=50, max_trials=6), 20)
+    window = Window("1:2:1", interval_ms=500, stability=50, max_trials=6)
+    result = run_bench(report, window, 20, ("grpc", "http"))
     assert json.loads(report.read_text()) == result
     assert set(result["targets"]) == TARGETS
-    assert result["targets"]["agent"]["model"] == "fashion"
-    assert result["targets"]["triton_cloud_model"]["model"] == fashion_manifest.cloud.name
+    for suffix, protocol in (("", "grpc"), ("_http", "http")):
+        assert result["targets"][f"agent{suffix}"]["model"] == "fashion"
+        cloud = result["targets"][f"triton_cloud_model{suffix}"]
+        assert cloud["model"] == fashion_manifest.cloud.name and cloud["protocol"] == protocol
     for name, target in result["targets"].items():
         rows = target["rows"]
         assert [row["concurrency"] for row in rows] == [1, 2], name
@@ -40,3 +45,8 @@ def test_perf_analyzer_measures_every_tier_with_its_server_statistics(
 def test_a_malformed_concurrency_range_is_one_error_line() -> None:
     message = fails("bench", "perf-analyzer", "--concurrency-range", "1:x")
     assert message == "--concurrency-range '1:x': give start[:end[:step]], e.g. 1:4:3"
+
+
+def test_an_unknown_protocol_is_one_error_line() -> None:
+    message = fails("bench", "perf-analyzer", "--protocol", "quic")
+    assert message == "--protocol 'quic': give grpc or http"
