@@ -76,6 +76,11 @@ class Window:
     stability: int = 10
     max_trials: int = 10
 
+    def concurrencies(self) -> list[int]:
+        """The concurrencies the range names (perf_analyzer's defaults: end = start, step 1)."""
+        start, end, step = [*map(int, self.concurrency.split(":")), 0, 0][:3]
+        return list(range(start, max(end, start) + 1, step or 1))
+
 
 def perf_analyzer_binary() -> Path:
     """The perf_analyzer executable next to this interpreter, or on PATH."""
@@ -207,7 +212,7 @@ def run_bench(
                 ),
             )
         }
-        results = {
+        rows = {
             name: run_perf_analyzer(
                 url, model, data, window, work / f"{name}.csv", shape=shape, protocol=protocol
             )
@@ -225,8 +230,17 @@ def run_bench(
             "stability_percent": window.stability,
         },
         "targets": {
-            name: {"protocol": targets[name][0], "model": targets[name][2], "rows": results[name]}
-            for name in results
+            name: {
+                "protocol": targets[name][0],
+                "model": targets[name][2],
+                "rows": rows[name],
+                # perf_analyzer leaves out a concurrency it could not measure within its
+                # stability percentage in max_trials windows (a busy machine)
+                "unstable_concurrencies": sorted(
+                    set(window.concurrencies()) - {row["concurrency"] for row in rows[name]}
+                ),
+            }
+            for name in rows
         },
     }
     report.parent.mkdir(parents=True, exist_ok=True)
@@ -259,4 +273,6 @@ def _print(result: dict[str, Any]) -> None:
                 f"{row['server_queue_us'] / 1e3:.2f}",
                 f"{compute / 1e3:.2f}",
             )
+        for concurrency in target["unstable_concurrencies"]:
+            table.add_row(name, target["model"], str(concurrency), "not stable", *[""] * 4)
     console.print(table)
