@@ -18,6 +18,6 @@ COPY router router
 COPY cloud cloud
 RUN pip install --no-cache-dir ".[gateway]"
 USER 10001
-EXPOSE 8001 8003 9101
+EXPOSE 8000 8001 8003 9101
 ENTRYPOINT ["edgecascade", "router", "serve", "--host", "0.0.0.0", "--port", "8001", "--health-port", "8003", "--metrics-port", "9101"]
 CMD ["--discover", "_grpc._tcp.triton.default.svc.cluster.local"]

@@ -239,9 +239,10 @@ def test_gateway_service_and_container_ports_match_the_command(overlay: str) -> 
     deployment = find(docs, "Deployment", "edgecascade-gateway")
     service = find(docs, "Service", "edgecascade-gateway")
     ports = container_ports(deployment)
-    # Edges and Prometheus reach gRPC and metrics; only the kubelet asks the health port.
+    # Edges and Prometheus reach gRPC, REST and metrics; only the kubelet asks the health port.
     assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {
         "grpc": ports["grpc"],
+        "http": ports["http"],
         "metrics": ports["metrics"],
     }
     assert_service_targets(service, deployment)
@@ -256,6 +257,7 @@ def test_gateway_service_and_container_ports_match_the_command(overlay: str) -> 
     assert values(args, "--port") == [str(ports["grpc"])]
     assert values(args, "--health-port") == [str(ports["health"])]
     assert values(args, "--metrics-port") == [str(ports["metrics"])]
+    assert values(gateway["args"], "--http-port") == [str(ports["http"])]
     exposed = " ".join(dockerfile_instructions(GATEWAY_DOCKERFILE, "EXPOSE")).split()
     assert sorted(map(int, exposed)) == sorted(ports.values())
     image = gateway["image"].rsplit("/", 1)[-1].split(":")[0]

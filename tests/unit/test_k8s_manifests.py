@@ -165,10 +165,12 @@ def test_each_workload_has_a_disruption_budget_and_a_network_policy(overlay: str
 
 
 def grpc_sources(docs: tuple[Manifest, ...], name: str) -> list[dict[str, Any]]:
-    """Who the NetworkPolicy `name` lets reach its pods' gRPC port."""
+    """Who the NetworkPolicy `name` lets reach its pods' gRPC port (and with it only KServe's
+    ports: gRPC, and REST where it is served)."""
     ingress = find(docs, "NetworkPolicy", name)["spec"]["ingress"]
     rules = [r for r in ingress if {"port": "grpc", "protocol": "TCP"} in r["ports"]]
-    assert all(r["ports"] == [{"port": "grpc", "protocol": "TCP"}] for r in rules)
+    kserve = [{"port": "grpc", "protocol": "TCP"}, {"port": "http", "protocol": "TCP"}]
+    assert all(r["ports"] in (kserve[:1], kserve) for r in rules)
     return [source for r in rules for source in r["from"]]
 
 
