@@ -61,7 +61,7 @@ def agent(family_triton: TritonServer, tmp_path_factory, edge_http_port: int) ->
 @pytest.fixture(scope="module")
 def gateway(family_triton: TritonServer, tmp_path_factory) -> Iterator[GatewayProcess]:
     log = tmp_path_factory.mktemp("gateway") / "gateway.log"
-    with GatewayProcess([family_triton.grpc_url], log) as gateway:
+    with GatewayProcess([family_triton.grpc_url], log, http_port=free_port()) as gateway:
         yield gateway
 
 
@@ -71,8 +71,14 @@ def grpc_urls(agent: Agent, family_triton: TritonServer, gateway: GatewayProcess
 
 
 @pytest.fixture(scope="module")
-def http_urls(family_triton: TritonServer, edge_http_port: int, agent: Agent) -> list[str]:
-    return [f"127.0.0.1:{edge_http_port}", family_triton.http_url]
+def http_urls(
+    family_triton: TritonServer, edge_http_port: int, agent: Agent, gateway: GatewayProcess
+) -> list[str]:
+    return [
+        f"127.0.0.1:{edge_http_port}",
+        family_triton.http_url,
+        f"127.0.0.1:{gateway.http_port}",
+    ]
 
 
 # The request code a user writes once: nothing in it knows which tier it talks to.
