@@ -19,10 +19,13 @@ test: bootstrap data haproxy kubectl perf-analyzer $(ARTIFACTS)/fashion/manifest
 	$(BIN)/python -m pytest
 
 # The standing reliability suite (tests/reliability): FUZZ_EXAMPLES hypothesis examples per API
-# against a real agent; `make test` runs it with a few. Report: reports/reliability.json.
+# against a real agent, faults on the cloud path, a soak of SOAK_S seconds; `make test` runs it
+# with a few examples and a 20 s soak. Report: reports/reliability.json.
 FUZZ_EXAMPLES ?= 10000
-reliability: bootstrap data $(ARTIFACTS)/fashion/manifest.json
-	EDGECASCADE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) EDGECASCADE_RELIABILITY_REPORT=reports/reliability.json \
+SOAK_S ?= 1800
+reliability: bootstrap data haproxy $(ARTIFACTS)/fashion/manifest.json
+	EDGECASCADE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) EDGECASCADE_SOAK_S=$(SOAK_S) \
+		EDGECASCADE_RELIABILITY_REPORT=reports/reliability.json \
 		$(BIN)/python -m pytest -p no:cacheprovider tests/reliability
 
 bootstrap: $(VENV)/.installed
