@@ -11,13 +11,10 @@ on a run where Triton lived."""
 
 import os
 import signal
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
 
 from edgecascade.cloud.common.transport import PLAINTEXT
@@ -27,6 +24,7 @@ from edgecascade.edge.tools.samples import Frame
 from edgecascade.v1 import cascade_pb2 as pb
 from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
 from tests.helpers import classify
+from tests.traffic import Outcome, Traffic
 
 pytestmark = pytest.mark.integration
 
@@ -37,16 +35,8 @@ ATTEMPTS = 2  # a second one only after Triton died of a signal (see above)
 
 
 @dataclass
-class Outcome:
-    at: float  # time.perf_counter() when the answer came
-    tier: int
-    failure: str = ""  # a status code or a frame's error; "" when answered
-
-
-@dataclass
 class Stall:
-    streamed: list[Outcome]
-    unary: list[Outcome]
+    outcomes: list[Outcome]  # the stream's frames and the unary calls
     status: pb.GetStatusResponse  # GetStatus while Triton was stopped
     stopped_at: float
     resumed_at: float
@@ -61,37 +51,7 @@ def stall(triton: TritonServer, frames: list[Frame], edge_log: Path) -> Stall:
     ):
         stub = pb_grpc.CascadeStub(channel)
         assert classify(stub, frames[0]).tier == pb.CLOUD
-        done = threading.Event()
-        streamed: list[Outcome] = []
-        unary: list[Outcome] = []
-
-        def camera() -> Iterator[pb.ClassifyRequest]:
-            i = 0
-            while not done.is_set():
-                yield pb.ClassifyRequest(encoded_image=frames[i % len(frames)].encoded)
-                i += 1
-                time.sleep(0.02)
-
-        def stream() -> None:
-            for r in stub.ClassifyStream(camera(), timeout=60):
-                failure = r.error.message if r.HasField("error") else ""
-                streamed.append(Outcome(time.perf_counter(), r.tier, failure))
-
-        def calls() -> None:
-            i = 0
-            while not done.is_set():
-                request = pb.ClassifyRequest(encoded_image=frames[i % len(frames)].encoded)
-                try:
-                    r = stub.Classify(request, timeout=0.3)
-                    unary.append(Outcome(time.perf_counter(), r.tier))
-                except grpc.RpcError as e:
-                    unary.append(Outcome(time.perf_counter(), pb.EDGE, e.code().name))
-                i += 1
-                time.sleep(0.02)
-
-        workers = [threading.Thread(target=stream), threading.Thread(target=calls)]
-        for worker in workers:
-            worker.start()
+        traffic = Traffic(channel, frames, deadline_s=0.3).start()
         stopped = False
         assert triton.pid is not None
         try:
@@ -107,10 +67,8 @@ def stall(triton: TritonServer, frames: list[Frame], edge_log: Path) -> Stall:
                 os.kill(triton.pid, signal.SIGCONT)
             resumed_at = time.perf_counter()
             time.sleep(AFTER_S)
-            done.set()
-            for worker in workers:
-                worker.join(30)
-    return Stall(streamed, unary, status, stopped_at, resumed_at)
+            outcomes = traffic.stop()
+    return Stall(outcomes, status, stopped_at, resumed_at)
 
 
 def test_escalation_is_back_within_a_second_of_a_stalled_triton_resuming(
@@ -129,7 +87,7 @@ def test_escalation_is_back_within_a_second_of_a_stalled_triton_resuming(
     assert died is None, f"Triton died in each of {ATTEMPTS} stalls"
     # While every call timed out, the agent did not call the cloud ready.
     assert not run.status.cloud_ready and run.status.breaker != "closed", run.status
-    outcomes = run.streamed + run.unary
+    outcomes = run.outcomes
     failed = [o.failure for o in outcomes if o.failure]
     when = [f"{o.failure} {o.at - run.resumed_at:+.2f}s" for o in outcomes if o.failure]
     assert failed == [], f"{len(failed)} of {len(outcomes)} calls failed (after SIGCONT): {when}"
@@ -138,8 +96,8 @@ def test_escalation_is_back_within_a_second_of_a_stalled_triton_resuming(
     back = min(o.at for o in outcomes if o.at > run.resumed_at and o.tier == pb.CLOUD)
     late = [o for o in outcomes if o.at > run.resumed_at + RECOVERY_S and o.tier != pb.CLOUD]
     print(
-        f"\nescalation back {back - run.resumed_at:.3f}s after SIGCONT; {len(run.streamed)} "
-        f"frames, {len(run.unary)} unary calls, {len(failed)} failed"
+        f"\nescalation back {back - run.resumed_at:.3f}s after SIGCONT; {len(outcomes)} "
+        f"frames and unary calls, {len(failed)} failed"
     )
     assert back - run.resumed_at < RECOVERY_S
     assert late == [], f"{len(late)} answers at the edge more than {RECOVERY_S}s after SIGCONT"

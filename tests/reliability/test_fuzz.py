@@ -21,10 +21,10 @@ from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
 from tests.reliability.report import Report, agent_figures
 from tests.reliability.strategies import Drawn, classify_request, model_infer_request
 
-pytestmark = pytest.mark.integration
-
 EXAMPLES_VARIABLE = "EDGECASCADE_FUZZ_EXAMPLES"
 EXAMPLES = int(os.environ.get(EXAMPLES_VARIABLE, "25"))
+# pytest-timeout's limit is per test, and a test here is every example of its API.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600 + EXAMPLES * 0.5)]
 NEVER = {"UNKNOWN", "INTERNAL"}  # a bug's codes, or grpc's when a handler lets one out
 CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 TIMEOUT_S = 30.0

@@ -19,10 +19,9 @@ from edgecascade.edge.tools.samples import labelled_frames
 from tests.reliability.report import Report, agent_figures
 from tests.traffic import Traffic, summary
 
-pytestmark = pytest.mark.integration
-
 SOAK_VARIABLE = "EDGECASCADE_SOAK_S"
 SECONDS = float(os.environ.get(SOAK_VARIABLE, "20"))
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(SECONDS + 600)]
 STREAMS = 4
 LONG_RUN_S = 600.0  # from here the slope is judged
 MB = 1 << 20
