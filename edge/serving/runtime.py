@@ -33,6 +33,10 @@ Parts: TypeAlias = list[asyncio.Future[Logits]]  # the callers awaiting one requ
 # an infer request's userdata: the loop, each part's number of images, and their callers
 Userdata: TypeAlias = tuple[asyncio.AbstractEventLoop, list[int], Parts]
 FOLD_VARIANTS = 8  # compiled crop-and-resize variants kept, one per frame shape (LRU)
+# Larger frames always take the cv2 path: a variant holds buffers of its frame size in each of
+# its infer requests (six 36 MP frames kept 1.1 GB resident in their variants), and a camera's
+# frames are up to 1080p; answers stay the same for a shape, frame after frame.
+FOLD_MAX_PIXELS = 1920 * 1080
 FOLD_COMPILES_QUEUED = 2  # variants compiling or waiting to (one at a time); more wait their turn
 
 
@@ -120,6 +124,11 @@ def _request_done(
         alive._done(request, userdata)
 
 
+def foldable(shape: Shape) -> bool:
+    """Whether frames of `shape` [H, W, C] get a folded variant (at most FOLD_MAX_PIXELS)."""
+    return shape[0] * shape[1] <= FOLD_MAX_PIXELS
+
+
 class EdgeModel:
     """An OpenVINO compiled model whose requests overlap: `await infer_batch(images)` never
     blocks the event loop; up to `parallelism` requests run at once on the device, and images
@@ -196,7 +205,7 @@ class EdgeModel:
                 f"images of shape {list(shape)}: the edge model takes {list(self.input_shape)}"
                 + ("" if self.fold else " (frames of other sizes need folding on)")
             )
-        requests = self._folded_requests(shape, self.fold)
+        requests = self._folded_requests(shape, self.fold) if foldable(shape) else None
         if requests is None and await self.fold_ready(shape):
             requests = self._folded.get(shape)
         if requests is None:  # this shape cannot fold: always cv2, the same answers every time
@@ -206,7 +215,7 @@ class EdgeModel:
 
     async def fold_ready(self, shape: Shape) -> bool:
         """Compile (or await) the variant for frames of `shape` [H, W, C]; whether there is one."""
-        if self.fold is None:
+        if self.fold is None or not foldable(shape):
             return False
         while shape not in self._folded:
             self._folded_requests(shape, self.fold)

@@ -1,4 +1,4 @@
-"""The reliability suite runs against a real edge agent in front of the integration tests'
+"""The reliability suite runs against real edge agents in front of the integration tests'
 Triton; what it tried and got back goes into one report for the session."""
 
 import threading
@@ -39,8 +39,18 @@ def edge_only(fashion_manifest, tmp_path_factory) -> Iterator[EdgeProcess]:  # n
 
 
 @pytest.fixture(scope="session")
-def report(agent: EdgeProcess) -> Iterator[Report]:
-    """The session's report. The agent is warmed up first (valid frames of a dozen sizes, so its
+def report() -> Iterator[Report]:
+    """The session's report, written when the session ends."""
+    report = Report()
+    yield report
+    written = report.write()
+    if written:
+        print(f"\nreliability report: {written}")
+
+
+@pytest.fixture(scope="module")
+def bystander(agent: EdgeProcess, report: Report) -> Iterator[None]:
+    """For the fuzzing: the agent is warmed up first (valid frames of a dozen sizes, so its
     cache of compiled frame sizes is full) and then measured; meanwhile another client sends a
     valid frame every 50 ms, and how long it waited behind the fuzzed inputs is reported."""
     frame = encoded(np.zeros((28, 28), np.uint8), "png")
@@ -49,13 +59,12 @@ def report(agent: EdgeProcess) -> Iterator[Report]:
         for size in range(20, 44, 2):
             image = np.zeros((size, size + 1), np.uint8)
             stub.Classify(pb.ClassifyRequest(encoded_image=encoded(image, "png")), timeout=30)
-        report = Report()
         report.figures["agent_before"] = agent_figures(agent)
         done = threading.Event()
         waited: list[float] = []
         failed: list[str] = []
 
-        def bystander() -> None:
+        def call() -> None:
             while not done.wait(0.05):
                 started = time.perf_counter()
                 try:
@@ -64,10 +73,10 @@ def report(agent: EdgeProcess) -> Iterator[Report]:
                 except grpc.RpcError as e:
                     failed.append(e.code().name)
 
-        thread = threading.Thread(target=bystander)
+        thread = threading.Thread(target=call)
         thread.start()
         try:
-            yield report
+            yield
         finally:
             done.set()
             thread.join(15)
@@ -82,6 +91,3 @@ def report(agent: EdgeProcess) -> Iterator[Report]:
         "max": round(max(waited, default=0.0), 2),
         "over_100ms": sum(w > 100 for w in waited),
     }
-    written = report.write()
-    if written:
-        print(f"\nreliability report: {written}")

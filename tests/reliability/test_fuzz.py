@@ -44,7 +44,8 @@ AGENTS = st.sampled_from(["with-cloud", "edge-only"])  # each example goes to on
 
 
 @pytest.fixture(scope="module")
-def channels(agent, edge_only) -> Iterator[dict[str, grpc.Channel]]:
+def channels(agent, edge_only, bystander) -> Iterator[dict[str, grpc.Channel]]:
+    """Channels to both agents, while a bystander calls the first (conftest.bystander)."""
     with (
         PLAINTEXT.channel(agent.address) as cloud,
         PLAINTEXT.channel(edge_only.address) as alone,
@@ -108,7 +109,7 @@ def test_model_stream_infer(channels, report: Report, drawn: list[Drawn], to: st
         assert code not in NEVER, (classes, request, answer.error_message)
 
 
-def test_the_agent_kept_its_memory_through_the_fuzzing(agent, report: Report) -> None:
+def test_the_agent_kept_its_memory_through_the_fuzzing(agent, bystander, report: Report) -> None:
     """Runs after the APIs' examples: the agent's RSS within 10% of what it was after its warm-up
     (checked once there were 1,000 examples per API or more; always reported)."""
     after = agent_figures(agent)
