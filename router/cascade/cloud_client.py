@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import tritonclient.grpc as grpcclient
@@ -96,17 +97,15 @@ class CloudClient:
         return logits
 
     async def ready(self, timeout_s: float = 1.0) -> bool:
-        """Whether the pinned model version is ready to serve."""
+        """Whether the pinned model version is ready to serve; False after `timeout_s`. The
+        call is also bounded here: one asked while a model update closed this client's channel
+        never returned, and GetStatus waited past its caller's 5 s deadline (CI, once)."""
+        call = self._client.is_model_ready(
+            self.spec.name, str(self.spec.version), headers=self._headers, client_timeout=timeout_s
+        )
         try:
-            return bool(
-                await self._client.is_model_ready(
-                    self.spec.name,
-                    str(self.spec.version),
-                    headers=self._headers,
-                    client_timeout=timeout_s,
-                )
-            )
-        except InferenceServerException:
+            return bool(await asyncio.wait_for(call, timeout_s + 0.5))
+        except (InferenceServerException, TimeoutError):
             return False
 
     async def pairing_problem(self, manifest: Manifest, timeout_s: float = 2.0) -> str | None:
