@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import pytest
 import tritonclient.grpc as grpcclient
 from dnslib import QTYPE, RCODE, RR, SRV, A, DNSRecord
@@ -148,6 +149,33 @@ def test_a_third_triton_joins_and_gets_traffic_within_2s_with_no_failed_request(
     assert all(served(t, fashion_manifest) > 0 for t in (a, b, c))
 
 
+def test_a_listed_triton_that_turns_ready_later_gets_traffic_within_2s_of_it(
+    tritons, fashion_repository, fashion_manifest, tmp_path
+):
+    """As a pod's record appears before its Triton listens (publishNotReadyAddresses): the
+    endpoint is listed while nothing answers there, then while Triton loads its models (not
+    ready under strict readiness); no request goes to it and fails meanwhile, and once it is
+    ready (as seen by polling every 50 ms) it gets traffic within the join limit."""
+    a, b, c = tritons
+    c.stop()  # two serve the stream; the fourth comes up on ports of its own
+    late = TritonServer(fashion_repository, log_path=tmp_path / "late.log")
+    gateway, path = file_gateway(tmp_path, [a, b])
+    try:
+        with gateway, Load(gateway.url, fashion_manifest) as load:
+            upstreams("add", late.grpc_url, "--file", str(path))  # nothing listens there yet
+            load.run_for(1.0)
+            late.start()  # returns once it and its models are ready
+            ready = time.monotonic()
+            assert served(late, fashion_manifest) == 0
+            elapsed = time_to_traffic(late, fashion_manifest, ready)
+            load.run_for(0.5)
+    finally:
+        late.stop()
+    print(f"\nlate start: first request {elapsed:.2f}s after the Triton was seen ready")
+    assert elapsed < JOIN_LIMIT_S
+    assert load.errors == [], load.errors[:3]
+
+
 def test_a_triton_drained_then_stopped_loses_no_request(tritons, fashion_manifest, tmp_path):
     a, b, c = tritons
     gateway, path = file_gateway(tmp_path, [a, b, c])
@@ -254,6 +282,10 @@ def test_a_gateway_with_no_ready_triton_reports_not_ready(tritons, fashion_manif
         with PLAINTEXT.triton(f"127.0.0.1:{health_port}") as client:  # ... serves health only
             with pytest.raises(grpcclient.InferenceServerException, match="UNIMPLEMENTED"):
                 client.is_server_live(client_timeout=5)
+        for url in (gateway.url, f"127.0.0.1:{health_port}"):  # a service it does not have
+            with pytest.raises(grpc.RpcError) as unknown:
+                status(url, "no.such.Service")
+            assert unknown.value.code() == grpc.StatusCode.NOT_FOUND, url
         upstreams("remove", a.grpc_url, "--file", str(path))
         assert wait_until(lambda: status(gateway.url) == "NOT_SERVING", 5)
         assert status(f"127.0.0.1:{health_port}") == "NOT_SERVING"
@@ -263,10 +295,10 @@ def test_a_gateway_with_no_ready_triton_reports_not_ready(tritons, fashion_manif
         assert wait_until(lambda: status(gateway.url) == "NOT_SERVING", 5)
 
 
-def status(url: str) -> str:
+def status(url: str, service: str = "") -> str:
     with PLAINTEXT.channel(url) as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(), timeout=5
+            health_pb2.HealthCheckRequest(service=service), timeout=5
         )
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
