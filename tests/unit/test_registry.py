@@ -1,5 +1,7 @@
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -171,3 +173,55 @@ def test_unknown_names_and_malformed_input(registry: Registry, tmp_path: Path) -
         registry.publish("birds", tmp_path / "build")
     with pytest.raises(NotFound, match="no built family"):
         registry.publish("pets", tmp_path / "nowhere")
+
+
+PUBLISHER = """
+import sys
+import time
+from pathlib import Path
+from edgecascade.cloud.registry.store import Registry
+root, go, builds = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
+registry = Registry(root)
+while not go.exists():
+    time.sleep(0.001)
+for build in builds:
+    print(registry.publish("pets", Path(build)).manifest.version)
+"""
+
+
+def test_publishers_in_separate_processes_at_once_each_get_a_version_of_their_own(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """Several hosts publish into one shared registry at the same time (gateways and roll-out
+    pods on a ReadWriteMany volume): every publication gets its own version, none fails."""
+    processes, per_process = 4, 5
+    go = tmp_path / "go"
+    publishers = []
+    for p in range(processes):
+        builds = [
+            str(write_family(tmp_path / f"b{p}-{i}", edge_bin=f"edge {p}-{i}".encode()))
+            for i in range(per_process)
+        ]
+        publishers.append(
+            subprocess.Popen(
+                [sys.executable, "-c", PUBLISHER, str(registry.root), str(go), *builds],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    go.touch()  # all start publishing together
+    versions = []
+    for publisher in publishers:
+        out, err = publisher.communicate(timeout=120)
+        assert publisher.returncode == 0, err
+        versions += [int(v) for v in out.split()]
+    total = processes * per_process
+    assert sorted(versions) == list(range(1, total + 1))
+    history = registry.history("pets")
+    assert [m.version for m in history] == list(range(1, total + 1))
+    assert len({m.edge.files["edge/model.bin"] for m in history}) == total  # each its own build
+    assert [m.edge.version for m in history] == list(range(1, total + 1))
+    activations = (registry.root / "families" / "pets" / "activations.jsonl").read_text()
+    assert len(activations.splitlines()) == total
+    assert registry.current_version("pets") in versions
