@@ -126,6 +126,21 @@ def test_triton_loads_models_explicitly_from_a_shared_repository(overlay: str) -
     assert "--registry=/registry" in gateway["args"]
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_gateways_can_write_the_uploaded_examples_into_the_shared_registry(overlay: str) -> None:
+    """ModelSync's UploadExamples keeps each edge's examples under <registry>/examples (the
+    gateway's --registry): a read-only mount there failed every upload in the cluster."""
+    gateway = find(rendered(overlay), "Deployment")
+    spec = gateway["spec"]["template"]["spec"]
+    (registry,) = [
+        a.split("=", 1)[1] for a in containers(gateway)[0]["args"] if a.startswith("--registry=")
+    ]
+    (mount,) = [m for m in spec["containers"][0]["volumeMounts"] if m["mountPath"] == registry]
+    assert not mount.get("readOnly", False), mount
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    assert not volume["persistentVolumeClaim"].get("readOnly", False), volume
+
+
 def adapter_rules(docs: tuple[Manifest, ...]) -> list[dict[str, Any]]:
     config = find(docs, "ConfigMap", "prometheus-adapter-rules")
     rules: list[dict[str, Any]] = yaml.safe_load(config["data"]["config.yaml"])["rules"]
