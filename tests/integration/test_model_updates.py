@@ -16,6 +16,7 @@ import pytest
 
 from edgecascade.cloud.common.launcher import edgecascade_command, wait_until
 from edgecascade.cloud.common.manifest import Manifest, sha256_file
+from edgecascade.cloud.common.ports import free_port
 from edgecascade.cloud.common.transport import PLAINTEXT
 from edgecascade.cloud.registry.rollout import CloudTarget, roll_out
 from edgecascade.cloud.registry.store import Registry
@@ -26,7 +27,7 @@ from edgecascade.router.policy.policies import policy_from_manifest
 from edgecascade.v1 import cascade_pb2 as pb
 from edgecascade.v1 import cascade_pb2_grpc as pb_grpc
 from tests.family_files import copy_family
-from tests.helpers import following_edge
+from tests.helpers import following_edge, metric
 
 pytestmark = pytest.mark.integration
 
@@ -139,9 +140,15 @@ def test_versions_switch_at_one_point_and_bad_updates_never_serve(fashion_manife
     build = copy_family(tmp_path / "build")
     registry = Registry(tmp_path / "registry")
     frames = labelled_frames("fashion", 200)
+    metrics = f"http://127.0.0.1:{(metrics_port := free_port())}/metrics"
     with serving_v1(tmp_path, registry, build) as (repository, triton, gateway, v1):
         with following_edge(
-            gateway.url, gateway.url, tmp_path / "edge-artifacts-root", tmp_path / "edge.log"
+            gateway.url,
+            gateway.url,
+            tmp_path / "edge-artifacts-root",
+            tmp_path / "edge.log",
+            "--metrics-port",
+            str(metrics_port),
         ) as edge:
             assert wait_until(lambda: status(edge.address).manifest_version == v1.version, 30)
             pair1 = (v1.edge.key, v1.cloud.key)
@@ -169,6 +176,11 @@ def test_versions_switch_at_one_point_and_bad_updates_never_serve(fashion_manife
                 assert set(seen[:switch]) == {pair1} and set(seen[switch:]) == {pair2}
             after = [p for s in streams for p in s.pairs if p[:2] == pair2]
             assert any(p[2] == pb.CLOUD for p in after), "the new pair escalates to cloud v2"
+            # Triton's per-version counter follows the swap: each answer counts for its pair's
+            # version (issue 15: after an update, nv_inference_count{version="1"} kept counting)
+            for version, pair in ((v1.version, pair1), (v2.version, pair2)):
+                count = metric(metrics, "nv_inference_count", model="fashion", version=str(version))
+                assert count == sum(p[:2] == pair for s in streams for p in s.pairs), version
             assert status(edge.address).previous_version == v1.version
             closed = f"closed the deployment of v{v1.version} "  # once its last request was done
             assert wait_until(lambda: closed in edge.log_path.read_text(), 10), edge.log_tail()
