@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
+from edgecascade.cloud.build.adapt_recipe import Recipe
 from edgecascade.cloud.common import auth_commands, certs_commands
 from edgecascade.cloud.common.errors import UserError
 from edgecascade.cloud.common.serving import user_errors
@@ -106,7 +107,9 @@ def models_adapt(
         list[Path] | None,
         typer.Option(help="an example store file (repeatable); default: every edge's uploads"),
     ] = None,
-    epochs: Annotated[int, typer.Option(min=1, help="passes over the training examples")] = 3,
+    epochs: Annotated[
+        int, typer.Option(min=1, help="passes over the training examples")
+    ] = Recipe.epochs,
     publish: Annotated[
         bool, typer.Option(help="publish the new version when the gate passes")
     ] = True,
@@ -116,7 +119,6 @@ def models_adapt(
 ) -> None:
     """Distil the cloud's answers on collected examples into a new edge model and publish it,
     signed, only if it is no worse on the calibration split and better on held-out examples."""
-    from edgecascade.cloud.build.adapt import Recipe
     from edgecascade.cloud.registry.examples import received_files
     from edgecascade.cloud.registry.store import Registry
     from edgecascade.edge.tools.adapt_examples import adapt, collect
@@ -219,7 +221,7 @@ def demo(
     ] = 1000,
     epochs: Annotated[
         int, typer.Option(help="the round's passes over the examples", rich_help_panel=DRIFT)
-    ] = 3,
+    ] = Recipe.epochs,
     audit_rate: Annotated[
         float, typer.Option(help="share of confident answers audited", rich_help_panel=DRIFT)
     ] = 0.25,
@@ -330,7 +332,7 @@ def bench_adapt(
     examples: Annotated[
         int, typer.Option(min=1, max=50_000, help="cloud-answered images for the round")
     ] = 5000,
-    epochs: Annotated[int, typer.Option(min=1, help="passes over the examples")] = 6,
+    epochs: Annotated[int, typer.Option(min=1, help="passes over the examples")] = Recipe.epochs,
     fps: Annotated[float, typer.Option(min=0.0, help="camera frames/s, for the uplink")] = 5.0,
     report: Annotated[Path, typer.Option(help="JSON report path")] = Path(
         "reports/bench-adapt.json"
@@ -338,7 +340,6 @@ def bench_adapt(
 ) -> None:
     """One `models adapt` round on a simulated drift, judged on the shifted and clean test
     split: escalation to come within 0.3 pt of cloud-only, edge accuracy, uplink bytes."""
-    from edgecascade.cloud.build.adapt import Recipe
     from edgecascade.edge.tools.bench_adapt import run_bench
 
     if family != "fashion":

@@ -11,7 +11,6 @@ labels, so the old domain is not forgotten. BatchNorm stays frozen (folded stati
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from numpy.typing import NDArray
 from onnx import numpy_helper
 from torch import nn
 
+from edgecascade.cloud.build.adapt_recipe import Recipe
 from edgecascade.cloud.build.families.fashion_train import (
     NUM_CLASSES,
     PIXEL_MEAN,
@@ -59,19 +59,6 @@ def load_edge_members(path: Path) -> Uint8Nhwc:
                 norm.running_mean = torch.zeros_like(bias)
                 norm.running_var = torch.full_like(bias, 1.0 - norm.eps)
     return Uint8Nhwc(members, PIXEL_MEAN, PIXEL_STD)
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """One distillation round: epochs over the collected examples, batch sizes of each half of
-    a mixed batch, the learning rate and the softmax temperature of the soft targets."""
-
-    epochs: int = 6
-    batch: int = 64
-    original_batch: int = 256
-    lr: float = 2e-3
-    temperature: float = 0.5  # sharpens the label-smoothed cloud model's answers
-    seed: int = 0
 
 
 def distil(

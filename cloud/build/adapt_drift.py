@@ -14,7 +14,8 @@ import numpy as np
 import openvino as ov
 from numpy.typing import NDArray
 
-from edgecascade.cloud.build.adapt import Recipe, Step, distil, load_edge_members
+from edgecascade.cloud.build.adapt import Step, distil, load_edge_members
+from edgecascade.cloud.build.adapt_recipe import Recipe
 from edgecascade.cloud.build.builder import (
     CALIBRATION_IMAGES,
     F32,

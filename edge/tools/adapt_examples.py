@@ -19,8 +19,9 @@ import numpy as np
 import openvino as ov
 from numpy.typing import NDArray
 
-from edgecascade.cloud.build.adapt import Recipe, Step
+from edgecascade.cloud.build.adapt import Step
 from edgecascade.cloud.build.adapt_drift import distilled_onnx, int8_edge
+from edgecascade.cloud.build.adapt_recipe import Recipe
 from edgecascade.cloud.build.builder import batched_logits
 from edgecascade.cloud.build.datasets import fashion
 from edgecascade.cloud.build.families import WEIGHTS_DIR

@@ -17,8 +17,9 @@ import torch
 from numpy.typing import NDArray
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from edgecascade.cloud.build.adapt import Recipe, Step
+from edgecascade.cloud.build.adapt import Step
 from edgecascade.cloud.build.adapt_drift import DriftRound, Views, drift_round
+from edgecascade.cloud.build.adapt_recipe import Recipe
 from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.router.policy.calibration import Split, cascade_curve
 from edgecascade.router.policy.policies import ScorePolicy, policy_from_manifest

@@ -32,7 +32,7 @@ from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from edgecascade.cloud.build.adapt import Recipe
+from edgecascade.cloud.build.adapt_recipe import Recipe
 from edgecascade.cloud.build.corruptions import CORRUPTIONS, checked_severity, corrupt, corruption
 from edgecascade.cloud.build.datasets import fashion
 from edgecascade.cloud.common.errors import UserError
@@ -89,7 +89,7 @@ class DriftOptions:
     clean_frames: int = 300
     examples: int = 600
     after_frames: int = 1000
-    epochs: int = 3
+    epochs: int = Recipe.epochs
     audit_rate: float = 0.25
     fps: float = 30.0
     window: int = 1

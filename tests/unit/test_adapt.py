@@ -3,7 +3,8 @@ import openvino as ov
 import pytest
 import torch
 
-from edgecascade.cloud.build.adapt import Recipe, distil, load_edge_members
+from edgecascade.cloud.build.adapt import distil, load_edge_members
+from edgecascade.cloud.build.adapt_recipe import Recipe
 from edgecascade.cloud.build.datasets import fashion
 from edgecascade.cloud.build.families import WEIGHTS_DIR
 
