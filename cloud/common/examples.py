@@ -186,6 +186,12 @@ class ExampleStore:
         ).fetchone()
         self._db.execute("DELETE FROM examples WHERE id <= ? AND id != ?", (last[0], keep))
 
+    def __contains__(self, sha256: object) -> bool:
+        """Whether an example with this hex sha256 is kept."""
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM examples WHERE sha256 = ?", (sha256,))
+            return row.fetchone() is not None
+
     def after(self, cursor: int, limit: int) -> list[tuple[int, Example]]:
         """Up to `limit` examples kept after id `cursor` (0: from the start), oldest first, each
         with its id: the next call's cursor is the last id returned."""

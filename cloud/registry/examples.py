@@ -6,12 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgecascade.cloud.common.errors import InvalidInput, shown
-from edgecascade.cloud.common.examples import ExampleStore
 from edgecascade.cloud.registry.store import FAMILY_NAME
 
 EXAMPLES = "examples"
 SUFFIX = ".sqlite"
-RECEIVED_MAX_BYTES = 256 * 1024 * 1024  # per family and edge, when the caller sets no cap
 
 
 def checked_name(what: str, name: str) -> str:
@@ -29,13 +27,6 @@ def received_path(registry_dir: Path, family: str, edge_id: str) -> Path:
     """The store file of `edge_id`'s uploads for `family`."""
     family_folder = Path(registry_dir) / EXAMPLES / checked_name("family", family)
     return family_folder / f"{checked_name('edge id', edge_id)}{SUFFIX}"
-
-
-def received_store(
-    registry_dir: Path, family: str, edge_id: str, max_bytes: int = RECEIVED_MAX_BYTES
-) -> ExampleStore:
-    """The store where uploads from edge `edge_id` for `family` are kept (made if new)."""
-    return ExampleStore(received_path(registry_dir, family, edge_id), max_bytes)
 
 
 def received_files(registry_dir: Path, family: str) -> list[Path]:

@@ -27,6 +27,7 @@ from edgecascade.v1 import model_sync_pb2_grpc as pb_grpc
 
 CHUNK_BYTES = 256 * 1024
 POLL_INTERVAL_S = 0.2
+DRAIN_MAX = 1024  # messages of a refused upload read and dropped before it is aborted
 
 
 async def _abort(
@@ -36,6 +37,23 @@ async def _abort(
     since grpc ships no type information."""
     await context.abort(code, details)
     raise AssertionError("grpc.aio.ServicerContext.abort returned")  # it never does
+
+
+async def _refuse(
+    requests: AsyncIterable[pb.UploadedExample],
+    context: grpc.aio.ServicerContext,
+    code: grpc.StatusCode,
+    details: str,
+) -> NoReturn:
+    """Abort an upload once the caller has sent the rest of its batch (at most DRAIN_MAX more
+    messages, dropped): aborted while the caller still streams, the call is reset by a proxy in
+    between (the gateway's HAProxy), and the caller reads CANCELLED instead of `details`."""
+    drained = 0
+    async for _ in requests:
+        drained += 1
+        if drained >= DRAIN_MAX:
+            break
+    await _abort(context, code, details)
 
 
 class ModelSyncService(pb_grpc.ModelSyncServicer):
@@ -150,9 +168,11 @@ class ModelSyncService(pb_grpc.ModelSyncServicer):
                 example = from_message(message)
                 added = await asyncio.to_thread(self.received.keep, edge_id, example)
             except QuotaExceeded as exc:
-                await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+                code, details = grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
+                await _refuse(request_iterator, context, code, details)
             except ValueError as exc:
-                await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"example {number}: {exc}")
+                code, details = grpc.StatusCode.INVALID_ARGUMENT, f"example {number}: {exc}"
+                await _refuse(request_iterator, context, code, details)
             kept += added
             duplicates += not added
         return pb.UploadExamplesResponse(

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -174,10 +174,11 @@ class EdgeAgent:
         if feedback.auditor:
             metrics.watch_audit(feedback.auditor.tracker)
         if feedback.collector and settings.sync_url:
-            uploader = ExampleUploader(feedback.collector.store, settings.edge_id)
+            feedback.uploader = ExampleUploader(feedback.collector.store, settings.edge_id)
+            metrics.watch_uploads(feedback.uploader)
             channel = transport.aio_channel(settings.sync_url)
             feedback.uploading = asyncio.create_task(
-                uploader.run(channel, settings.upload_interval_s)
+                feedback.uploader.run(channel, settings.upload_interval_s)
             )
         return cls(
             settings,
@@ -190,6 +191,25 @@ class EdgeAgent:
             transport,
             feedback=feedback,
         )
+
+    @property
+    def bytes_to_cloud(self) -> int:
+        """Request payload bytes sent to the cloud: escalations and audits."""
+        auditor = self.feedback.auditor
+        return self.counters.bytes_to_cloud + (auditor.bytes_sent if auditor else 0)
+
+    def upload_status(self) -> dict[str, Any]:
+        """GetStatus' upload fields: examples the cloud side kept and already had, failed
+        uploads and why the last one failed (all 0 and "" when the agent uploads nothing)."""
+        uploader = self.feedback.uploader
+        if uploader is None:
+            return {}
+        return {
+            "examples_uploaded": uploader.uploaded,
+            "examples_already_kept": uploader.duplicates,
+            "upload_failures": uploader.failures,
+            "upload_error": uploader.error,
+        }
 
     def audit_status(self) -> list[pb.AuditAgreement]:
         """Agreement with the cloud per family and edge version audited (GetStatus.audit)."""
@@ -317,11 +337,12 @@ class EdgeAgent:
 @dataclass
 class Feedback:
     """What the agent sends the cloud beyond escalations and keeps of its answers: the
-    escalation budget, the auditor, the collector of examples and its upload task."""
+    escalation budget, the auditor, the collector of examples, its uploader and upload task."""
 
     budget: EscalationBudget | None = None
     auditor: Auditor | None = None
     collector: Collector | None = None
+    uploader: ExampleUploader | None = None
     uploading: asyncio.Task[None] | None = None
 
     async def close(self) -> None:

@@ -29,6 +29,7 @@ from edgecascade.edge.serving.statistics import Stamps, Statistics, VersionStati
 from edgecascade.router.cascade.audit import AgreementTracker
 from edgecascade.router.cascade.cascade import Answers
 from edgecascade.router.cascade.degraded import DegradedReason
+from edgecascade.router.sync.uploader import ExampleUploader
 
 # Triton's per-model series, under Triton's names, types and labels, read from the statistics
 # (prometheus_client would add `_total` to a counter's samples; Triton's have none).
@@ -105,6 +106,33 @@ class _AuditSeries(Collector):
                     "edgecascade_audit_agreement", {**labels, "bound": bound}, value
                 )
         yield from (audited, agreed, agreement)
+
+
+class _UploadSeries(Collector):
+    """The uploads of collected examples to ModelSync, at each scrape."""
+
+    def __init__(self, uploader: ExampleUploader):
+        self._uploader = uploader
+
+    def collect(self) -> Iterator[Metric]:
+        uploaded = Metric(
+            "edgecascade_examples_uploaded",
+            "Collected examples uploaded, by outcome: kept by the cloud side, or a duplicate of "
+            "one it already had",
+            "counter",
+        )
+        name = "edgecascade_examples_uploaded_total"
+        uploaded.add_sample(name, {"outcome": "kept"}, self._uploader.uploaded)
+        uploaded.add_sample(name, {"outcome": "duplicate"}, self._uploader.duplicates)
+        failures = Metric(
+            "edgecascade_example_upload_failures",
+            "Uploads of collected examples that stopped with an error (tried again later)",
+            "counter",
+        )
+        failures.add_sample(
+            "edgecascade_example_upload_failures_total", {}, self._uploader.failures
+        )
+        yield from (uploaded, failures)
 
 
 def _counter(name: str, stats: VersionStatistics) -> float:
@@ -222,6 +250,10 @@ class Metrics:
     def watch_audit(self, tracker: AgreementTracker) -> None:
         """Export the audit's agreement from `tracker`."""
         self.registry.register(_AuditSeries(tracker))
+
+    def watch_uploads(self, uploader: ExampleUploader) -> None:
+        """Export the example uploads' counts from `uploader`."""
+        self.registry.register(_UploadSeries(uploader))
 
     def update_failed(self, reason: str) -> None:
         """A model update not applied, for one of UPDATE_FAILURES."""

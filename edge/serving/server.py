@@ -170,12 +170,13 @@ class CascadeService(pb_grpc.CascadeServicer):
             escalations=counters.escalations,
             degraded=counters.degraded,
             errors=counters.errors,
-            bytes_to_cloud=counters.bytes_to_cloud,
+            bytes_to_cloud=agent.bytes_to_cloud,
             breaker=agent.cascade.breaker.state,
             cloud_latency_ewma_ms=(agent.cascade.latency.ewma_s or 0.0) * 1e3,
             cloud_latency_p95_ms=(agent.cascade.latency.p95_s or 0.0) * 1e3,
             insecure_hops=insecure_hops(agent.settings),
             audit=agent.audit_status(),
+            **agent.upload_status(),
             **batching_status(agent),
         )
 

@@ -53,6 +53,12 @@ def agent_status(
         "version_mismatch": status.version_mismatch,
         "update_error": status.update_error,
         "insecure_hops": list(status.insecure_hops),
+        "uploads": {
+            "kept": status.examples_uploaded,
+            "already_kept": status.examples_already_kept,
+            "failures": status.upload_failures,
+            "error": status.upload_error,
+        },
         "audit": [
             {
                 "family": a.family,
@@ -101,8 +107,12 @@ def status_table(rows: list[dict[str, Any]]) -> Table:
         latency = r["cloud_latency_ms"]
         insecure = f"INSECURE: {', '.join(r['insecure_hops'])}" if r["insecure_hops"] else ""
         audits = [audit_note(a) for a in r["audit"]]
+        uploads = r["uploads"]
+        upload = (
+            f"[red]example upload failing: {uploads['error']}[/red]" if uploads["error"] else ""
+        )
         notes = "; ".join(
-            n for n in (insecure, r["version_mismatch"], r["update_error"], *audits) if n
+            n for n in (insecure, r["version_mismatch"], r["update_error"], upload, *audits) if n
         )
         previous = f" (prev {r['previous_version']})" if r["previous_version"] else ""
         table.add_row(

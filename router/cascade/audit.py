@@ -101,6 +101,7 @@ class Auditor:
         self.max_pending = max_pending
         self.skipped = 0  # sampled but not audited: too many pending, or over the budget
         self.failed = 0  # the cloud did not answer an audit
+        self.bytes_sent = 0  # request payload bytes of the audits sent to the cloud
         self._rng = np.random.default_rng(seed)
         self._pending: set[asyncio.Task[None]] = set()
 

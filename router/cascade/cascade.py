@@ -307,6 +307,7 @@ class Cascade:
                 batch = await off_loop(
                     images, prepare_batch, images, self.manifest.cloud.preprocessing
                 )
+                auditor.bytes_sent += batch.nbytes
                 logits = await self._cloud.infer_batch(batch, self._cloud_timeout_s)
         except CloudError as e:
             auditor.failed += len(images)

@@ -27,7 +27,8 @@ class ExampleUploader:
         self.edge_id = edge_id
         self.batch = batch
         self.cursor_file = store.path.with_name(store.path.name + ".uploaded")
-        self.uploaded = self.duplicates = 0
+        self.uploaded = self.duplicates = 0  # kept by the cloud side; already kept there
+        self.failures = 0  # uploads that stopped with an error
         self.error = ""  # why the last upload failed ("" when it did not)
 
     @property
@@ -66,6 +67,7 @@ class ExampleUploader:
                 await self.upload(stub)
                 self.error = ""
             except grpc.aio.AioRpcError as e:
+                self.failures += 1
                 self.error = f"{e.code().name}: {e.details()}"
                 log.warning("example upload stopped, again in %.0fs: %s", interval_s, self.error)
             await asyncio.sleep(interval_s)

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgecascade.cloud.common.examples import ExampleStore
@@ -70,6 +71,9 @@ def test_audited_agreement_is_in_status_metrics_and_the_cli_with_a_warning(
         assert 0 < entry.audited <= confident and entry.agreed < entry.audited
         assert entry.lower < entry.agreement == entry.agreed / entry.audited < entry.upper < 1
         assert entry.below_bound  # the bound is 100%: any disagreement is below it
+        # nothing escalated at threshold 0: what went to the cloud is the audits' images
+        per_image = int(np.prod(fashion_manifest.cloud.preprocessing.shape))
+        assert status(agent.address).bytes_to_cloud == entry.audited * per_image > 0
         labels = {"family": "fashion", "edge": fashion_manifest.edge.key}
         url = agent.metrics_url
         assert metric(url, "edgecascade_audited_total", **labels) == entry.audited

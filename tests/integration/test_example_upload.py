@@ -22,6 +22,7 @@ import pytest
 from edgecascade.cloud.common.example_messages import to_message
 from edgecascade.cloud.common.examples import Example, ExampleStore
 from edgecascade.cloud.common.launcher import wait_until
+from edgecascade.cloud.common.ports import free_port
 from edgecascade.cloud.common.transport import PLAINTEXT
 from edgecascade.cloud.registry.examples import received_path
 from edgecascade.cloud.registry.model_sync import add_model_sync
@@ -29,14 +30,16 @@ from edgecascade.cloud.registry.store import Registry
 from edgecascade.edge.serving.collection import store_path
 from edgecascade.router.gateway.process import GatewayProcess
 from edgecascade.router.sync.uploader import ExampleUploader
+from edgecascade.v1 import cascade_pb2 as cascade_pb
 from edgecascade.v1 import cascade_pb2_grpc as cascade_grpc
 from edgecascade.v1 import model_sync_pb2 as pb
 from edgecascade.v1 import model_sync_pb2_grpc as pb_grpc
 from tests.family_files import copy_family
-from tests.helpers import classify, following_edge
+from tests.helpers import classify, following_edge, metric
 
 pytestmark = pytest.mark.integration
 SHAPE = (64, 64, 3)
+FASHION_EXAMPLE_BYTES = 28 * 28 + 2 * 10 * 4  # a fashion example in a store
 
 
 def example(i: int) -> Example:
@@ -155,6 +158,39 @@ def test_the_quota_per_edge_is_resource_exhausted_with_what_to_do(tmp_path: Path
     assert cam2.cursor == store.after(0, 4)[-1][0] and cam2.uploaded == 4
 
 
+def test_gateways_sharing_a_registry_share_the_quota_and_acknowledge_a_resend(
+    tmp_path: Path,
+) -> None:
+    one, registry = example(0).nbytes, tmp_path / "registry"
+
+    async def upload(channel: grpc.aio.Channel, seeds: range) -> pb.UploadExamplesResponse:
+        messages = [to_message("cam-1", example(i)) for i in seeds]
+        response: pb.UploadExamplesResponse = await pb_grpc.ModelSyncStub(channel).UploadExamples(
+            iter(messages), timeout=10
+        )
+        return response
+
+    async def main() -> tuple[list[pb.UploadExamplesResponse], grpc.aio.AioRpcError]:
+        async with (
+            model_sync(registry, quota_bytes=4 * one) as first,
+            model_sync(registry, quota_bytes=4 * one) as second,
+            PLAINTEXT.aio_channel(f"127.0.0.1:{first}") as a,
+            PLAINTEXT.aio_channel(f"127.0.0.1:{second}") as b,
+        ):
+            answers = [await upload(a, range(2)), await upload(b, range(2, 4))]
+            answers.append(await upload(b, range(4)))  # the quota is full: a resend of kept ones
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await upload(a, range(3, 5))
+            return answers, refused.value
+
+    answers, refused = asyncio.run(main())
+    assert [(r.kept, r.duplicates) for r in answers] == [(2, 0), (2, 0), (0, 4)]
+    assert [r.edge_bytes for r in answers] == [2 * one, 4 * one, 4 * one]  # both gateways count
+    assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f"has {4 * one} bytes" in refused.details()
+    assert len(ExampleStore(received_path(registry, "fashion", "cam-1"), 1 << 30)) == 4
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [
@@ -222,6 +258,60 @@ def test_a_real_agent_uploads_what_it_collected_to_a_real_gateway(
             ),
             20,
         ), edge.log_tail()
+        n = len(ExampleStore(local, 1 << 30))
+        assert wait_until(lambda: upload_status(edge.address)[0] == n, 10)
+        assert upload_status(edge.address) == (n, 0, 0, "")
     kept = list(ExampleStore(received, 1 << 30).examples())
     assert all(e.kind == "escalated" and e.edge_version == fashion_manifest.edge.key for e in kept)
     assert all(e.image.shape == fashion_manifest.edge.preprocessing.shape for e in kept)
+
+
+def test_a_real_agent_reports_refused_uploads_in_status_and_metrics(
+    triton, frames, tmp_path: Path
+) -> None:
+    """A real gateway with a quota of 3 examples: the agent's uploads stop there (the kept ones
+    are acknowledged as duplicates when sent again) and it says so in GetStatus and metrics."""
+    registry = Registry(tmp_path / "registry")
+    registry.publish("fashion", copy_family(tmp_path / "build"))
+    quota = ("--examples-quota-bytes", str(3 * FASHION_EXAMPLE_BYTES))
+    metrics_port = free_port()
+    with (
+        GatewayProcess(
+            [triton.grpc_url], tmp_path / "gateway.log", registry=registry.root, options=quota
+        ) as gw,
+        following_edge(
+            triton.grpc_url,
+            gw.url,
+            tmp_path / "edge-artifacts",
+            tmp_path / "edge.log",
+            *("--edge-id", "cam-8", "--upload-interval", "0.2"),
+            *("--metrics-port", str(metrics_port)),
+        ) as edge,
+        PLAINTEXT.channel(edge.address) as channel,
+    ):
+        stub = cascade_grpc.CascadeStub(channel)
+        assert sum(classify(stub, f).tier == 2 for f in frames[:200]) > 3
+        assert wait_until(lambda: upload_status(edge.address)[2] >= 2, 20), edge.log_tail()
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        failures = metric(url, "edgecascade_example_upload_failures_total")
+        uploaded, already, failed, error = upload_status(edge.address)
+        assert failures is not None and 2 <= failures <= failed
+        assert error.startswith("RESOURCE_EXHAUSTED: edge 'cam-8'") and "quota" in error
+        assert uploaded <= 3 and already == 0  # only calls within the quota went through
+        assert metric(url, "edgecascade_examples_uploaded_total", outcome="kept") == uploaded
+    received = received_path(registry.root, "fashion", "cam-8")
+    assert len(ExampleStore(received, 1 << 30)) == 3
+
+
+def upload_status(address: str) -> tuple[int, int, int, str]:
+    """GetStatus' upload fields: kept, already kept, failures, the last error."""
+    with PLAINTEXT.channel(address) as channel:
+        status = cascade_grpc.CascadeStub(channel).GetStatus(
+            cascade_pb.GetStatusRequest(), timeout=5
+        )
+    return (
+        status.examples_uploaded,
+        status.examples_already_kept,
+        status.upload_failures,
+        status.upload_error,
+    )

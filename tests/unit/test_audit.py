@@ -106,6 +106,8 @@ def test_audits_are_within_the_budget_and_skipped_beyond_it_or_beyond_max_pendin
     asyncio.run(main())
     assert cloud.calls == 3 and auditor.skipped == 3
     assert auditor.tracker.entries[("toy", "toy_edge:1")].agreed == 3
+    # what the three audits sent is counted (the agent adds it to GetStatus' bytes_to_cloud)
+    assert auditor.bytes_sent == 3 * int(np.prod(manifest().cloud.preprocessing.shape))
 
 
 def test_agreement_below_the_bound_is_warned_once(caplog: pytest.LogCaptureFixture) -> None:

@@ -3,6 +3,7 @@ each edge has its own, and what is kept counts again after a restart of the gate
 
 from __future__ import annotations
 
+import multiprocessing
 from pathlib import Path
 
 import numpy as np
@@ -38,3 +39,50 @@ def test_the_quota_counts_every_family_of_an_edge_and_survives_a_restart(tmp_pat
 def test_an_edge_id_that_is_not_a_safe_name_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="edge id"):
         ReceivedExamples(tmp_path).keep("../cam", example(0))
+
+
+def test_a_duplicate_at_a_full_quota_is_acknowledged_and_costs_nothing(tmp_path: Path) -> None:
+    one = example(0).nbytes
+    received = ReceivedExamples(tmp_path, quota_bytes=2 * one)
+    assert received.keep("cam-1", example(0)) and received.keep("cam-1", example(1))
+    assert not received.keep("cam-1", example(1))  # full, yet the resend is no error
+    assert received.used_bytes("cam-1") == 2 * one
+    with pytest.raises(QuotaExceeded):
+        received.keep("cam-1", example(2))
+    received.close()
+
+
+def test_gateways_sharing_a_registry_count_the_same_quota(tmp_path: Path) -> None:
+    one = example(0).nbytes
+    first, second = (ReceivedExamples(tmp_path, quota_bytes=3 * one) for _ in range(2))
+    assert first.keep("cam-1", example(0)) and second.keep("cam-1", example(1, "other"))
+    assert first.used_bytes("cam-1") == second.used_bytes("cam-1") == 2 * one
+    assert not second.keep("cam-1", example(0))  # the other gateway's example is a duplicate
+    assert first.keep("cam-1", example(2))
+    with pytest.raises(QuotaExceeded, match=f"has {3 * one} bytes"):
+        second.keep("cam-1", example(3, "other"))
+    first.close()
+    second.close()
+
+
+def _keep_all(registry: Path, quota_bytes: int, seeds: range) -> int:
+    received = ReceivedExamples(registry, quota_bytes)
+    kept = 0
+    for seed in seeds:
+        try:
+            kept += received.keep("cam-1", example(seed, "fashion" if seed % 2 else "other"))
+        except QuotaExceeded:
+            pass
+    received.close()
+    return kept
+
+
+def test_gateway_processes_uploading_at_once_never_pass_the_quota(tmp_path: Path) -> None:
+    one, limit = example(0).nbytes, 40
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(3) as pool:
+        kept = pool.starmap(
+            _keep_all, [(tmp_path, limit * one, range(i, 300, 3)) for i in range(3)]
+        )
+    assert sum(kept) == limit and all(kept)
+    assert ReceivedExamples(tmp_path).used_bytes("cam-1") == limit * one

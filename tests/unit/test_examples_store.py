@@ -11,7 +11,8 @@ import pytest
 
 from edgecascade.cloud.common.errors import InvalidInput
 from edgecascade.cloud.common.examples import Example, ExampleStore
-from edgecascade.cloud.registry.examples import received_files, received_path, received_store
+from edgecascade.cloud.registry.examples import received_files, received_path
+from edgecascade.cloud.registry.uploads import ReceivedExamples
 
 CLASSES = 10
 
@@ -133,10 +134,9 @@ def test_a_writer_killed_mid_stream_loses_nothing_it_committed(tmp_path: Path) -
 
 
 def test_received_stores_are_per_family_and_edge_with_safe_names(tmp_path: Path) -> None:
-    with received_store(tmp_path, "fashion", "edge-1") as store:
-        store.add(example(0))
-    with received_store(tmp_path, "fashion", "edge.2") as store:
-        store.add(example(1))
+    received = ReceivedExamples(tmp_path)
+    assert received.keep("edge-1", example(0)) and received.keep("edge.2", example(1))
+    received.close()
     assert received_files(tmp_path, "fashion") == [
         received_path(tmp_path, "fashion", "edge-1"),
         received_path(tmp_path, "fashion", "edge.2"),
@@ -144,5 +144,5 @@ def test_received_stores_are_per_family_and_edge_with_safe_names(tmp_path: Path)
     assert received_files(tmp_path, "pets") == []
     for family, edge in [("fashion", "../x"), ("..", "e"), ("fashion", ""), ("a/b", "e")]:
         with pytest.raises(InvalidInput, match="expected letters, digits"):
-            received_store(tmp_path, family, edge)
+            received_path(tmp_path, family, edge)
     assert sorted(p.name for p in tmp_path.rglob("*.sqlite")) == ["edge-1.sqlite", "edge.2.sqlite"]

@@ -140,6 +140,10 @@ class Status:
     audit: tuple[AuditAgreement, ...]
     batches: tuple[BatchCount, ...]
     queue_duration_us: int  # in the batcher's queue, all requests together
+    examples_uploaded: int  # collected examples the cloud side kept
+    examples_already_kept: int  # uploaded examples the cloud side already had
+    upload_failures: int  # uploads that stopped with an error
+    upload_error: str  # why the last upload failed ("" when it went through)
 
 
 def _versions(versions: pb.ModelVersions) -> ModelVersions:

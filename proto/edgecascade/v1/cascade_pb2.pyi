@@ -124,7 +124,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("versions", "device", "policy", "threshold", "cloud_url", "cloud_ready", "requests", "escalations", "degraded", "errors", "bytes_to_cloud", "breaker", "cloud_latency_ewma_ms", "cloud_latency_p95_ms", "manifest_version", "previous_version", "update_error", "version_mismatch", "insecure_hops", "audit", "batches", "queue_duration_us")
+    __slots__ = ("versions", "device", "policy", "threshold", "cloud_url", "cloud_ready", "requests", "escalations", "degraded", "errors", "bytes_to_cloud", "breaker", "cloud_latency_ewma_ms", "cloud_latency_p95_ms", "manifest_version", "previous_version", "update_error", "version_mismatch", "insecure_hops", "audit", "batches", "queue_duration_us", "examples_uploaded", "examples_already_kept", "upload_failures", "upload_error")
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
@@ -147,6 +147,10 @@ class GetStatusResponse(_message.Message):
     AUDIT_FIELD_NUMBER: _ClassVar[int]
     BATCHES_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DURATION_US_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_UPLOADED_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_ALREADY_KEPT_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_ERROR_FIELD_NUMBER: _ClassVar[int]
     versions: ModelVersions
     device: str
     policy: str
@@ -169,7 +173,11 @@ class GetStatusResponse(_message.Message):
     audit: _containers.RepeatedCompositeFieldContainer[AuditAgreement]
     batches: _containers.RepeatedCompositeFieldContainer[BatchCount]
     queue_duration_us: int
-    def __init__(self, versions: _Optional[_Union[ModelVersions, _Mapping]] = ..., device: _Optional[str] = ..., policy: _Optional[str] = ..., threshold: _Optional[float] = ..., cloud_url: _Optional[str] = ..., cloud_ready: _Optional[bool] = ..., requests: _Optional[int] = ..., escalations: _Optional[int] = ..., degraded: _Optional[int] = ..., errors: _Optional[int] = ..., bytes_to_cloud: _Optional[int] = ..., breaker: _Optional[str] = ..., cloud_latency_ewma_ms: _Optional[float] = ..., cloud_latency_p95_ms: _Optional[float] = ..., manifest_version: _Optional[int] = ..., previous_version: _Optional[int] = ..., update_error: _Optional[str] = ..., version_mismatch: _Optional[str] = ..., insecure_hops: _Optional[_Iterable[str]] = ..., audit: _Optional[_Iterable[_Union[AuditAgreement, _Mapping]]] = ..., batches: _Optional[_Iterable[_Union[BatchCount, _Mapping]]] = ..., queue_duration_us: _Optional[int] = ...) -> None: ...
+    examples_uploaded: int
+    examples_already_kept: int
+    upload_failures: int
+    upload_error: str
+    def __init__(self, versions: _Optional[_Union[ModelVersions, _Mapping]] = ..., device: _Optional[str] = ..., policy: _Optional[str] = ..., threshold: _Optional[float] = ..., cloud_url: _Optional[str] = ..., cloud_ready: _Optional[bool] = ..., requests: _Optional[int] = ..., escalations: _Optional[int] = ..., degraded: _Optional[int] = ..., errors: _Optional[int] = ..., bytes_to_cloud: _Optional[int] = ..., breaker: _Optional[str] = ..., cloud_latency_ewma_ms: _Optional[float] = ..., cloud_latency_p95_ms: _Optional[float] = ..., manifest_version: _Optional[int] = ..., previous_version: _Optional[int] = ..., update_error: _Optional[str] = ..., version_mismatch: _Optional[str] = ..., insecure_hops: _Optional[_Iterable[str]] = ..., audit: _Optional[_Iterable[_Union[AuditAgreement, _Mapping]]] = ..., batches: _Optional[_Iterable[_Union[BatchCount, _Mapping]]] = ..., queue_duration_us: _Optional[int] = ..., examples_uploaded: _Optional[int] = ..., examples_already_kept: _Optional[int] = ..., upload_failures: _Optional[int] = ..., upload_error: _Optional[str] = ...) -> None: ...
 
 class BatchCount(_message.Message):
     __slots__ = ("size", "executions")
