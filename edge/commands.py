@@ -50,6 +50,9 @@ def serve_command(
     sync_url: Annotated[str | None, _setting("sync_url")] = None,
     device: Annotated[str | None, _setting("device")] = None,
     hint: Annotated[str | None, _setting("hint")] = None,
+    plugin_config: Annotated[str | None, _setting("plugin_config")] = None,
+    nireq: Annotated[int | None, _setting("nireq")] = None,
+    workers: Annotated[int | None, _setting("workers")] = None,
     precision: Annotated[str | None, _setting("precision")] = None,
     host: Annotated[str | None, _setting("host")] = None,
     port: Annotated[int | None, _setting("port")] = None,
@@ -119,6 +122,11 @@ def serve_command(
         built_family(settings.family, settings.artifacts)
     logs.configure(settings.log_format, settings.log_level)
     tracing.configure("edgecascade-edge", settings.otlp_endpoint, settings.trace_ratio)
+    if settings.workers > 1:
+        from edgecascade.edge.serving.workers import run_workers
+
+        run_workers(settings)
+        return
     run_until_signalled(lambda stop: serve(settings, stop))
 
 

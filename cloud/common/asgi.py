@@ -103,8 +103,9 @@ class HttpServer:
         await self.task
 
 
-def _listening(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on host:port. Its protocol is named (IPPROTO_TCP), as asyncio
+def _listening(host: str, port: int, shared: bool = False) -> socket.socket:
+    """A listening TCP socket on host:port (with SO_REUSEPORT when `shared`: for worker
+    processes whose parent holds the port). Its protocol is named (IPPROTO_TCP), as asyncio
     needs to set TCP_NODELAY on the connections it accepts: without it a response written in
     two parts (head, then body) waits for the client's delayed ACK, 40 ms."""
     family, kind, proto, _, address = socket.getaddrinfo(
@@ -112,7 +113,8 @@ def _listening(host: str, port: int) -> socket.socket:
     )[0]
     sock = socket.socket(family, kind, proto)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # not SO_REUSEPORT
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, int(shared))
         sock.bind(address)
         sock.listen()
     except OSError:
@@ -122,17 +124,23 @@ def _listening(host: str, port: int) -> socket.socket:
 
 
 async def start(
-    app: ASGIApp, host: str, port: int, tls: Tls | None = None, grace_s: float | None = None
+    app: ASGIApp,
+    host: str,
+    port: int,
+    tls: Tls | None = None,
+    grace_s: float | None = None,
+    shared: bool = False,
 ) -> HttpServer:
     """Serve `app` on host:port (0: a free port), over `tls` when given (mutual TLS when it
-    requires client certificates); PortInUse when the port is taken. Closed, it gives the
-    requests in flight `grace_s` seconds (None: as long as they take)."""
+    requires client certificates); PortInUse when the port is taken (`shared`: with the other
+    worker processes whose parent holds it). Closed, it gives the requests in flight `grace_s`
+    seconds (None: as long as they take)."""
     certificates = None
     if tls is not None:
         tls.server_credentials()  # every file read and checked, as on the gRPC port
         certificates = _Certificates(tls)
     try:
-        sock = _listening(host.strip("[]"), port)
+        sock = _listening(host.strip("[]"), port, shared)
     except OSError as e:
         raise PortInUse(f"cannot listen on {host}:{port}: {e.strerror}") from e
     config = uvicorn.Config(

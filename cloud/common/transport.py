@@ -221,12 +221,13 @@ class Transport:
             options.append(("grpc.ssl_target_name_override", self.tls.server_name))
         return [*options, *extra]
 
-    def server(self, options: ChannelOptions = ()) -> grpc.aio.Server:
-        """A grpc.aio server; ports are added with `listen`. A port is never shared with
-        another process (gRPC would otherwise set SO_REUSEPORT and split the traffic)."""
+    def server(self, options: ChannelOptions = (), *, shared: bool = False) -> grpc.aio.Server:
+        """A grpc.aio server; ports are added with `listen`. A port is not shared with another
+        process (gRPC would otherwise set SO_REUSEPORT and split the traffic), unless `shared`:
+        for worker processes whose parent holds the port (ports.reserve_shared)."""
         return grpc.aio.server(
             interceptors=self.server_interceptors,
-            options=[*self._options(options), ("grpc.so_reuseport", 0)],
+            options=[*self._options(options), ("grpc.so_reuseport", int(shared))],
         )
 
     def sync_server(self, max_workers: int, options: ChannelOptions = ()) -> grpc.Server:

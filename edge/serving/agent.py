@@ -393,7 +393,15 @@ async def _deploy(
     policy = policy_from_manifest(manifest.policy, settings.threshold)  # before compiling
     xml = edge_model_file(folder, settings.precision)
     fold = manifest.edge.preprocessing if settings.fold_preprocessing else None
-    model = await asyncio.to_thread(EdgeModel, xml, settings.device, settings.hint, fold=fold)
+    model = await asyncio.to_thread(
+        EdgeModel,
+        xml,
+        settings.device,
+        settings.hint,
+        fold=fold,
+        plugin_config=settings.plugin_config,
+        nireq=settings.nireq,
+    )
     blank = np.zeros(manifest.edge.input_shape, np.uint8)
     for _ in range(WARM_UP_RUNS):
         logits = await model.infer(blank)

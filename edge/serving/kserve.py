@@ -18,6 +18,7 @@ RepositoryIndex the one model, LogSettings Triton's log settings over Python's l
 
 from __future__ import annotations
 
+import json
 import math
 import struct
 import time
@@ -158,6 +159,8 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
                     for k, v in {
                         **pair_parameters(self.agent.manifest),
                         "max_batch": str(self.agent.settings.max_batch),
+                        "plugin_config": json.dumps(self.agent.model.properties()),
+                        "nireq": str(self.agent.model.parallelism),
                     }.items()
                 },
             )

@@ -5,14 +5,15 @@ Frames of another size than the model's can be cropped and resized inside OpenVI
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import numpy as np
 import openvino as ov
@@ -57,13 +58,48 @@ def check_device(device: Device, available: Sequence[str]) -> None:
             )
 
 
-class _Requests:
-    """One compiled model's infer requests: up to `parallelism` run at once, and parts that
-    arrive while all are busy go to the device together, up to `max_batch` images."""
+# the properties GetStatus, the log and the KServe model config show, besides those set
+SHOWN_PROPERTIES = ("PERFORMANCE_HINT", "NUM_STREAMS", "INFERENCE_NUM_THREADS")
 
-    def __init__(self, compiled: ov.CompiledModel, max_batch: int) -> None:
+
+def check_plugin_config(core: ov.Core, device: Device, config: Mapping[str, Any]) -> None:
+    """A UserError naming the first key of `config` (OVMS's plugin_config) that `device`
+    cannot set; its values are checked by compile_model (`compile`)."""
+    kind = device.partition(":")[0]
+    if kind in VIRTUAL_DEVICES or not config:
+        return  # AUTO and the like take their devices' properties: compile_model judges
+    supported = core.get_property(kind, "SUPPORTED_PROPERTIES")
+    settable = sorted(name for name, mode in supported.items() if str(mode) == "RW")
+    for key in config:
+        if key not in settable:
+            raise UserError(
+                f"plugin_config: {device} has no property {key!r} to set; settable: "
+                f"{', '.join(settable)}"
+            )
+
+
+def compile_checked(
+    core: ov.Core, model: ov.Model, device: Device, config: Mapping[str, Any], user: str
+) -> ov.CompiledModel:
+    """compile_model, where OpenVINO refusing a property the user set (`user`, the JSON they
+    gave; empty when none) is one UserError line: OpenVINO's own last line."""
+    try:
+        return core.compile_model(model, device, dict(config))
+    except RuntimeError as e:
+        lines = [line for line in str(e).splitlines() if line.strip()]
+        if not user or not lines:
+            raise
+        raise UserError(f"plugin_config {user} on {device}: {lines[-1].strip()}") from None
+
+
+class _Requests:
+    """One compiled model's infer requests (`nireq`; 0: OpenVINO's optimal number): up to
+    `parallelism` run at once, and parts that arrive while all are busy go to the device
+    together, up to `max_batch` images."""
+
+    def __init__(self, compiled: ov.CompiledModel, max_batch: int, nireq: int = 0) -> None:
         self.max_batch = max_batch
-        self._queue = ov.AsyncInferQueue(compiled)
+        self._queue = ov.AsyncInferQueue(compiled, nireq)
         # through a weak reference: a bound method would make a cycle through the queue that
         # Python's collector cannot see into, and keep every evicted variant alive
         self._queue.set_callback(partial(_request_done, weakref.ref(self)))
@@ -147,19 +183,25 @@ class EdgeModel:
         hint: PerformanceHint = "LATENCY",
         max_batch: int = 16,
         fold: Preprocessing | None = None,
+        plugin_config: Mapping[str, Any] | None = None,
+        nireq: int = 0,
     ) -> None:
         self._core = ov.Core()
         self._model_xml = model_xml
-        self._config = {"PERFORMANCE_HINT": hint}
+        self.plugin_config = dict(plugin_config or {})
+        self.nireq = nireq
+        self._config = {"PERFORMANCE_HINT": hint, **self.plugin_config}
+        self._user_config = json.dumps(self.plugin_config) if self.plugin_config else ""
         model = self._core.read_model(model_xml)
         check_device(device, self._core.available_devices)
-        self.compiled = self._core.compile_model(model, device, self._config)
+        check_plugin_config(self._core, device, self.plugin_config)
+        self.compiled = compile_checked(self._core, model, device, self._config, self._user_config)
         self.requested_device = device
         self.execution_devices: list[str] = list(self.compiled.get_property("EXECUTION_DEVICES"))
         partial_shape = model.input(0).get_partial_shape()
         self.input_shape: Shape = tuple(d.get_length() for d in list(partial_shape)[1:])
         self.max_batch = max_batch if partial_shape[0].is_dynamic else 1
-        self._requests = _Requests(self.compiled, self.max_batch)
+        self._requests = _Requests(self.compiled, self.max_batch, nireq)
         self.fold = fold
         self.fold_compiles = 0
         self._folded: OrderedDict[Shape, _Requests | None] = OrderedDict()  # None: cannot fold
@@ -170,9 +212,16 @@ class EdgeModel:
     def parallelism(self) -> int:
         return self._requests.parallelism
 
-    @property
-    def streams(self) -> int:
-        return int(self.compiled.get_property("NUM_STREAMS"))
+    def properties(self) -> dict[str, str]:
+        """The OpenVINO properties in effect (read back from the compiled model): hint,
+        streams, threads and every key of plugin_config."""
+        shown: dict[str, str] = {}
+        for key in (*SHOWN_PROPERTIES, *self.plugin_config):
+            try:
+                shown[key] = str(self.compiled.get_property(key))
+            except RuntimeError:  # not readable on this device: as it was set
+                shown[key] = str(self._config.get(key, "?"))
+        return shown
 
     @property
     def folded_shapes(self) -> list[Shape]:
@@ -181,9 +230,11 @@ class EdgeModel:
 
     def describe(self) -> str:
         folding = f", folds {self.fold.color} crop/resize" if self.fold else ""
+        shown = self.properties()
         return (
             f"{self.requested_device} -> {','.join(self.execution_devices)} "
-            f"({self.streams} streams, {self.parallelism} infer requests, "
+            f"({shown['PERFORMANCE_HINT']} hint, {shown['NUM_STREAMS']} streams, "
+            f"{shown['INFERENCE_NUM_THREADS']} threads, {self.parallelism} infer requests, "
             f"batches of up to {self.max_batch}{folding})"
         )
 
@@ -262,6 +313,8 @@ class EdgeModel:
             ResizeAlgorithm.RESIZE_LINEAR
         )
         ppp.input().model().set_layout(ov.Layout("NHWC"))
-        compiled = self._core.compile_model(ppp.build(), self.requested_device, self._config)
+        compiled = compile_checked(
+            self._core, ppp.build(), self.requested_device, self._config, self._user_config
+        )
         self.fold_compiles += 1
-        return _Requests(compiled, self.max_batch)
+        return _Requests(compiled, self.max_batch, self.nireq)

@@ -8,7 +8,8 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -23,7 +24,7 @@ from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.cloud.common.paths import family_dir
 from edgecascade.cloud.common.preprocessing import Image, InvalidImage, decode_image, raw_image
 from edgecascade.cloud.common.transport import Transport
-from edgecascade.edge.serving import updater
+from edgecascade.edge.serving import memory, updater
 from edgecascade.edge.serving.agent import EdgeAgent
 from edgecascade.edge.serving.kserve import KServeService
 from edgecascade.edge.serving.rpc import (
@@ -193,11 +194,25 @@ def batching_status(agent: EdgeAgent) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Worker:
+    """One of `count` agent processes sharing the gRPC and REST ports (edge.serving.workers);
+    `ready` is called once it serves."""
+
+    index: int
+    count: int
+    ready: Callable[[], None]
+
+
 async def _http_faces(
-    settings: EdgeSettings, agent: EdgeAgent, kserve: KServeService, transport: Transport
+    settings: EdgeSettings,
+    agent: EdgeAgent,
+    kserve: KServeService,
+    transport: Transport,
+    shared: bool,
 ) -> list[asgi.HttpServer]:
-    """KServe v2 over REST on http_port (the gRPC port's TLS and caller check) and /metrics
-    on metrics_port (plaintext, as Triton's), each when set."""
+    """KServe v2 over REST on http_port (the gRPC port's TLS and caller check; `shared` with
+    the other workers) and /metrics on metrics_port (plaintext, as Triton's), each when set."""
     faces = []
     if settings.http_port:
         authorizer = next(
@@ -206,7 +221,7 @@ async def _http_faces(
         app = kserve_rest.rest_app(kserve, settings.max_message_bytes, authorizer)
         faces.append(
             await asgi.start(
-                app, settings.host, settings.http_port, transport.tls, settings.grace_s
+                app, settings.host, settings.http_port, transport.tls, settings.grace_s, shared
             )
         )
     try:
@@ -220,10 +235,14 @@ async def _http_faces(
     return faces
 
 
-async def serve(settings: EdgeSettings, stop: asyncio.Event | None = None) -> None:
+async def serve(
+    settings: EdgeSettings, stop: asyncio.Event | None = None, worker: Worker | None = None
+) -> None:
     """Run the agent until `stop` is set (or forever). Then health turns NOT_SERVING, new calls
-    are refused and calls in flight get `grace_s` to finish."""
+    are refused and calls in flight get `grace_s` to finish. A `worker` listens with
+    SO_REUSEPORT on ports its parent holds."""
     transport = server_transport(settings)  # certificates and callers checked before loading
+    memory.return_freed_memory()  # before any image is decoded
     for hop in insecure_hops(settings):
         log.warning("INSECURE: %s without TLS (explicitly switched off)", INSECURE_HOP_TEXT[hop])
     if settings.allow_unsigned:
@@ -234,7 +253,7 @@ async def serve(settings: EdgeSettings, stop: asyncio.Event | None = None) -> No
     agent = await EdgeAgent.load(settings, folder)
     if agent.trusted is not None:
         log.info("serving manifests signed by key %s only", ", ".join(sorted(agent.trusted)))
-    server = transport.server()
+    server = transport.server(shared=worker is not None)
     pb_grpc.add_CascadeServicer_to_server(CascadeService(agent), server)
     kserve = KServeService(agent)
     kpb_grpc.add_GRPCInferenceServiceServicer_to_server(kserve, server)
@@ -251,11 +270,11 @@ async def serve(settings: EdgeSettings, stop: asyncio.Event | None = None) -> No
     faces: list[asgi.HttpServer] = []  # the HTTP servers
     following = None
     try:
-        faces.extend(await _http_faces(settings, agent, kserve, transport))
+        faces.extend(await _http_faces(settings, agent, kserve, transport, worker is not None))
         scheme = "https" if transport.tls else "http"
         log.info(
             "edge agent %s serving %s on %s:%d (Cascade, KServe v2, health, reflection; %s), "
-            "KServe v2 REST %s, model on %s, cloud %s, metrics %s",
+            "KServe v2 REST %s, model on %s, cloud %s, metrics %s%s",
             agent.manifest.family,
             agent.manifest.edge.key,
             settings.host,
@@ -267,7 +286,10 @@ async def serve(settings: EdgeSettings, stop: asyncio.Event | None = None) -> No
             f"http://{settings.host}:{settings.metrics_port}/metrics"
             if settings.metrics_port
             else "off",
+            f" (worker {worker.index} of {worker.count})" if worker else "",
         )
+        if worker:
+            worker.ready()
         following = updater.start(agent, settings.sync_url) if settings.sync_url else None
         await (stop or asyncio.Event()).wait()
     finally:

@@ -9,6 +9,7 @@ must be signed by a trusted key unless `allow_unsigned`.
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -26,6 +27,7 @@ from edgecascade.cloud.common.settings import ConfigError
 __all__ = ["ConfigError", "EdgeSettings", "load_settings"]
 
 PerformanceHint = Literal["LATENCY", "THROUGHPUT"]
+PluginValue = bool | int | float | str  # an OpenVINO property's value, as JSON gives it
 
 
 Address = Annotated[str, AfterValidator(address_validator("address"))]
@@ -43,6 +45,23 @@ class EdgeSettings(BaseSettings):
     )
     device: str = Field("CPU", description="OpenVINO device: CPU, GPU, AUTO, ...")
     hint: PerformanceHint = Field("LATENCY", description="OpenVINO performance hint")
+    plugin_config: Annotated[dict[str, PluginValue], NoDecode] = Field(
+        default_factory=dict,
+        description="OpenVINO properties for compile_model, as JSON (OVMS's plugin_config), "
+        'e.g. \'{"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": 2}\'; they win over hint',
+    )
+    nireq: int = Field(
+        0,
+        ge=0,
+        description="infer requests in the OpenVINO queue (OVMS's nireq); 0: "
+        "OpenVINO's optimal number for the compiled model",
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        description="agent processes sharing the gRPC and REST ports (SO_REUSEPORT among "
+        "them only), each with its own model; worker i serves /metrics on metrics_port + i",
+    )
     precision: Literal["int8", "fp32"] = Field(
         "int8", description="edge IR: int8, or the fp32 reference"
     )
@@ -234,6 +253,21 @@ class EdgeSettings(BaseSettings):
     def _split_keys(cls, value: Any) -> Any:
         """The environment gives one string: `path,path`."""
         return [part.strip() for part in value.split(",")] if isinstance(value, str) else value
+
+    @field_validator("plugin_config", mode="before")
+    @classmethod
+    def _parse_plugin_config(cls, value: Any) -> Any:
+        """The command line and the environment give JSON text; TOML gives a table."""
+        if not isinstance(value, str):
+            return value
+        try:
+            parsed = json.loads(value)
+        except ValueError as e:
+            example = '{"NUM_STREAMS": 2}'
+            raise ValueError(f"not JSON ({e}): give an object, e.g. '{example}'") from None
+        if not isinstance(parsed, dict):
+            raise ValueError(f"give a JSON object of OpenVINO properties, not {value!r}")
+        return parsed
 
     @field_validator("preferred_batch_sizes", mode="before")
     @classmethod
