@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
-from contextlib import ExitStack
+from contextlib import AsyncExitStack, ExitStack
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
@@ -39,12 +39,19 @@ PRECISIONS = ("int8", "fp32")
 # KServe ModelInfer runners: raw `pixels` [N, H, W, C], N images per request.
 KSERVE_BATCHES = {"agent_kserve_batch": 16, "agent_kserve_batch64": 64}
 AGENT_RUNNERS = ("agent_unary", "agent_stream", *KSERVE_BATCHES)
-# The agent with dynamic batching off ("unbatched", the agent before it) and on, one batch at a
-# time: with threshold 0 nothing escalates, so no batch holds its instance through a cloud call.
-BATCHING = {
+# The agent as it starts by default (one process, LATENCY hint: one OpenVINO stream, dynamic
+# batching), and beside it: without dynamic batching (the agent before it), two worker
+# processes on the port, and one process with two OpenVINO streams (THROUGHPUT hint).
+TWO_STREAMS = {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": 2}
+SETUPS = {
+    "default": [],
     "unbatched": ["--no-dynamic-batching"],
-    "batched": ["--dynamic-batching", "--batch-instances", "1"],
+    "workers2": ["--workers", "2"],
+    "streams2": ["--plugin-config", json.dumps(TWO_STREAMS)],
 }
+# a connection of its own for each channel (gRPC shares one among channels to the same address
+# by default), so that the kernel spreads the channels among worker processes
+OWN_CONNECTION = (("grpc.use_local_subchannel_pool", 1),)
 # the rows that are no agent: the ceiling (OpenVINO alone) and the floor (gRPC alone, per call)
 RATIO_LABELS = {"benchmark_app": "ceiling", "echo": "floor"}
 BENCHMARK_APP = "import sys; from openvino.tools.benchmark.main import main; sys.exit(main())"
@@ -112,11 +119,13 @@ def _children_cpu_s() -> float:
 
 
 def _cpu_s(agent: EdgeProcess) -> float:
-    """User + system CPU seconds of the running `agent` so far (all its threads)."""
+    """User + system CPU seconds of the running `agent` so far (all its threads, and its
+    worker processes)."""
     if agent.pid is None:
         raise RuntimeError(f"the edge agent exited ({agent.returncode}): see {agent.log_path}")
-    times = psutil.Process(agent.pid).cpu_times()
-    return float(times.user + times.system)
+    parent = psutil.Process(agent.pid)
+    processes = [parent, *parent.children(recursive=True)]
+    return float(sum(p.cpu_times().user + p.cpu_times().system for p in processes))
 
 
 def bench_images(manifest: Manifest, count: int = 64) -> NDArray[np.uint8]:
@@ -151,16 +160,22 @@ async def unary_load(
     clients: int,
     seconds: float,
     transport: Transport = PLAINTEXT,
+    channels: int = 1,
 ) -> dict[str, Any]:
-    """`clients` concurrent callers, each one Classify at a time, for `seconds`."""
+    """`clients` concurrent callers, each one Classify at a time, for `seconds`, over
+    `channels` connections (callers take them in turn)."""
     latencies: list[float] = []
-    async with transport.aio_channel(address) as channel:
-        stub = pb_grpc.CascadeStub(channel)
-        await stub.Classify(requests[0])  # connected and warm
+    async with AsyncExitStack() as stack:
+        stubs = []
+        for _ in range(channels):
+            channel = transport.aio_channel(address, OWN_CONNECTION)
+            await stack.enter_async_context(channel)
+            stubs.append(pb_grpc.CascadeStub(channel))
+            await stubs[-1].Classify(requests[0])  # connected and warm
         end = time.perf_counter() + seconds
 
         async def client(offset: int) -> None:
-            i = offset
+            i, stub = offset, stubs[offset % channels]
             while (start := time.perf_counter()) < end:
                 await stub.Classify(requests[i % len(requests)])
                 latencies.append(time.perf_counter() - start)
@@ -179,13 +194,14 @@ async def stream_load(
     seconds: float,
     transport: Transport = PLAINTEXT,
 ) -> dict[str, Any]:
-    """`streams` ClassifyStreams, each with up to `window` frames awaiting an answer."""
+    """`streams` ClassifyStreams, each on its own connection with up to `window` frames
+    awaiting an answer."""
     latencies: list[float] = []
-    async with transport.aio_channel(address) as channel:
-        stub = pb_grpc.CascadeStub(channel)
-        end = time.perf_counter() + seconds
+    end = time.perf_counter() + seconds
 
-        async def one_stream(offset: int) -> None:
+    async def one_stream(offset: int) -> None:
+        async with transport.aio_channel(address, OWN_CONNECTION) as channel:
+            stub = pb_grpc.CascadeStub(channel)
             room = asyncio.Semaphore(window)
             sent: dict[str, float] = {}
 
@@ -204,16 +220,16 @@ async def stream_load(
                 latencies.append(time.perf_counter() - sent.pop(response.request_id))
                 room.release()
 
-        started = time.perf_counter()
-        await asyncio.gather(*(one_stream(s * 1000003) for s in range(streams)))
-        return _result(latencies, time.perf_counter() - started)
+    started = time.perf_counter()
+    await asyncio.gather(*(one_stream(s * 1000003) for s in range(streams)))
+    return _result(latencies, time.perf_counter() - started)
 
 
 async def kserve_batch_load(
     address: str, model: str, images: NDArray[np.uint8], batch: int, clients: int, seconds: float
 ) -> dict[str, Any]:
-    """`clients` concurrent tritonclient callers of the agent's KServe ModelInfer, `batch`
-    images per request; latency is per request, throughput per image."""
+    """`clients` concurrent tritonclient callers of the agent's KServe ModelInfer, each on its
+    own connection, `batch` images per request; latency is per request, throughput per image."""
     from tritonclient.grpc import InferInput, InferRequestedOutput
 
     inputs = []
@@ -223,13 +239,14 @@ async def kserve_batch_load(
         inputs.append(tensor)
     outputs = [InferRequestedOutput("top1")]
     latencies: list[float] = []
-    client = PLAINTEXT.triton_aio(address)
+    callers = [PLAINTEXT.triton_aio(address, OWN_CONNECTION) for _ in range(clients)]
     try:
-        await client.infer(model, [inputs[0]], outputs=outputs)  # connected and warm
+        for client in callers:
+            await client.infer(model, [inputs[0]], outputs=outputs)  # connected and warm
         end = time.perf_counter() + seconds
 
         async def caller(offset: int) -> None:
-            i = offset
+            i, client = offset, callers[offset]
             while (start := time.perf_counter()) < end:
                 await client.infer(model, [inputs[i % len(inputs)]], outputs=outputs)
                 latencies.append(time.perf_counter() - start)
@@ -239,7 +256,7 @@ async def kserve_batch_load(
         await asyncio.gather(*(caller(c) for c in range(clients)))
         result = _result(latencies, time.perf_counter() - started)
     finally:
-        await client.close()
+        await asyncio.gather(*(client.close() for client in callers))
     return result | {"images_per_s": round(result["images_per_s"] * batch, 1), "batch": batch}
 
 
@@ -308,29 +325,50 @@ def bench_precision(
     requests = bench_requests(images)
     with console.status(f"{manifest.family} {precision}: grpc.aio echo server"):
         row["echo"] = echo_floor(requests[0].SerializeToString(), clients, seconds)
-    extra = ["--precision", precision, "--hint", "THROUGHPUT", "--threshold", "0",
+    extra = ["--precision", precision, "--threshold", "0",
              "--max-batch", str(max(KSERVE_BATCHES.values()))]  # fmt: skip
-    for batching, flags in BATCHING.items():
-        log = logs / f"bench-{manifest.family}-{precision}-{batching}.log"
+    for setup, flags in SETUPS.items():
+        log = logs / f"bench-{manifest.family}-{precision}-{setup}.log"
         with EdgeProcess(manifest.family, None, log, *extra, *flags) as agent:
-            runs = {
+            _wait_workers(agent, int(flags[1]) if "--workers" in flags else 1)
+            runs: dict[str, Any] = {
                 runner: _agent_run(agent, runner, manifest, images, requests, clients, streams,
-                                   window, seconds, f"{manifest.family} {precision} {batching}")
+                                   window, seconds, f"{manifest.family} {precision} {setup}")
                 for runner in AGENT_RUNNERS
             }  # fmt: skip
             status = _status(agent.address)
-        if batching == "batched":
-            row.update(runs)
+            runs["device"] = status.device
+        if setup == "default":
+            batches = {b.size: b.executions for b in status.batches}
+            row.update(runs, escalations=status.escalations, batches=batches)
         else:
-            row[batching] = runs
-    row["device"] = status.device
-    row["escalations"] = status.escalations
-    row["batches"] = {b.size: b.executions for b in status.batches}
+            row[setup] = runs
     ceiling = row["benchmark_app"]["images_per_s"]
     for mode in AGENT_RUNNERS:
-        for runs in (row, row["unbatched"]):
+        for runs in (row, *(row[setup] for setup in SETUPS if setup != "default")):
             runs[mode]["ratio"] = round(runs[mode]["images_per_s"] / ceiling, 3)
     return row
+
+
+def _wait_workers(agent: EdgeProcess, count: int, timeout_s: float = 120.0) -> None:
+    """Until `count` processes of `agent` listen on its port (the first answers before the
+    others have loaded their model)."""
+    deadline = time.monotonic() + timeout_s
+    while _listening(agent) < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{count} workers not serving after {timeout_s:g}s")
+        time.sleep(0.1)
+
+
+def _listening(agent: EdgeProcess) -> int:
+    if agent.pid is None:
+        raise RuntimeError(f"the edge agent exited ({agent.returncode}): see {agent.log_path}")
+    parent = psutil.Process(agent.pid)
+    return sum(
+        any(c.status == psutil.CONN_LISTEN and c.laddr.port == agent.port
+            for c in process.net_connections("tcp"))
+        for process in (parent, *parent.children())
+    )  # fmt: skip
 
 
 def _agent_run(
@@ -349,7 +387,9 @@ def _agent_run(
     cpu_before = _cpu_s(agent)
     with console.status(f"{label}: {runner}"):
         if runner == "agent_unary":
-            result = asyncio.run(unary_load(agent.address, requests, clients, seconds))
+            result = asyncio.run(
+                unary_load(agent.address, requests, clients, seconds, channels=clients)
+            )
         elif runner == "agent_stream":
             result = asyncio.run(stream_load(agent.address, requests, streams, window, seconds))
         else:
@@ -454,7 +494,7 @@ def run_bench(
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     console.print(bench_table(report))
-    console.print(batching_table(report))
+    console.print(setups_table(report))
     console.print(tls_table(report["tls"]))
     console.print(f"report: {report_path}")
     return report
@@ -481,22 +521,22 @@ def bench_table(report: dict[str, Any]) -> Table:
     return table
 
 
-def batching_table(report: dict[str, Any]) -> Table:
-    """Dynamic batching off and on: ratios of benchmark_app and CPU ms per image (per call for
-    the echo server)."""
-    table = Table(title="dynamic batching off / on: vs benchmark_app, CPU ms per image")
-    for column in ("precision", "runner", "off", "on", "CPU off", "CPU on"):
+def setups_table(report: dict[str, Any]) -> Table:
+    """Every setup of the agent side by side: its share of benchmark_app's images/s and its CPU
+    ms per image (per call for the echo server)."""
+    table = Table(title="setups side by side: vs benchmark_app (CPU ms per image)")
+    for column in ("precision", "runner", *SETUPS):
         table.add_column(column, justify="left" if column in ("precision", "runner") else "right")
     for precision, row in report["results"].items():
         for runner in RATIO_LABELS:
             r = row[runner]
             cpu = f"{r.get('cpu_ms_per_image', r.get('cpu_ms_per_call')):.3f}"
-            table.add_row(precision, runner, "", "", cpu, cpu)
+            table.add_row(precision, runner, *(f"({cpu})" for _ in SETUPS))
         for runner in AGENT_RUNNERS:
-            on, off = row[runner], row["unbatched"][runner]
+            runs = [row[runner] if setup == "default" else row[setup][runner] for setup in SETUPS]
             table.add_row(
-                precision, runner, f"{off['ratio']:.0%}", f"{on['ratio']:.0%}",
-                f"{off['cpu_ms_per_image']:.3f}", f"{on['cpu_ms_per_image']:.3f}",
+                precision, runner,
+                *(f"{r['ratio']:.0%} ({r['cpu_ms_per_image']:.3f})" for r in runs),
             )  # fmt: skip
     return table
 

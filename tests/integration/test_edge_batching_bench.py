@@ -1,5 +1,6 @@
-"""`bench edge` measures the agent with dynamic batching off and on, and the CPU time per image
-of the agent, of benchmark_app and of a bare grpc.aio echo server (per call)."""
+"""`bench edge` measures the agent as it starts by default, without dynamic batching, with two
+worker processes and with two OpenVINO streams, and the CPU time per image of the agent, of
+benchmark_app and of a bare grpc.aio echo server (per call)."""
 
 import json
 import subprocess
@@ -12,7 +13,7 @@ from edgecascade.cloud.common.manifest import Manifest
 pytestmark = pytest.mark.integration
 
 
-def test_bench_edge_reports_batching_off_and_on_with_cpu_per_image(
+def test_bench_edge_reports_every_setup_with_cpu_per_image(
     fashion_manifest: Manifest, tmp_path
 ) -> None:
     report_path = tmp_path / "bench.json"
@@ -24,10 +25,13 @@ def test_bench_edge_reports_batching_off_and_on_with_cpu_per_image(
     assert row["benchmark_app"]["cpu_ms_per_image"] > 0
     assert row["echo"]["images_per_s"] > 0 and row["echo"]["cpu_ms_per_call"] > 0
     for runner in ("agent_unary", "agent_stream", "agent_kserve_batch", "agent_kserve_batch64"):
-        for measured in (row[runner], row["unbatched"][runner]):
+        setups = (row["unbatched"], row["workers2"], row["streams2"])
+        for measured in (row[runner], *(setup[runner] for setup in setups)):
             assert measured["images_per_s"] > 0 and measured["cpu_ms_per_image"] > 0
             ratio = measured["images_per_s"] / row["benchmark_app"]["images_per_s"]
             assert measured["ratio"] == pytest.approx(ratio, abs=1e-3)
+    assert "THROUGHPUT hint, 2 streams" in row["streams2"]["device"]
+    assert "LATENCY hint, 1 streams" in row["device"]  # the default agent
     # the batched agent's executions by size: the KServe batches of 64 among them
     assert "64" in row["batches"] and sum(row["batches"].values()) > 0
-    assert "dynamic batching off / on" in done.stdout
+    assert "setups side by side" in done.stdout
