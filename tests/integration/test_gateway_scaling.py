@@ -6,6 +6,8 @@ from a real DNS server (dnslib) whose SRV answers the test changes."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -34,6 +36,7 @@ from tests.family_files import copy_family
 from tests.integration.test_model_sync import recalibrate
 from tests.integration.test_router_resilience import cloud_inferences, kill
 from tests.integration.test_triton_server import images, infer_input
+from tests.kustomize import find, rendered
 
 pytestmark = pytest.mark.integration
 
@@ -194,6 +197,49 @@ def test_a_triton_drained_then_stopped_loses_no_request(tritons, fashion_manifes
     assert after_removal > 0
     text = log.read_text()
     assert text.index("leaving: draining") < text.index("drained and removed")
+
+
+def pre_stop(overlay: str = "production") -> list[str]:
+    """The command the kubelet runs in a Triton pod before it sends SIGTERM."""
+    (triton,) = find(rendered(overlay), "StatefulSet")["spec"]["template"]["spec"]["containers"]
+    command: list[str] = triton["lifecycle"]["preStop"]["exec"]["command"]
+    return command
+
+
+def test_a_triton_stopped_as_kubernetes_stops_a_pod_loses_no_request(
+    tritons, fashion_repository, fashion_manifest, tmp_path
+):
+    """A scale-in: the pod's record stays while it terminates (publishNotReadyAddresses), the
+    kubelet runs the manifest's preStop hook, then sends SIGTERM. Without the hook, Triton
+    unloaded its models at SIGTERM before the gateway saw it not ready: 1 request of 135-171
+    failed NOT_FOUND in 2 of 3 runs here."""
+    a, b, c = tritons
+    for spare in (b, c):  # one stays; the leaving one runs in explicit mode, as in the cluster
+        spare.stop()
+    leaving = TritonServer(
+        fashion_repository,
+        model_control_mode="explicit",
+        load_models=[fashion_manifest.cloud.name],
+        log_path=tmp_path / "leaving.log",
+    )
+    gateway, _ = file_gateway(tmp_path, [a, leaving])
+    with leaving, gateway, Load(gateway.url, fashion_manifest) as load:
+        assert wait_until(lambda: served(leaving, fashion_manifest) >= 10, 10)
+        hook = subprocess.run(
+            pre_stop(),
+            env={**os.environ, "TRITON_HTTP_PORT": str(leaving.http_port), "TRITON_ADMIN_KEY": ""},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert hook.returncode == 0, hook.stderr
+        assert f"Triton {leaving.grpc_url} is NOT ready" in gateway.log_path.read_text()
+        drained = served(leaving, fashion_manifest)
+        leaving.stop()  # SIGTERM, while the gateway still lists it
+        load.run_for(1.0)
+    print(f"\npreStop then SIGTERM: {len(load.errors)} failed of {load.sent}")
+    assert load.errors == [], load.errors[:3]
+    assert drained >= 10 and served(a, fashion_manifest) > 0
 
 
 def test_a_triton_killed_mid_stream_leaves_every_request_answered(

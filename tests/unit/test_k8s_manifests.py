@@ -6,12 +6,14 @@ autoscaler on queue time per request, disruption budgets, probes, resources, net
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
 
+from edgecascade.cloud.triton.server import ADMIN_KEY_NAME
 from tests.kustomize import OVERLAYS, Manifest, find, rendered
 
 K8S_VERSION = "1.32.0"  # the schemas checked against (Debian's kubectl is 1.32)
@@ -124,6 +126,24 @@ def test_triton_loads_models_explicitly_from_a_shared_repository(overlay: str) -
         assert pvc["spec"]["accessModes"] == ["ReadWriteMany"], name
     gateway = containers(find(docs, "Deployment"))[0]
     assert "--registry=/registry" in gateway["args"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_a_leaving_triton_goes_unready_and_waits_before_it_gets_sigterm(overlay: str) -> None:
+    """The preStop hook (run on a real Triton behind a real gateway by test_gateway_scaling)
+    loads a model that cannot load, which strict readiness turns into "not ready", with the
+    admin key model control needs, then sleeps; that and Triton's exit fit the grace period."""
+    statefulset = find(rendered(overlay), "StatefulSet")
+    (triton,) = containers(statefulset)
+    script = triton["lifecycle"]["preStop"]["exec"]["command"][-1]
+    assert "--strict-readiness=true" in triton["args"]
+    assert f"{ADMIN_KEY_NAME}: %s" in script and '"$TRITON_ADMIN_KEY"' in script
+    assert "TRITON_ADMIN_KEY" in [variable["name"] for variable in triton["env"]]
+    sleep = re.search(r"^sleep (\d+)$", script, re.MULTILINE)
+    assert sleep is not None, script
+    (exit_timeout,) = [int(a.split("=")[1]) for a in triton["args"] if "--exit-timeout-secs=" in a]
+    grace = statefulset["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert int(sleep.group(1)) + exit_timeout <= grace
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
