@@ -54,3 +54,22 @@ def test_the_memory_of_large_images_is_given_back(channel, agent) -> None:
     after = rss_mb(agent)
     print(f"\nRSS before {before:.0f} MB, right after {peak:.0f} MB, then {after:.0f} MB")
     assert after - before < KEPT_MB, (before, peak, after)
+
+
+def test_decoded_frames_do_not_stay_in_the_decoding_threads_heaps(channel, agent) -> None:
+    """Thirty 9-megapixel JPEGs one after another, each a little larger (over FOLD_MAX_PIXELS:
+    decoded and resized with cv2). glibc's dynamic mmap threshold put each next buffer in a
+    thread's heap, where it stayed once freed: +168 MB before the agent fixed the threshold."""
+    stub = pb_grpc.CascadeStub(channel)
+    photo = np.zeros((3000, 3000, 3), np.uint8)
+    photo[::53, ::47] = 255
+    stub.Classify(pb.ClassifyRequest(encoded_image=cv2.imencode(".jpg", photo)[1].tobytes()))
+    before = rss_mb(agent)
+    for i in range(30):
+        grown = np.zeros((3000 + 7 * i, 3000, 3), np.uint8)
+        grown[:3000] = photo
+        jpeg = cv2.imencode(".jpg", grown)[1].tobytes()
+        assert stub.Classify(pb.ClassifyRequest(encoded_image=jpeg), timeout=60).top_k
+    after = rss_mb(agent)
+    print(f"\nRSS before {before:.0f} MB, after thirty 9 MP frames {after:.0f} MB")
+    assert after - before < 40, (before, after)
