@@ -265,19 +265,13 @@ class Transport:
 
     def aio_channel(self, address: str, options: ChannelOptions = ()) -> grpc.aio.Channel:
         """An asyncio channel to `address` (bound to the running event loop)."""
-        interceptors = (
-            [kind(self.metadata) for kind in _AIO_METADATA_KINDS] if self.metadata else None
-        )
         if self.tls is None:
-            return grpc.aio.insecure_channel(
-                address, options=self._options(options), interceptors=interceptors
+            channel = grpc.aio.insecure_channel(address, options=self._options(options))
+        else:
+            channel = grpc.aio.secure_channel(
+                address, self.tls.channel_credentials(), options=self._options(options)
             )
-        return grpc.aio.secure_channel(
-            address,
-            self.tls.channel_credentials(),
-            options=self._options(options),
-            interceptors=interceptors,
-        )
+        return _AioMetadataChannel(channel, self.metadata) if self.metadata else channel
 
     def _triton_credentials(self) -> grpc.ChannelCredentials | None:
         """tritonclient's `creds`: the same as its ssl/root_certificates/private_key/
@@ -354,34 +348,55 @@ class _SyncMetadata(
         return continuation(_with_metadata(details, self.metadata), requests)
 
 
-class _AioMetadata:
-    """Adds the transport's metadata to calls of one kind: grpc.aio files an interceptor under
-    the first kind it implements only, so each kind needs its own."""
+class _AioMetadataChannel(grpc.aio.Channel):
+    """An asyncio channel that sends `metadata` with every call, added to the call's own as
+    the call is made. Not a grpc.aio client interceptor: one runs every call in an asyncio task
+    of its own, which cost +0.07 ms a call (a small call on loopback takes about 0.5 ms)."""
 
-    def __init__(self, metadata: tuple[tuple[str, str], ...]):
-        self.metadata = metadata
+    def __init__(self, channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...]):
+        self._channel = channel
+        self._metadata = metadata
+
+    async def __aenter__(self) -> _AioMetadataChannel:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self._channel.close()
+
+    async def close(self, grace: float | None = None) -> None:
+        await self._channel.close(grace)
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        return self._channel.get_state(try_to_connect)
+
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        await self._channel.wait_for_state_change(last_observed_state)
+
+    async def channel_ready(self) -> None:
+        await self._channel.channel_ready()
+
+    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _Sending(self._channel.unary_unary(method, *args, **kwargs), self._metadata)
+
+    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _Sending(self._channel.unary_stream(method, *args, **kwargs), self._metadata)
+
+    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _Sending(self._channel.stream_unary(method, *args, **kwargs), self._metadata)
+
+    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _Sending(self._channel.stream_stream(method, *args, **kwargs), self._metadata)
 
 
-class _AioUnaryUnary(_AioMetadata, grpc.aio.UnaryUnaryClientInterceptor):
-    async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
-        return await continuation(_with_metadata(details, self.metadata), request)
+class _Sending:
+    """One method's multicallable of an _AioMetadataChannel."""
 
+    def __init__(self, call: Any, metadata: tuple[tuple[str, str], ...]):
+        self._call = call
+        self._metadata = metadata
 
-class _AioUnaryStream(_AioMetadata, grpc.aio.UnaryStreamClientInterceptor):
-    async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
-        return await continuation(_with_metadata(details, self.metadata), request)
+    def __call__(self, *args: Any, metadata: Any = None, **kwargs: Any) -> Any:
+        return self._call(*args, metadata=(*(metadata or ()), *self._metadata), **kwargs)
 
-
-class _AioStreamUnary(_AioMetadata, grpc.aio.StreamUnaryClientInterceptor):
-    async def intercept_stream_unary(self, continuation, details, requests):  # type: ignore[no-untyped-def]
-        return await continuation(_with_metadata(details, self.metadata), requests)
-
-
-class _AioStreamStream(_AioMetadata, grpc.aio.StreamStreamClientInterceptor):
-    async def intercept_stream_stream(self, continuation, details, requests):  # type: ignore[no-untyped-def]
-        return await continuation(_with_metadata(details, self.metadata), requests)
-
-
-_AIO_METADATA_KINDS = (_AioUnaryUnary, _AioUnaryStream, _AioStreamUnary, _AioStreamStream)
 
 PLAINTEXT = Transport()

@@ -69,13 +69,15 @@ def _parse(reply: bytes) -> dict[str, str]:
 
 
 async def _echo_metadata(transport: Transport, address: str) -> list[dict[str, str]]:
-    """The metadata the server saw on a call of each kind (unary and streaming)."""
+    """The metadata the server saw on a call of each kind (unary and streaming), each call
+    sending `x-edgecascade-call` of its own too."""
+    own = {"timeout": 5, "metadata": (("x-edgecascade-call", "1"),)}
     async with transport.aio_channel(address) as channel:
         replies = [
-            await channel.unary_unary("/test.Echo/Metadata")(b"", timeout=5),
-            *[r async for r in channel.unary_stream("/test.Echo/ServerStream")(b"", timeout=5)],
-            await channel.stream_unary("/test.Echo/ClientStream")(iter([b""]), timeout=5),
-            *[r async for r in channel.stream_stream("/test.Echo/Bidi")(iter([b""]), timeout=5)],
+            await channel.unary_unary("/test.Echo/Metadata")(b"", **own),
+            *[r async for r in channel.unary_stream("/test.Echo/ServerStream")(b"", **own)],
+            await channel.stream_unary("/test.Echo/ClientStream")(iter([b""]), **own),
+            *[r async for r in channel.stream_stream("/test.Echo/Bidi")(iter([b""]), **own)],
         ]
     return [_parse(reply) for reply in replies]
 
@@ -128,7 +130,8 @@ async def _metadata_server() -> tuple[grpc.aio.Server, str]:
 
 @pytest.mark.integration  # a loopback gRPC server
 def test_channels_send_the_transport_metadata_with_every_call() -> None:
-    """On unary and streaming calls alike, asyncio and blocking channels."""
+    """On unary and streaming calls alike, asyncio and blocking channels, besides the
+    metadata a call sends itself."""
 
     async def main() -> tuple[list[dict[str, str]], ...]:
         server, address = await _metadata_server()
@@ -143,6 +146,7 @@ def test_channels_send_the_transport_metadata_with_every_call() -> None:
 
     aio_seen, plain_seen, sync_seen = asyncio.run(main())
     assert [seen["x-edgecascade-test"] for seen in aio_seen] == ["42"] * 4
+    assert [seen["x-edgecascade-call"] for seen in aio_seen + plain_seen] == ["1"] * 8
     assert [seen["x-edgecascade-test"] for seen in sync_seen] == ["42"] * 4
     assert len(plain_seen) == 4
     assert all("x-edgecascade-test" not in seen for seen in plain_seen)
