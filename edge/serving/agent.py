@@ -303,7 +303,8 @@ class EdgeAgent:
         statistics of the version that answered. Raises Overloaded past max_in_flight,
         InvalidImage for unreadable input (or one above max_image_pixels) and InternalFailure
         for anything else (logged); times are time.perf_counter(). Decoding runs in a thread,
-        so a slow image does not hold up other calls."""
+        so a slow image does not hold up other calls, and an image of a new shape waits for
+        its folded variant before it joins a batch, so the others there do not."""
         received = int(received_at * 1e9)
         deployment = self.deployment  # the whole request runs on one pair
         version = str(deployment.manifest.version)
@@ -317,6 +318,7 @@ class EdgeAgent:
                 admitted = time.perf_counter_ns()
                 images = await asyncio.to_thread(decode)  # the thread sees the pixel limit
                 decoded = time.perf_counter_ns()
+                await deployment.model.folds_ready(images)  # a new shape waits alone
                 batched = await batcher.classify(images, received_at=received_at, deadline=deadline)
                 answers = batched.answers
                 inferred = time.perf_counter_ns()

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import threading
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
@@ -22,7 +24,12 @@ from openvino.preprocess import PrePostProcessor, ResizeAlgorithm
 
 from edgecascade.cloud.common.errors import UserError
 from edgecascade.cloud.common.manifest import Preprocessing
-from edgecascade.cloud.common.preprocessing import kept_region, off_loop, prepare_batch
+from edgecascade.cloud.common.preprocessing import (
+    Images,
+    kept_region,
+    off_loop,
+    prepare_batch,
+)
 from edgecascade.edge.serving.settings import PerformanceHint
 
 log = logging.getLogger(__name__)
@@ -39,6 +46,10 @@ FOLD_VARIANTS = 8  # compiled crop-and-resize variants kept, one per frame shape
 # frames are up to 1080p; answers stay the same for a shape, frame after frame.
 FOLD_MAX_PIXELS = 1920 * 1080
 FOLD_COMPILES_QUEUED = 2  # variants compiling or waiting to (one at a time); more wait their turn
+# Pixels of frame shapes with a variant kept, all together: a variant holds ~9 MB per megapixel
+# of its shape, so eight 1080p variants kept 160 MB; least recently used ones go first.
+FOLD_CACHE_PIXELS = 2 * FOLD_MAX_PIXELS
+FOLD_COMPILE_NICE = 10  # the compiling thread yields the cores to the requests being answered
 
 
 # devices that pick among, or combine, the devices listed after their colon
@@ -160,6 +171,14 @@ def _request_done(
         alive._done(request, userdata)
 
 
+def _lower_priority() -> None:
+    """The calling thread runs at FOLD_COMPILE_NICE (Linux: nice is per thread)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), FOLD_COMPILE_NICE)
+    except OSError as e:  # not allowed here: compiles at the usual priority
+        log.debug("fold compiles keep their priority: %s", e)
+
+
 def foldable(shape: Shape) -> bool:
     """Whether frames of `shape` [H, W, C] get a folded variant (at most FOLD_MAX_PIXELS)."""
     return shape[0] * shape[1] <= FOLD_MAX_PIXELS
@@ -206,7 +225,9 @@ class EdgeModel:
         self.fold_compiles = 0
         self._folded: OrderedDict[Shape, _Requests | None] = OrderedDict()  # None: cannot fold
         self._compiling: dict[Shape, asyncio.Future[_Requests]] = {}
-        self._compiler = ThreadPoolExecutor(1, thread_name_prefix="fold-compile")
+        self._compiler = ThreadPoolExecutor(
+            1, thread_name_prefix="fold-compile", initializer=_lower_priority
+        )
 
     @property
     def parallelism(self) -> int:
@@ -264,6 +285,18 @@ class EdgeModel:
             return await self._requests.infer_batch(prepared)
         return await requests.infer_batch(images)
 
+    async def folds_ready(self, images: Images) -> None:
+        """Compile (or await) the variants of the images' shapes, to be called before they join
+        a batch: their own request waits for a new shape's compilation, the others in that batch
+        do not."""
+        if self.fold is None:
+            return
+        sizes = (
+            {images.shape[1:3]} if isinstance(images, np.ndarray) else {i.shape[:2] for i in images}
+        )
+        shapes = {(*size, *self.input_shape[-1:]) for size in sizes} - {self.input_shape}
+        await asyncio.gather(*(self.fold_ready(shape) for shape in shapes))
+
     async def fold_ready(self, shape: Shape) -> bool:
         """Compile (or await) the variant for frames of `shape` [H, W, C]; whether there is one."""
         if self.fold is None or not foldable(shape):
@@ -297,8 +330,11 @@ class EdgeModel:
         if task.exception():
             log.warning("cannot fold preprocessing for frames of %s: %s", shape, task.exception())
         self._folded[shape] = None if task.exception() else task.result()
-        while len(self._folded) > FOLD_VARIANTS:
-            self._folded.popitem(last=False)  # its last reference: compiled model, threads freed
+        kept = sum(s[0] * s[1] for s, requests in self._folded.items() if requests)
+        while len(self._folded) > FOLD_VARIANTS or kept > FOLD_CACHE_PIXELS:
+            # its last reference: compiled model, threads and buffers freed
+            evicted, requests = self._folded.popitem(last=False)
+            kept -= evicted[0] * evicted[1] if requests else 0
 
     def _compile_folded(self, shape: Shape, spec: Preprocessing) -> _Requests:
         """The model behind a PrePostProcessor that takes uint8 [N, H, W, C] frames, keeps the

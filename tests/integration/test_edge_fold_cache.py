@@ -12,7 +12,13 @@ import pytest
 
 from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.cloud.common.paths import edge_model_file, family_dir
-from edgecascade.edge.serving.runtime import FOLD_COMPILES_QUEUED, FOLD_VARIANTS, EdgeModel
+from edgecascade.edge.serving.runtime import (
+    FOLD_CACHE_PIXELS,
+    FOLD_COMPILES_QUEUED,
+    FOLD_MAX_PIXELS,
+    FOLD_VARIANTS,
+    EdgeModel,
+)
 
 pytestmark = pytest.mark.integration
 SHAPES = [(28 + i, 30 + 2 * i, 1) for i in range(30)]
@@ -22,10 +28,14 @@ def threads() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
-def test_thirty_frame_shapes_keep_the_variant_cache_bounded(fashion_manifest: Manifest):
-    model = EdgeModel(
-        edge_model_file(family_dir("fashion"), "int8"), fold=fashion_manifest.edge.preprocessing
+def fashion_model(manifest: Manifest) -> EdgeModel:
+    return EdgeModel(
+        edge_model_file(family_dir("fashion"), "int8"), fold=manifest.edge.preprocessing
     )
+
+
+def test_thirty_frame_shapes_keep_the_variant_cache_bounded(fashion_manifest: Manifest):
+    model = fashion_model(fashion_manifest)
     variants: list[weakref.ref] = []
 
     async def run() -> int:
@@ -56,3 +66,50 @@ def test_thirty_frame_shapes_keep_the_variant_cache_bounded(fashion_manifest: Ma
     assert sum(alive) <= FOLD_VARIANTS and not any(alive[: -FOLD_VARIANTS - 2])
     assert model.fold_compiles == len(SHAPES) + 12
     assert peak <= 8, f"threads grew by {peak} while variants were evicted"
+
+
+def test_variants_of_large_frames_are_bounded_by_their_pixels(fashion_manifest: Manifest):
+    """A variant holds buffers of its frame size (~9 MB per megapixel here): eight 1080p ones
+    kept 160 MB. Fewer than FOLD_VARIANTS large shapes already fill FOLD_CACHE_PIXELS, and the
+    least recently used go, freed."""
+    model = fashion_model(fashion_manifest)
+    side = int(FOLD_MAX_PIXELS**0.5)
+    shapes = [(side - i, side, 1) for i in range(4)]
+    variants: list[weakref.ref] = []
+
+    async def run() -> None:
+        for shape in shapes:
+            assert await model.fold_ready(shape)
+            variants.append(weakref.ref(model._folded[shape]))
+            assert np.isfinite(await model.infer(np.zeros(shape, np.uint8))).all()
+            assert sum(h * w for h, w, _ in model.folded_shapes) <= FOLD_CACHE_PIXELS
+
+    asyncio.run(run())
+    gc.collect()
+    kept = FOLD_CACHE_PIXELS // (side * side)
+    assert kept < len(shapes)
+    assert model.folded_shapes == shapes[-kept:]
+    assert [ref() is not None for ref in variants] == [False] * (len(shapes) - kept) + [True] * kept
+
+
+def test_a_request_gets_the_variants_of_its_frame_shapes_before_it_joins_a_batch(
+    fashion_manifest: Manifest,
+):
+    """folds_ready compiles the variant of each new shape among a request's images (in the
+    model's channels, whatever the images' own), so the batch it joins waits for no compile;
+    frames at the model's own size need none."""
+    model = fashion_model(fashion_manifest)
+    own = np.zeros(model.input_shape, np.uint8)
+    images = [own, np.zeros((50, 60), np.uint8), np.zeros((50, 60, 3), np.uint8)]
+    images.append(np.zeros((70, 40, 3), np.uint8))
+
+    async def run() -> None:
+        await model.folds_ready(images)
+        await model.folds_ready(np.zeros((2, 90, 30, 1), np.uint8))
+        assert sorted(model.folded_shapes) == [(50, 60, 1), (70, 40, 1), (90, 30, 1)]
+        compiled = model.fold_compiles
+        for frame in (np.zeros((50, 60, 1), np.uint8), np.zeros((90, 30, 1), np.uint8)):
+            await model.infer(frame)
+        assert model.fold_compiles == compiled == 3
+
+    asyncio.run(run())

@@ -15,6 +15,7 @@ from edgecascade.edge.serving.metrics import Metrics
 from edgecascade.edge.serving.settings import EdgeSettings
 from tests.unit.test_cascade_routing import manifest
 from tests.unit.test_kserve_requests import PNG, request
+from tests.unit.test_statistics import Model
 
 
 class Cascade:
@@ -26,7 +27,7 @@ def agent() -> EdgeAgent:
     metrics = Metrics(manifest(), lambda: 0)
     return EdgeAgent(
         EdgeSettings(insecure=True),
-        Deployment(manifest(), Path(), None, Cascade(), None),
+        Deployment(manifest(), Path(), Model(), Cascade(), None),
         InFlightLimit(4),
         metrics,
         breaker=None,

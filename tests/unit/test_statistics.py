@@ -106,6 +106,17 @@ def test_failure_reasons_are_tritons_and_start_at_0():
     assert "nv_inference_request_failure_total" not in exposition  # Triton's name, no suffix
 
 
+class Model:
+    """An edge model whose variants are ready once folds_ready has returned."""
+
+    def __init__(self) -> None:
+        self.ready: list[list[tuple[int, ...]]] = []  # the shapes made ready, call by call
+
+    async def folds_ready(self, images) -> None:
+        await asyncio.sleep(0)
+        self.ready.append([image.shape for image in images])
+
+
 class SlowCascade:
     def __init__(self, pair):
         self.pair, self.gate = pair, asyncio.Event()
@@ -124,7 +135,7 @@ def test_a_request_counts_under_the_version_it_started_on_and_pending_while_in_f
         metrics = Metrics(one, lambda: 0)
         agent = EdgeAgent(
             EdgeSettings(insecure=True),
-            Deployment(one, Path(), None, cascade, None),
+            Deployment(one, Path(), Model(), cascade, None),
             InFlightLimit(4),
             metrics,
             breaker=None,
@@ -137,7 +148,7 @@ def test_a_request_counts_under_the_version_it_started_on_and_pending_while_in_f
         while metrics.statistics.versions["1"].pending == 0:
             await asyncio.sleep(0.001)
         assert value(metrics, "nv_inference_pending_request_count", version="1") == 1
-        agent.deployment = Deployment(two, Path(), None, SlowCascade(two), None)  # swapped
+        agent.deployment = Deployment(two, Path(), Model(), SlowCascade(two), None)  # swapped
         metrics.serving(two)
         cascade.gate.set()
         assert await request == 1  # what `build` made of the answers
