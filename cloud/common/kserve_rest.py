@@ -163,6 +163,9 @@ class KServeServicer(Protocol):
     async def LogSettings(
         self, request: kpb.LogSettingsRequest, context: Any
     ) -> kpb.LogSettingsResponse: ...
+    async def TraceSetting(
+        self, request: kpb.TraceSettingRequest, context: Any
+    ) -> kpb.TraceSettingResponse: ...
     async def ModelInfer(
         self, request: kpb.ModelInferRequest, context: Any
     ) -> kpb.ModelInferResponse: ...
@@ -227,6 +230,16 @@ def _set_setting(setting: kpb.LogSettingsRequest.SettingValue, value: Any, name:
         setting.string_param = value
     else:
         raise InvalidInput(f"log setting {name!r} is a bool, a whole number or a string")
+
+
+def _set_trace_setting(
+    setting: kpb.TraceSettingRequest.SettingValue, value: Any, name: str
+) -> None:
+    """A JSON trace setting: a string, a list of strings, or null (back to its default)."""
+    values = [] if value is None else value if isinstance(value, list) else [value]
+    if not all(isinstance(v, str) for v in values):
+        raise InvalidInput(f"trace setting {name!r} is a string, a list of strings or null")
+    setting.value.extend(values)
 
 
 def _flat(data: Any) -> Iterator[Any]:
@@ -440,17 +453,33 @@ def rest_app(
         models = as_json(answer)["models"]  # Triton leaves an empty reason out
         return JSONResponse([{k: v for k, v in m.items() if k != "reason" or v} for m in models])
 
-    async def log_settings(request: Request) -> Response:
-        message = kpb.LogSettingsRequest()
+    async def posted(request: Request, what: str, take: Callable[[str, Any], None]) -> None:
+        """Give `take` each setting a POST sends (a JSON object of them); a GET sends none."""
         if request.method == "POST":
             try:
-                changes = json.loads(await read_body(request, max_body_bytes))
-                for name, value in changes.items():
-                    _set_setting(message.settings[name], value, name)
+                for name, value in json.loads(await read_body(request, max_body_bytes)).items():
+                    take(name, value)
             except (ValueError, AttributeError) as e:
-                raise InvalidInput(f"log settings are a JSON object of settings: {e}") from None
+                raise InvalidInput(f"{what} are a JSON object of settings: {e}") from None
+
+    async def log_settings(request: Request) -> Response:
+        message = kpb.LogSettingsRequest()
+        await posted(request, "log settings", lambda n, v: _set_setting(message.settings[n], v, n))
         answer = await service.LogSettings(message, context)
         return JSONResponse({k: _parameter(v) for k, v in answer.settings.items()})
+
+    async def trace_settings(request: Request) -> Response:
+        message = kpb.TraceSettingRequest(model_name=names(request)[0])
+        await posted(
+            request, "trace settings", lambda n, v: _set_trace_setting(message.settings[n], v, n)
+        )
+        answer = await service.TraceSetting(message, context)
+        return JSONResponse(  # as Triton: the level a list, the others one string
+            {
+                k: list(v.value) if k == "trace_level" else "".join(v.value[:1])
+                for k, v in answer.settings.items()
+            }
+        )
 
     async def infer(request: Request) -> Response:
         name, version = names(request)
@@ -474,6 +503,8 @@ def rest_app(
         *route("/v2/models/{model}/infer", "ModelInfer", infer, "POST"),
         *route("/v2/repository/index", "RepositoryIndex", repository_index, "POST"),
         *route("/v2/logging", "LogSettings", log_settings, "GET", "POST"),
+        *route("/v2/trace/setting", "TraceSetting", trace_settings, "GET", "POST"),
+        *route("/v2/models/{model}/trace/setting", "TraceSetting", trace_settings, "GET", "POST"),
         *route("/v2/models/{model}", "ModelMetadata", model_metadata),
     ]
 

@@ -6,6 +6,8 @@ API's no-op ones, about 9 us each here), and a caller's context is only passed o
 context comes in with a request's gRPC metadata or HTTP headers (its spans then continue the
 caller's trace) and goes out with calls to the cloud only when the current span is sampled, so
 one sampling decision holds end to end (Triton traces every request that carries a context).
+Spans can be turned off and on, and the sampled share changed, while the process runs (the
+agent's KServe TraceSetting: edge/serving/tracesettings.py).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any
 from urllib.parse import urlsplit
 
 from opentelemetry import context, trace
@@ -28,6 +31,8 @@ INSTALL_HINT = "pip install 'edgecascade[tracing]'"
 _W3C = TraceContextTextMapPropagator()
 _tracer = trace.get_tracer("edgecascade")  # follows the provider `configure` sets
 _exporting = False  # whether `configure` set an exporting provider
+_enabled = True  # whether spans are made while exporting (Triton's trace level, not OFF)
+_ratio = 1.0  # the share of the traces started here that are sampled
 _NO_SPAN = nullcontext(trace.INVALID_SPAN)
 
 
@@ -66,14 +71,29 @@ def provider(service: str, endpoint: str, ratio: float) -> trace.TracerProvider:
         from opentelemetry.sdk.resources import SERVICE_NAME, Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
-        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+        from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
     except ImportError as e:
         raise UserError(
             f"exporting traces needs the OpenTelemetry SDK ({e}): {INSTALL_HINT}"
         ) from None
+
+    class Adjustable(Sampler):
+        """TraceIdRatioBased at the ratio `set_ratio` sets while the process runs."""
+
+        def __init__(self) -> None:
+            self.inner = TraceIdRatioBased(_ratio)
+
+        def should_sample(self, *args: Any, **kwargs: Any) -> Any:
+            if self.inner.rate != _ratio:
+                self.inner = TraceIdRatioBased(_ratio)
+            return self.inner.should_sample(*args, **kwargs)
+
+        def get_description(self) -> str:
+            return f"Adjustable{{{self.inner.get_description()}}}"
+
+    set_ratio(ratio)
     sdk = TracerProvider(
-        sampler=ParentBased(TraceIdRatioBased(ratio)),
-        resource=Resource.create({SERVICE_NAME: service}),
+        sampler=ParentBased(Adjustable()), resource=Resource.create({SERVICE_NAME: service})
     )
     sdk.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=traces_url(endpoint))))
     return sdk
@@ -90,10 +110,40 @@ def configure(service: str, endpoint: str | None, ratio: float = 1.0) -> str | N
     return collector
 
 
+def making_spans() -> bool:
+    """Whether this process makes spans now: it exports them and they are not turned off."""
+    return _exporting and _enabled
+
+
+def exporting() -> bool:
+    """Whether `configure` found a collector to export spans to."""
+    return _exporting
+
+
+def set_enabled(enabled: bool) -> None:
+    """Turn the spans of an exporting process off (a caller's context is then only passed
+    on, as without a collector) or back on."""
+    global _enabled
+    _enabled = enabled
+
+
+def ratio() -> float:
+    """The share of the traces started here that are sampled."""
+    return _ratio
+
+
+def set_ratio(ratio: float) -> None:
+    """Sample `ratio` (0 to 1) of the traces started from now on (a caller's decision is kept)."""
+    global _ratio
+    if not 0 <= ratio <= 1:
+        raise ValueError(f"a sampling ratio is between 0 and 1, got {ratio}")
+    _ratio = ratio
+
+
 def span(name: str, **attributes: AttributeValue) -> AbstractContextManager[trace.Span]:
     """A child span of the current one, current inside the block (a non-recording stand-in
-    when nothing is exported)."""
-    if not _exporting:
+    when no span is made)."""
+    if not making_spans():
         return _NO_SPAN
     return _tracer.start_as_current_span(name, attributes=attributes)
 
@@ -102,7 +152,7 @@ def server_span(name: str, carrier: Mapping[str, str]) -> AbstractContextManager
     """The span of one request received, continuing the trace context in `carrier` (the
     request's metadata or headers, keys in lower case) when it has one; when nothing is
     exported, that context is only made current, for the calls the request makes."""
-    if _exporting:
+    if making_spans():
         parent = _W3C.extract(carrier)
         return _tracer.start_as_current_span(name, parent, kind=trace.SpanKind.SERVER)
     return _passed_on(carrier) if "traceparent" in carrier else _NO_SPAN

@@ -46,7 +46,7 @@ from edgecascade.cloud.common.preprocessing import (
     raw_images,
 )
 from edgecascade.cloud.triton.family import IMAGE, PIXELS, tensors  # one contract, both tiers
-from edgecascade.edge.serving import logsettings
+from edgecascade.edge.serving import logsettings, tracesettings
 from edgecascade.edge.serving.agent import EdgeAgent
 from edgecascade.edge.serving.rpc import RequestError, abort, deadline, metadata, ordered
 from edgecascade.router.cascade.cascade import Answers
@@ -54,7 +54,14 @@ from edgecascade.router.cascade.cascade import Answers
 PLATFORM = "edgecascade"
 # Triton's names for the protocol extensions served (perf_analyzer reads server-side times only
 # from a server that lists "statistics"); binary_tensor_data on HTTP/REST (cloud/common/kserve_rest)
-EXTENSIONS = ("classification", "parameters", "statistics", "logging", "binary_tensor_data")
+EXTENSIONS = (
+    "classification",
+    "parameters",
+    "statistics",
+    "trace",
+    "logging",
+    "binary_tensor_data",
+)
 OUTPUTS = ("probabilities", "top1", "edge_confidence", "tier")
 DATATYPES = {
     np.dtype(np.float32): "FP32",
@@ -204,6 +211,20 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
         for name, setting in logsettings.update(changes).items():
             field = {bool: "bool_param", int: "uint32_param", str: "string_param"}[type(setting)]
             setattr(response.settings[name], field, setting)
+        return response
+
+    async def TraceSetting(
+        self, request: kpb.TraceSettingRequest, context: grpc.aio.ServicerContext
+    ) -> kpb.TraceSettingResponse:
+        """Triton's trace settings, over the agent's tracing (edge/serving/tracesettings.py);
+        the model's are the agent's own."""
+        if request.model_name:
+            self._check_model(request.model_name, "")
+        changes = {name: list(value.value) for name, value in request.settings.items()}
+        settings = tracesettings.update(changes) if changes else tracesettings.current()
+        response = kpb.TraceSettingResponse()
+        for name, values in settings.items():
+            response.settings[name].value.extend(values)
         return response
 
     async def ModelInfer(

@@ -70,6 +70,9 @@ class Forwarder:
     async def LogSettings(self, request: kpb.LogSettingsRequest, context: Any) -> Any:
         return await self._call(self._stub.LogSettings, request, context)
 
+    async def TraceSetting(self, request: kpb.TraceSettingRequest, context: Any) -> Any:
+        return await self._call(self._stub.TraceSetting, request, context)
+
     async def ModelInfer(self, request: kpb.ModelInferRequest, context: Any) -> Any:
         return await self._call(self._stub.ModelInfer, request, context)
 

@@ -278,6 +278,31 @@ def test_log_settings_as_triton_has_them(clients, agent):
     on_grpc.close()
 
 
+def test_trace_settings_as_triton_has_them(clients, agent):
+    edge, cloud = clients
+    ours, theirs = edge.get_trace_settings(), cloud.get_trace_settings()
+    assert ours.keys() == theirs.keys()
+    assert {k: type(v) for k, v in ours.items()} == {k: type(v) for k, v in theirs.items()}
+    assert ours["trace_mode"] == "opentelemetry" and ours["trace_level"] == ["OFF"]  # no collector
+    assert edge.get_trace_settings(model_name="fashion") == ours
+    assert edge.update_trace_settings(settings={"trace_rate": "10"})["trace_rate"] == "10"
+    on_grpc = PLAINTEXT.triton(agent.address)
+    assert on_grpc.get_trace_settings(as_json=True)["settings"]["trace_rate"]["value"] == ["10"]
+    assert (
+        edge.update_trace_settings(settings={"trace_rate": None})["trace_rate"]
+        == ours["trace_rate"]
+    )
+    with pytest.raises(InferenceServerException) as off:
+        edge.update_trace_settings(settings={"trace_level": ["TIMESTAMPS"]})
+    assert off.value.status() == "400" and "--otlp-endpoint" in off.value.message()
+    with pytest.raises(InferenceServerException) as unknown:
+        on_grpc.get_trace_settings(model_name="imagenet")
+    assert unknown.value.status() == "StatusCode.NOT_FOUND"
+    assert "serves 'fashion'" in unknown.value.message()
+    assert "trace" in edge.get_server_metadata()["extensions"]  # as Triton lists it
+    on_grpc.close()
+
+
 def families(url: str) -> dict:
     text = urllib.request.urlopen(url, timeout=5).read().decode()
     return {family.name: family for family in text_string_to_metric_families(text)}

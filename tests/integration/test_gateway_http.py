@@ -106,7 +106,11 @@ def test_tritonclient_http_gets_tritons_answers_through_the_gateway(
 
 def test_model_control_is_refused_over_rest_as_over_grpc(clients) -> None:
     through, _ = clients
-    for call in (through.get_model_repository_index, through.get_log_settings):
+    for call in (
+        through.get_model_repository_index,
+        through.get_log_settings,
+        through.get_trace_settings,
+    ):
         with pytest.raises(InferenceServerException) as caught:
             call()
         assert caught.value.status() == "403", caught.value

@@ -4,6 +4,7 @@ edge's cloud_call span, and the gateway's access-log line with the same trace id
 
 import json
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -151,3 +152,26 @@ def test_a_rest_inference_continues_the_callers_trace_too(tiers, receiver, frame
     request, cloud_call = by_name(spans, EDGE)["ModelInfer"], by_name(spans, EDGE)["cloud_call"]
     assert request.parent_id == caller_span and cloud_call.parent_id == request.span_id
     assert by_name(spans, "triton")["InferRequest"].parent_id == cloud_call.span_id
+
+
+def test_trace_settings_turn_the_edges_spans_off_and_on(tiers, receiver, frames):
+    """Triton's TraceSetting on the agent: at trace_level OFF the edge makes no span but passes
+    the caller's context on (Triton's spans still join it); cleared, the level is back."""
+    edge = tiers[0]
+    client = PLAINTEXT.triton_http(f"127.0.0.1:{edge.args[edge.args.index('--http-port') + 1]}")
+    assert client.get_trace_settings()["trace_level"] == ["TIMESTAMPS"]
+    assert client.update_trace_settings(settings={"trace_level": ["OFF"]})["trace_level"] == ["OFF"]
+    try:
+        off = secrets.token_hex(16)
+        context = [("traceparent", f"00-{off}-{secrets.token_hex(8)}-01")]
+        assert classify(edge, frames[3], context).tier == pb.CLOUD
+        receiver.wait_for(off, lambda spans: "InferRequest" in by_name(spans, "triton"))
+        time.sleep(0.5)  # five of the edge's export delays: a span it made would be here
+        assert by_name(receiver.trace(off), EDGE) == {}
+    finally:
+        back = client.update_trace_settings(settings={"trace_level": None})
+    assert back["trace_level"] == ["TIMESTAMPS"]
+    on = secrets.token_hex(16)
+    assert classify(edge, frames[4], [("traceparent", f"00-{on}-{secrets.token_hex(8)}-01")])
+    assert complete(receiver.wait_for(on, complete))
+    client.close()

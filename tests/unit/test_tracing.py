@@ -1,12 +1,9 @@
 """Tracing without servers: endpoints, W3C trace context in and out, spans as the edge makes
 them (an SDK provider with an in-memory exporter stands in for the OTLP export)."""
 
-from collections.abc import Iterator
-
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
@@ -15,18 +12,6 @@ from edgecascade.cloud.common.errors import UserError
 
 CALLER_TRACE, CALLER_SPAN = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
 TRACEPARENT = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
-
-
-@pytest.fixture
-def exported(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
-    """Spans of the tracing module's tracer, from a provider of this test's own."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    monkeypatch.setattr(tracing, "_tracer", provider.get_tracer("test"))
-    monkeypatch.setattr(tracing, "_exporting", True)
-    yield exporter
-    provider.shutdown()
 
 
 @pytest.mark.parametrize("endpoint", ["http://127.0.0.1:4318", "https://collector.example:4318/"])
