@@ -331,10 +331,14 @@ class EdgeModel:
             log.warning("cannot fold preprocessing for frames of %s: %s", shape, task.exception())
         self._folded[shape] = None if task.exception() else task.result()
         kept = sum(s[0] * s[1] for s, requests in self._folded.items() if requests)
+        evicted: list[_Requests] = []
         while len(self._folded) > FOLD_VARIANTS or kept > FOLD_CACHE_PIXELS:
-            # its last reference: compiled model, threads and buffers freed
-            evicted, requests = self._folded.popitem(last=False)
-            kept -= evicted[0] * evicted[1] if requests else 0
+            shape, requests = self._folded.popitem(last=False)
+            if requests:
+                kept -= shape[0] * shape[1]
+                evicted.append(requests)
+        if evicted:  # freeing a variant (threads, buffers) takes 3-80 ms: not on the event loop
+            self._compiler.submit(evicted.clear)
 
     def _compile_folded(self, shape: Shape, spec: Preprocessing) -> _Requests:
         """The model behind a PrePostProcessor that takes uint8 [N, H, W, C] frames, keeps the
