@@ -130,3 +130,12 @@ def test_workers_on_a_port_another_program_holds(fashion_manifest, reuse_port):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and f"127.0.0.1:{port}" in last and "in use" in last
     assert "Traceback" not in result.stderr
+
+
+def test_workers_die_with_a_killed_parent(agent, tmp_path):
+    parent, port, _, _ = agent
+    workers = _wait_serving(parent, port, tmp_path / "edge.log")
+    parent.kill()  # SIGKILL: the parent stops nothing itself
+    parent.wait(timeout=10)
+    gone, alive = psutil.wait_procs(workers, timeout=20)
+    assert not alive, f"workers outlived their parent: {alive}"
