@@ -44,6 +44,7 @@ RATE = 40  # requests per second, sent on a clock whatever the answers
 PROBE_S = 0.1
 JOIN_LIMIT_S = 2.0  # a ready replica gets traffic within this long of joining
 SRV_NAME = "_grpc._tcp.triton.edgecascade.test."
+ADMIN_KEY = "scaletestkey"
 
 
 class Load:
@@ -221,13 +222,18 @@ def test_a_triton_stopped_as_kubernetes_stops_a_pod_loses_no_request(
         model_control_mode="explicit",
         load_models=[fashion_manifest.cloud.name],
         log_path=tmp_path / "leaving.log",
+        admin_key=ADMIN_KEY,  # model control needs it, as in the cluster
     )
     gateway, _ = file_gateway(tmp_path, [a, leaving])
     with leaving, gateway, Load(gateway.url, fashion_manifest) as load:
         assert wait_until(lambda: served(leaving, fashion_manifest) >= 10, 10)
         hook = subprocess.run(
             pre_stop(),
-            env={**os.environ, "TRITON_HTTP_PORT": str(leaving.http_port), "TRITON_ADMIN_KEY": ""},
+            env={
+                **os.environ,
+                "TRITON_HTTP_PORT": str(leaving.http_port),
+                "TRITON_ADMIN_KEY": ADMIN_KEY,
+            },
             capture_output=True,
             text=True,
             timeout=30,
