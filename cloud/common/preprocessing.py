@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
+import os
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -14,6 +16,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from edgecascade.cloud.common.background import background_pool
 from edgecascade.cloud.common.errors import InvalidInput
 from edgecascade.cloud.common.manifest import Preprocessing
 
@@ -31,6 +34,11 @@ Images: TypeAlias = NDArray[np.uint8] | Sequence[NDArray[np.uint8]]
 
 T = TypeVar("T")
 INLINE_PIXELS = 1 << 20  # images with fewer pixels in all are prepared on the event loop
+# Images of LARGE_PIXELS or more (tens to hundreds of ms each) are decoded and prepared by a
+# pool of half the cores' threads at a lower priority, so that the other calls' small images
+# are handled meanwhile: four 9 MP JPEGs at once on 2 cores held a 28x28 frame's answer 5 s.
+LARGE_PIXELS = 1 << 22
+_large_work = background_pool(max(1, (os.cpu_count() or 1) // 2), "large-images")
 
 _max_pixels: ContextVar[int] = ContextVar("max_image_pixels", default=MAX_IMAGE_PIXELS)
 
@@ -148,10 +156,17 @@ def _check_pixels(height: int, width: int, what: str = "image") -> None:
 
 def decode_image(data: bytes) -> Image:
     """Decode JPEG/PNG bytes into uint8 RGB [H, W, 3] or gray [H, W]. The header's size is
-    checked against `max_pixels()` first; corrupt or truncated headers are refused."""
+    checked against `max_pixels()` first; corrupt or truncated headers are refused. Images of
+    LARGE_PIXELS or more are decoded in their turn (`in_turn`)."""
     if not data:
         raise InvalidImage("empty image: send JPEG or PNG bytes")
     size = image_size(data)
+    if size[0] * size[1] >= LARGE_PIXELS:
+        return _large_work.submit(contextvars.copy_context().run, _decoded, data, size).result()
+    return _decoded(data, size)
+
+
+def _decoded(data: bytes, size: tuple[int, int]) -> Image:
     try:
         # cv2's stubs say "not None", but imdecode returns None for bytes it cannot decode
         image: cv2.typing.MatLike | None = cv2.imdecode(
@@ -308,10 +323,15 @@ def pixel_count(images: Images) -> int:
 
 async def off_loop(images: Images, work: Callable[..., T], *args: object) -> T:
     """`work(*args)` on `images`: in a thread when they are large, so that the event loop
-    answers other calls meanwhile; at once when small (a thread hop costs more)."""
-    if pixel_count(images) < INLINE_PIXELS:
+    answers other calls meanwhile (in the pool for LARGE_PIXELS or more, in its turn); at once
+    when small (a thread hop costs more)."""
+    pixels = pixel_count(images)
+    if pixels < INLINE_PIXELS:
         return work(*args)
-    return await asyncio.to_thread(work, *args)
+    if pixels < LARGE_PIXELS:
+        return await asyncio.to_thread(work, *args)
+    context = contextvars.copy_context()
+    return await asyncio.wrap_future(_large_work.submit(context.run, work, *args))
 
 
 def _to_color(image: Image, color: str) -> Image:

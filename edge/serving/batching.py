@@ -9,7 +9,8 @@ requests that arrive while they all run wait and leave together. A batch frees i
 its edge answers are in: its cloud call (for the escalated) goes on while the next batch runs at
 the edge, so a slow or stalled cloud never holds up the edge answers of later requests. A batch
 that fails is answered request by request, so one bad request gets its own error and the others
-their answers.
+their answers. A request of LARGE_PIXELS or more runs alone: preparing its images takes tens to
+hundreds of ms, which the requests batched with it would wait for.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from edgecascade.cloud.common.preprocessing import Images
+from edgecascade.cloud.common.preprocessing import LARGE_PIXELS, Images, pixel_count
 from edgecascade.edge.serving.settings import EdgeSettings
 from edgecascade.router.cascade.cascade import Answers, Cascade
 
@@ -99,7 +100,7 @@ class Batcher:
         them alone."""
         future: asyncio.Future[Batched] = asyncio.get_running_loop().create_future()
         entry = _Entry(images, received_at, deadline, future)
-        if not self.policy.enabled:  # each request alone, at once
+        if not self.policy.enabled or pixel_count(images) >= LARGE_PIXELS:  # alone, at once
             return Batched(await self._classify([entry], _nothing), 0, len(images), True)
         self._queue.append(entry)
         if not self._soon:  # once the requests arriving in this event-loop turn are queued

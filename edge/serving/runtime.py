@@ -7,12 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import threading
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -22,6 +19,7 @@ import openvino as ov
 from numpy.typing import NDArray
 from openvino.preprocess import PrePostProcessor, ResizeAlgorithm
 
+from edgecascade.cloud.common.background import background_pool
 from edgecascade.cloud.common.errors import UserError
 from edgecascade.cloud.common.manifest import Preprocessing
 from edgecascade.cloud.common.preprocessing import (
@@ -49,7 +47,6 @@ FOLD_COMPILES_QUEUED = 2  # variants compiling or waiting to (one at a time); mo
 # Pixels of frame shapes with a variant kept, all together: a variant holds ~9 MB per megapixel
 # of its shape, so eight 1080p variants kept 160 MB; least recently used ones go first.
 FOLD_CACHE_PIXELS = 2 * FOLD_MAX_PIXELS
-FOLD_COMPILE_NICE = 10  # the compiling thread yields the cores to the requests being answered
 
 
 # devices that pick among, or combine, the devices listed after their colon
@@ -171,14 +168,6 @@ def _request_done(
         alive._done(request, userdata)
 
 
-def _lower_priority() -> None:
-    """The calling thread runs at FOLD_COMPILE_NICE (Linux: nice is per thread)."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), FOLD_COMPILE_NICE)
-    except OSError as e:  # not allowed here: compiles at the usual priority
-        log.debug("fold compiles keep their priority: %s", e)
-
-
 def foldable(shape: Shape) -> bool:
     """Whether frames of `shape` [H, W, C] get a folded variant (at most FOLD_MAX_PIXELS)."""
     return shape[0] * shape[1] <= FOLD_MAX_PIXELS
@@ -225,9 +214,8 @@ class EdgeModel:
         self.fold_compiles = 0
         self._folded: OrderedDict[Shape, _Requests | None] = OrderedDict()  # None: cannot fold
         self._compiling: dict[Shape, asyncio.Future[_Requests]] = {}
-        self._compiler = ThreadPoolExecutor(
-            1, thread_name_prefix="fold-compile", initializer=_lower_priority
-        )
+        # one compile at a time, below the requests' priority (57-151 ms of CPU each)
+        self._compiler = background_pool(1, "fold-compile")
 
     @property
     def parallelism(self) -> int:

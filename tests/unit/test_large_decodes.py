@@ -1,0 +1,53 @@
+"""Large images are decoded on at most half the cores at once and small ones meanwhile (issue
+12: four 9 MP JPEGs decoded at once on 2 cores held a 28x28 frame's answer up to 5 s)."""
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import numpy as np
+import pytest
+
+from edgecascade.cloud.common import preprocessing
+from edgecascade.cloud.common.preprocessing import LARGE_PIXELS, decode_image
+
+SIDE = int(LARGE_PIXELS**0.5) + 1
+
+
+def png(side: int) -> bytes:
+    return cv2.imencode(".png", np.zeros((side, side), np.uint8))[1].tobytes()
+
+
+def test_large_images_wait_their_turn_and_small_ones_do_not(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(preprocessing, "_large_work", ThreadPoolExecutor(1))
+    real_imdecode = cv2.imdecode
+    release = threading.Event()
+    active, most = [0], [0]
+    lock = threading.Lock()
+
+    def imdecode(buffer: np.ndarray, flags: int) -> np.ndarray:
+        large = preprocessing.image_size(buffer.tobytes()) == (SIDE, SIDE)
+        if large:
+            with lock:
+                active[0] += 1
+                most[0] = max(most[0], active[0])
+            assert release.wait(10)
+        try:
+            return real_imdecode(buffer, flags)
+        finally:
+            if large:
+                with lock:
+                    active[0] -= 1
+
+    monkeypatch.setattr(cv2, "imdecode", imdecode)
+    with ThreadPoolExecutor(3) as pool:
+        large = [pool.submit(decode_image, png(SIDE)) for _ in range(3)]
+        while most[0] == 0:
+            time.sleep(0.01)
+        time.sleep(0.2)  # the other two are waiting their turn, not decoding
+        assert most[0] == 1
+        assert decode_image(png(28)).shape == (28, 28)  # meanwhile, at once
+        release.set()
+        assert [f.result(10).shape for f in large] == [(SIDE, SIDE)] * 3
+    assert most[0] == 1
