@@ -18,6 +18,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 import threading
 from multiprocessing.connection import Connection, wait
@@ -80,14 +81,16 @@ class Workers:
 
     def run(self) -> int:
         """Hold the ports, run the workers until a signal (exit code 0) or until one stops on
-        its own (its exit code, 1 when it was 0); PortInUse when a port is taken."""
-        held = [reserve_shared(self.settings.host, self.settings.port)]
-        if self.settings.http_port:
-            held.append(reserve_shared(self.settings.host, self.settings.http_port))
-        ports = [sock.getsockname()[1] for sock in held]
+        its own (its exit code; 1 when it was 0 or a signal); PortInUse when a port is taken."""
+        held: list[socket.socket] = []
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self.stop.set())
         try:
+            held.append(reserve_shared(self.settings.host, self.settings.port))
+            if self.settings.http_port:
+                held.append(reserve_shared(self.settings.host, self.settings.http_port))
+            rest = held[1].getsockname()[1] if self.settings.http_port else 0
+            ports = (held[0].getsockname()[1], rest)
             self._start(0, ports)
             code = self._until_ready(1)
             if code is None:
@@ -95,8 +98,8 @@ class Workers:
                     self._start(index, ports)
                 code = self._until_ready(self.settings.workers - 1)
             if code is None:
-                log.info("%d workers serving on %s:%d", len(self.processes), self.settings.host,
-                         ports[0])  # fmt: skip
+                host = self.settings.host
+                log.info("%d workers serving on %s:%d", len(self.processes), host, ports[0])
                 code = self._watch()
             return code
         finally:
@@ -104,9 +107,9 @@ class Workers:
             for sock in held:
                 sock.close()
 
-    def _start(self, index: int, ports: list[int]) -> None:
-        settings = worker_settings(self.settings, index, ports[0], ports[-1] if len(ports) > 1
-                                   else 0)  # fmt: skip
+    def _start(self, index: int, ports: tuple[int, int]) -> None:
+        """Worker `index` on the held (gRPC, REST) ports (REST 0: none)."""
+        settings = worker_settings(self.settings, index, *ports)
         process = self._context.Process(
             target=_worker_main,
             args=(settings, index, self.settings.workers, self._ready_in),
@@ -140,9 +143,9 @@ class Workers:
         process.join()  # its sentinel closes a moment before its exit status can be read
         if self.stop.is_set():
             return 0
-        log.error("worker %s exited with code %s: stopping the others", process.name,
-                  process.exitcode)  # fmt: skip
-        return process.exitcode or 1
+        code = process.exitcode
+        log.error("worker %s exited with code %s: stopping the others", process.name, code)
+        return code if code is not None and code > 0 else 1  # killed by a signal (< 0): 1
 
     def _stop_all(self) -> None:
         """SIGTERM to every worker still running; those not gone after grace_s plus a margin
