@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 from pathlib import Path
+from threading import Barrier
 
 import numpy as np
 import pytest
@@ -65,8 +66,9 @@ def test_gateways_sharing_a_registry_count_the_same_quota(tmp_path: Path) -> Non
     second.close()
 
 
-def _keep_all(registry: Path, quota_bytes: int, seeds: range) -> int:
+def _keep_all(registry: Path, quota_bytes: int, seeds: range, start: Barrier) -> int:
     received = ReceivedExamples(registry, quota_bytes)
+    start.wait()
     kept = 0
     for seed in seeds:
         try:
@@ -80,9 +82,10 @@ def _keep_all(registry: Path, quota_bytes: int, seeds: range) -> int:
 def test_gateway_processes_uploading_at_once_never_pass_the_quota(tmp_path: Path) -> None:
     one, limit = example(0).nbytes, 40
     context = multiprocessing.get_context("spawn")
-    with context.Pool(3) as pool:
+    with context.Manager() as manager, context.Pool(3) as pool:
+        start = manager.Barrier(3)  # all three write at once, whatever their start-up times
         kept = pool.starmap(
-            _keep_all, [(tmp_path, limit * one, range(i, 300, 3)) for i in range(3)]
+            _keep_all, [(tmp_path, limit * one, range(i, 300, 3), start) for i in range(3)]
         )
     assert sum(kept) == limit and all(kept)
     assert ReceivedExamples(tmp_path).used_bytes("cam-1") == limit * one
