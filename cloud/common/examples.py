@@ -1,7 +1,9 @@
 """A bounded, crash-safe store of examples: inputs the cloud answered, with both tiers'
 probabilities, kept at the edge until uploaded and on the cloud side for `models adapt`.
 
-One SQLite file (WAL, synchronous=FULL: a committed example survives a crash or a kill -9).
+One SQLite file (synchronous=FULL: a committed example survives a crash or a kill -9), with a
+write-ahead log on a local disk, or a rollback journal on a volume that several hosts open (the
+cloud side's registry): the log's shared-memory index works within one host only.
 Each example is one row; its id only grows, so `after(cursor)` resumes an upload where it
 stopped even after older rows were dropped. Beyond `max_bytes` of examples (image and
 probability bytes) the oldest are dropped first.
@@ -121,7 +123,7 @@ class Example:
 class ExampleStore:
     """Examples in one SQLite file, at most `max_bytes` of them; safe to share between threads."""
 
-    def __init__(self, path: Path, max_bytes: int) -> None:
+    def __init__(self, path: Path, max_bytes: int, *, shared_volume: bool = False) -> None:
         if max_bytes <= 0:
             raise ValueError(f"max_bytes {max_bytes}: expected a positive number of bytes")
         self.path = Path(path)
@@ -129,9 +131,13 @@ class ExampleStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if mode != "wal":
-            raise OSError(f"{self.path}: SQLite cannot keep a write-ahead log here ({mode})")
+        journal = "delete" if shared_volume else "wal"
+        mode = self._db.execute(f"PRAGMA journal_mode={journal}").fetchone()[0]
+        if mode != journal:
+            raise OSError(
+                f"{self.path}: SQLite cannot use journal mode {journal} here ({mode}); is another"
+                " process holding the file?"
+            )
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=10000")
         self._db.executescript(SCHEMA)

@@ -65,7 +65,7 @@ class ReceivedExamples:
 
     def _store(self, path: Path) -> ExampleStore:
         if path not in self._stores:
-            self._stores[path] = ExampleStore(path, self.quota_bytes)
+            self._stores[path] = ExampleStore(path, self.quota_bytes, shared_volume=True)
         return self._stores[path]
 
     @contextmanager

@@ -57,7 +57,7 @@ def collect(files: Iterable[Path], family: str) -> Collected:
     for path in files:
         if not Path(path).is_file():
             raise UserError(f"no example store {path}")
-        with ExampleStore(Path(path), 1 << 62) as store:
+        with ExampleStore(Path(path), 1 << 62, shared_volume=True) as store:
             for example in store.examples(family):
                 seen[example.sha256] = (
                     example.image,

@@ -4,6 +4,8 @@ each edge has its own, and what is kept counts again after a restart of the gate
 from __future__ import annotations
 
 import multiprocessing
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 from threading import Barrier
 
@@ -11,7 +13,9 @@ import numpy as np
 import pytest
 
 from edgecascade.cloud.common.examples import Example
+from edgecascade.cloud.registry.examples import received_path
 from edgecascade.cloud.registry.uploads import QuotaExceeded, ReceivedExamples
+from edgecascade.edge.tools.adapt_examples import collect
 
 
 def example(i: int, family: str = "fashion") -> Example:
@@ -89,3 +93,20 @@ def test_gateway_processes_uploading_at_once_never_pass_the_quota(tmp_path: Path
         )
     assert sum(kept) == limit and all(kept)
     assert ReceivedExamples(tmp_path).used_bytes("cam-1") == limit * one
+
+
+def test_the_cloud_side_stores_need_only_file_locks(tmp_path: Path) -> None:
+    """The registry is a volume that gateways on several hosts open: a write-ahead log's
+    shared-memory index would not be seen across hosts, a rollback journal only needs locks."""
+    received = ReceivedExamples(tmp_path)
+    assert received.keep("cam-1", example(0))
+    path = received_path(tmp_path, "fashion", "cam-1")
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert not path.with_name(path.name + "-wal").exists()
+    # models adapt reads the store while a gateway holds it, and leaves its journal as it is
+    assert collect([path], "fashion").images.shape == (1, 8, 8, 1)
+    assert received.keep("cam-1", example(1))
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    received.close()
