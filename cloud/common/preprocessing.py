@@ -39,6 +39,14 @@ INLINE_PIXELS = 1 << 20  # images with fewer pixels in all are prepared on the e
 # are handled meanwhile: four 9 MP JPEGs at once on 2 cores held a 28x28 frame's answer 5 s.
 LARGE_PIXELS = 1 << 22
 _large_work = background_pool(max(1, (os.cpu_count() or 1) // 2), "large-images")
+# what decode_image does with a large image: wait for the pool to decode it, decode it here
+# (in the pool), or raise LargeImage for decode_off_loop to run the whole decoding in the pool
+_large_images: ContextVar[str] = ContextVar("large_images", default="wait")
+
+
+class LargeImage(Exception):
+    """An image of LARGE_PIXELS or more met by a decoding that defers them (`decode_off_loop`)."""
+
 
 _max_pixels: ContextVar[int] = ContextVar("max_image_pixels", default=MAX_IMAGE_PIXELS)
 
@@ -157,13 +165,29 @@ def _check_pixels(height: int, width: int, what: str = "image") -> None:
 def decode_image(data: bytes) -> Image:
     """Decode JPEG/PNG bytes into uint8 RGB [H, W, 3] or gray [H, W]. The header's size is
     checked against `max_pixels()` first; corrupt or truncated headers are refused. Images of
-    LARGE_PIXELS or more are decoded in their turn (`in_turn`)."""
+    LARGE_PIXELS or more are decoded by the large images' pool."""
     if not data:
         raise InvalidImage("empty image: send JPEG or PNG bytes")
     size = image_size(data)
-    if size[0] * size[1] >= LARGE_PIXELS:
-        return _large_work.submit(contextvars.copy_context().run, _decoded, data, size).result()
-    return _decoded(data, size)
+    mode = _large_images.get()
+    if size[0] * size[1] < LARGE_PIXELS or mode == "here":
+        return _decoded(data, size)
+    if mode == "defer":
+        raise LargeImage(f"{size[1]}x{size[0]} pixels")
+    return _large_work.submit(contextvars.copy_context().run, _decoded, data, size).result()
+
+
+async def decode_off_loop(decoding: Callable[[], T]) -> T:
+    """`decoding()` (decode_image calls) in a thread, without holding it while a large image
+    waits for the large images' pool: met with one, the whole decoding runs again there."""
+    context = contextvars.copy_context()
+    context.run(_large_images.set, "defer")
+    try:
+        return await asyncio.to_thread(context.run, decoding)
+    except LargeImage:
+        context = contextvars.copy_context()
+        context.run(_large_images.set, "here")
+        return await asyncio.wrap_future(_large_work.submit(context.run, decoding))
 
 
 def _decoded(data: bytes, size: tuple[int, int]) -> Image:

@@ -18,7 +18,12 @@ from edgecascade.cloud.common.errors import InternalFailure, RequestError, UserE
 from edgecascade.cloud.common.examples import ExampleStore
 from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.cloud.common.paths import edge_model_file, family_dir
-from edgecascade.cloud.common.preprocessing import Images, InvalidImage, pixel_limit
+from edgecascade.cloud.common.preprocessing import (
+    Images,
+    InvalidImage,
+    decode_off_loop,
+    pixel_limit,
+)
 from edgecascade.cloud.common.signing import SignatureError, TrustedKeys
 from edgecascade.cloud.common.transport import PLAINTEXT, Transport
 from edgecascade.edge.serving.batching import Batcher, BatchPolicy
@@ -316,7 +321,7 @@ class EdgeAgent:
                 self.metrics.statistics.pending(version),
             ):
                 admitted = time.perf_counter_ns()
-                images = await asyncio.to_thread(decode)  # the thread sees the pixel limit
+                images = await decode_off_loop(decode)  # threads that see the pixel limit
                 decoded = time.perf_counter_ns()
                 await deployment.model.folds_ready(images)  # a new shape waits alone
                 batched = await batcher.classify(images, received_at=received_at, deadline=deadline)

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -246,11 +244,6 @@ async def serve(
     SO_REUSEPORT on ports its parent holds."""
     transport = server_transport(settings)  # certificates and callers checked before loading
     memory.return_freed_memory()  # before any image is decoded
-    # a thread for every request admitted (and the cores' worth for the rest): decodes waiting
-    # for the large images' pool (preprocessing.LARGE_PIXELS) never hold up others'
-    asyncio.get_running_loop().set_default_executor(
-        ThreadPoolExecutor(settings.max_in_flight + (os.cpu_count() or 1))
-    )
     cv2.setNumThreads(1)  # each cv2 call on its caller's thread: large images keep to their pool
     for hop in insecure_hops(settings):
         log.warning("INSECURE: %s without TLS (explicitly switched off)", INSECURE_HOP_TEXT[hop])

@@ -1,6 +1,7 @@
 """Large images are decoded on at most half the cores at once and small ones meanwhile (issue
 12: four 9 MP JPEGs decoded at once on 2 cores held a 28x28 frame's answer up to 5 s)."""
 
+import asyncio
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from edgecascade.cloud.common import preprocessing
-from edgecascade.cloud.common.preprocessing import LARGE_PIXELS, decode_image
+from edgecascade.cloud.common.preprocessing import LARGE_PIXELS, decode_image, decode_off_loop
 
 SIDE = int(LARGE_PIXELS**0.5) + 1
 
@@ -51,3 +52,27 @@ def test_large_images_wait_their_turn_and_small_ones_do_not(monkeypatch: pytest.
         release.set()
         assert [f.result(10).shape for f in large] == [(SIDE, SIDE)] * 3
     assert most[0] == 1
+
+
+def test_a_request_meeting_a_large_image_is_decoded_in_the_pool_without_holding_a_thread(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """The agent's decoding (decode_off_loop) gives its thread back when it meets a large image
+    and runs again in the large images' pool: the threads that decode small images are never
+    held waiting (a thread per waiting request grew the agent's threads through a soak)."""
+    real_imdecode = cv2.imdecode
+    decoded_on: list[tuple[int, str]] = []
+
+    def imdecode(buffer: np.ndarray, flags: int) -> np.ndarray:
+        height, _ = preprocessing.image_size(buffer.tobytes())
+        decoded_on.append((height, threading.current_thread().name))
+        return real_imdecode(buffer, flags)
+
+    monkeypatch.setattr(cv2, "imdecode", imdecode)
+    small, large = png(28), png(SIDE)
+    images = asyncio.run(decode_off_loop(lambda: [decode_image(small), decode_image(large)]))
+    assert [image.shape for image in images] == [(28, 28), (SIDE, SIDE)]
+    assert [height for height, _ in decoded_on] == [28, 28, SIDE]  # the small one twice
+    assert decoded_on[-1][1].startswith("large-images")
+    assert not decoded_on[0][1].startswith("large-images")
+    assert decode_image(large).shape == (SIDE, SIDE)  # elsewhere: waits for the pool
