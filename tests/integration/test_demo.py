@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 
 import psutil
 import pytest
@@ -16,13 +17,13 @@ pytestmark = pytest.mark.integration
 
 def test_demo_streams_frames_reports_and_stops_everything(fashion_manifest, tmp_path):
     report_path = tmp_path / "demo.json"
-    before = {p.pid for p in psutil.process_iter()}
+    env, tag = tagged_environment()
     run = subprocess.run(
         edgecascade_command("demo", "--limit", "400", "--report", str(report_path)),
         capture_output=True,
         text=True,
         timeout=300,
-        env=os.environ | {"COLUMNS": "120"},
+        env=env | {"COLUMNS": "120"},
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     report = json.loads(report_path.read_text())
@@ -43,28 +44,39 @@ def test_demo_streams_frames_reports_and_stops_everything(fashion_manifest, tmp_
     assert report["insecure_hops"] == []  # mutual TLS client -> agent and agent -> Triton
     assert "(mutual TLS on both hops, a token)" in run.stdout
     assert "accuracy cascade" in run.stdout
-    assert not leftovers(before), "demo left processes running"
+    assert not leftovers(tag), "demo left processes running"
 
 
-def leftovers(before: set[int]) -> list[str]:
-    """Triton servers and edge agents started since `before` that still run."""
+TAG = "EDGECASCADE_TEST_RUN"
+
+
+def tagged_environment() -> tuple[dict[str, str], str]:
+    """This environment with a fresh tag, which every process a command starts inherits."""
+    tag = uuid.uuid4().hex
+    return os.environ | {TAG: tag}, tag
+
+
+def leftovers(tag: str) -> list[str]:
+    """Triton servers and edge agents still running that a command run with `tag` started
+    (other runs' processes on this machine do not count)."""
     found = []
     for p in psutil.process_iter():
         try:
             cmdline = " ".join(p.cmdline())
-        except psutil.Error:  # exited meanwhile
+            ours = p.environ().get(TAG) == tag
+        except psutil.Error:  # exited meanwhile, or not ours to read
             continue
-        if p.pid not in before and ("tritonserver" in cmdline or "edge serve" in cmdline):
+        if ours and ("tritonserver" in cmdline or "edge serve" in cmdline):
             found.append(cmdline)
     return found
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_demo_stops_every_process_it_started(fashion_manifest, tmp_path, sig):
-    before = {p.pid for p in psutil.process_iter()}
+    env, tag = tagged_environment()
     demo = subprocess.Popen(
         edgecascade_command("demo", "--fps", "50", "--report", str(tmp_path / "r")),
-        env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+        env=env | {"PYTHONFAULTHANDLER": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -73,7 +85,7 @@ def test_interrupted_demo_stops_every_process_it_started(fashion_manifest, tmp_p
         if "edge agent at" in line:
             break
     time.sleep(1.0)
-    assert len(leftovers(before)) >= 2, "Triton and the edge agent should be running"
+    assert len(leftovers(tag)) >= 2, "Triton and the edge agent should be running"
     demo.send_signal(sig)
     try:
         demo.communicate(timeout=60)
@@ -83,6 +95,6 @@ def test_interrupted_demo_stops_every_process_it_started(fashion_manifest, tmp_p
         pytest.fail(f"the demo did not stop within 60 s of {sig.name}:\n{output[-6000:]}")
     assert demo.returncode != 0 and not (tmp_path / "r").exists()
     deadline = time.monotonic() + 15
-    while leftovers(before) and time.monotonic() < deadline:
+    while leftovers(tag) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not leftovers(before), "an interrupted demo left processes running"
+    assert not leftovers(tag), "an interrupted demo left processes running"

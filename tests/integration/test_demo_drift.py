@@ -3,14 +3,12 @@
 hold, the PNG, nothing left running."""
 
 import json
-import os
 import subprocess
 
-import psutil
 import pytest
 
 from edgecascade.cloud.common.launcher import edgecascade_command
-from tests.integration.test_demo import leftovers
+from tests.integration.test_demo import leftovers, tagged_environment
 
 pytestmark = pytest.mark.integration
 CLEAN, EXAMPLES, AFTER = 100, 300, 300
@@ -18,7 +16,7 @@ CLEAN, EXAMPLES, AFTER = 100, 300, 300
 
 def test_the_drift_demo_adapts_and_rolls_out_with_no_failed_request(fashion_manifest, tmp_path):
     report_path = tmp_path / "drift.json"
-    before = {p.pid for p in psutil.process_iter()}
+    env, tag = tagged_environment()
     run = subprocess.run(
         edgecascade_command(
             "demo", "--scenario", "drift", "--clean-frames", str(CLEAN),
@@ -28,7 +26,7 @@ def test_the_drift_demo_adapts_and_rolls_out_with_no_failed_request(fashion_mani
         capture_output=True,
         text=True,
         timeout=400,
-        env=os.environ | {"COLUMNS": "120"},
+        env=env | {"COLUMNS": "120"},
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     report = json.loads(report_path.read_text())
@@ -63,4 +61,4 @@ def test_the_drift_demo_adapts_and_rolls_out_with_no_failed_request(fashion_mani
     assert report["adapt"]["seconds"] > 0
     assert open(report["png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert "adapt round begins" in run.stdout
-    assert not leftovers(before), "the drift demo left processes running"
+    assert not leftovers(tag), "the drift demo left processes running"
