@@ -131,6 +131,7 @@ class ExampleStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA busy_timeout=10000")
         journal = "delete" if shared_volume else "wal"
         mode = self._db.execute(f"PRAGMA journal_mode={journal}").fetchone()[0]
         if mode != journal:
@@ -139,8 +140,9 @@ class ExampleStore:
                 " process holding the file?"
             )
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=10000")
-        self._db.executescript(SCHEMA)
+        # One write transaction taken at once: statement by statement, a reader opening the
+        # store while a writer commits could fail "database is locked" without waiting.
+        self._db.executescript(f"BEGIN IMMEDIATE; {SCHEMA} COMMIT;")
 
     def add(self, example: Example) -> bool:
         """Keep `example`; False if its sha256 is already kept. The oldest examples are dropped

@@ -233,9 +233,10 @@ class Watcher:
             for store in self._stores.values():
                 store.close()
 
-    def _store(self, path: Path) -> ExampleStore:
+    def _store(self, path: Path, shared_volume: bool = False) -> ExampleStore:
+        """The agent's store (its own disk) or a received one (`shared_volume`: the registry)."""
         if path not in self._stores:
-            self._stores[path] = ExampleStore(path, 1 << 62)
+            self._stores[path] = ExampleStore(path, 1 << 62, shared_volume=shared_volume)
         return self._stores[path]
 
     def poll(self) -> None:
@@ -243,7 +244,7 @@ class Watcher:
         with PLAINTEXT.channel(self.address) as channel:
             status = pb_grpc.CascadeStub(channel).GetStatus(pb.GetStatusRequest(), timeout=5)
         collected = len(self._store(self.edge_store)) if self.edge_store.exists() else 0
-        cloud = [self._store(path) for path in received_files(self.cloud, FAMILY)]
+        cloud = [self._store(path, True) for path in received_files(self.cloud, FAMILY)]
         self.status = status
         self.uploaded_bytes = sum(store.size_bytes() for store in cloud)
         self.samples.append(

@@ -43,7 +43,9 @@ def registry_with(tmp_path: Path, images: np.ndarray, cloud: np.ndarray) -> Path
     """A registry with the built family as v1 and one edge's uploads of these examples."""
     root = tmp_path / "registry"
     Registry(root).publish("fashion", family_dir("fashion"))
-    with ExampleStore(received_path(root, "fashion", "edge-1"), 1 << 30) as store:
+    with ExampleStore(
+        received_path(root, "fashion", "edge-1"), 1 << 30, shared_volume=True
+    ) as store:
         for image, p in zip(images, cloud):
             store.add(Example.of("fashion", "fashion_edge:1", "escalated", image, p, p))
     return root
