@@ -50,6 +50,13 @@ TokenFileOption = Annotated[
     Path | None,
     typer.Option(help="with --triton at a router gateway: file with an admin caller's token"),
 ]
+GpuOption = Annotated[
+    bool,
+    typer.Option(
+        help="with --triton: write the GPU variant (ONNX Runtime on KIND_GPU, the family model "
+        "for the edgecascade Triton image, deploy/triton.Dockerfile) into the repositories"
+    ),
+]
 AdminKeyFileOption = Annotated[
     Path | None,
     typer.Option(help="with --triton straight to Triton: file with its restricted-protocol key"),
@@ -70,6 +77,7 @@ def publish(
     triton_key: TritonKeyOption = None,
     token_file: TokenFileOption = None,
     admin_key_file: AdminKeyFileOption = None,
+    gpu: GpuOption = False,
     signing_key: Annotated[
         Path | None,
         typer.Option(
@@ -100,7 +108,7 @@ def publish(
     if not targets:
         console.print(f"{family} v{manifest.version} is current (no --triton: nothing loaded)")
         return
-    _report(_roll_out(store, targets, family, manifest.version, keep))
+    _report(_roll_out(store, targets, family, manifest.version, keep, gpu))
 
 
 def activate(
@@ -115,6 +123,7 @@ def activate(
     triton_key: TritonKeyOption = None,
     token_file: TokenFileOption = None,
     admin_key_file: AdminKeyFileOption = None,
+    gpu: GpuOption = False,
 ) -> None:
     """Make a published version current again (a rollback), its cloud model loaded first."""
     store = Registry(registry)
@@ -126,7 +135,7 @@ def activate(
             manifest = store.activate(family, version)
         console.print(f"{family} v{manifest.version} is current (no --triton: nothing loaded)")
         return
-    _report(_roll_out(store, targets, family, version, keep))
+    _report(_roll_out(store, targets, family, version, keep, gpu))
 
 
 def list_models(
@@ -208,11 +217,11 @@ def _read_secret(path: Path, what: str) -> str:
 
 
 def _roll_out(
-    store: Registry, targets: list[CloudTarget], family: str, version: int, keep: int
+    store: Registry, targets: list[CloudTarget], family: str, version: int, keep: int, gpu: bool
 ) -> Rollout:
     where = f"{len(targets)} Triton servers" if len(targets) > 1 else "Triton"
     with _errors(), console.status(f"loading the cloud model of {family} v{version} in {where}"):
-        return roll_out(store, targets, family, version, keep=keep)
+        return roll_out(store, targets, family, version, keep=keep, gpu=gpu)
 
 
 def _report(rollout: Rollout) -> None:

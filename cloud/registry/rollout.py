@@ -94,8 +94,7 @@ def roll_out(
     unloaded: set[int] = set()
     for target in targets:
         unloaded |= _keep_only(target, name, needed)
-        if not gpu:
-            _keep_only(target, manifest.family, {m.version for m in in_use})
+        _keep_only(target, manifest.family, {m.version for m in in_use})
     serving = {target.control.url: target.control.ready_versions(name) for target in targets}
     return Rollout(manifest, ready_s, serving, sorted(unloaded))
 
@@ -104,22 +103,18 @@ def _models(
     manifest: Manifest, source: Path, target: CloudTarget, gpu: bool
 ) -> list[tuple[str, int, Callable[[], object]]]:
     """The models a roll-out serves on `target`: (name, version, what writes it), cloud first."""
-    models: list[tuple[str, int, Callable[[], object]]] = [
+    return [
         (
             manifest.cloud.name,
             manifest.cloud.version,
             lambda: write_model(manifest, source, target.repository, gpu=gpu),
-        )
+        ),
+        (
+            manifest.family,
+            manifest.version,
+            lambda: write_family_model(manifest, target.repository, gpu=gpu),
+        ),
     ]
-    if not gpu:  # the GPU image has no edgecascade for the family model
-        models.append(
-            (
-                manifest.family,
-                manifest.version,
-                lambda: write_family_model(manifest, target.repository),
-            )
-        )
-    return models
 
 
 def _load(

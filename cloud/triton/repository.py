@@ -7,8 +7,8 @@ Layout, one model per family (``<cloud.name>``), one folder per version::
     <repository>/<cloud.name>/<version>/model.onnx
     <repository>/<cloud.name>/<version>/model.py      (CPU variant only)
 
-and, on CPU, the family model next to it (``cloud/triton/family.py``): the edge agent's KServe
-model under the family's name, answered by the cloud model, one version per manifest::
+and the family model next to it (``cloud/triton/family.py``): the edge agent's KServe model
+under the family's name, answered by the cloud model, one version per manifest::
 
     <repository>/<family>/config.pbtxt
     <repository>/<family>/labels.txt
@@ -17,8 +17,9 @@ model under the family's name, answered by the cloud model, one version per mani
 
 CPU (default, local): the wheel's Triton runs the ONNX file through OpenVINO inside the
 python backend (``cloud/triton/python_model.py`` copied as ``model.py``).
-GPU (``gpu=True``, production in NVIDIA's Triton container): ``onnxruntime_onnx`` on
-``KIND_GPU``. TensorRT can be enabled there by adding to config.pbtxt::
+GPU (``gpu=True``, production in the edgecascade Triton image, ``deploy/triton.Dockerfile``:
+NVIDIA's Triton container with ``edgecascade`` installed for the family model):
+``onnxruntime_onnx`` on ``KIND_GPU``. TensorRT can be enabled there by adding to config.pbtxt::
 
     optimization { execution_accelerators { gpu_execution_accelerator : [
       { name : "tensorrt" parameters { key: "precision_mode" value: "FP16" } } ] } }
@@ -108,10 +109,13 @@ def write_model(
     return model_dir
 
 
-def family_model_config(manifest: Manifest, versions: Iterable[int]) -> mc.ModelConfig:
+def family_model_config(
+    manifest: Manifest, versions: Iterable[int], *, gpu: bool = False
+) -> mc.ModelConfig:
     """The Triton config of the family model serving manifest `versions`: the edge agent's
     inputs and outputs (max_batch_size 0, the batch in `dims`; `max_batch` images a request);
-    edge_model and cloud_model are `manifest`'s pair."""
+    edge_model and cloud_model are `manifest`'s pair. On CPU its python stub is pointed at this
+    interpreter's site folders (the local wheel's Triton); the GPU image installs edgecascade."""
     config = mc.ModelConfig(name=manifest.family, backend="python", max_batch_size=0)
     config.version_policy.specific.versions.extend(sorted(set(versions)))
     inputs, outputs = family.tensors(len(manifest.labels))
@@ -121,20 +125,22 @@ def family_model_config(manifest: Manifest, versions: Iterable[int]) -> mc.Model
         config.output.add(name=name, data_type=KSERVE_TYPES[kind], dims=dims)
     config.output[0].label_filename = LABEL_FILE  # probabilities: Triton's classification
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=FAMILY_INSTANCES)
-    for key, value in {
+    parameters = {
         LABELS_PARAMETER: manifest.labels_sha256,
         "edge_model": manifest.edge.key,
         "cloud_model": manifest.cloud.key,
         "max_batch": str(MAX_BATCH_SIZE),
-        "site_packages": os.pathsep.join(_site_packages()),
-    }.items():
+    }
+    if not gpu:
+        parameters["site_packages"] = os.pathsep.join(_site_packages())
+    for key, value in parameters.items():
         config.parameters[key].string_value = value
     return config
 
 
-def write_family_model(manifest: Manifest, repository: Path) -> Path:
-    """Write (or add a version to) the family model in `repository`; return its folder. The
-    cloud model it asks is written by `write_model`."""
+def write_family_model(manifest: Manifest, repository: Path, *, gpu: bool = False) -> Path:
+    """Write (or add a version to) the family model in `repository` (`gpu`: for the edgecascade
+    Triton image); return its folder. The cloud model it asks is written by `write_model`."""
     model_dir = Path(repository) / manifest.family
     version_dir = model_dir / str(manifest.version)
     if version_dir.exists():
@@ -143,7 +149,7 @@ def write_family_model(manifest: Manifest, repository: Path) -> Path:
     shutil.copyfile(FAMILY_MODEL_SOURCE, version_dir / "model.py")
     manifest.save(version_dir / family.PAIR_FILE)
     _write_labels(model_dir, manifest.labels)
-    config = family_model_config(manifest, version_folders(model_dir))
+    config = family_model_config(manifest, version_folders(model_dir), gpu=gpu)
     (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))
     return model_dir
 
@@ -168,17 +174,15 @@ def write_repository(
     gpu: bool = False,
     root: Path | None = None,
 ) -> list[Path]:
-    """Write the cloud model of every manifest (family folders under `root`) and, on CPU, its
-    family model; return the cloud models' folders. (The GPU variant has no family model: it
-    needs `edgecascade` in the Triton image.)"""
+    """Write the cloud model of every manifest (family folders under `root`) and its family
+    model; return the cloud models' folders."""
     Path(repository).mkdir(parents=True, exist_ok=True)
     written = []
     for manifest in manifests:
         written.append(
             write_model(manifest, default_family_dir(manifest.family, root), repository, gpu=gpu)
         )
-        if not gpu:
-            write_family_model(manifest, repository)
+        write_family_model(manifest, repository, gpu=gpu)
     return written
 
 

@@ -20,6 +20,7 @@ from tests.kustomize import K8S, OVERLAYS, find, rendered
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 GATEWAY_DOCKERFILE = DEPLOY / "gateway.Dockerfile"
 EDGE_DOCKERFILE = DEPLOY / "edge.Dockerfile"
+TRITON_DOCKERFILE = DEPLOY / "triton.Dockerfile"
 COMPOSE = DEPLOY / "compose.yaml"
 TRITON_K8S = K8S / "base" / "triton.yaml"
 GATEWAY_K8S = K8S / "base" / "gateway.yaml"
@@ -192,9 +193,24 @@ def test_every_flag_is_an_option_of_the_command_the_image_runs(where: str) -> No
         pytest.fail(f"{where}: `{SCRIPT} {' '.join(path)}` rejects {args}: {message}")
 
 
-def test_compose_edge_is_built_from_edge_dockerfile() -> None:
-    build = compose_service("edge")["build"]
-    assert (COMPOSE.parent / build["context"] / build["dockerfile"]).resolve() == EDGE_DOCKERFILE
+@pytest.mark.parametrize(
+    ("service", "dockerfile"), [("edge", EDGE_DOCKERFILE), ("triton", TRITON_DOCKERFILE)]
+)
+def test_compose_services_are_built_from_their_dockerfiles(service: str, dockerfile: Path) -> None:
+    build = compose_service(service)["build"]
+    assert (COMPOSE.parent / build["context"] / build["dockerfile"]).resolve() == dockerfile
+
+
+def test_triton_runs_the_image_that_has_edgecascade_for_the_family_models() -> None:
+    """The family model (python backend) imports edgecascade: NVIDIA's image alone has none."""
+    (base,) = dockerfile_instructions(TRITON_DOCKERFILE, "FROM")
+    name, _, tag = base.rpartition(":")
+    assert name == "nvcr.io/nvidia/tritonserver" and tag >= "24.12", "Python 3.11+ from 24.12"
+    runs = " ".join(dockerfile_instructions(TRITON_DOCKERFILE, "RUN"))
+    assert "pip install" in runs and "import edgecascade.cloud.triton.family" in runs
+    for overlay in OVERLAYS:
+        image = container(triton(overlay)[0])["image"].rsplit("/", 1)[-1].split(":")[0]
+        assert image == build_tag(TRITON_DOCKERFILE), overlay
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -271,7 +287,7 @@ def test_gateway_image_installs_haproxy() -> None:
 
 # --- secrets and users --------------------------------------------------------------------
 
-DOCKERFILES = (EDGE_DOCKERFILE, GATEWAY_DOCKERFILE)
+DOCKERFILES = (EDGE_DOCKERFILE, GATEWAY_DOCKERFILE, TRITON_DOCKERFILE)
 # What must never be copied into an image: private keys, signing keys, caller files, the
 # folders they live in, or the whole build context (`COPY . .`).
 SECRET_PATHS = re.compile(r"\.key\b|\.ed25519|callers|secrets|\bkeys\b|\bcerts\b|^\./?$")

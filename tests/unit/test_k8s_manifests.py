@@ -94,6 +94,8 @@ def test_every_image_has_a_tag(overlay: str) -> None:
 def test_production_pins_the_images_and_the_edges_network() -> None:
     gateway = containers(find(rendered("production"), "Deployment"))[0]
     assert gateway["image"] == "registry.example.com/edgecascade-gateway:0.1.0"
+    triton = containers(find(rendered("production"), "StatefulSet"))[0]
+    assert triton["image"] == "registry.example.com/edgecascade-triton:0.1.0"
     policy = find(rendered("production"), "NetworkPolicy", "edgecascade-gateway")
     blocks = [p["ipBlock"]["cidr"] for p in policy["spec"]["ingress"][0]["from"] if "ipBlock" in p]
     assert blocks == ["198.51.100.0/24"]

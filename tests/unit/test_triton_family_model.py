@@ -61,11 +61,23 @@ def test_each_manifest_version_answers_for_its_own_pair(tmp_path: Path) -> None:
     assert [p.cloud.key for p in pairs] == ["pets_cloud:1", "pets_cloud:2"]
 
 
-def test_the_gpu_repository_and_write_model_have_no_family_model(tmp_path: Path) -> None:
+def test_the_gpu_family_model_imports_the_image_s_edgecascade(tmp_path: Path) -> None:
+    """On GPU the family model runs in the edgecascade Triton image: no local site folders."""
     manifest = make_family(tmp_path)
+    write_repository([manifest], tmp_path / "cpu", root=tmp_path)
     write_repository([manifest], tmp_path / "gpu", gpu=True, root=tmp_path)
-    write_model(manifest, tmp_path / "pets", tmp_path / "one")
-    assert not (tmp_path / "gpu" / "pets").exists() and not (tmp_path / "one" / "pets").exists()
+    cpu, gpu = read_config(tmp_path / "cpu" / "pets"), read_config(tmp_path / "gpu" / "pets")
+    assert "site_packages" in cpu.parameters and "site_packages" not in gpu.parameters
+    del cpu.parameters["site_packages"]
+    assert cpu == gpu  # the same inputs, outputs, pair and instances
+    assert (tmp_path / "gpu" / "pets" / "1" / "model.py").read_text() == (
+        FAMILY_MODEL_SOURCE.read_text()
+    )
+
+
+def test_write_model_alone_writes_no_family_model(tmp_path: Path) -> None:
+    write_model(make_family(tmp_path), tmp_path / "pets", tmp_path / "one")
+    assert not (tmp_path / "one" / "pets").exists()
 
 
 def test_encoded_images_are_decoded_and_prepared_as_the_edge_does() -> None:
