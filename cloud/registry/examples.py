@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgecascade.cloud.common.errors import InvalidInput, shown
+from edgecascade.cloud.common.examples import ExampleStore
 from edgecascade.cloud.registry.store import FAMILY_NAME
 
 EXAMPLES = "examples"
@@ -27,6 +28,12 @@ def received_path(registry_dir: Path, family: str, edge_id: str) -> Path:
     """The store file of `edge_id`'s uploads for `family`."""
     family_folder = Path(registry_dir) / EXAMPLES / checked_name("family", family)
     return family_folder / f"{checked_name('edge id', edge_id)}{SUFFIX}"
+
+
+def open_received(path: Path, max_bytes: int = 1 << 62) -> ExampleStore:
+    """A store file of the registry's (or one copied from it): SQLite's rollback journal, as
+    every gateway on any host that shares the registry opens it (ExampleStore shared_volume)."""
+    return ExampleStore(path, max_bytes, shared_volume=True)
 
 
 def received_files(registry_dir: Path, family: str) -> list[Path]:

@@ -14,6 +14,7 @@ from edgecascade.cloud.registry.examples import (
     EXAMPLES,
     SUFFIX,
     checked_name,
+    open_received,
     received_path,
 )
 
@@ -65,7 +66,7 @@ class ReceivedExamples:
 
     def _store(self, path: Path) -> ExampleStore:
         if path not in self._stores:
-            self._stores[path] = ExampleStore(path, self.quota_bytes, shared_volume=True)
+            self._stores[path] = open_received(path, self.quota_bytes)
         return self._stores[path]
 
     @contextmanager

@@ -26,10 +26,10 @@ from edgecascade.cloud.build.builder import batched_logits
 from edgecascade.cloud.build.datasets import fashion
 from edgecascade.cloud.build.families import WEIGHTS_DIR
 from edgecascade.cloud.common.errors import UserError
-from edgecascade.cloud.common.examples import ExampleStore
 from edgecascade.cloud.common.manifest import Manifest, sha256_file
 from edgecascade.cloud.common.paths import edge_model_file
 from edgecascade.cloud.common.preprocessing import mirrored
+from edgecascade.cloud.registry.examples import open_received
 from edgecascade.cloud.registry.signing_keys import save_build_manifest
 from edgecascade.cloud.registry.store import MANIFEST, Registry
 from edgecascade.router.policy.calibration import Split, Target, calibrate
@@ -57,7 +57,7 @@ def collect(files: Iterable[Path], family: str) -> Collected:
     for path in files:
         if not Path(path).is_file():
             raise UserError(f"no example store {path}")
-        with ExampleStore(Path(path), 1 << 62, shared_volume=True) as store:
+        with open_received(Path(path)) as store:
             for example in store.examples(family):
                 seen[example.sha256] = (
                     example.image,

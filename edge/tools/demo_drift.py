@@ -40,7 +40,7 @@ from edgecascade.cloud.common.examples import ExampleStore
 from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.cloud.common.paths import family_dir, keys_dir
 from edgecascade.cloud.common.transport import PLAINTEXT
-from edgecascade.cloud.registry.examples import received_files
+from edgecascade.cloud.registry.examples import open_received, received_files
 from edgecascade.cloud.registry.store import Registry
 from edgecascade.cloud.triton.repository import write_model
 from edgecascade.cloud.triton.server import TritonServer
@@ -233,10 +233,10 @@ class Watcher:
             for store in self._stores.values():
                 store.close()
 
-    def _store(self, path: Path, shared_volume: bool = False) -> ExampleStore:
-        """The agent's store (its own disk) or a received one (`shared_volume`: the registry)."""
+    def _store(self, path: Path, received: bool = False) -> ExampleStore:
+        """The agent's store (its own disk) or one `received` in the registry."""
         if path not in self._stores:
-            self._stores[path] = ExampleStore(path, 1 << 62, shared_volume=shared_volume)
+            self._stores[path] = open_received(path) if received else ExampleStore(path, 1 << 62)
         return self._stores[path]
 
     def poll(self) -> None:

@@ -24,7 +24,7 @@ from edgecascade.cloud.common.examples import Example, ExampleStore
 from edgecascade.cloud.common.launcher import wait_until
 from edgecascade.cloud.common.ports import free_port
 from edgecascade.cloud.common.transport import PLAINTEXT
-from edgecascade.cloud.registry.examples import received_path
+from edgecascade.cloud.registry.examples import open_received, received_path
 from edgecascade.cloud.registry.model_sync import add_model_sync
 from edgecascade.cloud.registry.store import Registry
 from edgecascade.edge.serving.collection import store_path
@@ -110,16 +110,13 @@ def test_an_upload_broken_midway_resumes_without_duplicates(tmp_path: Path) -> N
             proxy_port = await proxy.start()
             async with PLAINTEXT.aio_channel(f"127.0.0.1:{proxy_port}") as channel:
                 upload = asyncio.create_task(uploader.upload(pb_grpc.ModelSyncStub(channel)))
-                while (
-                    not received.exists()
-                    or len(ExampleStore(received, 1 << 30, shared_volume=True)) < 50
-                ):
+                while not received.exists() or len(open_received(received)) < 50:
                     await asyncio.sleep(0.01)
                 proxy.cut()
                 with pytest.raises(grpc.aio.AioRpcError) as broken:
                     await upload
                 assert broken.value.code() == grpc.StatusCode.UNAVAILABLE
-            kept_before = len(ExampleStore(received, 1 << 30, shared_volume=True))
+            kept_before = len(open_received(received))
             assert uploader.cursor == 0  # nothing acknowledged: all is sent again
             async with PLAINTEXT.aio_channel(f"127.0.0.1:{port}") as channel:
                 sent = await uploader.upload(pb_grpc.ModelSyncStub(channel))
@@ -128,7 +125,7 @@ def test_an_upload_broken_midway_resumes_without_duplicates(tmp_path: Path) -> N
     kept_before, sent = asyncio.run(main())
     assert 50 <= kept_before < n and sent == n
     assert uploader.uploaded == n - kept_before and uploader.duplicates == kept_before
-    cloud = ExampleStore(received, 1 << 30, shared_volume=True)
+    cloud = open_received(received)
     shas = [e.sha256 for e in cloud.examples()]
     assert len(shas) == len(set(shas)) == n and set(shas) == {e.sha256 for e in store.examples()}
     assert uploader.cursor == store.after(0, n)[-1][0]
@@ -156,26 +153,8 @@ def test_the_quota_per_edge_is_resource_exhausted_with_what_to_do(tmp_path: Path
     assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "edge 'cam-1'" in refused.details() and "quota" in refused.details()
     assert "--examples-quota-bytes" in refused.details()
-    assert (
-        len(
-            ExampleStore(
-                received_path(tmp_path / "registry", "fashion", "cam-1"),
-                1 << 30,
-                shared_volume=True,
-            )
-        )
-        == 4
-    )
-    assert (
-        len(
-            ExampleStore(
-                received_path(tmp_path / "registry", "fashion", "cam-2"),
-                1 << 30,
-                shared_volume=True,
-            )
-        )
-        == 4
-    )
+    assert len(open_received(received_path(tmp_path / "registry", "fashion", "cam-1"))) == 4
+    assert len(open_received(received_path(tmp_path / "registry", "fashion", "cam-2"))) == 4
     assert cam2.cursor == store.after(0, 4)[-1][0] and cam2.uploaded == 4
 
 
@@ -209,10 +188,7 @@ def test_gateways_sharing_a_registry_share_the_quota_and_acknowledge_a_resend(
     assert [r.edge_bytes for r in answers] == [2 * one, 4 * one, 4 * one]  # both gateways count
     assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert f"has {4 * one} bytes" in refused.details()
-    assert (
-        len(ExampleStore(received_path(registry, "fashion", "cam-1"), 1 << 30, shared_volume=True))
-        == 4
-    )
+    assert len(open_received(received_path(registry, "fashion", "cam-1"))) == 4
 
 
 @pytest.mark.parametrize(
@@ -277,9 +253,7 @@ def test_a_real_agent_uploads_what_it_collected_to_a_real_gateway(
         assert wait_until(
             lambda: (
                 received.exists()
-                and {
-                    e.sha256 for e in ExampleStore(received, 1 << 30, shared_volume=True).examples()
-                }
+                and {e.sha256 for e in open_received(received).examples()}
                 == {e.sha256 for e in ExampleStore(local, 1 << 30).examples()}
             ),
             20,
@@ -287,7 +261,7 @@ def test_a_real_agent_uploads_what_it_collected_to_a_real_gateway(
         n = len(ExampleStore(local, 1 << 30))
         assert wait_until(lambda: upload_status(edge.address)[0] == n, 10)
         assert upload_status(edge.address) == (n, 0, 0, "")
-    kept = list(ExampleStore(received, 1 << 30, shared_volume=True).examples())
+    kept = list(open_received(received).examples())
     assert all(e.kind == "escalated" and e.edge_version == fashion_manifest.edge.key for e in kept)
     assert all(e.image.shape == fashion_manifest.edge.preprocessing.shape for e in kept)
 
@@ -326,7 +300,7 @@ def test_a_real_agent_reports_refused_uploads_in_status_and_metrics(
         assert uploaded <= 3 and already == 0  # only calls within the quota went through
         assert metric(url, "edgecascade_examples_uploaded_total", outcome="kept") == uploaded
     received = received_path(registry.root, "fashion", "cam-8")
-    assert len(ExampleStore(received, 1 << 30, shared_volume=True)) == 3
+    assert len(open_received(received)) == 3
 
 
 def upload_status(address: str) -> tuple[int, int, int, str]:

@@ -17,11 +17,11 @@ from edgecascade.cloud.build.builder import F32, batched_logits
 from edgecascade.cloud.build.corruptions import corrupt
 from edgecascade.cloud.build.datasets import fashion
 from edgecascade.cloud.common import signing
-from edgecascade.cloud.common.examples import Example, ExampleStore
+from edgecascade.cloud.common.examples import Example
 from edgecascade.cloud.common.launcher import edgecascade_command
 from edgecascade.cloud.common.paths import family_dir
 from edgecascade.cloud.common.probabilities import softmax
-from edgecascade.cloud.registry.examples import received_path
+from edgecascade.cloud.registry.examples import open_received, received_path
 from edgecascade.cloud.registry.signing_keys import dev_key
 from edgecascade.cloud.registry.store import Registry
 from tests.integration.test_cli_errors import fails
@@ -43,9 +43,7 @@ def registry_with(tmp_path: Path, images: np.ndarray, cloud: np.ndarray) -> Path
     """A registry with the built family as v1 and one edge's uploads of these examples."""
     root = tmp_path / "registry"
     Registry(root).publish("fashion", family_dir("fashion"))
-    with ExampleStore(
-        received_path(root, "fashion", "edge-1"), 1 << 30, shared_volume=True
-    ) as store:
+    with open_received(received_path(root, "fashion", "edge-1")) as store:
         for image, p in zip(images, cloud):
             store.add(Example.of("fashion", "fashion_edge:1", "escalated", image, p, p))
     return root
