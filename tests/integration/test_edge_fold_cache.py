@@ -1,18 +1,22 @@
 """The cache of crop-and-resize variants of the real fashion edge model (issue 12): frames of
 many distinct shapes keep it bounded, evicted variants (compiled model, infer requests, their
-threads) are freed, and background compiles do not pile up."""
+threads) are freed, what each variant holds is bounded whatever batches it ran, and background
+compiles do not pile up."""
 
 import asyncio
 import gc
+import multiprocessing
 import os
 import threading
 import weakref
 
 import numpy as np
+import psutil
 import pytest
 
-from edgecascade.cloud.common.manifest import Manifest
+from edgecascade.cloud.common.manifest import Manifest, Preprocessing
 from edgecascade.cloud.common.paths import edge_model_file, family_dir
+from edgecascade.edge.serving.memory import return_freed_memory
 from edgecascade.edge.serving.runtime import (
     FOLD_CACHE_PIXELS,
     FOLD_COMPILES_QUEUED,
@@ -27,6 +31,15 @@ SHAPES = [(28 + i, 30 + 2 * i, 1) for i in range(30)]
 
 def threads() -> int:
     return len(os.listdir("/proc/self/task"))
+
+
+# What one variant may hold: a fixed part (compiled model, kernels), and per pixel of its frame
+# shape whatever batches of that shape it ran. Measured here: 1.0-1.2 MB, 1.0-1.15 bytes; with
+# the dynamic batch of before, 4 bytes per pixel of the largest batch seen (65 bytes after these
+# batches of 16).
+VARIANT_FIXED_MB = 3.0
+VARIANT_BYTES_PER_PIXEL = 2.0
+MB = 2**20
 
 
 def fashion_model(manifest: Manifest) -> EdgeModel:
@@ -74,10 +87,49 @@ def test_thirty_frame_shapes_keep_the_variant_cache_bounded(fashion_manifest: Ma
     assert peak <= 8, f"threads grew by {peak} while variants were evicted"
 
 
+def variant_memory(spec: Preprocessing) -> tuple[float, float]:
+    """In a process of its own, as the agent's allocator is set: the RSS (MB) each of
+    FOLD_VARIANTS small variants added, and the bytes per pixel of their shapes that the large
+    variants replacing some of them added after batches of 16 frames each."""
+    return_freed_memory()
+    model = EdgeModel(edge_model_file(family_dir("fashion"), "int8"), fold=spec)
+    rss = psutil.Process().memory_info
+
+    async def run() -> tuple[float, float]:
+        await model.infer(np.zeros((27, 29, 1), np.uint8))  # OpenVINO's one-off costs
+        freed(model)
+        before = rss().rss
+        for i in range(FOLD_VARIANTS):
+            await model.infer(np.zeros((30 + i, 30, 1), np.uint8))
+        freed(model)
+        small = rss().rss
+        rng = np.random.default_rng(0)
+        for i in range(4):  # ~1 MP each: FOLD_CACHE_PIXELS keeps all four
+            frames = rng.integers(0, 256, (16, 1000 - i, 1000, 1), np.uint8)
+            assert np.isfinite(await model.infer_batch(frames)).all()
+            del frames
+        freed(model)
+        large = [shape for shape in model.folded_shapes if shape[0] > 900]
+        assert len(large) == 4 and len(model.folded_shapes) == FOLD_VARIANTS
+        pixels = sum(h * w for h, w, _ in large)
+        return (small - before) / FOLD_VARIANTS / MB, (rss().rss - small) / pixels
+
+    return asyncio.run(run())
+
+
+def test_a_variant_holds_a_bounded_memory_whatever_batches_it_ran(fashion_manifest: Manifest):
+    """Each variant takes one frame at a time, its memory planned when compiled: a fixed part
+    and about its frame's bytes. With a dynamic batch, a variant kept buffers of ~4 bytes per
+    pixel for the largest batch it had run, so the fuzzing left the agent +25-31 MB."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        fixed_mb, per_pixel = pool.apply(variant_memory, (fashion_manifest.edge.preprocessing,))
+    assert fixed_mb <= VARIANT_FIXED_MB, f"{fixed_mb:.1f} MB per small variant"
+    assert per_pixel <= VARIANT_BYTES_PER_PIXEL, f"{per_pixel:.1f} bytes per pixel of its shape"
+
+
 def test_variants_of_large_frames_are_bounded_by_their_pixels(fashion_manifest: Manifest):
-    """A variant holds buffers of its frame size (~9 MB per megapixel here): eight 1080p ones
-    kept 160 MB. Fewer than FOLD_VARIANTS large shapes already fill FOLD_CACHE_PIXELS, and the
-    least recently used go, freed."""
+    """Fewer than FOLD_VARIANTS large shapes already fill FOLD_CACHE_PIXELS, and the least
+    recently used go, freed."""
     model = fashion_model(fashion_manifest)
     side = int(FOLD_MAX_PIXELS**0.5)
     shapes = [(side - i, side, 1) for i in range(4)]
