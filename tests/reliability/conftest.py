@@ -3,7 +3,9 @@ Triton; what it tried and got back goes into one report for the session."""
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import Any
 
 import grpc
 import numpy as np
@@ -48,41 +50,27 @@ def report() -> Iterator[Report]:
         print(f"\nreliability report: {written}")
 
 
-@pytest.fixture(scope="module")
-def bystander(agent: EdgeProcess, report: Report) -> Iterator[None]:
-    """For the fuzzing: the agent is warmed up first (valid frames of a dozen sizes, so its
-    cache of compiled frame sizes is full) and then measured; meanwhile another client sends a
-    valid frame every 50 ms, and how long it waited behind the fuzzed inputs is reported."""
-    frame = encoded(np.zeros((28, 28), np.uint8), "png")
-    with PLAINTEXT.channel(agent.address) as channel:
-        stub = pb_grpc.CascadeStub(channel)
-        for size in range(20, 44, 2):
-            image = np.zeros((size, size + 1), np.uint8)
-            stub.Classify(pb.ClassifyRequest(encoded_image=encoded(image, "png")), timeout=30)
-        report.figures["agent_before"] = agent_figures(agent)
-        done = threading.Event()
-        waited: list[float] = []
-        failed: list[str] = []
+ALONE_S = 10.0  # the bystander's calls before the fuzzing: the machine's own noise
 
-        def call() -> None:
-            while not done.wait(0.05):
-                started = time.perf_counter()
-                try:
-                    stub.Classify(pb.ClassifyRequest(encoded_image=frame), timeout=10)
-                    waited.append((time.perf_counter() - started) * 1e3)
-                except grpc.RpcError as e:
-                    failed.append(e.code().name)
 
-        thread = threading.Thread(target=call)
-        thread.start()
+def waits(figures: dict[str, list], done: threading.Event, call: Callable[[], object]) -> None:
+    """`call` every 50 ms until `done`: its waits (ms) into figures["waited"], the codes of
+    those that failed into figures["failed"]."""
+    while not done.wait(0.05):
+        started = time.perf_counter()
         try:
-            yield
-        finally:
-            done.set()
-            thread.join(15)
-    report.figures["bystander_ms"] = {
+            call()
+            figures["waited"].append((time.perf_counter() - started) * 1e3)
+        except grpc.RpcError as e:
+            figures["failed"].append(e.code().name)
+
+
+def summary(figures: dict[str, list]) -> dict[str, Any]:
+    """What the report says of a bystander's calls: count, failures, p50, p99, max, over 100 ms."""
+    waited = figures["waited"]
+    return {
         "calls": len(waited),
-        "failed": failed,
+        "failed": figures["failed"],
         **(
             {q: round(float(np.percentile(waited, p)), 2) for q, p in (("p50", 50), ("p99", 99))}
             if waited
@@ -91,3 +79,35 @@ def bystander(agent: EdgeProcess, report: Report) -> Iterator[None]:
         "max": round(max(waited, default=0.0), 2),
         "over_100ms": sum(w > 100 for w in waited),
     }
+
+
+@pytest.fixture(scope="module")
+def bystander(agent: EdgeProcess, report: Report) -> Iterator[None]:
+    """For the fuzzing: the agent is warmed up first (valid frames of a dozen sizes, so its
+    cache of compiled frame sizes is full) and then measured; another client sends a valid
+    frame every 50 ms, alone for ALONE_S (bystander_alone_ms: what the loaded machine itself
+    costs) and then through the fuzzing (bystander_ms: how long it waited behind the fuzzed
+    inputs)."""
+    frame = encoded(np.zeros((28, 28), np.uint8), "png")
+    with PLAINTEXT.channel(agent.address) as channel:
+        stub = pb_grpc.CascadeStub(channel)
+        for size in range(20, 44, 2):
+            image = np.zeros((size, size + 1), np.uint8)
+            stub.Classify(pb.ClassifyRequest(encoded_image=encoded(image, "png")), timeout=30)
+        report.figures["agent_before"] = agent_figures(agent)
+        call = partial(stub.Classify, pb.ClassifyRequest(encoded_image=frame), timeout=10)
+        alone: dict[str, list] = {"waited": [], "failed": []}
+        alone_done = threading.Event()
+        threading.Timer(ALONE_S, alone_done.set).start()
+        waits(alone, alone_done, call)
+        report.figures["bystander_alone_ms"] = summary(alone)
+        fuzzing: dict[str, list] = {"waited": [], "failed": []}
+        done = threading.Event()
+        thread = threading.Thread(target=waits, args=(fuzzing, done, call))
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join(15)
+    report.figures["bystander_ms"] = summary(fuzzing)
