@@ -7,6 +7,7 @@ EDGECASCADE_FUZZ_EXAMPLES sets the examples per API (`make reliability`: 10,000;
 `make test`: a few, drawn the same way on every run)."""
 
 import os
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -51,6 +52,17 @@ def channels(agent, edge_only, bystander) -> Iterator[dict[str, grpc.Channel]]:
         PLAINTEXT.channel(edge_only.address) as alone,
     ):
         yield {"with-cloud": cloud, "edge-only": alone}
+
+
+@pytest.fixture(autouse=True)
+def timed(request: pytest.FixtureRequest, report: Report) -> Iterator[None]:
+    """When each API's examples ran (Unix times), to set the bystander's slow calls against."""
+    started = time.time()
+    yield
+    report.figures.setdefault("ran", {})[request.node.name] = [
+        round(started, 2),
+        round(time.time(), 2),
+    ]
 
 
 def code_of(call) -> str:
