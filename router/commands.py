@@ -132,12 +132,13 @@ def calibrate_command(
         ),
     ] = None,
     window: Annotated[
-        int | None,
+        int,
         typer.Option(
-            help="the target must hold over this many new inputs (a prediction bound; "
-            "default 10000); 0: on average"
+            min=0,
+            help="the target must hold over this many new inputs (a prediction bound); "
+            "default 0: on average",
         ),
-    ] = None,
+    ] = 0,
     ensemble: Annotated[
         bool | None,
         typer.Option(
@@ -152,7 +153,7 @@ def calibrate_command(
     from rich import print as rprint
 
     from edgecascade.cloud.common.paths import manifest_path
-    from edgecascade.router.policy.calibration import DEFAULT_WINDOW, Target, calibrate_manifest
+    from edgecascade.router.policy.calibration import Target, calibrate_manifest
     from edgecascade.router.policy.policies import UnknownPolicy, policy_class
 
     if target_accuracy is not None and max_escalation is not None:
@@ -170,9 +171,8 @@ def calibrate_command(
             target = Target(max_escalation=max_escalation)
         else:
             target = Target.parse_accuracy(target_accuracy or "cloud-0.3pt")
-        window = DEFAULT_WINDOW if window is None else window or None
         result = calibrate_manifest(
-            manifest_file, target, policy, assurance, mirror, ensemble, window
+            manifest_file, target, policy, assurance, mirror, ensemble, window or None
         )
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None

@@ -6,12 +6,24 @@ A target is one of:
 - an escalation budget (`max_escalation=0.3`: escalate at most 30% of inputs).
 
 The least escalation that meets an accuracy target wins (the most escalation a budget allows).
-With `assurance` above 0.5 the target must hold for a normal-approximation lower bound of the
-cascade accuracy (upper bound of the escalation rate) at that one-sided confidence, which guards
-against a calibration split that flatters the edge model. With a `window` of m inputs the bound is
-for what m new inputs will measure (a prediction bound: the calibration split's sampling noise
-plus theirs), not for the long-run average: a target judged on a 10k test split, or on any
-10k frames of a camera, needs that margin too."""
+With `assurance` 1 - delta above 0.5 an accuracy target is risk-controlled in the Learn-then-Test
+way (Angelopoulos et al., 2021): each escalation count k is a hypothesis "the target fails when
+the k least confident inputs escalate", rejected by a one-sided score test at that confidence
+(normal approximation, with the spread where the target just fails rather than the observed
+one), and the hypotheses are tested in a fixed sequence, from every input escalated down,
+stopping at the first one not rejected. The guarantee: with probability at least 1 - delta over
+the draw of the calibration split, the target holds on average over new inputs from the same
+distribution (asymptotically: the test is a normal approximation), whether or not accuracy is
+monotone in the escalation rate. Scanning from no escalation up and taking the first k whose
+bound clears would test many hypotheses at once and, where the accuracy gap hovers just beyond
+the target over a range of rates, stop in it far more often than delta; a bound with the
+observed spread is too narrow where few kept inputs disagree (both measured in the unit tests).
+
+For `cloud-0.3pt` the test is on the paired per-input difference (cloud right minus cascade
+right, non-zero only where the two disagree: Tango's test, see `paired_null_variance`), whose
+spread is far smaller than that of either accuracy. With a `window` of m inputs the bound is a
+prediction bound for what m new inputs will measure (the calibration split's sampling noise plus
+theirs), a stronger promise than the average's; it is off by default."""
 
 from __future__ import annotations
 
@@ -40,7 +52,6 @@ from edgecascade.router.policy.policies import (
 from edgecascade.router.policy.temperature import expected_calibration_error, fit_temperature
 
 DEFAULT_ASSURANCE = 0.95
-DEFAULT_WINDOW = 10_000  # new inputs over which a calibrated target must hold
 _CLOUD_DROP = re.compile(r"cloud-(\d+(?:\.\d+)?)pt")
 
 
@@ -204,6 +215,30 @@ def cascade_curve(
     return confidence[order], correct / len(confidence)
 
 
+def paired_null_variance(
+    only_cloud: NDArray[np.int64], only_edge: NDArray[np.int64], n: int, drop: float
+) -> NDArray[np.float64]:
+    """Variance of one input's (cloud right) - (cascade right) where the cascade falls exactly
+    `drop` short of the cloud on average, at the maximum-likelihood probabilities under that
+    constraint (Tango's score test for paired proportions, Stat. Med. 17:891, 1998): the spread
+    a test of "the cascade falls more than `drop` short" takes, given, among the inputs kept at
+    the edge out of `n`, how many only the cloud (`only_cloud`) and only the edge (`only_edge`)
+    answer right. Unlike the observed spread, it does not vanish where few inputs disagree."""
+    agree = n - only_cloud - only_edge
+    linear = (only_cloud + only_edge) * (1 - drop) - 2 * drop * (only_edge + agree)
+    p_edge = (linear + np.sqrt(linear**2 + 8 * n * only_edge * drop * (1 - drop))) / (4 * n)
+    variance: NDArray[np.float64] = 2 * p_edge + drop * (1 - drop)
+    return variance
+
+
+def _kept(flags: Booleans, order: Classes) -> NDArray[np.int64]:
+    """How many of `flags` are set among the inputs kept at the edge when the k first of
+    `order` escalate, for k = 0..N."""
+    ranked = flags[order].astype(np.int64)
+    kept: NDArray[np.int64] = ranked.sum() - np.concatenate([[0], np.cumsum(ranked)])
+    return kept
+
+
 def _escalations(
     confidence: Floats,
     edge_correct: Booleans,
@@ -213,7 +248,9 @@ def _escalations(
     window: int | None,
 ) -> int:
     """How many of the least confident inputs to escalate to meet `target` (see the module
-    docstring for `z` and `window`)."""
+    docstring for `z`, the one-sided normal quantile of the assurance, and `window`): an
+    accuracy target's hypotheses are tested from every input escalated down (fixed sequence),
+    each with a score test (the spread where the target just fails)."""
     n = len(confidence)
     _, accuracy = cascade_curve(confidence, edge_correct, cloud_correct)
     margin = z * np.sqrt(1 / n + (1 / window if window else 0.0))  # per unit of spread
@@ -222,22 +259,25 @@ def _escalations(
         allowed = rate + margin * np.sqrt(rate * (1 - rate)) <= target.max_escalation + 1e-12
         return int(np.flatnonzero(allowed)[-1])
     if target.accuracy is not None:
-        lower = accuracy - margin * np.sqrt(accuracy * (1 - accuracy))
-        ok = lower >= target.accuracy - 1e-12
+        spread = np.sqrt(target.accuracy * (1 - target.accuracy))
+        ok = accuracy - margin * spread >= target.accuracy - 1e-12
     else:
         assert target.max_drop is not None  # a target sets exactly one field
-        # cascade - cloud = mean over inputs kept at the edge of (edge_ok - cloud_ok).
-        disagree = (edge_correct != cloud_correct)[np.argsort(confidence, kind="stable")]
-        kept_disagreements = disagree.sum() - np.concatenate([[0], np.cumsum(disagree)])
-        delta = accuracy - cloud_correct.mean()
-        spread = np.sqrt(np.maximum(kept_disagreements / n - delta**2, 0.0))
-        ok = delta - margin * spread >= -target.max_drop - 1e-12
-    if not ok.any():
+        # cloud - cascade = mean over the inputs kept at the edge of (cloud_ok - edge_ok).
+        order = np.argsort(confidence, kind="stable")
+        only_cloud = _kept(cloud_correct & ~edge_correct, order)
+        only_edge = _kept(edge_correct & ~cloud_correct, order)
+        spread = np.sqrt(paired_null_variance(only_cloud, only_edge, n, target.max_drop))
+        ok = (only_cloud - only_edge) / n + margin * spread <= target.max_drop + 1e-12
+        ok[-1] = True  # every input escalated: the cascade is the cloud
+    if not ok[-1]:
         raise ValueError(
-            f"{target} is out of reach on this split at this assurance: the cascade reaches "
-            f"at most {accuracy.max():.2%} (cloud-only {cloud_correct.mean():.2%}, {n} inputs)"
+            f"{target} is out of reach on this split at this assurance: not even with every "
+            f"input escalated (the cascade reaches at most {accuracy.max():.2%}, cloud-only "
+            f"{cloud_correct.mean():.2%}, {n} inputs)"
         )
-    return int(np.argmax(ok))
+    # Fixed-sequence testing from every input escalated down: stop before the first failure.
+    return int(np.flatnonzero(~ok)[-1] + 1) if not ok.all() else 0
 
 
 def pick_threshold(
@@ -319,7 +359,7 @@ def calibrate(
     assurance: float = DEFAULT_ASSURANCE,
     mirror: bool | None = None,
     ensemble: bool | None = None,
-    window: int | None = DEFAULT_WINDOW,
+    window: int | None = None,
 ) -> Calibration:
     """Fit the temperature of each view set, then pick the threshold of policy `kind` for
     `target` (default: of the policy with the best `ranking_quality` on this split).
@@ -355,7 +395,7 @@ def calibrate_manifest(
     assurance: float = DEFAULT_ASSURANCE,
     mirror: bool | None = None,
     ensemble: bool | None = None,
-    window: int | None = DEFAULT_WINDOW,
+    window: int | None = None,
 ) -> Calibration | None:
     """Calibrate on the `calibration.npz` next to the manifest and store the policy (kind,
     threshold, temperature, views) in it; None (manifest untouched) without a calibration split."""
@@ -373,8 +413,10 @@ def calibrate_manifest(
     manifest.notes["threshold"] = (
         f"{result.policy.label} threshold {result.policy.threshold:.4f} at temperature "
         f"{result.policy.temperature:.4f}, picked on the calibration split ({len(split.labels)} "
-        f"images) for {result.target} at {result.assurance:.0%} assurance"
-        + (f" over {result.window} new inputs: " if result.window else ": ")
+        f"images) for {result.target} "
+        + (f"over {result.window} new inputs" if result.window else "on average")
+        + f" at {result.assurance:.0%} assurance"
+        + (" (fixed-sequence score tests): " if result.target.max_escalation is None else ": ")
         + f"{result.point.escalation_rate:.1%} escalated, cascade "
         f"{result.point.cascade_accuracy:.2%} vs cloud-only {result.point.cloud_accuracy:.2%}"
     )

@@ -10,6 +10,7 @@ from edgecascade.router.policy.calibration import (
     Target,
     calibrate,
     operating_point,
+    paired_null_variance,
     pick_threshold,
 )
 from edgecascade.router.policy.policies import (
@@ -274,3 +275,80 @@ def test_calibrate_takes_the_ensemble_when_it_ranks_better():
     single = calibrate(split, Target(max_escalation=0.2), kind="max_prob", ensemble=False)
     assert not single.policy.ensemble
     assert result.point.cascade_accuracy > single.point.cascade_accuracy
+
+
+# A population whose cascade falls short of the cloud by 1.2 points wherever the threshold sits
+# in a wide plateau of confidences (0.3-0.6: the cloud alone right as often as the edge alone),
+# then by less as fewer inputs escalate, within 1 point (the target) only from 0.633 up. Regions
+# of confidence, and in each how often only the cloud / only the edge answers right.
+PLATEAU_EDGES = np.array([0.0, 0.3, 0.6, 0.8, 1.0])
+ONLY_CLOUD = np.array([0.3, 0.2, 0.06, 0.0])
+ONLY_EDGE = np.array([0.0, 0.2, 0.0, 0.0])
+
+
+def plateau_shortfall(threshold: float) -> float:
+    """How far the cascade falls short of the cloud on the population at `threshold`."""
+    low = np.clip(PLATEAU_EDGES[:-1], threshold, 1.0)
+    high = np.clip(PLATEAU_EDGES[1:], threshold, 1.0)
+    return float(((ONLY_CLOUD - ONLY_EDGE) * (high - low)).sum())
+
+
+def plateau_sample(rng: np.random.Generator, n: int):
+    confidence = rng.uniform(size=n)
+    region = np.searchsorted(PLATEAU_EDGES, confidence, side="right") - 1
+    draw = rng.uniform(size=n)
+    only_cloud = draw < ONLY_CLOUD[region]
+    only_edge = (draw >= ONLY_CLOUD[region]) & (draw < ONLY_CLOUD[region] + ONLY_EDGE[region])
+    return confidence, ~only_cloud, ~only_edge
+
+
+def test_the_target_holds_at_the_assurance_where_the_gap_hovers_past_it():
+    """Thresholds picked on 2,000 inputs at 90% assurance, 300 times: the population's cascade
+    is within 1 point of the cloud in at least about 90% of them. Taking the first escalation
+    rate whose bound clears (scanning up from none) stopped in the plateau in 33% of them, and
+    the fixed sequence with the observed spread (a Wald bound, too narrow where few inputs
+    disagree) in 16%."""
+    rng = np.random.default_rng(11)
+    target, trials = Target(max_drop=0.01), 300
+    missed, escalated = 0, 0.0
+    for _ in range(trials):
+        point = pick_threshold(*plateau_sample(rng, 2000), target, 0.9)
+        missed += plateau_shortfall(point.threshold) > 0.01 + 1e-12
+        escalated += point.escalation_rate / trials
+    assert missed / trials <= 0.13
+    assert escalated < 0.7  # the least that meets the target escalates 63.3%
+
+
+def test_paired_bound_knows_the_gap_where_each_accuracy_alone_is_uncertain():
+    """Edge and cloud right on the same 4,750 of 5,000 inputs, but for 5 only the cloud gets:
+    the cascade falls 0.1 point short without escalating, and at 99% assurance that is within
+    0.3 points. Bounding each accuracy on its own (about +-0.7 points each) could not say so."""
+    n, z = 5000, 2.3263
+    confidence = np.linspace(0.0, 1.0, n)
+    edge_ok = np.arange(n) % 20 != 0
+    cloud_ok = edge_ok.copy()
+    cloud_ok[:100:20] = True  # 5 inputs only the cloud answers right
+    point = pick_threshold(confidence, edge_ok, cloud_ok, Target(max_drop=0.003), 0.99)
+    assert point.escalation_rate == 0.0
+    assert point.cascade_accuracy == pytest.approx(cloud_ok.mean() - 0.001)
+    unpaired = z * np.sqrt((edge_ok.var() + cloud_ok.var()) / n)
+    assert cloud_ok.mean() - edge_ok.mean() + unpaired > 0.003
+
+
+@pytest.mark.parametrize(
+    ("only_cloud", "only_edge", "n", "drop"),
+    [(30, 12, 5000, 0.003), (0, 0, 5000, 0.003), (5, 40, 2000, 0.01), (17, 17, 1000, 0.0)],
+)
+def test_paired_null_variance_is_the_constrained_maximum_likelihood(only_cloud, only_edge, n, drop):
+    """The spread under 'the cascade falls exactly `drop` short': 2 p + drop (1 - drop), p the
+    probability that only the edge is right that maximises the likelihood of the counts when
+    only the cloud is right with probability p + drop (found here on a fine grid)."""
+    p = np.linspace(1e-9, (1 - drop) / 2 - 1e-9, 2_000_001)
+    loglik = (
+        only_cloud * np.log(p + drop)
+        + only_edge * np.log(p)
+        + (n - only_cloud - only_edge) * np.log(1 - 2 * p - drop)
+    )
+    best = p[np.argmax(loglik)]
+    variance = paired_null_variance(np.array([only_cloud]), np.array([only_edge]), n, drop)
+    assert variance[0] == pytest.approx(2 * best + drop * (1 - drop), abs=2e-6)
