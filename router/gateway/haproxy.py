@@ -90,9 +90,11 @@ BUFFER_BYTES = 64 << 10
 CHECK_TIMEOUT_S = 1.0  # how long a check (connect or agent) may take, whatever the interval
 SBIN = ("/usr/local/sbin", "/usr/sbin")
 # Every endpoint has two server lines (checked by the agent, and a connect-checked backup) at one
-# address, which HAProxy refuses by default when it re-resolves names at run time.
+# address, which HAProxy refuses by default when it re-resolves names at run time; connect
+# checks skip TLS unless a server line asks for it (see `GatewayConfig.servers`).
 _DEFAULT_SERVER = (
     "    default-server init-addr last,libc,none resolvers system resolve-opts allow-dup-ip"
+    " no-check-ssl"
 )
 TRITON, STREAMS = "triton", "triton_streams"  # the backends of unary calls and of streams
 REST_BIND = "rest"  # the bind of the gateway's REST face, whose calls it has checked itself
@@ -205,12 +207,18 @@ class GatewayConfig:
                 f"{name} {address} proto h2{ssl} track {TRITON}/{name}",
                 f"{name}-live {address} proto h2{ssl} backup track {TRITON}/{name}-live",
             ]
+        # The agent asks this server's readiness over a kept, verified TLS channel, so its
+        # connect check is a bare connect; the backup has no agent, so its check is a TLS
+        # handshake (`check-ssl`). HAProxy 2.6 checks a configured server with `ssl` over TLS
+        # unless told not to (`no-check-ssl`, which it refuses for one added at run time, so
+        # `_DEFAULT_SERVER` says it) and one added at run time over TLS only with `check-ssl`.
+        backup_check = f"check-ssl {check}" if ssl else check
         return [
             f"{name} {address} proto h2{ssl} {check} agent-check agent-addr 127.0.0.1 "
             f"agent-port {self.agent_port} agent-inter {interval} agent-send {name}",
             # The same endpoint, used only while none is ready: a Triton loading a model
             # is not ready (strict readiness) but serves the versions it has.
-            f"{name}-live {address} proto h2{ssl} {check} backup",
+            f"{name}-live {address} proto h2{ssl} {backup_check} backup",
         ]
 
     def render(self) -> str:

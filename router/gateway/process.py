@@ -35,6 +35,7 @@ class GatewayProcess(ChildProcess):
         self.client = client
         self.url = f"127.0.0.1:{self.port}"
         self.http_port = http_port
+        self.metrics_port = metrics_port
         super().__init__(
             edgecascade_command(
                 "router",

@@ -31,6 +31,7 @@ from edgecascade.router.gateway.process import GatewayProcess
 from edgecascade.v1 import model_sync_pb2 as sync_pb
 from edgecascade.v1 import model_sync_pb2_grpc as sync_grpc
 from tests.family_files import copy_family
+from tests.helpers import metric
 from tests.integration.test_triton_server import images, infer_input
 
 pytestmark = pytest.mark.integration
@@ -132,6 +133,7 @@ def gateway(
         folder / "gateway.log",
         registry=registry.root,
         http_port=free_port(),
+        metrics_port=free_port(),
         options=secured.gateway_options(),
         client=secured.client("watcher"),
     ) as process:
@@ -157,6 +159,20 @@ def test_inference_goes_through_mutual_tls_on_both_hops(
         assert result.as_numpy("logits").shape == (3, len(fashion_manifest.labels))
     log = Path(gateway.log_path or "").read_text()
     assert not any(token in log for token in secured.tokens.values())
+
+
+def test_only_the_backup_server_checks_triton_with_a_handshake(gateway: GatewayProcess) -> None:
+    """Both of Triton's server lines are up; the agent-checked one by a bare connect (layer 4:
+    the agent asks readiness over its own kept TLS channel), the backup by a TLS handshake
+    (layer 6), as HAProxy's exporter reports their last checks."""
+    url = f"http://127.0.0.1:{gateway.metrics_port}/metrics"
+
+    def status(server: str, state: str) -> bool:
+        labels = {"proxy": "triton", "server": server, "state": state}
+        return metric(url, "haproxy_server_check_status", **labels) == 1
+
+    assert wait_until(lambda: status("triton0", "L4OK") and status("triton0-live", "L6OK"), 10)
+    assert metric(url, "haproxy_server_status", proxy="triton", server="triton0", state="UP") == 1
 
 
 def test_model_control_needs_an_admin_caller(

@@ -61,6 +61,19 @@ def test_endpoints_added_at_run_time_get_the_same_checks_and_tls(tmp_path):
         config(upstreams=[]).render()  # neither fixed endpoints nor a runtime API
 
 
+def test_only_the_backup_checks_triton_with_a_tls_handshake(tmp_path):
+    """The agent-checked server's readiness comes over the agent's verified TLS channel: its
+    connect check is a bare connect, not a mutual-TLS handshake every interval. HAProxy would
+    check a configured `ssl` server over TLS (a dynamic one never): both are said explicitly."""
+    tls = haproxy.BackendTls(tmp_path / "ca.pem", tmp_path / "client.pem", "triton")
+    primary, backup = config(upstream_tls=tls).servers("triton", "t0", "10.0.0.7:8001", False)
+    assert "agent-check" in primary and "check-ssl" not in primary
+    assert f"t0-live 10.0.0.7:8001 proto h2{tls.server_options()} check-ssl check " in backup
+    text = config(upstream_tls=tls).render()
+    assert text.count("default-server") == text.count(" no-check-ssl") == 2  # both backends
+    assert "check-ssl" not in "".join(config().servers("triton", "t0", "10.0.0.7:8001", False))
+
+
 def test_model_sync_health_and_metrics_are_served_only_when_asked_for(tmp_path):
     assert "prometheus-exporter" not in config().render()
     assert "backend health" not in config().render()  # health goes on to Triton
