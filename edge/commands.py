@@ -50,6 +50,7 @@ def serve_command(
     sync_url: Annotated[str | None, _setting("sync_url")] = None,
     device: Annotated[str | None, _setting("device")] = None,
     hint: Annotated[str | None, _setting("hint")] = None,
+    event_loop: Annotated[str | None, _setting("event_loop")] = None,
     plugin_config: Annotated[str | None, _setting("plugin_config")] = None,
     nireq: Annotated[int | None, _setting("nireq")] = None,
     workers: Annotated[int | None, _setting("workers")] = None,
@@ -127,7 +128,7 @@ def serve_command(
 
         run_workers(settings)
         return
-    run_until_signalled(lambda stop: serve(settings, stop))
+    run_until_signalled(lambda stop: serve(settings, stop), settings.event_loop)
 
 
 @app.command("run")

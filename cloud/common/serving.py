@@ -1,5 +1,6 @@
 """What every command shares: logging to stderr, running a grpc.aio server coroutine until
-SIGINT or SIGTERM, checking the addresses it is given, and turning the user's mistakes into
+SIGINT or SIGTERM (on uvloop where it is installed: libuv's event loop, which grpc.aio runs
+on like any asyncio loop), checking the addresses it is given, and turning the user's mistakes into
 one line on stderr and exit code 2."""
 
 from __future__ import annotations
@@ -9,11 +10,13 @@ import logging
 import re
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
+from typing import Any, Literal
 
 from edgecascade.cloud.common.errors import UserError
 
+EventLoop = Literal["auto", "uvloop", "asyncio"]  # auto: uvloop where installed, else asyncio
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 USAGE_EXIT_CODE = 2
 # a DNS name or IPv4 address, or an IPv6 address in brackets
@@ -61,15 +64,34 @@ def address_validator(what: str) -> Callable[[str], str]:
     return validate
 
 
-def run_until_signalled(serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Log to stderr and run `serve(stop)`; SIGINT or SIGTERM sets `stop`."""
+def run_until_signalled(
+    serve: Callable[[asyncio.Event], Awaitable[None]], loop: EventLoop = "auto"
+) -> None:
+    """Log to stderr and run `serve(stop)` on `loop`; SIGINT or SIGTERM sets `stop`."""
     log_to_stderr()
 
     async def main() -> None:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
+        running = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            running.add_signal_handler(sig, stop.set)
         await serve(stop)
 
-    asyncio.run(main())
+    event_loop_runner(loop)(main())
+
+
+def event_loop_runner(loop: EventLoop) -> Callable[[Coroutine[Any, Any, None]], None]:
+    """What runs a server's main coroutine: uvloop's `run` for `uvloop` (and for `auto` where
+    uvloop is installed), else `asyncio.run`."""
+    if loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if loop == "uvloop":
+                raise UserError(
+                    "event loop uvloop: uvloop is not installed (pip install uvloop, or use "
+                    "asyncio)"
+                ) from None
+        else:
+            return uvloop.run
+    return asyncio.run

@@ -276,7 +276,7 @@ async def serve(
         scheme = "https" if transport.tls else "http"
         log.info(
             "edge agent %s serving %s on %s:%d (Cascade, KServe v2, health, reflection; %s), "
-            "KServe v2 REST %s, model on %s, cloud %s, metrics %s%s",
+            "KServe v2 REST %s, model on %s, cloud %s, metrics %s, event loop %s%s",
             agent.manifest.family,
             agent.manifest.edge.key,
             settings.host,
@@ -288,6 +288,7 @@ async def serve(
             f"http://{settings.host}:{settings.metrics_port}/metrics"
             if settings.metrics_port
             else "off",
+            type(asyncio.get_running_loop()).__module__.partition(".")[0],  # uvloop, asyncio
             f" (worker {worker.index} of {worker.count})" if worker else "",
         )
         if worker:

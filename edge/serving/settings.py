@@ -21,7 +21,7 @@ from edgecascade.cloud.common import settings, tracing
 from edgecascade.cloud.common.logs import LogFormat, LogLevel
 from edgecascade.cloud.common.paths import artifacts_root, keys_dir
 from edgecascade.cloud.common.preprocessing import MAX_IMAGE_PIXELS
-from edgecascade.cloud.common.serving import address_validator
+from edgecascade.cloud.common.serving import EventLoop, address_validator
 from edgecascade.cloud.common.settings import ConfigError
 
 __all__ = ["ConfigError", "EdgeSettings", "load_settings"]
@@ -55,6 +55,10 @@ class EdgeSettings(BaseSettings):
         ge=0,
         description="infer requests in the OpenVINO queue (OVMS's nireq); 0: "
         "OpenVINO's optimal number for the compiled model",
+    )
+    event_loop: EventLoop = Field(
+        "auto",
+        description="the agent's event loop: uvloop (libuv; auto: where installed) or asyncio",
     )
     workers: int = Field(
         1,

@@ -66,7 +66,7 @@ def _worker_main(settings: EdgeSettings, index: int, count: int, ready: Connecti
     tracing.configure("edgecascade-edge", settings.otlp_endpoint, settings.trace_ratio)
     worker = Worker(index, count, lambda: ready.send(index))
     with user_errors():
-        run_until_signalled(lambda stop: serve(settings, stop, worker))
+        run_until_signalled(lambda stop: serve(settings, stop, worker), settings.event_loop)
 
 
 class Workers:

@@ -358,6 +358,32 @@ def test_sigterm_drains_health_and_finishes_the_stream_in_flight(frames, tmp_pat
     assert "stopped" in agent.process.log_tail()
 
 
+def test_the_agent_runs_on_uvloop_by_default_and_on_asyncio_when_asked(agent, frames, tmp_path):
+    """uvloop (installed with the project) runs the agent unless `--event-loop asyncio` says
+    otherwise; both loops give the same answers, on unary calls and on a stream."""
+    on_asyncio = start_agent(tmp_path, None, "--event-loop", "asyncio")
+    try:
+        answers = {}
+        for name, served in (("uvloop", agent), ("asyncio", on_asyncio)):
+            assert f"event loop {name}" in served.process.log_tail()
+            with PLAINTEXT.channel(served.address) as channel:
+                stub = pb_grpc.CascadeStub(channel)
+                unary = [classify(stub, frame, top_k=3) for frame in frames[:8]]
+                stream = list(
+                    stub.ClassifyStream(
+                        (pb.ClassifyRequest(encoded_image=f.encoded, top_k=3) for f in frames[:8]),
+                        timeout=30,
+                    )
+                )
+            answers[name] = [[(c.class_id, round(c.score, 5)) for c in r.top_k] for r in unary]
+            assert answers[name] == [
+                [(c.class_id, round(c.score, 5)) for c in r.top_k] for r in stream
+            ]
+        assert answers["uvloop"] == answers["asyncio"] and all(answers["asyncio"])
+    finally:
+        on_asyncio.process.stop()
+
+
 def test_an_invalid_config_fails_at_start_with_a_clear_message(tmp_path):
     config = tmp_path / "edge.toml"
     config.write_text('family = "fashion"\nport = 70000\nmax_in_flght = 4\n')

@@ -1,12 +1,15 @@
 """The checks behind the CLI's `error: ...` lines: addresses, OpenVINO devices, families, and
 the one place that turns a user's mistake into exit code 2."""
 
+import asyncio
+import sys
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from edgecascade.cloud.common.errors import UserError
-from edgecascade.cloud.common.serving import check_address, user_errors
+from edgecascade.cloud.common.serving import check_address, event_loop_runner, user_errors
 from edgecascade.cloud.common.transport import PortInUse
 from edgecascade.edge.serving.runtime import check_device
 from edgecascade.edge.tools.families import built_family, known_family
@@ -83,3 +86,12 @@ def test_a_mistake_is_one_error_line_and_exit_code_2(
 def test_other_exceptions_are_not_taken_for_mistakes() -> None:
     with pytest.raises(KeyError), user_errors():
         raise KeyError("a bug")
+
+
+def test_the_event_loop_is_uvloop_where_installed_and_asyncio_when_asked(monkeypatch) -> None:
+    assert event_loop_runner("auto") is uvloop.run is event_loop_runner("uvloop")
+    assert event_loop_runner("asyncio") is asyncio.run
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # not installed: import fails
+    assert event_loop_runner("auto") is asyncio.run
+    with pytest.raises(UserError, match="uvloop is not installed"):
+        event_loop_runner("uvloop")
