@@ -124,7 +124,9 @@ def test_an_upload_broken_midway_resumes_without_duplicates(tmp_path: Path) -> N
 
     kept_before, sent = asyncio.run(main())
     assert 50 <= kept_before < n and sent == n
-    assert uploader.uploaded == n - kept_before and uploader.duplicates == kept_before
+    # the server may still keep examples it had read before the cut after `kept_before` is
+    # counted, so the resend finds at least those as duplicates, and every example counts once
+    assert uploader.uploaded + uploader.duplicates == n and uploader.duplicates >= kept_before
     cloud = open_received(received)
     shas = [e.sha256 for e in cloud.examples()]
     assert len(shas) == len(set(shas)) == n and set(shas) == {e.sha256 for e in store.examples()}
