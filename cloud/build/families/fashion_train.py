@@ -4,13 +4,14 @@ Reproducible: fixed seed, deterministic kernels, 2 threads. Trains on the train 
 reports accuracy on the calibration split (the test split is never touched here).
 
     python -m edgecascade.cloud.build.families.fashion_train \
-        [--tier edge|edge_wide|cloud|both] [--epochs 5 (edge) | 20 (cloud)] [--members 3]
+        [--tier edge|edge_ensemble|cloud|both] [--epochs 5 (edge) | 20 (cloud)] [--members 3]
 
-The edge model is an ensemble of `--members` copies of the edge CNN, trained alike from seeds
-seed, seed + 1, ...: one graph whose output is [N, members, K] logits; the router's escalation
-score can average all members (see router/policy/policies.py). It trains with flips only.
-`edge_wide` is one wider edge CNN with the compute of 3 members x 2 views, trained alike: the
-baseline `router evaluate` holds the ensemble and mirror against (not served).
+Every edge model is one graph whose output is [N, members, K] logits (see
+router/policy/policies.py); both edge tiers train with flips only, for 5 epochs. The served edge
+model (`edge`) is one wide CNN (~38k parameters, 6.0M MACs per image): logits [N, 1, K].
+`edge_ensemble` is `--members` copies of the small edge CNN (9k parameters each), trained alike
+from seeds seed, seed + 1, ...: the edge model served before, kept as the baseline `router
+evaluate` holds the wide CNN against (3 members x 2 views: 6.2M MACs, the same compute).
 
 The cloud model is a small ResNet trained for robustness: SGD with Nesterov momentum and a
 OneCycle schedule, label smoothing 0.1, random shifts, flips and erasing on every image, and on
@@ -48,7 +49,8 @@ def _block(cin: int, cout: int, kernel: int = 3) -> list[nn.Module]:
 
 
 def edge_net() -> nn.Module:
-    """~9k parameters: two conv blocks, a 1x1 squeeze to 8 channels, a linear head on 7x7x8."""
+    """~9k parameters: two conv blocks, a 1x1 squeeze to 8 channels, a linear head on 7x7x8;
+    a member of the `edge_ensemble` baseline."""
     return nn.Sequential(
         *_block(1, 16), nn.MaxPool2d(2),
         *_block(16, 32), nn.MaxPool2d(2),
@@ -59,7 +61,7 @@ def edge_net() -> nn.Module:
 
 def edge_wide_net() -> nn.Module:
     """~38k parameters, ~6M MACs: the edge CNN widened to the compute of 3 members x 2 views
-    (~6.2M MACs), a single-model baseline for the ensemble and mirror (router evaluate)."""
+    (~6.2M MACs); the served edge model."""
     return nn.Sequential(
         *_block(1, 40), nn.MaxPool2d(2),
         *_block(40, 80), nn.MaxPool2d(2),
@@ -102,7 +104,7 @@ class Mirrored(nn.Module):
         return logits
 
 
-NETS = {"edge": edge_net, "edge_wide": edge_wide_net, "cloud": cloud_net}
+NETS = {"edge": edge_wide_net, "edge_ensemble": edge_net, "cloud": cloud_net}
 
 
 class Members(nn.Module):
@@ -169,8 +171,8 @@ RECIPES = {
         augment,
     ),
 }
-RECIPES["edge_wide"] = RECIPES["edge"]
-EPOCHS = {"edge": 5, "edge_wide": 5, "cloud": 20}
+RECIPES["edge_ensemble"] = RECIPES["edge"]
+EPOCHS = {"edge": 5, "edge_ensemble": 5, "cloud": 20}
 
 
 def train(tier: str, epochs: int, seed: int) -> Uint8Nhwc:
@@ -225,10 +227,10 @@ def _with_mirror_if_it_pays(model: nn.Module) -> nn.Module:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tier", choices=["edge", "edge_wide", "cloud", "both"], default="both")
+    parser.add_argument("--tier", choices=[*NETS, "both"], default="both")
     parser.add_argument("--epochs", type=int, help="default: 5 (edge), 20 (cloud)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--members", type=int, default=3, help="edge ensemble size")
+    parser.add_argument("--members", type=int, default=3, help="edge_ensemble size")
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR)
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -236,14 +238,12 @@ def main() -> None:
     for tier in ["edge", "cloud"] if args.tier == "both" else [args.tier]:
         epochs = args.epochs or EPOCHS[tier]
         model: nn.Module
-        if tier == "edge_wide":
-            model = train(tier, epochs, args.seed)
-        elif tier == "edge" and args.members > 1:
-            trained = [train(tier, epochs, args.seed + i) for i in range(args.members)]
-            nets = Members([member.net for member in trained])
-            model = Uint8Nhwc(nets, PIXEL_MEAN, PIXEL_STD)
-        else:
+        if tier == "cloud":
             model = _with_mirror_if_it_pays(train(tier, epochs, args.seed))
+        else:
+            members = args.members if tier == "edge_ensemble" else 1
+            trained = [train(tier, epochs, args.seed + i) for i in range(members)]
+            model = Uint8Nhwc(Members([member.net for member in trained]), PIXEL_MEAN, PIXEL_STD)
         path = export_onnx(model, args.out / f"fashion_{tier}.onnx", SIZE, 1)
         print(f"{tier}: wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
 
