@@ -10,6 +10,7 @@ import struct
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, TypeAlias, TypeVar, cast, overload
 
 import cv2
@@ -34,18 +35,32 @@ Images: TypeAlias = NDArray[np.uint8] | Sequence[NDArray[np.uint8]]
 
 T = TypeVar("T")
 INLINE_PIXELS = 1 << 20  # images with fewer pixels in all are prepared on the event loop
+# A request of at most INLINE_DECODE_BYTES whose images declare fewer than INLINE_DECODE_PIXELS
+# in all is decoded on the event loop (tens of microseconds); a thread hop costs ~55 us of CPU.
+INLINE_DECODE_BYTES = 1 << 16
+INLINE_DECODE_PIXELS = 1 << 14
 # Images of LARGE_PIXELS or more (tens to hundreds of ms each) are decoded and prepared by a
 # pool of half the cores' threads at a lower priority, so that the other calls' small images
 # are handled meanwhile: four 9 MP JPEGs at once on 2 cores held a 28x28 frame's answer 5 s.
 LARGE_PIXELS = 1 << 22
 _large_work = background_pool(max(1, (os.cpu_count() or 1) // 2), "large-images")
-# what decode_image does with a large image: wait for the pool to decode it, decode it here
-# (in the pool), or raise LargeImage for decode_off_loop to run the whole decoding in the pool
-_large_images: ContextVar[str] = ContextVar("large_images", default="wait")
+
+
+@dataclass
+class _Deferral:
+    """What a decoding (`decode_in_turn`) decodes where it runs: an image of `largest` pixels or
+    more, or one past `budget` pixels in all, raises LargeImage to move the decoding on."""
+
+    largest: float
+    budget: float = math.inf
+
+
+# None: a caller outside decode_in_turn, whose large images wait for the pool to decode them
+_deferral: ContextVar[_Deferral | None] = ContextVar("deferral", default=None)
 
 
 class LargeImage(Exception):
-    """An image of LARGE_PIXELS or more met by a decoding that defers them (`decode_off_loop`)."""
+    """An image more than the place a decoding runs in takes (`decode_in_turn`)."""
 
 
 _max_pixels: ContextVar[int] = ContextVar("max_image_pixels", default=MAX_IMAGE_PIXELS)
@@ -169,25 +184,42 @@ def decode_image(data: bytes) -> Image:
     if not data:
         raise InvalidImage("empty image: send JPEG or PNG bytes")
     size = image_size(data)
-    mode = _large_images.get()
-    if size[0] * size[1] < LARGE_PIXELS or mode == "here":
-        return _decoded(data, size)
-    if mode == "defer":
+    pixels = size[0] * size[1]
+    deferral = _deferral.get()
+    if deferral is None:
+        if pixels < LARGE_PIXELS:
+            return _decoded(data, size)
+        return _large_work.submit(contextvars.copy_context().run, _decoded, data, size).result()
+    if pixels >= deferral.largest or pixels > deferral.budget:
         raise LargeImage(f"{size[1]}x{size[0]} pixels")
-    return _large_work.submit(contextvars.copy_context().run, _decoded, data, size).result()
+    deferral.budget -= pixels
+    return _decoded(data, size)
 
 
-async def decode_off_loop(decoding: Callable[[], T]) -> T:
-    """`decoding()` (decode_image calls) in a thread, without holding it while a large image
-    waits for the large images' pool: met with one, the whole decoding runs again there."""
+def _deferring(deferral: _Deferral, decoding: Callable[[], T]) -> Callable[[], T]:
+    """`decoding` to run in a context of its own that defers past `deferral`."""
     context = contextvars.copy_context()
-    context.run(_large_images.set, "defer")
+    context.run(_deferral.set, deferral)
+    return lambda: context.run(decoding)
+
+
+async def decode_in_turn(decoding: Callable[[], T], payload_bytes: int | None) -> T:
+    """`decoding()` (decode_image calls) where it costs the least without holding up other
+    calls: on the event loop when the request is small (`payload_bytes` at most
+    INLINE_DECODE_BYTES, images under INLINE_DECODE_PIXELS in all; None: unknown, never), else
+    in a thread, and in the large images' pool once it meets one of LARGE_PIXELS or more. A
+    decoding that meets more than its place takes runs again from the start in the next one,
+    so no thread is held waiting for the pool."""
+    if payload_bytes is not None and payload_bytes <= INLINE_DECODE_BYTES:
+        try:
+            return _deferring(_Deferral(INLINE_DECODE_PIXELS, INLINE_DECODE_PIXELS), decoding)()
+        except LargeImage:
+            pass
     try:
-        return await asyncio.to_thread(context.run, decoding)
+        return await asyncio.to_thread(_deferring(_Deferral(LARGE_PIXELS), decoding))
     except LargeImage:
-        context = contextvars.copy_context()
-        context.run(_large_images.set, "here")
-        return await asyncio.wrap_future(_large_work.submit(context.run, decoding))
+        work = _deferring(_Deferral(math.inf), decoding)
+        return await asyncio.wrap_future(_large_work.submit(work))
 
 
 def _decoded(data: bytes, size: tuple[int, int]) -> Image:

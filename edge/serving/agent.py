@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from edgecascade.cloud.common import signing
+from edgecascade.cloud.common import signing, tracing
 from edgecascade.cloud.common.errors import InternalFailure, RequestError, UserError
 from edgecascade.cloud.common.examples import ExampleStore
 from edgecascade.cloud.common.manifest import Manifest
@@ -21,7 +21,7 @@ from edgecascade.cloud.common.paths import edge_model_file, family_dir
 from edgecascade.cloud.common.preprocessing import (
     Images,
     InvalidImage,
-    decode_off_loop,
+    decode_in_turn,
     pixel_limit,
 )
 from edgecascade.cloud.common.signing import SignatureError, TrustedKeys
@@ -289,10 +289,15 @@ class EdgeAgent:
         *,
         received_at: float,
         deadline: float | None = None,
+        payload_bytes: int | None = None,
     ) -> Answers:
         """`respond` with the answers themselves as the response."""
         return await self.respond(
-            decode, lambda answers: answers, received_at=received_at, deadline=deadline
+            decode,
+            lambda answers: answers,
+            received_at=received_at,
+            deadline=deadline,
+            payload_bytes=payload_bytes,
         )
 
     async def respond(
@@ -302,14 +307,17 @@ class EdgeAgent:
         *,
         received_at: float,
         deadline: float | None = None,
+        payload_bytes: int | None = None,
     ) -> Response:
         """One request (whichever API it came by): admit it, decode its images, run them
         through the cascade as one batch, `build` the response, count the outcome in the
         statistics of the version that answered. Raises Overloaded past max_in_flight,
         InvalidImage for unreadable input (or one above max_image_pixels) and InternalFailure
-        for anything else (logged); times are time.perf_counter(). Decoding runs in a thread,
-        so a slow image does not hold up other calls, and an image of a new shape waits for
-        its folded variant before it joins a batch, so the others there do not."""
+        for anything else (logged); times are time.perf_counter(). Decoding runs on the event
+        loop only for a small request (`payload_bytes`, the request's size; None: unknown), else
+        in a thread, so a slow image does not hold up other calls (`decode_in_turn`), and an
+        image of a new shape waits for its folded variant before it joins a batch, so the others
+        there do not."""
         received = int(received_at * 1e9)
         deployment = self.deployment  # the whole request runs on one pair
         version = str(deployment.manifest.version)
@@ -321,7 +329,8 @@ class EdgeAgent:
                 self.metrics.statistics.pending(version),
             ):
                 admitted = time.perf_counter_ns()
-                images = await decode_off_loop(decode)  # threads that see the pixel limit
+                with tracing.span("decode"):  # the places it runs in see the pixel limit
+                    images = await decode_in_turn(decode, payload_bytes)
                 decoded = time.perf_counter_ns()
                 await deployment.model.folds_ready(images)  # a new shape waits alone
                 batched = await batcher.classify(images, received_at=received_at, deadline=deadline)

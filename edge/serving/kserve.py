@@ -274,15 +274,15 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
         self._check_model(request.model_name, request.model_version)
 
         def decode() -> Images:
-            with tracing.span("decode"):
-                requested_outputs(request)
-                return images_of(request, self.agent.settings.max_batch)
+            requested_outputs(request)
+            return images_of(request, self.agent.settings.max_batch)
 
         if frame:
             await self.agent.limit.room()
         return await self.agent.respond(
             decode,
             lambda answers: self._response(request, answers),
+            payload_bytes=request.ByteSize(),
             received_at=received_at,
             deadline=deadline,
         )

@@ -85,11 +85,12 @@ class CascadeService(pb_grpc.CascadeServicer):
         if frame:
             await self.agent.limit.room()
 
-        def decode() -> list[Image]:
-            with tracing.span("decode"):
-                return [decode_request(request)]
-
-        answers = await self.agent.answer(decode, received_at=received_at, deadline=deadline)
+        answers = await self.agent.answer(
+            lambda: [decode_request(request)],
+            payload_bytes=request.ByteSize(),
+            received_at=received_at,
+            deadline=deadline,
+        )
         answer = answers[0]
         return self._response(request_id, answer, request.top_k, received_at)
 

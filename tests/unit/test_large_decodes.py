@@ -1,5 +1,6 @@
 """Large images are decoded on at most half the cores at once and small ones meanwhile (issue
-12: four 9 MP JPEGs decoded at once on 2 cores held a 28x28 frame's answer up to 5 s)."""
+12: four 9 MP JPEGs decoded at once on 2 cores held a 28x28 frame's answer up to 5 s); a small
+request is decoded on the event loop, sparing a thread hop (issue 14)."""
 
 import asyncio
 import threading
@@ -11,7 +12,13 @@ import numpy as np
 import pytest
 
 from edgecascade.cloud.common import preprocessing
-from edgecascade.cloud.common.preprocessing import LARGE_PIXELS, decode_image, decode_off_loop
+from edgecascade.cloud.common.preprocessing import (
+    INLINE_DECODE_BYTES,
+    INLINE_DECODE_PIXELS,
+    LARGE_PIXELS,
+    decode_image,
+    decode_in_turn,
+)
 
 SIDE = int(LARGE_PIXELS**0.5) + 1
 
@@ -57,7 +64,7 @@ def test_large_images_wait_their_turn_and_small_ones_do_not(monkeypatch: pytest.
 def test_a_request_meeting_a_large_image_is_decoded_in_the_pool_without_holding_a_thread(
     monkeypatch: pytest.MonkeyPatch,
 ):
-    """The agent's decoding (decode_off_loop) gives its thread back when it meets a large image
+    """The agent's decoding (decode_in_turn) gives its thread back when it meets a large image
     and runs again in the large images' pool: the threads that decode small images are never
     held waiting (a thread per waiting request grew the agent's threads through a soak)."""
     real_imdecode = cv2.imdecode
@@ -70,9 +77,58 @@ def test_a_request_meeting_a_large_image_is_decoded_in_the_pool_without_holding_
 
     monkeypatch.setattr(cv2, "imdecode", imdecode)
     small, large = png(28), png(SIDE)
-    images = asyncio.run(decode_off_loop(lambda: [decode_image(small), decode_image(large)]))
+    decoding = lambda: [decode_image(small), decode_image(large)]  # noqa: E731
+    images = asyncio.run(decode_in_turn(decoding, len(small) + len(large)))
     assert [image.shape for image in images] == [(28, 28), (SIDE, SIDE)]
-    assert [height for height, _ in decoded_on] == [28, 28, SIDE]  # the small one twice
+    # the small one three times: on the loop, in a thread, in the pool
+    assert [height for height, _ in decoded_on] == [28, 28, 28, SIDE]
     assert decoded_on[-1][1].startswith("large-images")
-    assert not decoded_on[0][1].startswith("large-images")
+    assert decoded_on[0][1] == "MainThread"
+    assert decoded_on[1][1] not in ("MainThread", "large-images")
     assert decode_image(large).shape == (SIDE, SIDE)  # elsewhere: waits for the pool
+
+
+def decoded_where(monkeypatch: pytest.MonkeyPatch, sides: list[int], payload: int | None):
+    """(side, thread name) of every cv2 decode made by decode_in_turn on PNGs of `sides`."""
+    real_imdecode = cv2.imdecode
+    decoded_on: list[tuple[int, str]] = []
+
+    def imdecode(buffer: np.ndarray, flags: int) -> np.ndarray:
+        image = real_imdecode(buffer, flags)
+        decoded_on.append((len(image), threading.current_thread().name))
+        return image
+
+    monkeypatch.setattr(cv2, "imdecode", imdecode)
+    images = [png(side) for side in sides]
+    decoded = asyncio.run(decode_in_turn(lambda: [decode_image(i) for i in images], payload))
+    assert [image.shape for image in decoded] == [(side, side) for side in sides]
+    return decoded_on
+
+
+def test_a_small_request_is_decoded_on_the_event_loop(monkeypatch: pytest.MonkeyPatch):
+    assert decoded_where(monkeypatch, [28], 1000) == [(28, "MainThread")]
+
+
+@pytest.mark.parametrize(
+    ("sides", "payload"),
+    [
+        ([28], None),  # size unknown
+        ([28], INLINE_DECODE_BYTES + 1),  # too many bytes
+        ([int(INLINE_DECODE_PIXELS**0.5) + 1], 1000),  # one image of too many pixels
+    ],
+)
+def test_other_requests_are_decoded_in_a_thread(
+    monkeypatch: pytest.MonkeyPatch, sides: list[int], payload: int | None
+):
+    where = decoded_where(monkeypatch, sides, payload)
+    assert len(where) == 1 and where[0][1] != "MainThread"  # the header said so: decoded once
+
+
+def test_small_images_past_the_loops_budget_in_all_move_the_request_to_a_thread(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    n = INLINE_DECODE_PIXELS // (28 * 28) + 1  # each one small, too many pixels in all
+    where = decoded_where(monkeypatch, [28] * n, 1000)
+    on_loop = [name for _, name in where if name == "MainThread"]
+    assert len(on_loop) == n - 1  # then it started again in a thread, all of it
+    assert len(where) == 2 * n - 1 and all(name != "MainThread" for _, name in where[n - 1 :])
