@@ -241,14 +241,16 @@ def _edge_options_table(report: dict[str, Any]) -> Any:
     `max_prob` on it needs to come within 0.3 pt of cloud-only (test split)."""
     from rich.table import Table
 
-    from edgecascade.router.policy.evaluation import WIDE
+    from edgecascade.router.policy.evaluation import BASELINE
 
     table = Table(title="edge options (INT8, test split)")
     for column in ("option", "views", "MACs/image", "p50 ms", "edge-only", "escalation to goal"):
         table.add_column(column, justify="left" if column == "option" else "right")
     least = report["least_escalation_meeting_accuracy_goal"]
     for name, cost in report["edge_costs"].items():
-        curve = WIDE if name == WIDE else "max_prob" + ("" if name == "member 0" else f"+{name}")
+        curve = (
+            name if name == BASELINE else "max_prob" + ("" if name == "member 0" else f"+{name}")
+        )
         table.add_row(
             name,
             str(cost["views"]),

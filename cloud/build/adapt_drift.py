@@ -1,6 +1,6 @@
 """One adaptation round on a simulated drift, offline: a corruption the edge was not trained on
 shifts Fashion-MNIST train images, the family's real cloud model (its ONNX, OpenVINO on CPU)
-answers them as soft labels (no human label), the edge ensemble is distilled on them and
+answers them as soft labels (no human label), the edge model is distilled on them and
 quantized to INT8 as a build does, and both edge models and the cloud are run on the shifted
 and the clean test split (never used for adaptation)."""
 
@@ -70,7 +70,7 @@ def distilled_onnx(
     workdir: Path,
     step: Step | None = None,
 ) -> Path:
-    """The fashion edge ensemble `edge_onnx` distilled on `images` against the cloud's
+    """The fashion edge model `edge_onnx` distilled on `images` against the cloud's
     probabilities (mixed with the original images), exported to `workdir`/adapted.onnx."""
     model = load_edge_members(edge_onnx)
     distil(model, images, cloud_probabilities, original_images, original_labels, recipe, step)

@@ -13,7 +13,7 @@ class Recipe:
 
     epochs: int = 3
     batch: int = 64
-    original_batch: int = 256
-    lr: float = 2e-3
+    original_batch: int = 1024
+    lr: float = 5e-4
     temperature: float = 0.5  # sharpens the label-smoothed cloud model's answers
     seed: int = 0

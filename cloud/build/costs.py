@@ -41,7 +41,11 @@ def macs_per_image(model: ov.Model, image_shape: tuple[int, ...]) -> int:
 
 def member(model: ov.Model, index: int) -> ov.Model:
     """Member `index` alone of an ensemble graph (members' logits stacked into [N, members, K],
-    as cloud/build/families/fashion_train.py exports them): what one member costs to run."""
+    as cloud/build/families/fashion_train.py exports them): what one member costs to run. A
+    model of one member ([N, 1, K], its stacking folded away) is its own member 0."""
+    shape = model.outputs[0].get_partial_shape()
+    if index == 0 and shape.rank.get_length() == 3 and shape[1].get_length() == 1:
+        return model
     stack = model.get_results()[0].input_value(0).get_node()
     if stack.get_type_name() != "Concat":
         raise ValueError(f"{model.get_friendly_name()} is not an ensemble of stacked members")

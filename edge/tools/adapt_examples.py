@@ -1,6 +1,6 @@
 """`edgecascade models adapt`: one adaptation round on the examples edges collected (needs the
 "build" extra). The examples are split by sha256 into training and held-out parts; the fashion
-edge ensemble is distilled on the training part and quantized to INT8 as the drift round does
+edge model is distilled on the training part and quantized to INT8 as the drift round does
 (cloud/build/adapt_drift.py); the serving and the new INT8 models are judged on the original
 calibration split (labels) and on the held-out examples (agreement with the cloud's argmax);
 only when the gate passes is the new edge model published, signed, with the current cloud model.
@@ -38,6 +38,9 @@ from edgecascade.router.policy.policies import ScorePolicy, policy_from_manifest
 HELD_OUT_EVERY = 5  # an example is held out when its sha256, as a number, is a multiple of this
 MAX_CLEAN_DROP = 0.003  # the gate: at most 0.3 pt lost on the original calibration split
 TARGET = Target(max_drop=0.003)  # threshold: within 0.3 pt of the cloud's answers
+# ... as a point estimate: a few hundred held-out examples cannot bound a 0.3-pt shortfall at
+# 95% (that takes over 1,000 with none missed), so a risk-controlled threshold escalates all.
+ASSURANCE = 0.5
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,7 @@ def adapt(
 ) -> dict[str, Any]:
     """Run one round against `family`'s current version in `registry`; the report."""
     if family != "fashion":
-        raise UserError(f"models adapt distils the fashion edge ensemble: family {family!r}")
+        raise UserError(f"models adapt distils the fashion edge model: family {family!r}")
     if registry.current_version(family) is None:
         raise UserError(f"{family} has no current version in {registry.root} (models publish)")
     current = registry.get(family)
@@ -156,11 +159,12 @@ def adapt(
         if passed and publish:
             ov.save_model(int8, edge_model_file(folder), compress_to_fp16=False)
             ov.save_model(fp32, edge_model_file(folder, "fp32"), compress_to_fp16=False)
-            result = calibrate(splits["new"]["held_out"], TARGET)
+            result = calibrate(splits["new"]["held_out"], TARGET, assurance=ASSURANCE)
             manifest = _adapted_manifest(current, folder, result.policy, new)
             manifest.notes["threshold"] = (
                 f"{result.policy.label} threshold {result.policy.threshold:.4f} picked by models "
-                f"adapt on {int(held.sum())} held-out examples against the cloud's answers"
+                f"adapt on {int(held.sum())} held-out examples against the cloud's answers "
+                "(point estimate)"
             )
             save_build_manifest(manifest, folder / MANIFEST)
             publication = registry.publish(family, folder)

@@ -134,10 +134,10 @@ class Split:
     def load(cls, path: Path, edge: str = "edge_logits") -> Split:
         """An .npz with `edge_logits`, `cloud_logits`, `labels` and optionally
         `edge_logits_mirrored` (as `models build` writes); with `edge`, the edge logits of
-        another model stored there (a baseline's, without mirrored views)."""
+        another model stored there (a baseline's), and its `<edge>_mirrored` if stored."""
         data = np.load(path)
         labels = data["labels"]
-        mirrored = data.get("edge_logits_mirrored") if edge == "edge_logits" else None
+        mirrored = data.get(f"{edge}_mirrored")
         return cls(
             edge_logits=data[edge].astype(np.float64),
             labels=labels,

@@ -4,7 +4,9 @@ next to KubeEdge Sedna's joint-inference filters, and the operating point `calib
 Compared at equal edge cost: Sedna's filters score the same probabilities the edge answers with
 (the mean of the views the manifest's policy computes, raw: temperature 1), and the cascade
 keeps that answer where they do not escalate. Sedna on member 0 alone (1 view, what Sedna
-would compute) is shown too, with its own cheaper and weaker edge answers.
+would compute) is shown too, with its own cheaper and weaker edge answers. So is the family's
+baseline edge model where the build made one (fashion: the 3-member ensemble served before the
+wide CNN, on every view it has), answering alone with `max_prob`.
 
 The test split only reports: temperatures are fit on the calibration split and the
 operating point is the manifest's."""
@@ -25,6 +27,7 @@ from edgecascade.cloud.build.costs import (
     macs_per_image,
     member,
 )
+from edgecascade.cloud.build.families import FASHION_BASELINE_EDGE
 from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.cloud.common.paths import baseline_model_file, edge_model_file
 from edgecascade.router.policy.calibration import (
@@ -49,9 +52,9 @@ from edgecascade.router.policy.policies import (
 SEDNA_FILTERS = {"sedna_threshold": MaxProbabilityPolicy, "sedna_cross_entropy": EntropyPolicy}
 SEDNA_DEFAULT_THRESHOLD = 0.5
 ONE_VIEW = "_member0"  # suffix of the Sedna filters on member 0's output alone
-# A single edge CNN with the compute of 3 members x 2 views, answering alone (max_prob).
-WIDE = "wide_cnn"
-WIDE_LOGITS = "edge_wide_logits"
+# The baseline edge model, on every view it has (members and mirror), answering alone (max_prob).
+BASELINE = FASHION_BASELINE_EDGE
+BASELINE_LOGITS = f"{BASELINE}_logits"
 
 GOAL_MAX_DROP = 0.003
 GOAL_MAX_ESCALATION = 0.30
@@ -86,33 +89,43 @@ def baselines(split: Split, served: ScorePolicy) -> dict[str, Option]:
     return options
 
 
-def _wide(family_folder: Path) -> Option | None:
-    """The single wide CNN's option on the test split, at the temperature that calibrates it on
-    the calibration split; None when the build has none."""
+def _baseline(family_folder: Path) -> Option | None:
+    """The baseline edge model's option on the test split (every view it has), at the
+    temperature that calibrates those views on the calibration split; None when the build made
+    none."""
     files = [family_folder / name for name in ("calibration.npz", "test_predictions.npz")]
-    if not all(WIDE_LOGITS in np.load(file) for file in files):
+    if not all(BASELINE_LOGITS in np.load(file) for file in files):
         return None
-    calibration, test = (Split.load(file, edge=WIDE_LOGITS) for file in files)
-    one_view = MaxProbabilityPolicy(0.0)
-    policy = MaxProbabilityPolicy(0.0, calibration.fit_temperature(one_view))
+    calibration, test = (Split.load(file, edge=BASELINE_LOGITS) for file in files)
+    views = MaxProbabilityPolicy(
+        0.0, mirror=calibration.mirrored_logits is not None, ensemble=calibration.members > 1
+    )
+    policy = type(views)(0.0, calibration.fit_temperature(views), views.mirror, views.ensemble)
     return Option(test.confidence(policy), test.edge_correct(policy))
 
 
+def _members(model: ov.Model) -> int:
+    """Members of an edge model whose logits are [N, members, K]."""
+    return int(model.outputs[0].get_partial_shape()[1].get_length())
+
+
 def edge_costs(family_folder: Path, image_shape: tuple[int, ...]) -> dict[str, dict[str, float]]:
-    """Per way of looking (and the wide CNN): views computed, multiply-accumulates per image and
-    single-image latency p50 of the INT8 edge model(s), all measured interleaved."""
+    """Per way of looking with the served edge model (and the baseline's, on all its views):
+    views computed, multiply-accumulates per image and single-image latency p50 of the INT8
+    edge model(s), all measured interleaved."""
     core = ov.Core()
-    ensemble = core.read_model(edge_model_file(family_folder))
-    members = ensemble.outputs[0].get_partial_shape()[1].get_length()
-    alone = member(ensemble, 0)
+    served = core.read_model(edge_model_file(family_folder))
+    members = _members(served)
+    alone = member(served, 0)
     runs: dict[str, tuple[ov.Model, int, int]] = {
         "member 0": (alone, 1, 1),
         "mirror": (alone, 2, 2),
-        "ensemble": (ensemble, 1, members),
-        "ensemble+mirror": (ensemble, 2, 2 * members),
     }
-    if (wide := baseline_model_file(family_folder, "edge_wide")).exists():
-        runs[WIDE] = (core.read_model(wide), 1, 1)
+    if members > 1:
+        runs |= {"ensemble": (served, 1, members), "ensemble+mirror": (served, 2, 2 * members)}
+    if (file := baseline_model_file(family_folder, BASELINE)).exists():
+        baseline = core.read_model(file)
+        runs[BASELINE] = (baseline, 2, 2 * _members(baseline))
     image = np.zeros((1, *image_shape), np.uint8)
     latency = interleaved_p50_ms(
         {
@@ -131,11 +144,11 @@ def edge_costs(family_folder: Path, image_shape: tuple[int, ...]) -> dict[str, d
 
 
 def _options(
-    split: Split, policies: list[ScorePolicy], served: ScorePolicy, wide: Option | None
+    split: Split, policies: list[ScorePolicy], served: ScorePolicy, baseline: Option | None
 ) -> dict[str, Option]:
     """Every policy's option (by label), then the baselines'."""
     ours = {p.label: Option(split.confidence(p), split.edge_correct(p)) for p in policies}
-    return ours | baselines(split, served) | ({WIDE: wide} if wide else {})
+    return ours | baselines(split, served) | ({BASELINE: baseline} if baseline else {})
 
 
 def _bootstrap_curves(
@@ -216,7 +229,7 @@ def evaluate_family(family_folder: Path) -> dict[str, Any]:
     policies = candidate_policies(calibration, kind=None, mirror=None, ensemble=None)
     n = len(test.labels)
     cloud = float(test.cloud_correct.mean())
-    options = _options(test, policies, chosen, _wide(family_folder))
+    options = _options(test, policies, chosen, _baseline(family_folder))
     names = list(options)
     baseline_names = names[len(policies) :]
     curves = {
@@ -248,7 +261,7 @@ def evaluate_family(family_folder: Path) -> dict[str, Any]:
         "edge_only_by_views": {
             label: float(test.edge_correct(p).mean()) for label, p in views.items()
         }
-        | ({WIDE: float(options[WIDE].edge_correct.mean())} if WIDE in options else {}),
+        | ({BASELINE: float(options[BASELINE].edge_correct.mean())} if BASELINE in options else {}),
         "edge_costs": edge_costs(family_folder, manifest.edge.preprocessing.shape),
         "baselines": baseline_names,
         "curves": {
@@ -266,7 +279,7 @@ def evaluate_family(family_folder: Path) -> dict[str, Any]:
             name: {"threshold": SEDNA_DEFAULT_THRESHOLD}
             | _point(options[name], SEDNA_DEFAULT_THRESHOLD, test.cloud_correct)
             for name in baseline_names
-            if name != WIDE
+            if name != BASELINE
         },
         "operating_point": {
             "policy": manifest.policy.model_dump(),

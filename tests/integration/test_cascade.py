@@ -151,3 +151,37 @@ def test_the_agent_scores_like_the_offline_calibration(stub, frames, fashion_man
     online = [classify(stub, f).edge_confidence for f in frames[:100]]
     np.testing.assert_allclose(online, offline[:100], atol=1e-4)
     assert stub.GetStatus(pb.GetStatusRequest(), timeout=5).policy == policy.label
+
+
+def test_the_agent_answers_with_the_wide_cnn(stub, frames, fashion_manifest):
+    """The served edge model is the single wide CNN (one member, ~6.0M MACs per image), not the
+    3-member ensemble it replaced: the agent's edge answers are the mean, over the policy's
+    views, of that INT8 model's probabilities, computed here with OpenVINO."""
+    import openvino as ov
+
+    from edgecascade.cloud.build.costs import macs_per_image
+    from edgecascade.cloud.build.datasets import fashion
+    from edgecascade.cloud.common.paths import edge_model_file, family_dir
+    from edgecascade.cloud.common.preprocessing import mirrored
+    from edgecascade.router.policy.policies import policy_from_manifest
+
+    core = ov.Core()
+    served = core.read_model(edge_model_file(family_dir("fashion")))
+    assert str(served.outputs[0].partial_shape) == "[?,1,10]"
+    assert fashion_manifest.edge.metrics["members"] == 1
+    assert 5.9e6 < macs_per_image(served, (28, 28, 1)) < 6.1e6  # 3 members x 2 views: 6.2M
+    n = 60
+    images = fashion("test").images[:n, ..., None]
+    model = core.compile_model(served, "CPU")
+    policy = policy_from_manifest(fashion_manifest.policy)
+    views = policy.views(model(images)[0], model(mirrored(images))[0] if policy.mirror else None)
+    expected, confidence = policy.answer(views)
+    responses = [classify(stub, f, top_k=10) for f in frames[:n]]
+    at_edge = [i for i, r in enumerate(responses) if r.tier == pb.EDGE]
+    assert len(at_edge) > n / 2
+    for i in at_edge:
+        got = np.zeros(10)
+        for p in responses[i].top_k:
+            got[p.class_id] = p.score
+        np.testing.assert_allclose(got, expected[i], atol=1e-4)
+        assert responses[i].edge_confidence == pytest.approx(confidence[i], abs=1e-4)

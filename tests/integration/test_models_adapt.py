@@ -80,6 +80,9 @@ def test_good_examples_publish_a_new_signed_version(answered, tmp_path):
     for rel in manifest.edge.files.values():
         registry.verify_blob(rel)
     assert out["threshold"]["on"].startswith("held-out")
+    # the new threshold keeps some inputs at the edge (a 95% bound on ~100 held-out examples
+    # would escalate every one)
+    assert out["threshold"]["escalation_rate"] < 0.9
 
 
 def test_the_gate_refuses_a_model_taught_wrong_answers(answered, tmp_path):

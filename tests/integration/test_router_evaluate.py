@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from edgecascade.cloud.common.manifest import Manifest
 from edgecascade.cloud.common.paths import family_dir
 from edgecascade.edge.cli import app
+from edgecascade.router.policy.evaluation import BASELINE
 from edgecascade.router.policy.policies import policy_from_manifest
 
 SPLIT_FILES = ("manifest.json", "calibration.npz", "test_predictions.npz")
@@ -61,35 +62,34 @@ def test_calibrate_then_evaluate(artifacts_copy: Path):
     result = invoke("calibrate", "--family", "fashion")  # default: cloud-0.3pt, best policy
     assert result.exit_code == 0, result.output
     policy = Manifest.load(manifest_file).policy
-    # The edge model is an ensemble: scoring with every member ranks the calibration split
-    # better, so the default picks it.
-    assert policy.ensemble and policy.kind in {"max_prob", "margin", "entropy"}
+    # The edge model is one wide CNN (no other member to score with); the mirror view ranks the
+    # calibration split better, so the default picks it.
+    assert (
+        policy.mirror and not policy.ensemble and policy.kind in {"max_prob", "margin", "entropy"}
+    )
 
     report = artifacts_copy / "out" / "router.json"
     result = invoke("evaluate", "--family", "fashion", "--report", str(report))
     assert result.exit_code == 0, result.output
     data = json.loads(report.read_text())
     ours = {
-        f"{kind}{members}{view}"
-        for kind in ("max_prob", "margin", "entropy")
-        for members in ("", "+ensemble")
-        for view in ("", "+mirror")
+        f"{kind}{view}" for kind in ("max_prob", "margin", "entropy") for view in ("", "+mirror")
     }
     sedna = {f"{name}{one}" for name in SEDNA for one in ("", "_member0")}
-    assert set(data["curves"]) == ours | sedna | {"wide_cnn"}
-    assert set(data["baselines"]) == sedna | {"wide_cnn"}
+    assert set(data["curves"]) == ours | sedna | {BASELINE}
+    assert set(data["baselines"]) == sedna | {BASELINE}
     costs = data["edge_costs"]
-    assert [costs[look]["views"] for look in costs] == [1, 2, 3, 6, 1]
+    assert [costs[look]["views"] for look in costs] == [1, 2, 6]  # the wide CNN; the ensemble
     one = costs["member 0"]["macs_per_image"]
-    assert costs["ensemble+mirror"]["macs_per_image"] == 6 * one
-    # The wide CNN is the single model of equal compute: within 10% of the 6 views' MACs.
-    assert abs(costs["wide_cnn"]["macs_per_image"] / (6 * one) - 1) < 0.1
+    assert costs["mirror"]["macs_per_image"] == 2 * one
+    # The ensemble on 6 views is the baseline of equal compute: within 10% of the wide CNN.
+    assert abs(costs[BASELINE]["macs_per_image"] / one - 1) < 0.1
     assert all(cost["latency_ms_p50"] > 0 for cost in costs.values())
     by_views = data["edge_only_by_views"]
-    assert set(by_views) == {"member 0", "ensemble", "mirror", "ensemble+mirror", "wide_cnn"}
+    assert set(by_views) == {"member 0", "mirror", BASELINE}
     assert set(by_views) == set(costs)  # every option's accuracy stands beside its cost
-    # The edge answers with the mean of its views: more views, better answers.
-    assert by_views["ensemble+mirror"] > by_views["ensemble"] > by_views["member 0"]
+    # At the same compute the wide CNN alone answers better than the ensemble on 6 views.
+    assert by_views["member 0"] > by_views[BASELINE]
     served = policy_from_manifest(policy)
     assert data["accuracy"]["edge_only"] == by_views[served.looks]
     for name, curve in data["curves"].items():
@@ -100,7 +100,7 @@ def test_calibrate_then_evaluate(artifacts_copy: Path):
         # answers, Sedna on member 0 member 0's.
         looks = (
             name
-            if name == "wide_cnn"
+            if name == BASELINE
             else "member 0"
             if name.endswith("_member0")
             else served.looks
@@ -116,7 +116,7 @@ def test_calibrate_then_evaluate(artifacts_copy: Path):
     point = data["operating_point"]
     assert point["policy"] == policy.model_dump()
     assert point["label"] == policy_from_manifest(policy).label
-    assert point["label"].startswith(f"{policy.kind}+ensemble")
+    assert point["label"] == f"{policy.kind}+mirror"
     assert 0 < point["test"]["escalation_rate"] < 1
     assert set(data["goal"]["calibrated_policy_vs_baselines"]) == set(data["baselines"])
     assert set(data["sedna_defaults"]) == sedna

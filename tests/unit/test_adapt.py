@@ -6,7 +6,7 @@ import torch
 from edgecascade.cloud.build.adapt import distil, load_edge_members
 from edgecascade.cloud.build.adapt_recipe import Recipe
 from edgecascade.cloud.build.datasets import fashion
-from edgecascade.cloud.build.families import WEIGHTS_DIR
+from edgecascade.cloud.build.families import FASHION_BASELINE_EDGE, WEIGHTS_DIR
 
 EDGE_ONNX = WEIGHTS_DIR / "fashion_edge.onnx"
 
@@ -21,12 +21,28 @@ def logits(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
         return model.eval()(torch.from_numpy(images)).numpy()
 
 
-def test_the_serving_onnx_loads_back_into_the_training_nets(images: np.ndarray) -> None:
-    reference = ov.Core().compile_model(EDGE_ONNX, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+@pytest.mark.parametrize(
+    "tier, members",
+    [("edge", 1), (FASHION_BASELINE_EDGE, 3)],  # the wide CNN, the ensemble
+)
+def test_an_edge_onnx_loads_back_into_the_training_nets(
+    images: np.ndarray, tier: str, members: int
+) -> None:
+    path = WEIGHTS_DIR / f"fashion_{tier}.onnx"
+    reference = ov.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     expected = reference(images)[0]
-    got = logits(load_edge_members(EDGE_ONNX), images)
-    assert got.shape == expected.shape == (len(images), 3, 10)
+    got = logits(load_edge_members(path), images)
+    assert got.shape == expected.shape == (len(images), members, 10)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_model_of_other_layers_is_refused(tmp_path) -> None:
+    from edgecascade.cloud.build.families.fashion_train import Members, cloud_net
+    from edgecascade.cloud.build.families.onnx_export import Uint8Nhwc, export_onnx
+
+    path = export_onnx(Uint8Nhwc(Members([cloud_net()]), 0, 1), tmp_path / "m.onnx", 28, 1)
+    with pytest.raises(ValueError, match="not a fashion edge model"):
+        load_edge_members(path)
 
 
 def test_distillation_moves_every_member_towards_the_cloud_answers(images: np.ndarray) -> None:

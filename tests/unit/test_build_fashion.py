@@ -11,7 +11,7 @@ import openvino as ov
 import pytest
 
 from edgecascade.cloud.build.builder import build_family
-from edgecascade.cloud.build.families import FAMILIES, WEIGHTS_DIR
+from edgecascade.cloud.build.families import FAMILIES, FASHION_BASELINE_EDGE, WEIGHTS_DIR
 from edgecascade.cloud.common.manifest import INPUT_NAME, OUTPUT_NAME, Manifest
 from edgecascade.cloud.common.paths import baseline_model_file, family_dir, manifest_path
 
@@ -23,9 +23,9 @@ def fashion_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-# The edge model is an ensemble of 3 CNNs: logits [N, members, classes]; the cloud's [N, classes].
-# The wide edge CNN, a baseline the build quantizes but never serves, is one model: [N, classes].
-LOGITS = {"edge": "[?,3,10]", "cloud": "[?,10]", "edge_wide": "[?,10]"}
+# Edge models give logits [N, members, classes]: the served edge is one wide CNN, the baseline
+# the build quantizes but never serves an ensemble of 3 small CNNs; the cloud's are [N, classes].
+LOGITS = {"edge": "[?,1,10]", "cloud": "[?,10]", FASHION_BASELINE_EDGE: "[?,3,10]"}
 
 
 def _assert_signature(model: ov.Model, shape: str, logits_shape: str) -> None:
@@ -36,7 +36,7 @@ def _assert_signature(model: ov.Model, shape: str, logits_shape: str) -> None:
     assert str(logits.partial_shape) == logits_shape
 
 
-@pytest.mark.parametrize("tier", ["edge", "cloud", "edge_wide"])
+@pytest.mark.parametrize("tier", LOGITS)
 def test_committed_onnx_has_the_agreed_signature(tier: str) -> None:
     model = ov.Core().read_model(WEIGHTS_DIR / f"fashion_{tier}.onnx")
     _assert_signature(model, "[?,28,28,1]", LOGITS[tier])
@@ -94,16 +94,33 @@ def test_prediction_files_for_the_router(fashion_root: Path) -> None:
     manifest = Manifest.load(folder / "manifest.json")
     for name, n in [("calibration.npz", 5_000), ("test_predictions.npz", 10_000)]:
         data = np.load(folder / name)
-        members = int(manifest.edge.metrics["members"])
-        assert data["edge_logits"].shape == data["edge_logits_mirrored"].shape == (n, members, 10)
+        assert manifest.edge.metrics["members"] == 1
+        assert data["edge_logits"].shape == data["edge_logits_mirrored"].shape == (n, 1, 10)
         assert data["cloud_logits"].shape == (n, 10) and data["labels"].shape == (n,)
-        assert data["edge_wide_logits"].shape == (n, 10)
-    wide = ov.Core().read_model(baseline_model_file(folder, "edge_wide"))
-    _assert_signature(wide, "[?,28,28,1]", LOGITS["edge_wide"])
+        baseline = f"{FASHION_BASELINE_EDGE}_logits"
+        assert data[baseline].shape == data[f"{baseline}_mirrored"].shape == (n, 3, 10)
+    ensemble = ov.Core().read_model(baseline_model_file(folder, FASHION_BASELINE_EDGE))
+    _assert_signature(ensemble, "[?,28,28,1]", LOGITS[FASHION_BASELINE_EDGE])
     assert not any(name.startswith("baselines/") for name in manifest.edge.files)  # not served
     test = np.load(folder / "test_predictions.npz")
     accuracy = (test["edge_logits"][:, 0].argmax(-1) == test["labels"]).mean()
     assert accuracy == pytest.approx(manifest.edge.metrics["int8_accuracy"])
+
+
+def test_the_served_wide_cnn_is_at_least_as_accurate_as_the_ensemble(fashion_root: Path) -> None:
+    """The build report: on the calibration split, answering from every view (members and
+    mirror), the served edge model is no less accurate than the 3-member ensemble it replaced;
+    the figures are those of the stored logits."""
+    folder = family_dir("fashion", fashion_root)
+    metrics = Manifest.load(folder / "manifest.json").edge.metrics
+    served = metrics["calibration_accuracy"]
+    assert served >= metrics[f"{FASHION_BASELINE_EDGE}_calibration_accuracy"] > 0.9
+    data = np.load(folder / "calibration.npz")
+    views = np.concatenate([data["edge_logits"], data["edge_logits_mirrored"]], axis=1)
+    probabilities = np.exp(views - views.max(-1, keepdims=True))
+    probabilities /= probabilities.sum(-1, keepdims=True)
+    answers = probabilities.mean(1).argmax(-1)
+    assert (answers == data["labels"]).mean() == pytest.approx(served)
 
 
 def test_verify_detects_a_changed_artifact(fashion_root: Path, tmp_path: Path) -> None:

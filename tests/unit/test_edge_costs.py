@@ -60,6 +60,14 @@ def test_a_member_alone_costs_its_share_and_computes_its_logits():
         member(first, 0)
 
 
+def test_a_model_of_one_member_is_its_own_member_0():
+    image = _image()
+    one = ov.Model([ops.unsqueeze(_head(image, 4, 0), ops.constant(np.array([1])))], [image])
+    assert member(one, 0) is one
+    with pytest.raises(ValueError, match="not an ensemble"):
+        member(one, 1)
+
+
 def test_interleaved_latency_measures_every_request():
     image = _image()
     core = ov.Core()
