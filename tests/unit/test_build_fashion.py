@@ -43,7 +43,8 @@ def test_committed_onnx_has_the_agreed_signature(tier: str) -> None:
 
 
 def test_committed_weights_are_small() -> None:
-    assert sum(p.stat().st_size for p in WEIGHTS_DIR.glob("*.onnx")) < 5 * 2**20
+    # issue 13: up to 20 MB of committed weights (the 1.7M-parameter cloud ResNet is 6.8 MB)
+    assert sum(p.stat().st_size for p in WEIGHTS_DIR.glob("*.onnx")) <= 20 * 10**6
 
 
 def test_families_registry() -> None:
