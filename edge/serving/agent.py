@@ -314,10 +314,10 @@ class EdgeAgent:
         statistics of the version that answered. Raises Overloaded past max_in_flight,
         InvalidImage for unreadable input (or one above max_image_pixels) and InternalFailure
         for anything else (logged); times are time.perf_counter(). Decoding runs on the event
-        loop only for a small request (`payload_bytes`, the request's size; None: unknown), else
-        in a thread, so a slow image does not hold up other calls (`decode_in_turn`), and an
-        image of a new shape waits for its folded variant before it joins a batch, so the others
-        there do not."""
+        loop only for a small request of raw pixels (`payload_bytes`, the request's size; None:
+        unknown), else in a thread, so a slow image does not hold up other calls
+        (`decode_in_turn`), and an image of a new shape waits for its folded variant before it
+        joins a batch, so the others there do not."""
         received = int(received_at * 1e9)
         deployment = self.deployment  # the whole request runs on one pair
         version = str(deployment.manifest.version)
