@@ -175,9 +175,11 @@ def decode_image(data: bytes) -> Image:
     LARGE_PIXELS or more are decoded by the large images' pool."""
     if not data:
         raise InvalidImage("empty image: send JPEG or PNG bytes")
+    defer_from = _defer_from.get()
+    if defer_from == 0:  # on the event loop: not even its header is read there
+        raise LargeImage("an encoded image")
     size = image_size(data)
     pixels = size[0] * size[1]
-    defer_from = _defer_from.get()
     if defer_from is None:
         if pixels < LARGE_PIXELS:
             return _decoded(data, size)
