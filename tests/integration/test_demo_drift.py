@@ -48,8 +48,11 @@ def test_the_drift_demo_adapts_and_rolls_out_with_no_failed_request(fashion_mani
         # published before the round's process exits, the agent may switch before round_end
         assert moments["round_start"] < moments["rollout"]
         assert phases["shifted_after"]["answered"] == AFTER
-        escalation = report["shifted"]["escalation_rate"]
-        assert escalation["after"] < escalation["before"]
+        # the adapted model answers the shifted stream better; its threshold is calibrated on
+        # the clean calibration split (as the build's), so escalation is not what must fall
+        edge = report["shifted"]["accuracy_edge"]
+        assert edge["after"] > edge["before"]
+        assert report["adapt"]["threshold"]["on"].startswith("calibration split")
         assert "answers with the new version" in run.stdout
     else:  # a small round may lose more than the gate's 0.3 pt on the clean split
         assert new == old and report["versions"]["manifest"] == [1, 1]
