@@ -73,5 +73,8 @@ def bystander(agent: EdgeProcess, report: Report) -> Iterator[None]:
         yield
     finally:
         stop.set()
-        phase, report.figures["bystander_ms"] = results.get(timeout=60)
+        phase, waits = results.get(timeout=60)
+        for slow in waits["slow_calls"]:  # the fuzzed inputs it waited behind, by class
+            slow["fuzzing"] = report.in_flight(slow["at"], slow["at"] + slow["ms"] / 1e3)
+        report.figures["bystander_ms"] = waits
         client.join(15)

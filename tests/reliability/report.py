@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,23 @@ class Report:
         )
         self.inputs: Counter[str] = Counter()  # API -> requests sent (stream frames each)
         self.figures: dict[str, Any] = {}
+        # (sent, answered) Unix times, API, classes: what was in flight when a bystander waited
+        self.timeline: list[tuple[float, float, str, list[str]]] = []
 
-    def add(self, api: str, classes: list[str], code: str) -> None:
+    def add(self, api: str, classes: list[str], code: str, sent: float) -> None:
+        """One input's classes and status code; `sent`: when its call began (Unix time)."""
         self.inputs[api] += 1
         for cls in classes:
             self.codes[api][cls][code] += 1
+        self.timeline.append((sent, time.time(), api, classes))
+
+    def in_flight(self, start: float, end: float) -> list[str]:
+        """The inputs whose calls overlapped [start, end], as `API: class, class`."""
+        return [
+            f"{api}: {', '.join(classes)}"
+            for sent, answered, api, classes in self.timeline
+            if sent <= end and answered >= start
+        ]
 
     def as_json(self) -> dict[str, Any]:
         return {

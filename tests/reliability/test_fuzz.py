@@ -78,21 +78,23 @@ def code_of(call) -> str:
 def test_classify(channels, report: Report, drawn: Drawn, to: str) -> None:
     classes, request = drawn
     stub = pb_grpc.CascadeStub(channels[to])
+    sent = time.time()
     code = code_of(lambda: stub.Classify(request, timeout=TIMEOUT_S))
-    report.add("Classify", [*classes, to], code)
+    report.add("Classify", [*classes, to], code, sent)
     assert code not in NEVER, (classes, request)
 
 
 @fuzzing
 @given(drawn=frames, to=AGENTS)
 def test_classify_stream(channels, report: Report, drawn: list[Drawn], to: str) -> None:
-    sent = [request for _, request in drawn]
-    responses = pb_grpc.CascadeStub(channels[to]).ClassifyStream(iter(sent), timeout=TIMEOUT_S)
+    messages = [request for _, request in drawn]
+    sent = time.time()
+    responses = pb_grpc.CascadeStub(channels[to]).ClassifyStream(iter(messages), timeout=TIMEOUT_S)
     answers = list(responses)  # a stream ended by an error raises here
-    assert len(answers) == len(sent), "the stream ended before every frame was answered"
+    assert len(answers) == len(messages), "the stream ended before every frame was answered"
     for (classes, request), answer in zip(drawn, answers):
         code = CODE_NAMES[answer.error.code]
-        report.add("ClassifyStream", [*classes, to], code)
+        report.add("ClassifyStream", [*classes, to], code, sent)
         assert code not in NEVER, (classes, request, answer.error.message)
 
 
@@ -101,23 +103,25 @@ def test_classify_stream(channels, report: Report, drawn: list[Drawn], to: str) 
 def test_model_infer(channels, report: Report, drawn: Drawn, to: str) -> None:
     classes, request = drawn
     stub = kpb_grpc.GRPCInferenceServiceStub(channels[to])
+    sent = time.time()
     code = code_of(lambda: stub.ModelInfer(request, timeout=TIMEOUT_S))
-    report.add("ModelInfer", [*classes, to], code)
+    report.add("ModelInfer", [*classes, to], code, sent)
     assert code not in NEVER, (classes, request)
 
 
 @fuzzing
 @given(drawn=requests, to=AGENTS)
 def test_model_stream_infer(channels, report: Report, drawn: list[Drawn], to: str) -> None:
-    sent: list[kpb.ModelInferRequest] = [request for _, request in drawn]
+    messages: list[kpb.ModelInferRequest] = [request for _, request in drawn]
+    sent = time.time()
     responses = kpb_grpc.GRPCInferenceServiceStub(channels[to]).ModelStreamInfer(
-        iter(sent), timeout=TIMEOUT_S
+        iter(messages), timeout=TIMEOUT_S
     )
     answers = list(responses)
-    assert len(answers) == len(sent), "the stream ended before every request was answered"
+    assert len(answers) == len(messages), "the stream ended before every request was answered"
     for (classes, request), answer in zip(drawn, answers):
         code = answer.error_message.split(":")[0] if answer.error_message else "OK"
-        report.add("ModelStreamInfer", [*classes, to], code)
+        report.add("ModelStreamInfer", [*classes, to], code, sent)
         assert code not in NEVER, (classes, request, answer.error_message)
 
 
