@@ -104,7 +104,7 @@ def _erase(x: torch.Tensor, g: torch.Generator, p: float = 0.5) -> torch.Tensor:
     return torch.where(inside[..., None], fill, x)
 
 
-def augment(x: torch.Tensor, g: torch.Generator, corrupt_fraction: float = 0.3) -> torch.Tensor:
+def augment(x: torch.Tensor, g: torch.Generator, corrupt_fraction: float = 0.15) -> torch.Tensor:
     """Shift, flip and erase every image; corrupt `corrupt_fraction` of them (one kind each)."""
     x = _erase(_shift_flip(x.to(torch.float32), g), g)
     kinds = torch.randint(0, len(CORRUPTIONS), (len(x),), generator=g)
