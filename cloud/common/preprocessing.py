@@ -92,8 +92,10 @@ def image_size(data: bytes) -> tuple[int, int]:
 
 
 def _png_size(data: bytes) -> tuple[int, int]:
-    """IHDR's size, after checking that every chunk's declared length fits the payload."""
-    size, pos, chunks = None, len(PNG_SIGNATURE), 0
+    """IHDR's size, after checking that every chunk's declared length fits the payload and that
+    IEND, empty, ends the image data. (cv2 reads on past an IEND that comes before any IDAT: a
+    garbage length after one made it spend 1-3 s and gigabytes on a 75-byte PNG.)"""
+    size, pos, chunks, image_data = None, len(PNG_SIGNATURE), 0, False
     while pos < len(data):
         if pos + 8 > len(data):
             raise InvalidImage(f"truncated PNG: {len(data) - pos} stray bytes after chunk {chunks}")
@@ -116,7 +118,13 @@ def _png_size(data: bytes) -> tuple[int, int]:
             size = (height, width)
             _check_pixels(height, width)
         pos += 12 + length
+        image_data |= kind == b"IDAT"
         if kind == b"IEND":
+            if length or not image_data:
+                raise InvalidImage(
+                    f"corrupt PNG: IEND after chunk {chunks - 1} "
+                    + (f"declares {length} bytes (it has none)" if length else "before any IDAT")
+                )
             break
     if size is None:
         raise InvalidImage("truncated PNG: no IHDR chunk")

@@ -83,6 +83,13 @@ def test_opencvs_own_limit_is_an_invalid_image_not_a_crash():
         (PNG[:20], "declares 13 bytes"),
         (PNG[:8], "no IHDR"),
         (PNG[:8] + chunk(b"IDAT", b"x") + PNG[8:], "first chunk is not a 13-byte IHDR"),
+        # IEND before any IDAT, then a chunk declaring 3.9 GB: cv2 read on past that IEND
+        # (2 s and gigabytes for 75 bytes, found by the fuzzing)
+        (
+            PNG[:33] + chunk(b"IEND", b"") + struct.pack(">I", 3_899_020_064) + b"A\xd5\0\0",
+            "before any IDAT",
+        ),
+        (png_declaring(8, 8)[:-12] + chunk(b"IEND", b"x"), "IEND after chunk 2 declares 1 bytes"),
         (png_declaring(0, 10), "declares 0x10 pixels"),
         (png_declaring(2**31, 10), "declares 2147483648x10"),
         (JPEG[:2], "truncated JPEG"),
