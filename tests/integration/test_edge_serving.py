@@ -358,10 +358,13 @@ def test_sigterm_drains_health_and_finishes_the_stream_in_flight(frames, tmp_pat
     assert "stopped" in agent.process.log_tail()
 
 
-def test_the_agent_runs_on_uvloop_by_default_and_on_asyncio_when_asked(agent, frames, tmp_path):
+def test_the_agent_runs_on_uvloop_by_default_and_on_asyncio_when_asked(
+    agent, triton, frames, tmp_path
+):
     """uvloop (installed with the project) runs the agent unless `--event-loop asyncio` says
-    otherwise; both loops give the same answers, on unary calls and on a stream."""
-    on_asyncio = start_agent(tmp_path, None, "--event-loop", "asyncio")
+    otherwise; both loops give the same answers (the same cloud behind both, for the frames
+    they escalate), on unary calls and on a stream."""
+    on_asyncio = start_agent(tmp_path, triton.grpc_url, "--event-loop", "asyncio")
     try:
         answers = {}
         for name, served in (("uvloop", agent), ("asyncio", on_asyncio)):
