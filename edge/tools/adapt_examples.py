@@ -26,7 +26,7 @@ from edgecascade.cloud.build.adapt_drift import distilled_onnx, int8_edge
 from edgecascade.cloud.build.adapt_recipe import Recipe
 from edgecascade.cloud.build.builder import batched_logits
 from edgecascade.cloud.build.datasets import fashion
-from edgecascade.cloud.build.families import WEIGHTS_DIR
+from edgecascade.cloud.build.families import FAMILIES, WEIGHTS_DIR
 from edgecascade.cloud.common.errors import UserError
 from edgecascade.cloud.common.manifest import Manifest, sha256_file
 from edgecascade.cloud.common.paths import edge_model_file
@@ -34,12 +34,17 @@ from edgecascade.cloud.common.preprocessing import mirrored
 from edgecascade.cloud.registry.examples import open_received
 from edgecascade.cloud.registry.signing_keys import save_build_manifest
 from edgecascade.cloud.registry.store import MANIFEST, Registry
-from edgecascade.router.policy.calibration import DEFAULT_ASSURANCE, Split, Target, calibrate
+from edgecascade.router.policy.calibration import (
+    DEFAULT_ASSURANCE,
+    Split,
+    Target,
+    calibrate,
+    threshold_note,
+)
 from edgecascade.router.policy.policies import ScorePolicy, policy_from_manifest
 
 HELD_OUT_EVERY = 5  # an example is held out when its sha256, as a number, is a multiple of this
 MAX_CLEAN_DROP = 0.003  # the gate: at most 0.3 pt lost on the original calibration split
-TARGET = Target(max_drop=0.003)  # threshold: within 0.3 pt of cloud-only accuracy, as the build
 
 
 @dataclass(frozen=True)
@@ -178,20 +183,16 @@ def adapt(
             )
             result = calibrate(
                 replace(splits["new"]["calibration"], cloud_correct=cloud_correct),
-                TARGET,
+                Target.parse(FAMILIES[family].calibration_target),
                 policy.name,
                 DEFAULT_ASSURANCE,
                 policy.mirror,
                 policy.ensemble,
             )
             manifest = _adapted_manifest(current, folder, result.policy, new)
-            manifest.notes["threshold"] = (
-                f"{result.policy.label} threshold {result.policy.threshold:.4f} at temperature "
-                f"{result.policy.temperature:.4f}, picked by models adapt on the calibration split "
-                f"({len(calibration.labels)} images) for {TARGET} on average at "
-                f"{DEFAULT_ASSURANCE:.0%} assurance: {result.point.escalation_rate:.1%} escalated, "
-                f"cascade {result.point.cascade_accuracy:.2%} vs cloud-only "
-                f"{result.point.cloud_accuracy:.2%}"
+            manifest.notes["threshold"] = threshold_note(
+                result,
+                f"by models adapt on the calibration split ({len(calibration.labels)} images)",
             )
             save_build_manifest(manifest, folder / MANIFEST)
             publication = registry.publish(family, folder)

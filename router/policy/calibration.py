@@ -410,18 +410,24 @@ def calibrate_manifest(
     manifest.policy.temperature = result.policy.temperature
     manifest.policy.mirror = result.policy.mirror
     manifest.policy.ensemble = result.policy.ensemble
-    manifest.notes["threshold"] = (
+    manifest.notes["threshold"] = threshold_note(
+        result, f"on the calibration split ({len(split.labels)} images)"
+    )
+    save_build_manifest(manifest, manifest_file)  # signed again: the policy changed
+    return result
+
+
+def threshold_note(result: Calibration, picked: str) -> str:
+    """The manifest's note on a calibrated threshold, `picked` saying where ("on the ...")."""
+    return (
         f"{result.policy.label} threshold {result.policy.threshold:.4f} at temperature "
-        f"{result.policy.temperature:.4f}, picked on the calibration split ({len(split.labels)} "
-        f"images) for {result.target} "
+        f"{result.policy.temperature:.4f}, picked {picked} for {result.target} "
         + (f"over {result.window} new inputs" if result.window else "on average")
         + f" at {result.assurance:.0%} assurance"
         + (" (fixed-sequence score tests): " if result.target.max_escalation is None else ": ")
         + f"{result.point.escalation_rate:.1%} escalated, cascade "
         f"{result.point.cascade_accuracy:.2%} vs cloud-only {result.point.cloud_accuracy:.2%}"
     )
-    save_build_manifest(manifest, manifest_file)  # signed again: the policy changed
-    return result
 
 
 def calibrate_family(name: str) -> Calibration | None:
